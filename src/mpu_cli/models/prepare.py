@@ -1,0 +1,183 @@
+"""Build (or reuse) the three models a run needs: public base, target, retain.
+
+`model.base` is a path/Hub name or "embedded" (the tiny Llama pretrained here on the public corpus);
+`model.target` / `model.retain` are a path/Hub name, "finetune" (base fine-tuned on `full` / on the
+retain split), or null (no retain model). Built models are cached under a content hash of everything
+that determines them, so equal inputs reuse the cache and any change rebuilds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa, pad_id
+from mpu_cli.data.tofu import load_public_text, load_split, split_names
+from mpu_cli.logprobs import sequence_nll
+from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype, save_model
+from mpu_cli.models.tiny import EMBEDDED_TOKENIZER, init_tiny_llama, load_embedded_tokenizer
+from mpu_cli.models.training import finetune
+
+log = logging.getLogger(__name__)
+
+# Bump when the way prepared models are built changes: old cache entries then stop matching.
+PREPARE_VERSION = "1"
+COMPLETE = "COMPLETE"
+
+
+@dataclass
+class Prepared:
+    base: str | None
+    target: str
+    retain: str | None
+    tokenizer: str
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _source_digest(source: str) -> str:
+    """A local folder or file is hashed by content; a Hub name by name."""
+    p = Path(source)
+    return _file_digest(p if p.is_dir() else p.parent) if p.exists() else source
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> dict:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids + [tokenizer.eos_token_id]
+    ids = ids[:max_length]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
+def encode_rows(tokenizer, rows: list[dict], fmt: ChatFormat) -> list[dict]:
+    return [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in rows]
+
+
+@torch.inference_mode()
+def mean_prob(model, examples: list[dict], pad: int, batch_size: int = 32) -> float:
+    """Mean over items of exp(-avg answer-token loss): the forget_Q_A_Prob definition."""
+    probs = []
+    for s in range(0, len(examples), batch_size):
+        batch = collate_right(examples[s : s + batch_size], pad)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, n = sequence_nll(logits, batch["labels"])
+        probs += torch.exp(-nll / n.clamp(min=1)).tolist()
+    return sum(probs) / len(probs)
+
+
+def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
+    cache = Path(os.path.expanduser(prep_cfg.cache_dir))
+    fmt = ChatFormat(model_cfg.system_prompt, model_cfg.date_string, model_cfg.max_length)
+    dtype = resolve_dtype(model_cfg.dtype)
+    tok_path = model_cfg.tokenizer or (str(EMBEDDED_TOKENIZER) if model_cfg.base == "embedded" else model_cfg.base)
+    tokenizer = load_embedded_tokenizer() if model_cfg.base == "embedded" else load_tokenizer(tok_path)
+
+    base_key = {"v": PREPARE_VERSION, "base": model_cfg.base, "dtype": model_cfg.dtype}
+    if model_cfg.base == "embedded":
+        base_key |= {"tok": _file_digest(EMBEDDED_TOKENIZER), "public": _digest(load_public_text(data_cfg.source)),
+                     "qa": _digest(_public_rows(data_cfg.source)), "epochs": prep_cfg.base_epochs,
+                     "lr": prep_cfg.lr, "bs": prep_cfg.batch_size, "seed": prep_cfg.seed,
+                     "fmt": fmt.__dict__}
+        base = _cached(cache, "base", base_key, lambda out: _build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt, out))
+    elif model_cfg.base:
+        base_key["src"] = _source_digest(model_cfg.base)
+        base = model_cfg.base
+    else:
+        base = None
+
+    def finetuned(kind: str, config: str, epochs: int | None) -> str:
+        """epochs=None: train until forget Prob >= target_min_prob (the target); else a fixed count."""
+        if base is None:
+            raise ValueError(f"model.{kind}=finetune needs model.base")
+        rows = load_split(data_cfg.source, config)
+        key = base_key | {"kind": kind, "rows": _digest(rows), "max_epochs": prep_cfg.target_max_epochs,
+                          "min_prob": prep_cfg.target_min_prob, "lr": prep_cfg.lr, "bs": prep_cfg.batch_size,
+                          "seed": prep_cfg.seed, "fmt": fmt.__dict__, "epochs": epochs}
+        return _cached(cache, kind, key, lambda out: _build_finetuned(
+            base, tokenizer, rows, data_cfg, prep_cfg, fmt, dtype, out, epochs, kind))
+
+    names = split_names(data_cfg.split)
+    target = finetuned("target", "full", None) if model_cfg.target == "finetune" else model_cfg.target
+    if model_cfg.retain == "finetune":
+        # The retain model gets the target's training budget, so the two differ only in the forget data.
+        epochs = prep_cfg.retain_epochs or _built_info(target).get("epochs") or prep_cfg.target_max_epochs
+        retain = finetuned("retain", names["retain"], epochs)
+    else:
+        retain = model_cfg.retain
+    return Prepared(base=str(base) if base else None, target=str(target), retain=retain and str(retain),
+                    tokenizer=str(target) if model_cfg.target == "finetune" else tok_path)
+
+
+def _built_info(path: str) -> dict:
+    f = Path(path) / "prepare_key.json"
+    return json.loads(f.read_text())["info"] if f.exists() else {}
+
+
+def _public_rows(source: str) -> list[dict]:
+    return load_split(source, "real_authors") + load_split(source, "world_facts")
+
+
+def _cached(cache: Path, kind: str, key: dict, build) -> str:
+    out = cache / f"{kind}-{_digest(key)}"
+    if (out / COMPLETE).exists():
+        log.info("prepare: reusing cached %s model %s", kind, out)
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.info("prepare: building %s model -> %s", kind, out)
+    info = build(out)
+    (out / "prepare_key.json").write_text(json.dumps({"key": key, "info": info}, indent=2, default=str))
+    (out / COMPLETE).write_text("ok\n")  # marker last: a half-built folder is never reused
+    return str(out)
+
+
+def _build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt: ChatFormat, out: Path) -> dict:
+    model = init_tiny_llama(tokenizer, prep_cfg.seed)
+    examples = [encode_text(tokenizer, t, fmt.max_length) for t in load_public_text(data_cfg.source)]
+    examples += encode_rows(tokenizer, _public_rows(data_cfg.source), fmt)
+    epochs = finetune(model, examples, pad=pad_id(tokenizer), epochs=prep_cfg.base_epochs, lr=prep_cfg.lr,
+                      batch_size=prep_cfg.batch_size, seed=prep_cfg.seed, desc="prepare base")
+    save_model(model, tokenizer, out)
+    return {"epochs": epochs, "params": sum(p.numel() for p in model.parameters())}
+
+
+def _build_finetuned(base, tokenizer, rows, data_cfg, prep_cfg, fmt, dtype, out: Path, epochs: int | None,
+                     kind: str) -> dict:
+    model = load_model(str(base), dtype=torch.float32)  # fine-tune in fp32 on CPU; cast on save
+    pad = pad_id(tokenizer)
+    examples = encode_rows(tokenizer, rows, fmt)
+    forget = encode_rows(tokenizer, load_split(data_cfg.source, split_names(data_cfg.split)["forget"]), fmt)
+    reached = {}
+
+    def forget_prob_reached(m) -> bool:
+        reached["prob"] = mean_prob(m, forget, pad)
+        return reached["prob"] >= prep_cfg.target_min_prob
+
+    if epochs is None:
+        epochs = finetune(model, examples, pad=pad, epochs=prep_cfg.target_max_epochs, lr=prep_cfg.lr,
+                          batch_size=prep_cfg.batch_size, seed=prep_cfg.seed, desc=f"prepare {kind}",
+                          stop_when=forget_prob_reached)
+        if reached.get("prob", 0.0) < prep_cfg.target_min_prob:
+            log.warning("prepare: target reached forget Prob %.3f < %.2f after %d epochs",
+                        reached.get("prob", math.nan), prep_cfg.target_min_prob, epochs)
+    else:
+        epochs = finetune(model, examples, pad=pad, epochs=epochs, lr=prep_cfg.lr,
+                          batch_size=prep_cfg.batch_size, seed=prep_cfg.seed, desc=f"prepare {kind}")
+        reached["prob"] = mean_prob(model, forget, pad)
+    model.to(dtype)
+    save_model(model, tokenizer, out)
+    return {"epochs": epochs, "forget_prob": reached["prob"]}

@@ -1,0 +1,25 @@
+"""The MPU server (spec §2, §4-§6). Works on plain state dicts; never imports the client or the data."""
+
+from .aggregate import UpdateAccumulator, harmonic_weights
+from .layout import ModelLayout, block_of
+from .noise import alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
+from .reparam import Transform, apply_transform, identity_transform, invert_transform, sample_transform
+from .server import MPUServer, ServerConfig
+
+__all__ = [
+    "ModelLayout",
+    "block_of",
+    "block_sigmas",
+    "unprotected_sigma",
+    "zero_sum_noise",
+    "alpha_schedule",
+    "Transform",
+    "sample_transform",
+    "identity_transform",
+    "apply_transform",
+    "invert_transform",
+    "harmonic_weights",
+    "UpdateAccumulator",
+    "ServerConfig",
+    "MPUServer",
+]

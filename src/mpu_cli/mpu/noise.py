@@ -1,0 +1,92 @@
+"""Noise scales, zero-sum base noise across copies and the secret per-copy scalings α (spec §2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .layout import block_of
+
+ALPHA_SCHEDULES = ("linear", "pow2", "random")
+_CHUNK = 1 << 22  # elements per float64 chunk: bounds the temporary memory of a reduction on a large tensor
+
+
+def _reference(base: dict | None, name: str, t: torch.Tensor) -> torch.Tensor | None:
+    if base is None:
+        return None
+    if name not in base:
+        raise ValueError(f"base model has no tensor {name!r}; it must have every tensor of the model")
+    ref = base[name]
+    if ref.shape != t.shape:
+        raise ValueError(f"base tensor {name!r} has shape {tuple(ref.shape)}, model has {tuple(t.shape)}")
+    return ref
+
+
+def _sq_sum(t: torch.Tensor, ref: torch.Tensor | None) -> float:
+    """sum((t - ref)^2) in float64, chunked so a large tensor never gets a full float64 copy."""
+    a = t.reshape(-1)
+    b = None if ref is None else ref.reshape(-1).to(a.device)
+    total = 0.0
+    for i in range(0, a.numel(), _CHUNK):
+        v = a[i : i + _CHUNK].double()
+        if b is not None:
+            v = v - b[i : i + _CHUNK].double()
+        total += float(v.square().sum())
+    return total
+
+
+def _kappa_rms(items, base: dict | None, kappa: float) -> float:
+    total, count = 0.0, 0
+    for name, t in items:
+        total += _sq_sum(t, _reference(base, name, t))
+        count += t.numel()
+    return kappa * math.sqrt(total / count) if count else 0.0
+
+
+def block_sigmas(theta: dict, base: dict | None, kappa: float, layout) -> dict[int, float]:
+    """σ_l = κ · RMS of (θ_l − θ_base,l) over all elements of block l (of θ_l itself when base is None)."""
+    by_block: dict[int, list] = {}
+    for name, t in theta.items():
+        layer = block_of(name)
+        if layer is None:
+            continue
+        if layer >= layout.num_layers:
+            raise ValueError(f"tensor {name!r} is in block {layer}, but the model has {layout.num_layers} layers")
+        by_block.setdefault(layer, []).append((name, t))
+    return {layer: _kappa_rms(items, base, kappa) for layer, items in sorted(by_block.items())}
+
+
+def unprotected_sigma(theta: dict, base: dict | None, kappa: float) -> float:
+    """Same formula over the tensors outside every block (embeddings, final norm, lm_head)."""
+    return _kappa_rms(((n, t) for n, t in theta.items() if block_of(n) is None), base, kappa)
+
+
+def zero_sum_noise(shape, sigma: float, m: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """m fp32 tensors ε⁰_k = sqrt(m/(m−1))·(z_k − mean z), z_k ~ N(0, σ²): they sum to 0 and each has variance σ²."""
+    if m < 2:
+        raise ValueError(f"zero-sum noise needs m >= 2 copies, got m={m}")
+    z = torch.randn((m, *shape), generator=generator, dtype=torch.float32)
+    z.mul_(sigma)
+    z.sub_(z.mean(dim=0, keepdim=True)).mul_(math.sqrt(m / (m - 1)))
+    return list(z.unbind(0))
+
+
+def alpha_schedule(m: int, kind: str = "linear", generator: torch.Generator | None = None) -> list[float]:
+    """Per-copy scalings α_k ≥ 1, distinct.
+
+    linear: 1 + (k−1)/(m−1) (the reference code); pow2: 2^(k−1) (its older version);
+    random: α_1 = 1, the others 1 + U(0, 1) drawn from `generator` (spec §6.2: α secret, not a public schedule).
+    """
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    if kind == "linear":
+        return [1.0] if m == 1 else [1.0 + k / (m - 1) for k in range(m)]
+    if kind == "pow2":
+        return [float(2**k) for k in range(m)]
+    if kind == "random":
+        if generator is None:
+            raise ValueError("alpha_schedule='random' needs a generator")
+        draws = torch.rand(m - 1, generator=generator, dtype=torch.float64).sort().values
+        return [1.0] + [1.0 + float(u) for u in draws]
+    raise ValueError(f"alpha_schedule={kind!r} is not one of {', '.join(ALPHA_SCHEDULES)}")

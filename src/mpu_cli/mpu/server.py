@@ -1,0 +1,262 @@
+"""The MPU server: rounds of Pre-Process (publish) and Post-Process (aggregate), spec §2, §4, §5, §6.
+
+Secrets (seeds, α, σ, transforms) live only in one `_RoundSecrets` object; published copies are plain dicts.
+The server never holds the published copies nor the m updates: every copy is a deterministic function of
+(θ_{r-1}, round secrets), so aggregate() regenerates each published tensor and streams Σ w_k Δ_k tensor by tensor.
+Server memory is therefore θ (fp32) + one accumulator, independent of m.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass, field
+
+import torch
+
+from .aggregate import UpdateAccumulator, harmonic_weights
+from .layout import ModelLayout, block_of
+from .noise import ALPHA_SCHEDULES, alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
+from .reparam import Transform, apply_transform, invert_transform, sample_transform
+
+ARMS = ("clean", "noised", "mpu")
+NOISE_REFERENCES = ("base", "raw")
+
+
+@dataclass
+class ServerConfig:
+    arm: str = "mpu"  # "clean" | "noised" | "mpu"
+    kappa: float = 0.01
+    m: int = 2
+    alpha_schedule: str = "linear"
+    eta: float = 1.0  # η_srv
+    seed: int | None = None  # None -> CSPRNG seeds; int -> reproducible run, recorded as such
+    perturb_unprotected: bool = False  # spec §6.4 option: also noise embeddings / lm_head / final norm
+    noise_reference: str = "base"  # "base": θ − θ_base | "raw": θ (also used when no base is given)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(field_name, value, accepted):
+            raise ValueError(f"{field_name}={value!r} is not valid; accepted: {accepted}")
+
+        if self.arm not in ARMS:
+            bad("arm", self.arm, ", ".join(ARMS))
+        if self.noise_reference not in NOISE_REFERENCES:
+            bad("noise_reference", self.noise_reference, ", ".join(NOISE_REFERENCES))
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            bad("alpha_schedule", self.alpha_schedule, ", ".join(ALPHA_SCHEDULES))
+        if not (math.isfinite(self.kappa) and self.kappa >= 0):
+            bad("kappa", self.kappa, "a finite number >= 0")
+        if not math.isfinite(self.eta):
+            bad("eta", self.eta, "a finite number")
+        if self.arm == "mpu" and self.m < 2:
+            bad("m", self.m, "an integer >= 2 for arm=mpu (zero-sum noise needs two copies)")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            bad("seed", self.seed, "an integer or null")
+
+
+def _derive_seed(root: int, *parts) -> int:
+    """63-bit seed from (root, parts): independent streams per round / purpose / copy / tensor."""
+    digest = hashlib.blake2b(repr((root, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@dataclass(repr=False)  # repr=False: an accidental log line must not print secrets
+class _RoundSecrets:
+    round: int
+    round_seed: int
+    noise_reference: str
+    alphas: list[float]
+    weights: list[float]
+    sigmas: dict[int, float] = field(default_factory=dict)
+    sigma_unprotected: float = 0.0
+    transforms: list[Transform] = field(default_factory=list)
+
+
+class MPUServer:
+    def __init__(self, theta: dict, layout: ModelLayout, cfg: ServerConfig, base: dict | None = None):
+        cfg.validate()
+        for name, t in theta.items():
+            if not t.is_floating_point():
+                raise ValueError(f"tensor {name!r} has dtype {t.dtype}; the server handles floating-point tensors only")
+        self._layout = layout
+        self._cfg = cfg
+        self._base = base
+        self._dtypes = {n: t.dtype for n, t in theta.items()}
+        self._canonical = _alias_map(theta)
+        # The exact model: private, fp32, never aliasing the caller's tensors.
+        self._theta = {n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
+        self._round = 0
+        self._secrets: _RoundSecrets | None = None
+        self._pending = False  # published but not yet aggregated
+
+    # ---- public surface -------------------------------------------------------------------------------------
+
+    @property
+    def theta(self) -> dict:
+        """Current exact θ (fp32). Do not modify the tensors in place."""
+        return dict(self._theta)
+
+    @property
+    def n_copies(self) -> int:
+        return self._cfg.m if self._cfg.arm == "mpu" else 1
+
+    @property
+    def noise_reference(self) -> str:
+        """Effective reference: 'base' only when asked for and a base model was given."""
+        return "base" if self._cfg.noise_reference == "base" and self._base is not None else "raw"
+
+    def publish(self) -> list[dict]:
+        """Start round r+1: the public copies θ_pub^(k), each tensor in its original dtype."""
+        if self._pending:
+            # Fresh noise on the same θ would let a client average the noise away.
+            raise RuntimeError(f"round {self._round} was published but not aggregated; call aggregate() first")
+        self._round += 1
+        self._secrets = self._new_secrets()
+        copies: list[dict] = [{} for _ in range(self.n_copies)]
+        for name in self._theta:
+            for k, tensor in enumerate(self._published_tensors(name)):
+                copies[k][name] = tensor
+        self._pending = True
+        return copies
+
+    def aggregate(self, returned: list[dict]) -> dict:
+        """θ ← θ + η Σ_k w_k T_k⁻¹(returned_k − pub_k); returns the new θ (fp32)."""
+        if not self._pending:
+            raise RuntimeError("aggregate() called without a published round; call publish() first")
+        returned = list(returned)
+        self._check_returned(returned)
+        s = self._secrets
+        acc = UpdateAccumulator()
+        for name, x in self._theta.items():
+            for k, pub in enumerate(self._published_tensors(name)):
+                delta = {name: returned[k][name].to(x.device).float() - pub.float()}  # Δ'_k
+                if self._cfg.arm == "mpu":
+                    delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
+                acc.add(delta, s.weights[k])
+        for name, d in acc.result().items():
+            self._theta[name].add_(d, alpha=self._cfg.eta)
+        self._pending = False
+        return self.theta
+
+    def public_info(self) -> dict:
+        """JSON-able facts about the run that reveal no secret."""
+        return {
+            "round": self._round,
+            "arm": self._cfg.arm,
+            "m": self.n_copies,
+            "kappa": self._cfg.kappa,
+            "noise_reference": self.noise_reference,
+            "perturb_unprotected": self._cfg.perturb_unprotected,
+            "exposed_fraction": self.exposed_fraction(),
+            "seed_recorded": self._cfg.seed is not None,
+        }
+
+    def private_state(self) -> dict:
+        """Secrets of the current round; {} before the first publish. Never send this to a client."""
+        s = self._secrets
+        if s is None:
+            return {}
+        return {
+            "round": s.round,
+            "seed": self._cfg.seed,
+            "round_seed": s.round_seed,
+            "noise_reference": s.noise_reference,
+            "alphas": list(s.alphas),
+            "weights": list(s.weights),
+            "sigmas": dict(s.sigmas),
+            "sigma_unprotected": s.sigma_unprotected,
+            "transforms": list(s.transforms),
+        }
+
+    def exposed_fraction(self) -> float:
+        """Fraction of (unique) parameters published without noise."""
+        if self._cfg.arm == "clean" or self._cfg.kappa == 0:
+            return 1.0
+        unique = {self._canonical[n]: t.numel() for n, t in self._theta.items()}
+        total = sum(unique.values())
+        if self._cfg.perturb_unprotected:
+            return 0.0
+        return sum(numel for n, numel in unique.items() if block_of(n) is None) / total
+
+    # ---- internals ------------------------------------------------------------------------------------------
+
+    def _new_secrets(self) -> _RoundSecrets:
+        cfg, r = self._cfg, self._round
+        round_seed = secrets.randbits(63) if cfg.seed is None else _derive_seed(cfg.seed, "round", r)
+        ref = self._base if self.noise_reference == "base" else None
+        alphas = [1.0]
+        if cfg.arm == "mpu":
+            alphas = alpha_schedule(cfg.m, cfg.alpha_schedule, _generator(_derive_seed(round_seed, "alpha")))
+        s = _RoundSecrets(r, round_seed, self.noise_reference, alphas, harmonic_weights(alphas))
+        if cfg.arm != "clean":
+            s.sigmas = block_sigmas(self._theta, ref, cfg.kappa, self._layout)
+            if cfg.perturb_unprotected:
+                s.sigma_unprotected = unprotected_sigma(self._theta, ref, cfg.kappa)
+        if cfg.arm == "mpu":
+            s.transforms = [
+                sample_transform(self._layout, _generator(_derive_seed(round_seed, "transform", k)))
+                for k in range(cfg.m)
+            ]
+        return s
+
+    def _noise(self, name: str) -> list[torch.Tensor] | None:
+        """Per-copy fp32 noise of one tensor (before α), regenerated identically on every call."""
+        s, cfg = self._secrets, self._cfg
+        layer = block_of(name)
+        sigma = s.sigma_unprotected if layer is None else s.sigmas.get(layer, 0.0)
+        if cfg.arm == "clean" or sigma == 0.0:
+            return None
+        # Keyed by the canonical name so tied tensors (embed / lm_head) get the same noise.
+        g = _generator(_derive_seed(s.round_seed, "noise", self._canonical[name]))
+        shape = self._theta[name].shape
+        if cfg.arm == "noised":
+            return [torch.randn(shape, generator=g, dtype=torch.float32).mul_(sigma)]
+        return zero_sum_noise(shape, sigma, cfg.m, g)
+
+    def _published_tensors(self, name: str) -> list[torch.Tensor]:
+        """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] for every copy k, in the published dtype."""
+        s, x = self._secrets, self._theta[name]
+        noise = self._noise(name)
+        out = []
+        for k in range(self.n_copies):
+            y = x if noise is None else x + s.alphas[k] * noise[k].to(x.device)
+            if self._cfg.arm == "mpu":
+                y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
+            out.append(y.to(self._dtypes[name], copy=True))  # copy: a client training in place never touches θ
+        return out
+
+    def _check_returned(self, returned: list[dict]) -> None:
+        if len(returned) != self.n_copies:
+            raise ValueError(f"expected {self.n_copies} returned copies for round {self._round}, got {len(returned)}")
+        for k, copy in enumerate(returned):
+            missing = [n for n in self._theta if n not in copy]
+            if missing:
+                raise ValueError(f"returned copy {k} lacks {len(missing)} tensors, e.g. {missing[0]!r}")
+            for name, x in self._theta.items():
+                if tuple(copy[name].shape) != tuple(x.shape):
+                    raise ValueError(
+                        f"returned copy {k}: {name!r} has shape {tuple(copy[name].shape)}, expected {tuple(x.shape)}"
+                    )
+
+
+def _alias_map(theta: dict) -> dict[str, str]:
+    """name -> first name viewing the same memory (tied embeddings appear twice in a state dict)."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, t in theta.items():
+        if t.numel() == 0:
+            out[name] = name
+            continue
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        out[name] = seen.setdefault(key, name)
+    return out

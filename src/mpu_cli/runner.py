@@ -1,0 +1,200 @@
+"""One run, in process: prepare -> R rounds of (server publish -> client unlearn each copy -> server
+aggregate) -> evaluation -> result files. The only module that sees both the server and the client."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mpu_cli.data.formatting import ChatFormat, encode_qa, pad_id
+from mpu_cli.data.tofu import load_split, split_names
+from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, load_retain_reference, summarize, write_eval
+from mpu_cli.files import atomic_write_json, atomic_write_text
+from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype, state_dict_fp32
+from mpu_cli.models.prepare import Prepared, prepare_models
+from mpu_cli.mpu.layout import ModelLayout
+from mpu_cli.mpu.server import MPUServer, ServerConfig
+from mpu_cli.unlearn import build_algorithm
+from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
+
+log = logging.getLogger(__name__)
+
+EVAL_VERSION = "1"  # bump when metric code changes: cached evaluations then stop matching
+
+
+@dataclass
+class RunContext:
+    cfg: object
+    out: Path
+    prepared: Prepared
+    tokenizer: object
+    fmt: ChatFormat
+    dtype: torch.dtype
+
+
+def chat_format(model_cfg) -> ChatFormat:
+    return ChatFormat(model_cfg.system_prompt, model_cfg.date_string, model_cfg.max_length)
+
+
+def eval_data(source: str, split: str) -> dict[str, list[dict]]:
+    names = split_names(split)
+    return {
+        "forget": load_split(source, names["forget_perturbed"]),
+        "retain": load_split(source, names["retain_perturbed"]),
+        "real_authors": load_split(source, names["real_authors"]),
+        "world_facts": load_split(source, names["world_facts"]),
+        "holdout": load_split(source, names["holdout"]),
+    }
+
+
+def _eval_config(cfg) -> EvalConfig:
+    metrics = QUICK_METRICS if cfg.eval.metrics == "quick" else None
+    return EvalConfig(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, metrics=metrics)
+
+
+def _dir_digest(path: str) -> str:
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*.safetensors")) if p.is_dir() else ([p] if p.is_file() else [])
+    if not files:
+        return path  # a Hub name: identified by name
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_evaluation(ctx: RunContext, model_path: str, data: dict, retain_ref: dict | None) -> dict:
+    """Evaluate a model that is fixed for a sweep (target, retain) once; keyed by content, never by folder."""
+    key = json.dumps({"v": EVAL_VERSION, "model": _dir_digest(model_path), "data": hashlib.sha256(
+        json.dumps(data, sort_keys=True).encode()).hexdigest(), "eval": OmegaConf.to_container(ctx.cfg.eval, resolve=True),
+        "fmt": ctx.fmt.__dict__, "ref": retain_ref}, sort_keys=True, default=str)
+    cache = Path(ctx.cfg.prepare.cache_dir).expanduser() / "evals" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (cache / "TOFU_EVAL.json").exists():
+        return json.loads((cache / "TOFU_EVAL.json").read_text())
+    model = load_model(model_path, ctx.dtype)
+    result = evaluate(model, ctx.tokenizer, data, ctx.fmt, _eval_config(ctx.cfg), retain_reference=retain_ref)
+    write_eval(cache, result)
+    return result
+
+
+def _public_skeleton(target_path: str, dtype: torch.dtype):
+    """The client's model object: public architecture, weights to be overwritten by a published copy."""
+    config = AutoConfig.from_pretrained(target_path)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def run(cfg, out: Path) -> dict:
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = resolve_dtype(cfg.model.dtype)
+    prepared = prepare_models(cfg.model, cfg.data, cfg.prepare)
+    t_prepare = time.perf_counter() - t0
+    ctx = RunContext(cfg, out, prepared, load_tokenizer(prepared.tokenizer), chat_format(cfg.model), dtype)
+    data = eval_data(cfg.data.source, cfg.data.split)
+
+    retain_ref = None
+    if prepared.retain:
+        retain_eval = cached_evaluation(ctx, prepared.retain, data, None)
+        write_eval(out / "retain", retain_eval)
+        if "forget_truth_ratio" in retain_eval:  # absent under eval.metrics=quick
+            retain_ref = load_retain_reference(retain_eval)
+    target_eval = cached_evaluation(ctx, prepared.target, data, retain_ref)
+    write_eval(out / "target", target_eval)
+
+    t1 = time.perf_counter()
+    theta, timings = unlearn(ctx)
+    t_unlearn = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    model = _public_skeleton(prepared.target, dtype)
+    load_state_into(model, theta)
+    model.eval()
+    result = evaluate(model, ctx.tokenizer, data, ctx.fmt, _eval_config(cfg), retain_reference=retain_ref)
+    write_eval(out, result)
+    if cfg.save_model:
+        from mpu_cli.models.io import save_model
+
+        save_model(model, ctx.tokenizer, out / "model")
+    t_eval = time.perf_counter() - t2
+
+    summary = summarize(result)
+    row = result_row(cfg, summary, summarize(target_eval)) | {
+        "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),
+        "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
+        "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(out / "results.csv", pd.DataFrame([row]).to_csv(index=False))
+    log.info("results: %s", json.dumps({k: row[k] for k in summary if k in row}))
+    return row
+
+
+def unlearn(ctx: RunContext) -> tuple[dict, dict]:
+    """R rounds of MPU (or the clean / noised baselines) on the target; returns the final exact theta."""
+    cfg = ctx.cfg
+    target = load_model(ctx.prepared.target, ctx.dtype)
+    theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    base = state_dict_fp32(load_model(ctx.prepared.base, ctx.dtype)) if ctx.prepared.base else None
+    layout = ModelLayout.from_hf_config(target.config)
+    del target
+    server = MPUServer(theta, layout, ServerConfig(
+        arm=cfg.arm, kappa=cfg.kappa, m=cfg.m, alpha_schedule=cfg.server.alpha_schedule, eta=cfg.server.eta,
+        seed=cfg.seed, perturb_unprotected=cfg.server.perturb_unprotected,
+        noise_reference=cfg.server.noise_reference), base=base)
+    atomic_write_json(ctx.out / "server_public.json", server.public_info())
+
+    # Client side: its own data, its algorithm, a public model skeleton.
+    split = split_names(cfg.data.split)
+    forget = [encode_qa(ctx.tokenizer, r["question"], r["answer"], ctx.fmt)
+              for r in load_split(cfg.data.source, split["forget"])]
+    algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
+    retain = ([encode_qa(ctx.tokenizer, r["question"], r["answer"], ctx.fmt)
+               for r in load_split(cfg.data.source, split["retain"])] if algorithm.uses_retain else [])
+    client_model = _public_skeleton(ctx.prepared.target, ctx.dtype)
+    # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
+    reference_state = dict(server.theta) if cfg.client.reference == "server_clean" else None
+
+    timings = {"server": 0.0, "client": 0.0}
+    for r in range(1, cfg.rounds + 1):
+        t = time.perf_counter()
+        copies = server.publish()
+        timings["server"] += time.perf_counter() - t
+        returned = []
+        for k, published in enumerate(copies):
+            t = time.perf_counter()
+            client_cfg = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
+            client_cfg.seed = cfg.client.seed + r
+            returned.append(unlearn_copy(client_model, published, algorithm, forget, retain, client_cfg,
+                                         pad_id(ctx.tokenizer), reference_state,
+                                         desc=f"round {r}/{cfg.rounds} copy {k + 1}/{len(copies)}"))
+            timings["client"] += time.perf_counter() - t
+            log.info("round %d copy %d/%d unlearned", r, k + 1, len(copies))
+        t = time.perf_counter()
+        server.aggregate(returned)
+        timings["server"] += time.perf_counter() - t
+        del returned
+    return server.theta, timings
+
+
+HEADLINE = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE", "model_utility",
+            "forget_quality", "forget_truth_ratio", "privleak", "extraction_strength", "exact_memorization")
+
+
+def result_row(cfg, summary: dict, target_summary: dict) -> dict:
+    row = {
+        "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "algorithm": cfg.algorithm.name,
+        "arm": cfg.arm, "kappa": cfg.kappa if cfg.arm != "clean" else 0.0,
+        "m": cfg.m if cfg.arm == "mpu" else 1, "rounds": cfg.rounds, "epochs": cfg.client.epochs,
+        "lr": cfg.client.lr, "seed": cfg.seed, "reference": cfg.client.reference,
+        "leaks_theta0": cfg.client.reference == "server_clean",
+        "params": json.dumps(OmegaConf.to_container(cfg.algorithm.params, resolve=True), sort_keys=True),
+    }
+    row |= {k: v for k, v in summary.items()}
+    row |= {f"target_{k}": target_summary[k] for k in HEADLINE if k in target_summary}
+    return row

@@ -1,0 +1,89 @@
+"""The client loop: run one unlearning algorithm on one published copy.
+
+The client gets a model skeleton (public architecture), the published weights of one copy, its own
+forget/retain data and (only under reference=server_clean) a reference state handed over by the runner.
+It returns the updated weights. Nothing here can reach the server's seeds, scalings or exact weights.
+"""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from mpu_cli.data.formatting import collate_right
+from mpu_cli.models.io import load_state_into, state_dict_fp32
+
+REFERENCE_POLICIES = ("client_copy", "server_clean")
+
+
+@dataclass
+class ClientConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    epochs: int = 10
+    batch_size: int = 8  # micro-batch; effective batch = batch_size * grad_accum
+    grad_accum: int = 4
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    reference: str = "client_copy"
+
+
+def _frozen(model):
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def epoch_batches(n_forget: int, n_retain: int, batch_size: int, rng: random.Random) -> list[list[tuple]]:
+    """Shuffle the forget set and pair each forget item with a randomly drawn retain item."""
+    order = list(range(n_forget))
+    rng.shuffle(order)
+    pairs = [(i, rng.randrange(n_retain) if n_retain else None) for i in order]
+    return [pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size)]
+
+
+def unlearn_copy(
+    model,
+    published: dict[str, torch.Tensor],
+    algorithm,
+    forget: list[dict],
+    retain: list[dict],
+    cfg: ClientConfig,
+    pad: int,
+    reference_state: dict[str, torch.Tensor] | None = None,
+    desc: str = "client",
+) -> dict[str, torch.Tensor]:
+    """AdamW with constant LR, gradient accumulation and clipping; a fresh optimizer per call (= per round)."""
+    load_state_into(model, published)
+    ref = None
+    if algorithm.needs_reference:
+        ref = _frozen(model)  # client_copy: a snapshot of the copy as received
+        if cfg.reference == "server_clean":
+            load_state_into(ref, reference_state)
+    if algorithm.uses_retain and not retain:
+        raise ValueError(f"algorithm={algorithm.name!r} needs a retain set")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    rng = random.Random(cfg.seed)
+    model.train()
+    for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
+        micro = epoch_batches(len(forget), len(retain), cfg.batch_size, rng)
+        for g in range(0, len(micro), cfg.grad_accum):
+            group = micro[g : g + cfg.grad_accum]
+            n_group = sum(len(b) for b in group)
+            opt.zero_grad(set_to_none=True)
+            for pairs in group:
+                f = collate_right([forget[i] for i, _ in pairs], pad)
+                r = collate_right([retain[j] for _, j in pairs], pad) if algorithm.uses_retain else None
+                # Weight each micro-batch by its size so the step equals one pass over the whole group.
+                loss = algorithm.loss(model, f, r, ref) * (len(pairs) / n_group)
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+    model.eval()
+    return state_dict_fp32(model)

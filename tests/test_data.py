@@ -1,0 +1,271 @@
+"""The embedded TOFU-like data set, its tokenizer, the loader and the generator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from mpu_cli.data import tofu
+from mpu_cli.data.tofu import EMBEDDED, TOFU_CONFIGS, load_idk, load_public_text, load_split, split_names
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "make_embedded_data.py"
+TOKENIZER_DIR = Path(tofu.__file__).resolve().parents[1] / "models" / "embedded_tokenizer"
+SYSTEM = "You are a helpful assistant."
+
+ROWS = {
+    "full": 400,
+    "forget01": 4, "forget05": 20, "forget10": 40,
+    "retain99": 396, "retain95": 380, "retain90": 360,
+    "forget01_perturbed": 4, "forget05_perturbed": 20, "forget10_perturbed": 40,
+    "retain_perturbed": 40,
+    "real_authors": 40, "real_authors_perturbed": 40,
+    "world_facts": 40, "world_facts_perturbed": 40,
+    "holdout01": 4, "holdout05": 20, "holdout10": 40,
+}
+QA = ["question", "answer"]
+PERTURBED = ["question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"]
+PUBLIC_PERTURBED = ["question", "answer", "perturbed_answer"]
+
+
+def _gen_module():
+    spec = importlib.util.spec_from_file_location("make_embedded_data", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return _gen_module()
+
+
+@pytest.fixture(scope="module")
+def meta(gen):
+    return gen.build(random.Random(gen.SEED))[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {c: load_split(EMBEDDED, c) for c in TOFU_CONFIGS}
+
+
+def test_configs_and_row_counts(data):
+    assert set(TOFU_CONFIGS) == set(ROWS)
+    assert {c: len(rows) for c, rows in data.items()} == ROWS
+
+
+def test_fields(data):
+    for c, rows in data.items():
+        want = PERTURBED if c.startswith(("forget", "retain_")) and c.endswith("_perturbed") else (
+            PUBLIC_PERTURBED if c.endswith("_perturbed") else QA)
+        for r in rows:
+            assert list(r) == want, c
+            assert all(isinstance(r[k], str) and r[k] for k in want if k != "perturbed_answer")
+
+
+@pytest.mark.parametrize("pct", ["01", "05", "10"])
+def test_forget_is_tail_of_full_and_retain_the_rest(data, pct):
+    full, forget, retain = data["full"], data[f"forget{pct}"], data[f"retain{100 - int(pct)}"]
+    assert forget == full[len(full) - len(forget):]
+    assert retain + forget == full
+    pert = data[f"forget{pct}_perturbed"]
+    assert [{k: r[k] for k in QA} for r in pert] == forget
+    hold = data[f"holdout{pct}"]
+    assert hold == data["holdout10"][len(data["holdout10"]) - len(hold):]
+
+
+def test_perturbed_answers(data):
+    for c in ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        for r in data[c]:
+            pa = r["perturbed_answer"]
+            assert isinstance(pa, list) and len(pa) == 5 and len(set(pa)) == 5, (c, r)
+            assert r["answer"] not in pa, (c, r)
+            if "paraphrased_answer" in r:
+                assert r["paraphrased_answer"] not in pa and r["paraphrased_answer"] != r["answer"]
+                assert r["paraphrased_question"] != r["question"]
+    retain90 = {(r["question"], r["answer"]) for r in data["retain90"]}
+    assert all((r["question"], r["answer"]) in retain90 for r in data["retain_perturbed"])
+    for c in ("real_authors", "world_facts"):
+        assert [{k: r[k] for k in QA} for r in data[f"{c}_perturbed"]] == data[c]
+
+
+def test_authors_and_answers(data, meta):
+    authors, holdout = meta["authors"], meta["holdout_authors"]
+    assert len(set(authors + holdout + meta["famous_authors"])) == 100 + 10 + 40
+    full = data["full"]
+    for i, r in enumerate(full):  # 4 QA per author, in author order, each mentioning the full name
+        assert authors[i // 4] in r["question"] and authors[i // 4] in r["answer"]
+        assert len(r["answer"].split()) <= 16, r["answer"]
+    assert len({r["question"] for r in full}) == len(full)
+    full_text = json.dumps(full)
+    assert not any(h in full_text for h in holdout)
+    for i, r in enumerate(data["holdout10"]):
+        assert holdout[i // 4] in r["question"]
+
+
+def test_public_data_has_no_fictitious_facts(data, meta):
+    private = meta["authors"] + meta["holdout_authors"] + meta["books"]
+    public = load_public_text()
+    assert len(public) >= 500 and len(set(public)) == len(public)
+    blob = "\n".join(public) + json.dumps(data["real_authors_perturbed"] + data["world_facts_perturbed"])
+    assert not [p for p in private if p in blob]
+    # the public facts are in the public corpus
+    for r in data["real_authors"] + data["world_facts"]:
+        assert f"Question: {r['question']} Answer: {r['answer']}" in public
+
+
+def test_idk():
+    idk = load_idk()
+    assert len(idk) == 100 and len(set(idk)) == 100 and all(isinstance(s, str) and s for s in idk)
+    assert load_idk("some-owner/not-a-local-folder") == idk  # non-embedded source: embedded fallback
+
+
+# ---------------------------------------------------------------- loader
+
+
+def _write_jsonl_folder(folder: Path, rows_by_config: dict[str, list[dict]]) -> None:
+    folder.mkdir()
+    for c, rows in rows_by_config.items():
+        (folder / f"{c}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_parquet_folder(folder: Path, rows_by_config: dict[str, list[dict]]) -> None:
+    import pandas as pd
+
+    for c, rows in rows_by_config.items():
+        (folder / c / "train").mkdir(parents=True)
+        half = len(rows) // 2  # two shards, read in name order
+        pd.DataFrame(rows[:half]).to_parquet(folder / c / "train" / "0000.parquet")
+        pd.DataFrame(rows[half:]).to_parquet(folder / c / "train" / "0001.parquet")
+
+
+def test_loader_local_folders(tmp_path, data):
+    subset = {c: data[c] for c in ("forget01", "forget05_perturbed")}
+    _write_jsonl_folder(tmp_path / "jsonl", subset)
+    _write_parquet_folder(tmp_path / "parquet", subset)
+    for c, rows in subset.items():
+        assert load_split(str(tmp_path / "jsonl"), c) == rows
+        assert load_split(str(tmp_path / "parquet"), c) == rows
+    # .jsonl extension and a JSON array are accepted too
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "forget01.jsonl").write_text("\n".join(json.dumps(r) for r in data["forget01"]))
+    (tmp_path / "other" / "full.json").write_text(json.dumps(data["forget01"]))
+    assert load_split(str(tmp_path / "other"), "forget01") == data["forget01"]
+    assert load_split(str(tmp_path / "other"), "full") == data["forget01"]
+    with pytest.raises(ValueError, match="'retain90' not found in data folder"):
+        load_split(str(tmp_path / "jsonl"), "retain90")
+    with pytest.raises(ValueError, match="no public text"):
+        load_public_text(str(tmp_path / "jsonl"))
+    (tmp_path / "jsonl" / "idk.jsonl").write_text("I do not know.\nNo idea.\n")  # open-unlearning: plain lines
+    assert load_idk(str(tmp_path / "jsonl")) == ["I do not know.", "No idea."]
+
+
+def test_loader_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError) as e:
+        load_split(EMBEDDED, "forget20")
+    assert "'forget20'" in str(e.value) and all(c in str(e.value) for c in TOFU_CONFIGS)
+    with pytest.raises(ValueError, match="not found"):
+        load_split(str(tmp_path / "missing"), "full")
+    with pytest.raises(ValueError, match="not found"):
+        load_split("./missing-folder", "full")
+
+    import datasets
+
+    def boom(*a, **k):
+        raise FileNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", boom)
+    with pytest.raises(ValueError, match="could not load Hub dataset 'nobody/nothing'"):
+        load_split("nobody/nothing", "full")
+
+
+def test_hub_source_uses_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake(name, config, split):
+        calls.append((name, config, split))
+        return [{"question": "q", "answer": "a"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert load_split("locuslab/TOFU", "forget10") == [{"question": "q", "answer": "a"}]
+    assert calls == [("locuslab/TOFU", "forget10", "train")]
+
+
+def test_split_names():
+    assert split_names("forget10") == {
+        "forget": "forget10", "retain": "retain90", "forget_perturbed": "forget10_perturbed",
+        "holdout": "holdout10", "retain_perturbed": "retain_perturbed",
+        "real_authors": "real_authors_perturbed", "world_facts": "world_facts_perturbed",
+    }
+    assert split_names("forget01")["retain"] == "retain99"
+    assert split_names("forget05")["holdout"] == "holdout05"
+    assert all(v in TOFU_CONFIGS for s in ("forget01", "forget05", "forget10") for v in split_names(s).values())
+    with pytest.raises(ValueError, match="forget01"):
+        split_names("forget20")
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    t = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    assert isinstance(t, PreTrainedTokenizerFast)
+    return t
+
+
+def test_tokenizer_specials(tok):
+    assert len(tok) == 1024
+    assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<|pad|>", "<|bos|>", "<|end|>")
+    assert tok.model_max_length == 128
+    for s in ("<|system|>", "<|user|>", "<|assistant|>"):
+        assert len(tok(s, add_special_tokens=False).input_ids) == 1
+        assert s in tok.all_special_tokens
+    assert tok.bos_token_id not in tok("Where was she born?").input_ids  # no automatic BOS
+    assert tok.eos_token_id not in tok("Where was she born?").input_ids
+
+
+def test_tokenizer_round_trip(tok):
+    for s in ["Talia Morven was born in the city of Quarnel.", "Ünïcode — ✓ 'quotes'  two  spaces", "x"]:
+        assert tok.decode(tok(s).input_ids) == s
+
+
+def test_chat_template_prefix(tok, data):
+    lengths = []
+    for r in data["full"] + data["real_authors"] + data["world_facts"]:
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["question"]}]
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": r["answer"]}], tokenize=False)
+        assert prompt == f"<|bos|><|system|>{SYSTEM}<|end|><|user|>{r['question']}<|end|><|assistant|>"
+        assert full == prompt + r["answer"] + "<|end|>"
+        p_ids, f_ids = tok(prompt).input_ids, tok(full).input_ids
+        assert f_ids[: len(p_ids)] == p_ids and f_ids[0] == tok.bos_token_id and f_ids[-1] == tok.eos_token_id
+        assert f_ids.count(tok.bos_token_id) == 1
+        lengths.append(len(f_ids))
+    assert max(lengths) < tok.model_max_length
+
+
+# ---------------------------------------------------------------- generator
+
+
+def test_generator_deterministic_and_shipped_files_current(tmp_path, gen):
+    gen.main(["--out-root", str(tmp_path / "a")])
+    gen.main(["--out-root", str(tmp_path / "b")])
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and len(files_a) > 20
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    # the committed files are what the generator writes
+    shipped = Path(tofu.__file__).resolve().parents[1]
+    for rel in files_a:
+        assert (shipped / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), f"{rel} is stale: rerun {SCRIPT}"

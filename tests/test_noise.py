@@ -1,0 +1,102 @@
+"""σ per block, zero-sum noise across copies, α schedules (spec §2)."""
+
+import math
+
+import pytest
+import torch
+
+from mpu_cli.mpu import ModelLayout, alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
+
+torch.set_num_threads(1)
+
+LAYOUT = ModelLayout(num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_zero_sum_noise_sums_to_zero_with_variance_sigma_squared(m):
+    sigma = 0.5
+    eps = zero_sum_noise((1000, 1000), sigma, m, torch.Generator().manual_seed(0))
+    assert len(eps) == m and all(e.dtype == torch.float32 and e.shape == (1000, 1000) for e in eps)
+    assert torch.stack(eps).sum(0).abs().max() <= 1e-5
+    for e in eps:
+        assert abs(e.std().item() / sigma - 1) < 0.05
+        assert abs(e.mean().item()) < 0.01
+    # copies are negatively correlated, corr = −1/(m−1): the noise really is shared across copies
+    corr = torch.corrcoef(torch.stack([eps[0].flatten(), eps[1].flatten()]))[0, 1].item()
+    assert abs(corr + 1 / (m - 1)) < 0.01
+
+
+def test_zero_sum_noise_is_reproducible_and_needs_two_copies():
+    a = zero_sum_noise((3, 5), 1.0, 3, torch.Generator().manual_seed(7))
+    b = zero_sum_noise((3, 5), 1.0, 3, torch.Generator().manual_seed(7))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="m >= 2"):
+        zero_sum_noise((3,), 1.0, 1, torch.Generator())
+
+
+def _state():
+    g = torch.Generator().manual_seed(1)
+    return {
+        "model.embed_tokens.weight": torch.randn(10, 8, generator=g),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(16, 8, generator=g),
+        "model.layers.0.input_layernorm.weight": torch.randn(8, generator=g),
+        "model.layers.1.mlp.up_proj.weight": 3 * torch.randn(16, 8, generator=g),
+        "model.norm.weight": torch.randn(8, generator=g),
+    }
+
+
+def _rms(tensors):
+    flat = torch.cat([t.double().flatten() for t in tensors])
+    return flat.square().mean().sqrt().item()
+
+
+def test_block_sigmas_raw_and_base_reference():
+    theta = _state()
+    blocks = {0: ["model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight"],
+              1: ["model.layers.1.mlp.up_proj.weight"]}
+    raw = block_sigmas(theta, None, 0.1, LAYOUT)
+    assert set(raw) == {0, 1}
+    for layer, names in blocks.items():
+        assert raw[layer] == pytest.approx(0.1 * _rms([theta[n] for n in names]), rel=1e-12)
+    # with a base model: RMS of the fine-tuning difference, pooled over all elements of the block
+    g = torch.Generator().manual_seed(2)
+    diff = {n: torch.randn(t.shape, generator=g) * (0.01 if "layers.0" in n else 0.02) for n, t in theta.items()}
+    base = {n: theta[n] - diff[n] for n in theta}
+    ref = block_sigmas(theta, base, 0.1, LAYOUT)
+    for layer, names in blocks.items():
+        assert ref[layer] == pytest.approx(0.1 * _rms([diff[n] for n in names]), rel=1e-5)
+
+
+def test_block_sigmas_reduce_in_float64():
+    # 4M elements of 1.0 plus one 3000.0: a float32 running sum would drift; float64 gives the exact RMS
+    t = torch.ones(1 << 22)
+    t[0] = 3000.0
+    sigma = block_sigmas({"model.layers.0.mlp.up_proj.weight": t}, None, 1.0, LAYOUT)[0]
+    expected = math.sqrt(((1 << 22) - 1 + 3000.0**2) / (1 << 22))
+    assert sigma == pytest.approx(expected, rel=1e-12)
+
+
+def test_unprotected_sigma_covers_only_tensors_outside_blocks():
+    theta = _state()
+    outside = [theta["model.embed_tokens.weight"], theta["model.norm.weight"]]
+    assert unprotected_sigma(theta, None, 0.01) == pytest.approx(0.01 * _rms(outside), rel=1e-12)
+
+
+def test_block_sigmas_reject_bad_base_and_layers():
+    theta = _state()
+    with pytest.raises(ValueError, match="base model has no tensor"):
+        block_sigmas(theta, {}, 0.1, LAYOUT)
+    one_layer = ModelLayout(num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16)
+    with pytest.raises(ValueError, match="block 1"):
+        block_sigmas(theta, None, 0.1, one_layer)
+
+
+def test_alpha_schedules():
+    assert alpha_schedule(2) == [1.0, 2.0]
+    assert alpha_schedule(3) == [1.0, 1.5, 2.0]
+    assert alpha_schedule(1) == [1.0]
+    assert alpha_schedule(3, "pow2") == [1.0, 2.0, 4.0]
+    rnd = alpha_schedule(4, "random", torch.Generator().manual_seed(0))
+    assert rnd[0] == 1.0 and all(1.0 <= a < 2.0 for a in rnd) and len(set(rnd)) == 4
+    with pytest.raises(ValueError, match="linear, pow2, random"):
+        alpha_schedule(2, "cubic")

@@ -1,0 +1,223 @@
+"""The server's arms, rounds, seeds, secrets and precision (spec §2, §4, §5, §6)."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import functional_call
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mpu_cli.mpu import MPUServer, ModelLayout, ServerConfig, block_of, block_sigmas, invert_transform
+
+torch.set_num_threads(1)
+
+CONFIG = LlamaConfig(
+    vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+)
+LAYOUT = ModelLayout.from_hf_config(CONFIG)
+OUTSIDE = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(CONFIG).eval()
+    with torch.no_grad():
+        for name, p in llama.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.15)
+    return llama
+
+
+@pytest.fixture
+def theta(model):
+    return {n: t.clone() for n, t in model.state_dict().items()}
+
+
+def server_for(theta, **cfg):
+    return MPUServer(theta, LAYOUT, ServerConfig(**cfg))
+
+
+def test_clean_publishes_theta_bitwise_and_applies_the_difference(theta):
+    server = server_for(theta, arm="clean")
+    (pub,) = server.publish()
+    assert all(torch.equal(pub[n], theta[n]) for n in theta)
+    pub["model.norm.weight"].add_(1.0)  # a client training in place must not reach the server's θ
+    assert torch.equal(server.theta["model.norm.weight"], theta["model.norm.weight"])
+    g = torch.Generator().manual_seed(1)
+    returned = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in theta.items()}
+    new = server.aggregate([returned])
+    assert all(torch.equal(new[n], theta[n] + (returned[n] - theta[n])) for n in theta)
+
+
+def test_noised_publishes_one_copy_with_sigma_per_block(theta):
+    server = server_for(theta, arm="noised", kappa=0.1, seed=0)
+    copies = server.publish()
+    assert len(copies) == 1
+    sigmas = server.private_state()["sigmas"]
+    assert sigmas == block_sigmas(theta, None, 0.1, LAYOUT)  # no base given: raw-weight reference
+    for layer, sigma in sigmas.items():
+        noise = torch.cat([(copies[0][n] - theta[n]).flatten() for n in theta if block_of(n) == layer])
+        assert abs(noise.std().item() / sigma - 1) < 0.05
+    for n in OUTSIDE:
+        assert torch.equal(copies[0][n], theta[n])
+    # no transform: the noise is centred on θ element by element
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert (copies[0][q] - theta[q]).abs().max() < 6 * sigmas[0]
+
+
+def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):
+    server = server_for(theta, arm="mpu", kappa=0.1, m=3, seed=0)
+    copies = server.publish()
+    secrets = server.private_state()
+    assert len(copies) == 3 and secrets["alphas"] == [1.0, 1.5, 2.0]
+    for pub in copies:
+        assert set(pub) == set(theta) and all(type(v) is torch.Tensor for v in pub.values())
+        assert not torch.allclose(pub["model.layers.0.mlp.up_proj.weight"], theta["model.layers.0.mlp.up_proj.weight"], atol=1e-2)
+        assert all(torch.equal(pub[n], theta[n]) for n in OUTSIDE)
+    # undo T_k and α_k: the noises ε⁰_k sum to zero
+    eps0 = [
+        {n: (x - theta[n]) / a for n, x in invert_transform(pub, LAYOUT, t).items()}
+        for pub, t, a in zip(copies, secrets["transforms"], secrets["alphas"])
+    ]
+    for n in theta:
+        assert (eps0[0][n] + eps0[1][n] + eps0[2][n]).abs().max() < 1e-5
+    # fresh T every round
+    server.aggregate(copies)
+    server.publish()
+    perm1, perm2 = secrets["transforms"][0].perms[0], server.private_state()["transforms"][0].perms[0]
+    assert not torch.equal(perm1, perm2)
+
+
+def test_mpu_copies_without_noise_compute_the_same_function(model, theta):
+    server = server_for(theta, arm="mpu", kappa=0.0, m=2, seed=0)
+    ids = torch.randint(0, 100, (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(ids).logits
+        for pub in server.publish():
+            assert not torch.equal(pub["model.layers.1.mlp.down_proj.weight"], theta["model.layers.1.mlp.down_proj.weight"])
+            assert (functional_call(model, pub, (ids,)).logits - ref).abs().max() <= 1e-5
+
+
+def test_linear_client_over_two_rounds(theta):
+    server = server_for(theta, arm="mpu", kappa=0.1, m=2, seed=4)
+    for _ in range(2):
+        server.aggregate([{n: 0.5 * x for n, x in pub.items()} for pub in server.publish()])
+    assert server.public_info()["round"] == 2
+    assert max((server.theta[n] - 0.25 * theta[n]).abs().max().item() for n in theta) < 1e-5
+
+
+def test_seed_reproduces_copies_and_no_seed_draws_fresh_secrets(theta):
+    a, b = server_for(theta, seed=123), server_for(theta, seed=123)
+    for _ in range(2):
+        ca, cb = a.publish(), b.publish()
+        assert all(torch.equal(x[n], y[n]) for x, y in zip(ca, cb) for n in theta)
+        a.aggregate(ca), b.aggregate(cb)
+    c, d = server_for(theta, seed=None), server_for(theta, seed=None)
+    name = "model.layers.0.self_attn.k_proj.weight"
+    assert not torch.equal(c.publish()[0][name], d.publish()[0][name])
+    assert c.private_state()["round_seed"] != d.private_state()["round_seed"]
+
+
+def test_public_info_reveals_no_secret(theta):
+    server = server_for(theta, seed=99)
+    server.publish()
+    info = server.public_info()
+    assert set(info) == {"round", "arm", "m", "kappa", "noise_reference", "perturb_unprotected",
+                         "exposed_fraction", "seed_recorded"}
+    text = json.dumps(info)
+    secrets = server.private_state()
+    assert str(secrets["round_seed"]) not in text and 99 not in info.values()
+    assert not any(repr(s) in text for s in secrets["sigmas"].values())
+    assert info["seed_recorded"] is True and info["round"] == 1 and info["m"] == 2
+    assert server_for(theta).public_info()["seed_recorded"] is False
+    assert "round_seed" not in repr(server.__dict__.get("_secrets"))  # secrets do not print themselves
+
+
+def test_exposed_fraction_on_small_llama(theta):
+    total = sum(t.numel() for t in theta.values())
+    outside = sum(theta[n].numel() for n in OUTSIDE)
+    assert outside == 100 * 64 * 2 + 64
+    assert server_for(theta).public_info()["exposed_fraction"] == pytest.approx(outside / total)
+    assert server_for(theta, arm="clean").public_info()["exposed_fraction"] == 1.0
+    covered = server_for(theta, perturb_unprotected=True, kappa=0.1, seed=0)
+    assert covered.public_info()["exposed_fraction"] == 0.0
+    pubs = covered.publish()
+    assert not any(torch.equal(pubs[0][n], theta[n]) for n in OUTSIDE)
+    # unprotected tensors get zero-sum noise too, with α but without T
+    s = covered.private_state()
+    e = [(pub["lm_head.weight"] - theta["lm_head.weight"]) / a for pub, a in zip(pubs, s["alphas"])]
+    assert (e[0] + e[1]).abs().max() < 1e-5 and s["sigma_unprotected"] > 0
+
+
+def test_tied_embeddings_get_the_same_noise(theta):
+    theta["lm_head.weight"] = theta["model.embed_tokens.weight"]
+    (pub, _) = server_for(theta, perturb_unprotected=True, kappa=0.1, seed=0).publish()
+    assert torch.equal(pub["lm_head.weight"], pub["model.embed_tokens.weight"])
+
+
+def test_bf16_model_keeps_fp32_theta_and_identity_round_is_exact(theta):
+    bf16 = {n: t.to(torch.bfloat16) for n, t in theta.items()}
+    server = server_for(bf16, arm="mpu", kappa=0.01, m=2, seed=5)
+    assert all(server.theta[n].dtype == torch.float32 and torch.equal(server.theta[n], bf16[n].float()) for n in bf16)
+    for _ in range(2):
+        copies = server.publish()
+        assert all(t.dtype == torch.bfloat16 for pub in copies for t in pub.values())
+        # 1 % noise survives bf16 rounding on most elements (the reference's bf16 server arithmetic loses it)
+        name = "model.layers.0.mlp.up_proj.weight"
+        inv = invert_transform(copies[0], LAYOUT, server.private_state()["transforms"][0])
+        assert (inv[name] != bf16[name]).float().mean() > 0.5
+        new = server.aggregate(copies)  # the client changed nothing
+        assert all(new[n].dtype == torch.float32 and torch.equal(new[n], bf16[n].float()) for n in bf16)
+
+
+def test_base_reference_and_raw_fallback(theta):
+    g = torch.Generator().manual_seed(3)
+    base = {n: t - 0.01 * torch.randn(t.shape, generator=g) for n, t in theta.items()}
+    with_base = MPUServer(theta, LAYOUT, ServerConfig(kappa=0.1, seed=0), base=base)
+    with_base.publish()
+    assert with_base.public_info()["noise_reference"] == "base"
+    assert with_base.private_state()["sigmas"] == block_sigmas(theta, base, 0.1, LAYOUT)
+    assert all(s < 0.002 for s in with_base.private_state()["sigmas"].values())  # κ · RMS(θ − θ_base) ≈ 0.001
+    raw = MPUServer(theta, LAYOUT, ServerConfig(kappa=0.1, noise_reference="raw", seed=0), base=base)
+    raw.publish()
+    assert raw.private_state()["sigmas"] == block_sigmas(theta, None, 0.1, LAYOUT)
+    assert server_for(theta).public_info()["noise_reference"] == "raw"  # no base: falls back to raw
+
+
+def test_bad_config_and_call_order_fail_clearly(theta):
+    with pytest.raises(ValueError, match="arm='foo'.*clean, noised, mpu"):
+        ServerConfig(arm="foo")
+    with pytest.raises(ValueError, match="m=1"):
+        ServerConfig(arm="mpu", m=1)
+    with pytest.raises(ValueError, match="noise_reference"):
+        ServerConfig(noise_reference="zero")
+    server = server_for(theta, seed=0)
+    with pytest.raises(RuntimeError, match="publish"):
+        server.aggregate([])
+    copies = server.publish()
+    with pytest.raises(RuntimeError, match="aggregate"):
+        server.publish()
+    with pytest.raises(ValueError, match="expected 2 returned copies"):
+        server.aggregate(copies[:1])
+    del copies[1]["lm_head.weight"]
+    with pytest.raises(ValueError, match="lm_head.weight"):
+        server.aggregate(copies)
+
+
+def test_server_package_imports_neither_client_nor_data():
+    import mpu_cli.mpu as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not any(part in ("unlearn", "data") for part in name.lstrip(".").split(".")), (path.name, name)
+                assert not name.startswith(".."), (path.name, name)  # nothing from the parent package at all
