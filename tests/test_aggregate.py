@@ -14,23 +14,36 @@ from mpu_cli.mpu import (
 
 torch.set_num_threads(1)
 
-LAYOUT = ModelLayout(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, hidden_size=32, intermediate_size=64)
+LAYOUT = ModelLayout(
+    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, hidden_size=32, intermediate_size=64
+)
 
 
 def random_state(layout=LAYOUT, seed=0):
     """HF-named Qwen2-like state dict (q/k/v biases included) with random O(1) values."""
     g = torch.Generator().manual_seed(seed)
-    h, f, q, kv = layout.hidden_size, layout.intermediate_size, layout.num_heads * layout.head_dim, layout.num_kv_heads * layout.head_dim
+    h, f, q, kv = (
+        layout.hidden_size,
+        layout.intermediate_size,
+        layout.num_heads * layout.head_dim,
+        layout.num_kv_heads * layout.head_dim,
+    )
     shapes = {"model.embed_tokens.weight": (50, h), "model.norm.weight": (h,), "lm_head.weight": (50, h)}
     for layer in range(layout.num_layers):
         p = f"model.layers.{layer}."
         shapes |= {
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.q_proj.bias": (q,),
-            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.q_proj.weight": (q, h),
+            p + "self_attn.q_proj.bias": (q,),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.v_proj.bias": (kv,),
             p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h), p + "mlp.down_proj.weight": (h, f),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+            p + "mlp.gate_proj.weight": (f, h),
+            p + "mlp.up_proj.weight": (f, h),
+            p + "mlp.down_proj.weight": (h, f),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
         }
     return {n: torch.randn(s, generator=g) for n, s in shapes.items()}
 

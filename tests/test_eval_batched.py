@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -20,10 +21,25 @@ from mpu_cli.evals import metrics as M
 from mpu_cli.evals.batched import _decode_new, generate_greedy, score_sequences, stop_token_ids
 from mpu_cli.evals.tofu import ALL_METRICS, QUICK_METRICS, UTILITY_METRICS, EvalConfig, evaluate
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machines are small and shared: intra-op threads fighting over 2 cores make tiny
+    # matmuls ~15x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-TEMPLATE_WORDS = "you are a helpful assistant . question : answer ?".split()
-CONTENT = ("who what where when wrote born city book author novel prize won river old new red blue green "
-           "quiet loud mother father teacher doctor paris rome lima oslo cats run running story poems").split()
+TEMPLATE_WORDS = ["you", "are", "a", "helpful", "assistant", ".", "question", ":", "answer", "?"]
+CONTENT = [
+    "who", "what", "where", "when", "wrote", "born", "city", "book", "author", "novel", "prize",
+    "won", "river", "old", "new", "red", "blue", "green", "quiet", "loud", "mother", "father",
+    "teacher", "doctor", "paris", "rome", "lima", "oslo", "cats", "run", "running", "story",
+    "poems",
+]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
@@ -72,7 +88,7 @@ def make_data(n=5, seed=0) -> dict[str, list[dict]]:
 
 
 class FixedLogits(torch.nn.Module):
-    """Next-token logits are table[previous token]: distributions set directly, no context beyond one token."""
+    """Next-token logits are table[previous token]: distributions set directly, no further context."""
 
     def __init__(self, table: torch.Tensor):
         super().__init__()
@@ -163,10 +179,9 @@ def test_evaluate_matches_recomputation_from_fixed_distributions(tmp_path):
     table = torch.randn(len(tok), len(tok), generator=g) * 2.0
     # make some answers partly predictable so ES / EM are not trivially 0
     v = tok.get_vocab()
-    for row in data["forget"][:2]:
-        words = row["answer"].split()
-        for w1, w2 in zip(words, words[1:]):
-            table[v[w1], v[w2]] = 30.0
+    words = [":", *data["forget"][0]["answer"].split(), "</s>"]  # answer 0, from its first token to EOS
+    for w1, w2 in itertools.pairwise(words):
+        table[v[w1], v[w2]] = 30.0
     model = FixedLogits(table)
     ref_log = {"forget_truth_ratio": {"agg_value": 0.6, "value_by_index": {
         str(i): {"score": s} for i, s in enumerate([0.3, 0.8, 1.1, 0.5, 0.9])}},
@@ -186,10 +201,14 @@ def test_evaluate_matches_recomputation_from_fixed_distributions(tmp_path):
     ans = stats("forget")
     assert ev["forget_Q_A_Prob"]["agg_value"] == pytest.approx(
         sum(math.exp(-_avg(lp)) for lp, _ in ans) / 4, rel=1e-5)
-    assert ev["forget_Q_A_Prob"]["value_by_index"]["2"]["avg_loss"] == pytest.approx(_avg(ans[2][0]), rel=1e-5)
+    item = ev["forget_Q_A_Prob"]["value_by_index"]["2"]
+    assert item["avg_loss"] == pytest.approx(_avg(ans[2][0]), rel=1e-5)
 
-    trs = [math.exp(_avg(lp) - sum(pl) / len(pl)) for (lp, _), pl in zip(stats("forget", "paraphrased_answer"),
-                                                                       pert_losses("forget"))]
+    def trs_of(key):  # TR over the paraphrased answer
+        para = stats(key, "paraphrased_answer")
+        return [math.exp(_avg(lp) - sum(pl) / len(pl)) for (lp, _), pl in zip(para, pert_losses(key), strict=False)]
+
+    trs = trs_of("forget")
     assert [ev["forget_truth_ratio"]["value_by_index"][str(i)]["score"] for i in range(4)] == pytest.approx(
         trs, rel=1e-5)
     assert ev["forget_truth_ratio"]["agg_value"] == pytest.approx(
@@ -197,23 +216,22 @@ def test_evaluate_matches_recomputation_from_fixed_distributions(tmp_path):
     assert ev["forget_quality"]["agg_value"] == pytest.approx(
         ks_2samp(trs, [0.3, 0.8, 1.1, 0.5, 0.9]).pvalue, rel=1e-5)
 
-    rtrs = [math.exp(_avg(lp) - sum(pl) / len(pl)) for (lp, _), pl in zip(stats("retain", "paraphrased_answer"),
-                                                                        pert_losses("retain"))]
+    rtrs = trs_of("retain")
     assert ev["retain_Truth_Ratio"]["agg_value"] == pytest.approx(
         sum(max(0.0, 1 - t) for t in rtrs) / 4, rel=1e-5, abs=1e-7)
 
     for prefix, key in (("ra", "real_authors"), ("wf", "world_facts")):
         la = [_avg(lp) for lp, _ in stats(key)]
         pl = pert_losses(key)
-        norm = [math.exp(-a) / (math.exp(-a) + sum(math.exp(-x) for x in p)) for a, p in zip(la, pl)]
+        norm = [math.exp(-a) / (math.exp(-a) + sum(math.exp(-x) for x in p)) for a, p in zip(la, pl, strict=False)]
         assert ev[f"{prefix}_Q_A_Prob_normalised"]["agg_value"] == pytest.approx(sum(norm) / 4, rel=1e-5)
-        tr = [math.exp(a - sum(p) / len(p)) for a, p in zip(la, pl)]  # over the true answer
+        tr = [math.exp(a - sum(p) / len(p)) for a, p in zip(la, pl, strict=False)]  # over the true answer
         assert ev[f"{prefix}_Truth_Ratio"]["agg_value"] == pytest.approx(
             sum(max(0.0, 1 - t) for t in tr) / 4, rel=1e-5, abs=1e-7)
 
     es = [M.extraction_strength(h) for _, h in ans]
     em = [sum(h) / len(h) for _, h in ans]
-    assert max(es) == 1.0  # the boosted answers are fully extractable
+    assert es[0] == 1.0 and em[0] == 1.0  # the boosted answer is fully extractable
     assert ev["extraction_strength"]["agg_value"] == pytest.approx(sum(es) / 4)
     assert ev["exact_memorization"]["agg_value"] == pytest.approx(sum(em) / 4)
 
@@ -299,6 +317,7 @@ def test_every_metric_is_batch_size_invariant():
     model = tiny_llama(tok)
     data = make_data(n=5, seed=3)
     reference = {"forget_tr": [0.2, 0.5, 0.9, 1.3, 2.0], "mia_auc": 0.55}
+    was_training = model.training
     hf_logger = logging.getLogger("transformers")
     rec = _Records()
     hf_logger.addHandler(rec)
@@ -310,12 +329,15 @@ def test_every_metric_is_batch_size_invariant():
     ev1, ev3 = runs
     assert list(ev1) == list(ALL_METRICS)
     _assert_same(ev1, ev3)
-    gens = [ev1[m]["value_by_index"][str(i)]["generation"] for m in ev1 if m.endswith("ROUGE") for i in range(5)]
+    gens = [ev1[m]["value_by_index"][str(i)]["generation"]
+            for m in ev1 if m.endswith("ROUGE") for i in range(5)]
     assert any(gens) and all("<" not in g for g in gens)  # no special tokens leak into generations
     assert ev1["model_utility"]["agg_value"] == pytest.approx(
         M.model_utility([ev1[m]["agg_value"] for m in UTILITY_METRICS]))
-    assert not model.training
-    assert not [m for m in rec.msgs if "generation" in m.lower() or "temperature" in m or "pad" in m], rec.msgs
+    assert model.training == was_training  # mode restored
+    assert model.generation_config.do_sample and model.generation_config.temperature == 0.6
+    noisy = [m for m in rec.msgs if "generation" in m.lower() or "temperature" in m or "pad" in m]
+    assert not noisy, noisy
 
 
 def test_generation_left_padding_matches_single_and_quick_metrics():

@@ -152,7 +152,8 @@ def test_load_open_unlearning_retain_log_and_forget_quality(tmp_path):
 
 
 def test_load_reference_accepts_value_key_and_no_mia():
-    ev = {"forget_truth_ratio": {"agg_value": 1.0, "value_by_index": {"1": {"value": 2.0}, "0": {"value": 1.0}}}}
+    by = {"1": {"value": 2.0}, "0": {"value": 1.0}}
+    ev = {"forget_truth_ratio": {"agg_value": 1.0, "value_by_index": by}}
     assert load_retain_reference(ev) == {"forget_tr": [1.0, 2.0], "mia_auc": None}
     with pytest.raises(ValueError, match="forget_truth_ratio"):
         load_retain_reference({"forget_Q_A_Prob": {"agg_value": 1.0}})
@@ -177,5 +178,5 @@ def test_metric_selection():
     assert resolve_metrics(["privleak"]) == ["mia_min_k", "privleak"]
     assert resolve_metrics(["forget_quality"]) == ["forget_truth_ratio", "forget_quality"]
     assert len(resolve_metrics(["model_utility"])) == 10
-    with pytest.raises(ValueError, match="unknown metric 'forget_prob'.*accepted: forget_Q_A_Prob"):
+    with pytest.raises(ValueError, match=r"unknown metric 'forget_prob'.*accepted: forget_Q_A_Prob"):
         resolve_metrics(["forget_prob"])

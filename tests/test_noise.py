@@ -9,7 +9,9 @@ from mpu_cli.mpu import ModelLayout, alpha_schedule, block_sigmas, unprotected_s
 
 torch.set_num_threads(1)
 
-LAYOUT = ModelLayout(num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16)
+LAYOUT = ModelLayout(
+    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16
+)
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -52,15 +54,19 @@ def _rms(tensors):
 
 def test_block_sigmas_raw_and_base_reference():
     theta = _state()
-    blocks = {0: ["model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight"],
-              1: ["model.layers.1.mlp.up_proj.weight"]}
+    blocks = {
+        0: ["model.layers.0.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight"],
+        1: ["model.layers.1.mlp.up_proj.weight"],
+    }
     raw = block_sigmas(theta, None, 0.1, LAYOUT)
     assert set(raw) == {0, 1}
     for layer, names in blocks.items():
         assert raw[layer] == pytest.approx(0.1 * _rms([theta[n] for n in names]), rel=1e-12)
     # with a base model: RMS of the fine-tuning difference, pooled over all elements of the block
     g = torch.Generator().manual_seed(2)
-    diff = {n: torch.randn(t.shape, generator=g) * (0.01 if "layers.0" in n else 0.02) for n, t in theta.items()}
+    diff = {
+        n: torch.randn(t.shape, generator=g) * (0.01 if "layers.0" in n else 0.02) for n, t in theta.items()
+    }
     base = {n: theta[n] - diff[n] for n in theta}
     ref = block_sigmas(theta, base, 0.1, LAYOUT)
     for layer, names in blocks.items():
@@ -86,7 +92,9 @@ def test_block_sigmas_reject_bad_base_and_layers():
     theta = _state()
     with pytest.raises(ValueError, match="base model has no tensor"):
         block_sigmas(theta, {}, 0.1, LAYOUT)
-    one_layer = ModelLayout(num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16)
+    one_layer = ModelLayout(
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16
+    )
     with pytest.raises(ValueError, match="block 1"):
         block_sigmas(theta, None, 0.1, one_layer)
 

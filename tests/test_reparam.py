@@ -18,15 +18,15 @@ from mpu_cli.mpu import (
 
 torch.set_num_threads(1)
 
-SMALL = dict(
-    vocab_size=100,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+SMALL = {
+    "vocab_size": 100,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
 MODELS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 
 
@@ -101,7 +101,9 @@ def test_layout_from_hf_config():
 
 
 @pytest.mark.parametrize(
-    "kind,overrides", [("llama", {}), ("llama", {"head_dim": 8}), ("qwen2", {})], ids=["llama", "llama-hd8", "qwen2"]
+    "kind,overrides",
+    [("llama", {}), ("llama", {"head_dim": 8}), ("qwen2", {})],
+    ids=["llama", "llama-hd8", "qwen2"],
 )
 def test_transform_preserves_logits(kind, overrides):
     model = tiny_model(kind, **overrides)
@@ -109,12 +111,19 @@ def test_transform_preserves_logits(kind, overrides):
     state = model.state_dict()
     t = sample_transform(layout, torch.Generator().manual_seed(2))
     new = apply_transform(state, layout, t)
-    for suffix in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.o_proj.weight",
-                   "mlp.gate_proj.weight", "mlp.down_proj.weight"):
+    for suffix in (
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.down_proj.weight",
+    ):
         name = f"model.layers.1.{suffix}"
         assert not torch.allclose(new[name], state[name], atol=1e-3), f"T left {name} unchanged"
     if kind == "qwen2":
-        assert not torch.allclose(new["model.layers.0.self_attn.k_proj.bias"], state["model.layers.0.self_attn.k_proj.bias"])
+        assert not torch.allclose(
+            new["model.layers.0.self_attn.k_proj.bias"], state["model.layers.0.self_attn.k_proj.bias"]
+        )
     ids = input_ids()
     ref = logits(model, state, ids)
     assert ref.abs().max() > 0.5  # the model is not trivially flat
@@ -141,7 +150,9 @@ def test_interleaved_pairing_breaks_function():
     layout = ModelLayout.from_hf_config(model.config)
     state = model.state_dict()
     t = sample_transform(layout, torch.Generator().manual_seed(4))
-    wrong = explicit_attention_transform(state, layout, t.angles, [(2 * i, 2 * i + 1) for i in range(layout.head_dim // 2)])
+    wrong = explicit_attention_transform(
+        state, layout, t.angles, [(2 * i, 2 * i + 1) for i in range(layout.head_dim // 2)]
+    )
     ids = input_ids()
     assert (logits(model, wrong, ids) - logits(model, state, ids)).abs().max() > 1e-3
 
@@ -163,8 +174,11 @@ def test_inverse_undoes_transform_on_weights_and_updates(dtype):
             tol = 1e-6 if dtype == torch.float32 else 2e-2 * state[name].abs().max().item()
             torch.testing.assert_close(back[name], state[name], atol=tol, rtol=0)
         # T⁻¹ is a different map from T (it is not an involution)
-        assert not torch.allclose(invert_transform(state, layout, t)["model.layers.0.self_attn.q_proj.weight"].float(),
-                                  forward["model.layers.0.self_attn.q_proj.weight"].float(), atol=1e-3)
+        assert not torch.allclose(
+            invert_transform(state, layout, t)["model.layers.0.self_attn.q_proj.weight"].float(),
+            forward["model.layers.0.self_attn.q_proj.weight"].float(),
+            atol=1e-3,
+        )
 
 
 def test_identity_transform_is_identity_and_outside_tensors_pass_through():
@@ -175,13 +189,20 @@ def test_identity_transform_is_identity_and_outside_tensors_pass_through():
     for name in state:
         torch.testing.assert_close(same[name], state[name], atol=1e-7, rtol=0)
     moved = apply_transform(state, layout, sample_transform(layout, torch.Generator().manual_seed(6)))
-    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.layers.0.input_layernorm.weight"):
+    for name in (
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.layers.0.input_layernorm.weight",
+    ):
         assert torch.equal(moved[name], state[name])
 
 
 def test_unknown_attention_tensor_is_refused():
     """A per-head q_norm (Qwen3) does not commute with the rotations: refuse rather than break the model."""
-    layout = ModelLayout(num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=8)
+    layout = ModelLayout(
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=8
+    )
     state = {"model.layers.0.self_attn.q_norm.weight": torch.ones(4)}
     with pytest.raises(NotImplementedError, match="q_norm"):
         apply_transform(state, layout, identity_transform(layout))

@@ -9,13 +9,18 @@ import torch
 from torch.func import functional_call
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mpu_cli.mpu import MPUServer, ModelLayout, ServerConfig, block_of, block_sigmas, invert_transform
+from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig, block_of, block_sigmas, invert_transform
 
 torch.set_num_threads(1)
 
 CONFIG = LlamaConfig(
-    vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
 )
 LAYOUT = ModelLayout.from_hf_config(CONFIG)
 OUTSIDE = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
@@ -27,7 +32,10 @@ def model():
     llama = LlamaForCausalLM(CONFIG).eval()
     with torch.no_grad():
         for name, p in llama.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 0.15)
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.15)
     return llama
 
 
@@ -75,7 +83,9 @@ def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):
     assert len(copies) == 3 and secrets["alphas"] == [1.0, 1.5, 2.0]
     for pub in copies:
         assert set(pub) == set(theta) and all(type(v) is torch.Tensor for v in pub.values())
-        assert not torch.allclose(pub["model.layers.0.mlp.up_proj.weight"], theta["model.layers.0.mlp.up_proj.weight"], atol=1e-2)
+        assert not torch.allclose(
+            pub["model.layers.0.mlp.up_proj.weight"], theta["model.layers.0.mlp.up_proj.weight"], atol=1e-2
+        )
         assert all(torch.equal(pub[n], theta[n]) for n in OUTSIDE)
     # undo T_k and α_k: the noises ε⁰_k sum to zero
     eps0 = [
@@ -97,7 +107,9 @@ def test_mpu_copies_without_noise_compute_the_same_function(model, theta):
     with torch.no_grad():
         ref = model(ids).logits
         for pub in server.publish():
-            assert not torch.equal(pub["model.layers.1.mlp.down_proj.weight"], theta["model.layers.1.mlp.down_proj.weight"])
+            assert not torch.equal(
+                pub["model.layers.1.mlp.down_proj.weight"], theta["model.layers.1.mlp.down_proj.weight"]
+            )
             assert (functional_call(model, pub, (ids,)).logits - ref).abs().max() <= 1e-5
 
 
@@ -125,8 +137,16 @@ def test_public_info_reveals_no_secret(theta):
     server = server_for(theta, seed=99)
     server.publish()
     info = server.public_info()
-    assert set(info) == {"round", "arm", "m", "kappa", "noise_reference", "perturb_unprotected",
-                         "exposed_fraction", "seed_recorded"}
+    assert set(info) == {
+        "round",
+        "arm",
+        "m",
+        "kappa",
+        "noise_reference",
+        "perturb_unprotected",
+        "exposed_fraction",
+        "seed_recorded",
+    }
     text = json.dumps(info)
     secrets = server.private_state()
     assert str(secrets["round_seed"]) not in text and 99 not in info.values()
@@ -161,7 +181,9 @@ def test_tied_embeddings_get_the_same_noise(theta):
 def test_bf16_model_keeps_fp32_theta_and_identity_round_is_exact(theta):
     bf16 = {n: t.to(torch.bfloat16) for n, t in theta.items()}
     server = server_for(bf16, arm="mpu", kappa=0.01, m=2, seed=5)
-    assert all(server.theta[n].dtype == torch.float32 and torch.equal(server.theta[n], bf16[n].float()) for n in bf16)
+    assert all(
+        server.theta[n].dtype == torch.float32 and torch.equal(server.theta[n], bf16[n].float()) for n in bf16
+    )
     for _ in range(2):
         copies = server.publish()
         assert all(t.dtype == torch.bfloat16 for pub in copies for t in pub.values())
@@ -219,5 +241,8 @@ def test_server_package_imports_neither_client_nor_data():
             else:
                 continue
             for name in names:
-                assert not any(part in ("unlearn", "data") for part in name.lstrip(".").split(".")), (path.name, name)
+                assert not any(part in ("unlearn", "data") for part in name.lstrip(".").split(".")), (
+                    path.name,
+                    name,
+                )
                 assert not name.startswith(".."), (path.name, name)  # nothing from the parent package at all

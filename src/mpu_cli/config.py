@@ -71,7 +71,7 @@ class EvalSettings:
 @dataclass
 class PrepareSettings:
     cache_dir: str = "~/.cache/mpu-cli"
-    base_epochs: int = 30
+    base_epochs: int = 20
     target_max_epochs: int = 80
     target_min_prob: float = 0.9
     retain_epochs: Optional[int] = None  # None: the target's epoch count

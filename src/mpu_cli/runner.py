@@ -14,16 +14,23 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from mpu_cli.data.formatting import ChatFormat, encode_qa, pad_id
+from mpu_cli.data.formatting import ChatFormat, pad_id
 from mpu_cli.data.tofu import load_split, split_names
-from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, load_retain_reference, summarize, write_eval
+from mpu_cli.evals.tofu import (
+    QUICK_METRICS,
+    EvalConfig,
+    evaluate,
+    load_retain_reference,
+    summarize,
+    write_eval,
+)
 from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype, state_dict_fp32
 from mpu_cli.models.prepare import Prepared, prepare_models
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer, ServerConfig
 from mpu_cli.unlearn import build_algorithm
-from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
+from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +157,8 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
     atomic_write_json(ctx.out / "server_public.json", server.public_info())
 
     # Client side: its own data, its algorithm, a public model skeleton.
-    split = split_names(cfg.data.split)
-    forget = [encode_qa(ctx.tokenizer, r["question"], r["answer"], ctx.fmt)
-              for r in load_split(cfg.data.source, split["forget"])]
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
-    retain = ([encode_qa(ctx.tokenizer, r["question"], r["answer"], ctx.fmt)
-               for r in load_split(cfg.data.source, split["retain"])] if algorithm.uses_retain else [])
+    client_data = encode_client_data(ctx.tokenizer, ctx.fmt, cfg.data.source, cfg.data.split, algorithm)
     client_model = _public_skeleton(ctx.prepared.target, ctx.dtype)
     # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
     reference_state = dict(server.theta) if cfg.client.reference == "server_clean" else None
@@ -170,7 +173,7 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
             t = time.perf_counter()
             client_cfg = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
             client_cfg.seed = cfg.client.seed + r
-            returned.append(unlearn_copy(client_model, published, algorithm, forget, retain, client_cfg,
+            returned.append(unlearn_copy(client_model, published, algorithm, client_data, client_cfg,
                                          pad_id(ctx.tokenizer), reference_state,
                                          desc=f"round {r}/{cfg.rounds} copy {k + 1}/{len(copies)}"))
             timings["client"] += time.perf_counter() - t

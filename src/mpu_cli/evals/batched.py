@@ -132,7 +132,7 @@ def _decode_new(tokenizer, ids: list[int], stops: set[int], stop_strings: tuple[
         if t in stops:
             ids = ids[:n]
             break
-    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
     for s in stop_strings:
         if s and s in text:
             text = text.split(s)[0]
@@ -152,17 +152,25 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], batch_size: int,
     gc = greedy_generation_config(model, tokenizer, max_new_tokens)
     stops = set(gc.eos_token_id)
     batches = _length_batches([len(p) for p in prompts], batch_size)
-    with torch.inference_mode(), _tqdm(len(batches), desc, progress) as bar:
-        for idx in batches:
-            batch = collate_left([prompts[i] for i in idx], gc.pad_token_id)
-            ids = batch["input_ids"].to(device)
-            gen = model.generate(
-                input_ids=ids,
-                attention_mask=batch["attention_mask"].to(device),
-                generation_config=gc,
-            )
-            new = gen[:, ids.shape[1]:].tolist()
-            for j, i in enumerate(idx):
-                out[i] = _decode_new(tokenizer, new[j], stops, stop_strings)
-            bar.update(1)
+    # generate() fills unset fields of a passed config from model.generation_config, so an instruct
+    # model's sampling defaults (temperature, top_p) would come back and warn; swap the greedy config
+    # in for the duration and restore the model's own afterwards.
+    saved = getattr(model, "generation_config", None)
+    model.generation_config = gc
+    try:
+        with torch.inference_mode(), _tqdm(len(batches), desc, progress) as bar:
+            for idx in batches:
+                batch = collate_left([prompts[i] for i in idx], gc.pad_token_id)
+                ids = batch["input_ids"].to(device)
+                gen = model.generate(
+                    input_ids=ids,
+                    attention_mask=batch["attention_mask"].to(device),
+                    generation_config=gc,
+                )
+                new = gen[:, ids.shape[1]:].tolist()
+                for j, i in enumerate(idx):
+                    out[i] = _decode_new(tokenizer, new[j], stops, stop_strings)
+                bar.update(1)
+    finally:
+        model.generation_config = saved
     return out  # type: ignore[return-value]

@@ -42,7 +42,10 @@ def normalised_prob(true_avg_loss: float, pert_avg_losses: Sequence[float]) -> f
 
 
 def min_k_score(token_logprobs: Sequence[float], k: float = MIN_K) -> float:
-    """-mean of the lowest k-fraction (at least one) of the answer's token log-probs (higher = less likely)."""
+    """-mean of the lowest k-fraction (at least one) of the answer's token log-probs.
+
+    Higher = less likely = less of a member.
+    """
     lp = np.sort(np.asarray(token_logprobs, dtype=np.float64))
     if lp.size == 0:
         return 0.0
@@ -131,7 +134,7 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     n1 = int((y == 1).sum())
     n0 = int((y == 0).sum())
     if n1 == 0 or n0 == 0:
-        raise ValueError("roc_auc needs both classes (got %d positives, %d negatives)" % (n1, n0))
+        raise ValueError(f"roc_auc needs both classes (got {n1} positives, {n0} negatives)")
     ranks = rankdata(s)  # average ranks for ties -> ties count 0.5
     return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 

@@ -9,6 +9,7 @@ metrics (forget_quality, model_utility, privleak) have an empty value_by_index.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpu_cli.data.formatting import ChatFormat, _TAG_USER, encode_prompt, encode_qa, pad_id
+from mpu_cli.data.formatting import _TAG_USER, ChatFormat, encode_prompt, encode_qa, pad_id
 from mpu_cli.evals import metrics as M
 from mpu_cli.evals.batched import generate_greedy, score_sequences
 
@@ -78,7 +79,7 @@ def resolve_metrics(requested: Iterable[str] | None) -> list[str]:
 
 
 def _need(metrics: list[str]) -> dict[str, set[str]]:
-    """Per data key, which per-item quantities are needed: ans / true_pert / tr_para / gen / minik / argmax."""
+    """Per data key, the quantities needed: ans / para / pert (teacher-forced), gen (generation)."""
     need: dict[str, set[str]] = {}
 
     def add(key, what):
@@ -144,7 +145,7 @@ def _score_split(model, tokenizer, rows, fmt, what: set[str], cfg: EvalConfig, p
         out.para = [None] * n
     if "pert" in what:
         out.pert = [[] for _ in range(n)]
-    for (field, r, _j), s in zip(slots, scores):
+    for (field, r, _j), s in zip(slots, scores, strict=False):
         if field == "pert":
             out.pert[r].append(s)
         else:
@@ -259,7 +260,7 @@ def _compute(m: str, data, scores, gens, res, reference) -> dict | None:
         if key not in gens:
             return None
         by = {}
-        for i, (row, gen) in enumerate(zip(data[key], gens[key])):
+        for i, (row, gen) in enumerate(zip(data[key], gens[key], strict=False)):
             by[str(i)] = {**M.rouge_scores(row["answer"], gen), "input": row["question"],
                           "ground_truth": row["answer"], "generation": gen}
         return _entry(M.mean([v["rougeL_recall"] for v in by.values()]), by)
@@ -271,11 +272,11 @@ def _compute(m: str, data, scores, gens, res, reference) -> dict | None:
         by = {str(i): {"prob": M.prob(s.avg_loss), "avg_loss": s.avg_loss} for i, s in enumerate(sc.ans)}
         return _entry(M.mean([v["prob"] for v in by.values()]), by)
     if m.endswith("_Prob_normalised"):
-        vals = [M.normalised_prob(a.avg_loss, [p.avg_loss for p in ps]) for a, ps in zip(sc.ans, sc.pert)]
+        vals = [M.normalised_prob(a.avg_loss, [p.avg_loss for p in ps]) for a, ps in zip(sc.ans, sc.pert, strict=False)]
         return _entry(M.mean(vals), {str(i): {"prob": v} for i, v in enumerate(vals)})
     if m.lower().endswith("_truth_ratio"):
         true = sc.para if key in ("forget", "retain") else sc.ans
-        trs = [M.truth_ratio(t.avg_loss, [p.avg_loss for p in ps]) for t, ps in zip(true, sc.pert)]
+        trs = [M.truth_ratio(t.avg_loss, [p.avg_loss for p in ps]) for t, ps in zip(true, sc.pert, strict=False)]
         agg = M.tr_closer_to_1(trs) if key == "forget" else M.tr_true_better(trs)
         return _entry(agg, {str(i): {"score": v} for i, v in enumerate(trs)})
     raise AssertionError(f"unhandled metric {m}")
@@ -311,10 +312,8 @@ def _atomic_write_json(path: Path, obj) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -350,9 +349,9 @@ def load_retain_reference(path_or_eval) -> dict:
             ev = json.load(f)
         src = str(p)
     ftr = ev.get("forget_truth_ratio")
-    if not isinstance(ftr, dict) or not isinstance(ftr.get("value_by_index"), dict) or not ftr["value_by_index"]:
+    by = ftr.get("value_by_index") if isinstance(ftr, dict) else None
+    if not isinstance(by, dict) or not by:
         raise ValueError(f"retain reference {src}: no forget_truth_ratio.value_by_index")
-    by = ftr["value_by_index"]
 
     def order(k):
         try:

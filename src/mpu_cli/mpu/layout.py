@@ -32,9 +32,13 @@ class ModelLayout:
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even (RoPE planes pair i with i + head_dim/2)")
+            raise ValueError(
+                f"head_dim={self.head_dim} must be even (RoPE planes pair i with i + head_dim/2)"
+            )
 
     @property
     def group_size(self) -> int:
@@ -42,7 +46,7 @@ class ModelLayout:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_hf_config(cls, config) -> "ModelLayout":
+    def from_hf_config(cls, config) -> ModelLayout:
         """Layout of a Llama / Qwen2 / SmolLM config object."""
         if _rotary_fraction(config) != 1.0:
             # The plane rotations only commute with RoPE when every head dim is rotary.

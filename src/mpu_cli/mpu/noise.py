@@ -52,7 +52,9 @@ def block_sigmas(theta: dict, base: dict | None, kappa: float, layout) -> dict[i
         if layer is None:
             continue
         if layer >= layout.num_layers:
-            raise ValueError(f"tensor {name!r} is in block {layer}, but the model has {layout.num_layers} layers")
+            raise ValueError(
+                f"tensor {name!r} is in block {layer}, but the model has {layout.num_layers} layers"
+            )
         by_block.setdefault(layer, []).append((name, t))
     return {layer: _kappa_rms(items, base, kappa) for layer, items in sorted(by_block.items())}
 

@@ -57,12 +57,16 @@ def _rotate_rows(x: torch.Tensor, angles: torch.Tensor, sign: float) -> torch.Te
     return torch.cat((cos * a - sin * b, sin * a + cos * b), dim=1).reshape(x.shape).to(x.dtype)
 
 
-def _transform_tensor(suffix: str, x: torch.Tensor, layout: ModelLayout, t: Transform, layer: int, inverse: bool):
+def _transform_tensor(
+    suffix: str, x: torch.Tensor, layout: ModelLayout, t: Transform, layer: int, inverse: bool
+):
     perm = t.perms[layer].to(x.device)
     if inverse:
         perm = torch.argsort(perm)
     kv_angles = t.angles[layer]
-    q_angles = kv_angles.repeat_interleave(layout.group_size, dim=0)  # query head h uses S of kv head h // group
+    q_angles = kv_angles.repeat_interleave(
+        layout.group_size, dim=0
+    )  # query head h uses S of kv head h // group
     sign = 1.0 if inverse else -1.0
     if suffix in _ROW_PERMUTED:
         return x.index_select(0, perm)

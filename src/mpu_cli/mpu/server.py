@@ -87,7 +87,9 @@ class MPUServer:
         cfg.validate()
         for name, t in theta.items():
             if not t.is_floating_point():
-                raise ValueError(f"tensor {name!r} has dtype {t.dtype}; the server handles floating-point tensors only")
+                raise ValueError(
+                    f"tensor {name!r} has dtype {t.dtype}; the server handles floating-point tensors only"
+                )
         self._layout = layout
         self._cfg = cfg
         self._base = base
@@ -119,7 +121,9 @@ class MPUServer:
         """Start round r+1: the public copies θ_pub^(k), each tensor in its original dtype."""
         if self._pending:
             # Fresh noise on the same θ would let a client average the noise away.
-            raise RuntimeError(f"round {self._round} was published but not aggregated; call aggregate() first")
+            raise RuntimeError(
+                f"round {self._round} was published but not aggregated; call aggregate() first"
+            )
         self._round += 1
         self._secrets = self._new_secrets()
         copies: list[dict] = [{} for _ in range(self.n_copies)]
@@ -135,6 +139,11 @@ class MPUServer:
             raise RuntimeError("aggregate() called without a published round; call publish() first")
         returned = list(returned)
         self._check_returned(returned)
+        if self._cfg.arm == "clean" and self._cfg.eta == 1.0:
+            # θ + (θ̃ − θ) can differ from θ̃ in the last bit; the clean baseline must equal plain unlearning.
+            self._theta = {n: returned[0][n].detach().to(torch.float32, copy=True) for n in self._theta}
+            self._pending = False
+            return self.theta
         s = self._secrets
         acc = UpdateAccumulator()
         for name, x in self._theta.items():
@@ -232,12 +241,16 @@ class MPUServer:
             y = x if noise is None else x + s.alphas[k] * noise[k].to(x.device)
             if self._cfg.arm == "mpu":
                 y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
-            out.append(y.to(self._dtypes[name], copy=True))  # copy: a client training in place never touches θ
+            out.append(
+                y.to(self._dtypes[name], copy=True)
+            )  # copy: a client training in place never touches θ
         return out
 
     def _check_returned(self, returned: list[dict]) -> None:
         if len(returned) != self.n_copies:
-            raise ValueError(f"expected {self.n_copies} returned copies for round {self._round}, got {len(returned)}")
+            raise ValueError(
+                f"expected {self.n_copies} returned copies for round {self._round}, got {len(returned)}"
+            )
         for k, copy in enumerate(returned):
             missing = [n for n in self._theta if n not in copy]
             if missing:

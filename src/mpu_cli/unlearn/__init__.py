@@ -2,7 +2,17 @@
 
 Importing this package registers every algorithm module listed below.
 """
-from mpu_cli.unlearn import ga, graddiff, npo  # noqa: F401  (registration side effect)
+from mpu_cli.unlearn import (  # noqa: F401  (registration side effect)
+    ga,
+    graddiff,
+    idkdpo,
+    npo,
+    rmu,
+    satimp,
+    simnpo,
+    undial,
+    wga,
+)
 from mpu_cli.unlearn.registry import ALGORITHMS, build_algorithm
 
 __all__ = ["ALGORITHMS", "build_algorithm"]

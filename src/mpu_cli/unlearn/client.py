@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from mpu_cli.data.formatting import collate_right
+from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
+from mpu_cli.data.tofu import load_idk, load_split, split_names
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 
 REFERENCE_POLICIES = ("client_copy", "server_clean")
@@ -29,6 +31,29 @@ class ClientConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     reference: str = "client_copy"
+
+
+@dataclass
+class ClientData:
+    """The client's own private data, already tokenized. `idk[i]` (algorithms with needs_idk) is forget
+    item i's question with a refusal answer."""
+
+    forget: list[dict]
+    retain: list[dict]
+    idk: list[dict] | None = None
+
+
+def encode_client_data(tokenizer, fmt: ChatFormat, source: str, split: str, algorithm, seed: int = 0) -> ClientData:
+    names = split_names(split)
+    encode = lambda rows: [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in rows]
+    forget_rows = load_split(source, names["forget"])
+    forget = encode(forget_rows)
+    retain = encode(load_split(source, names["retain"])) if algorithm.uses_retain else []
+    idk = None
+    if getattr(algorithm, "needs_idk", False):
+        refusals, rng = load_idk(source), random.Random(seed)
+        idk = [encode_qa(tokenizer, r["question"], rng.choice(refusals), fmt) for r in forget_rows]
+    return ClientData(forget, retain, idk)
 
 
 def _frozen(model):
@@ -51,8 +76,7 @@ def unlearn_copy(
     model,
     published: dict[str, torch.Tensor],
     algorithm,
-    forget: list[dict],
-    retain: list[dict],
+    data: ClientData,
     cfg: ClientConfig,
     pad: int,
     reference_state: dict[str, torch.Tensor] | None = None,
@@ -60,6 +84,7 @@ def unlearn_copy(
 ) -> dict[str, torch.Tensor]:
     """AdamW with constant LR, gradient accumulation and clipping; a fresh optimizer per call (= per round)."""
     load_state_into(model, published)
+    retain = data.retain
     ref = None
     if algorithm.needs_reference:
         ref = _frozen(model)  # client_copy: a snapshot of the copy as received
@@ -67,8 +92,38 @@ def unlearn_copy(
             load_state_into(ref, reference_state)
     if algorithm.uses_retain and not retain:
         raise ValueError(f"algorithm={algorithm.name!r} needs a retain set")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    if getattr(algorithm, "needs_idk", False) and not data.idk:
+        raise ValueError(f"algorithm={algorithm.name!r} needs refusal answers (ClientData.idk)")
+    trainable = getattr(algorithm, "trainable_parameters", lambda _m: None)(model)
+    with only_trainable(model, trainable):
+        _train(model, algorithm, data, cfg, pad, ref, desc)
+    model.eval()
+    return state_dict_fp32(model)
+
+
+@contextmanager
+def only_trainable(model, names: list[str] | None):
+    """requires_grad only on `names` (None: leave every parameter as it is); restored on exit, since the
+    client's model object is reused across copies and rounds."""
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    if names is not None:
+        keep = set(names)
+        unknown = keep - set(saved)
+        if unknown:
+            raise ValueError(f"trainable parameters not in the model: {sorted(unknown)[:3]}")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in keep)
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+
+
+def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref, desc: str) -> None:
+    forget, retain, idk = data.forget, data.retain, data.idk
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
     model.train()
     for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
@@ -79,11 +134,11 @@ def unlearn_copy(
             opt.zero_grad(set_to_none=True)
             for pairs in group:
                 f = collate_right([forget[i] for i, _ in pairs], pad)
+                if getattr(algorithm, "needs_idk", False):
+                    f["idk"] = collate_right([idk[i] for i, _ in pairs], pad)
                 r = collate_right([retain[j] for _, j in pairs], pad) if algorithm.uses_retain else None
                 # Weight each micro-batch by its size so the step equals one pass over the whole group.
                 loss = algorithm.loss(model, f, r, ref) * (len(pairs) / n_group)
                 loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
-    model.eval()
-    return state_dict_fp32(model)
