@@ -43,4 +43,11 @@ def _run(cfg) -> float | None:
 
 
 def run_main() -> None:
+    """Validate every job of the command line first (nothing written on bad input), then run Hydra."""
+    from mpu_cli.validation import precheck
+
+    try:
+        precheck(sys.argv[1:], CONF_DIR)
+    except ConfigError as e:
+        fail(str(e))
     _run()

@@ -1,10 +1,13 @@
 """Structured configs (registered in Hydra's ConfigStore) and the checks run before any work starts."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, is_dataclass
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 ARMS = ("clean", "noised", "mpu")
 
@@ -103,13 +106,27 @@ def register_configs() -> None:
 
 
 def validate(cfg) -> None:
-    """Checks that need no model or data: fail fast, before a run directory fills up."""
+    """Checks that need no model or data: fail fast, before a run directory fills up.
+
+    Raises ConfigError with one line naming the bad value and the accepted ones."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        _validate(cfg)
+    except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
+        raise ConfigError(" ".join(str(e).split())) from e
+
+
+def _validate(cfg) -> None:
+    from mpu_cli.data.tofu import FORGET_SPLITS
     from mpu_cli.unlearn import ALGORITHMS
 
+    check_known_keys(cfg)
     if cfg.arm not in ARMS:
         raise ConfigError(f"arm={cfg.arm!r} is not one of {list(ARMS)}")
     if cfg.algorithm.name not in ALGORITHMS:
         raise ConfigError(f"algorithm={cfg.algorithm.name!r} is not one of {sorted(ALGORITHMS)}")
+    check_algorithm_params(cfg.algorithm.name, cfg.algorithm.params)
     if cfg.kappa < 0:
         raise ConfigError(f"kappa={cfg.kappa} must be >= 0")
     if cfg.m < 1:
@@ -118,9 +135,79 @@ def validate(cfg) -> None:
         raise ConfigError(f"m={cfg.m} with arm=mpu: MPU needs m >= 2 copies (use arm=noised for one)")
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds} must be >= 1")
+    for key in ("client.epochs", "client.batch_size", "client.grad_accum", "eval.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
+    if cfg.client.lr <= 0:
+        raise ConfigError(f"client.lr={cfg.client.lr} must be > 0")
     if cfg.client.reference not in ("client_copy", "server_clean"):
         raise ConfigError(f"client.reference={cfg.client.reference!r} is not one of ['client_copy', 'server_clean']")
     if cfg.server.alpha_schedule not in ("linear", "pow2"):
         raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of ['linear', 'pow2']")
     if cfg.eval.metrics not in ("all", "quick"):
         raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
+    if cfg.data.split not in FORGET_SPLITS:
+        raise ConfigError(f"data.split={cfg.data.split!r} is not one of {list(FORGET_SPLITS)}")
+    _check_dtype(cfg.model.dtype)
+    _check_source("data.source", cfg.data.source, special=("embedded",), what="folder laid out like locuslab/TOFU",
+                  folder=True)
+    _check_source("model.base", cfg.model.base, special=("embedded", None), what="model folder or .gguf file")
+    _check_source("model.target", cfg.model.target, special=("finetune",), what="model folder or .gguf file")
+    _check_source("model.retain", cfg.model.retain, special=("finetune", None), what="model folder or .gguf file")
+    _check_source("model.tokenizer", cfg.model.tokenizer, special=(None,), what="tokenizer folder or .gguf file")
+
+
+def _check_dtype(name: str) -> None:
+    from mpu_cli.models.io import DTYPES
+
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype={name!r} is not one of {sorted(DTYPES)}")
+
+
+def _check_source(key: str, value, special: tuple, what: str, folder: bool = False) -> None:
+    """A value that can only be a filesystem path must exist; anything else must look like a Hub name."""
+    from mpu_cli.data.tofu import _looks_like_path
+
+    if value in special:
+        return
+    accepted = ", ".join([repr(s) if s is not None else "null" for s in special]
+                         + [f"an existing local {what}", "a Hub name such as 'owner/name'"])
+    p = Path(str(value)).expanduser()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ConfigError(f"{key}={value!r} is a file; accepted: {accepted}")
+        return
+    if _looks_like_path(str(value)) or p.suffix == ".gguf":
+        raise ConfigError(f"{key}={value!r} does not exist; accepted: {accepted}")
+
+
+def check_algorithm_params(name: str, params) -> None:
+    """Every key of algorithm.params must be a parameter of the algorithm (open-unlearning's names)."""
+    from mpu_cli.unlearn import ALGORITHMS
+
+    sig = inspect.signature(ALGORITHMS[name].__init__)
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    accepted = [n for n in sig.parameters if n != "self"]
+    for key in params or {}:
+        if key not in accepted:
+            raise ConfigError(f"algorithm.params.{key} is not a parameter of {name}; accepted: {accepted}")
+
+
+def check_known_keys(cfg, schema=None, prefix: str = "") -> None:
+    """Keys added with `+key=value` (or by a preset) that the structured schema does not know."""
+    if schema is None:
+        schema = OmegaConf.structured(MPUConfig)
+    for key in cfg.keys():
+        if not prefix and key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown key {name!r}; accepted keys{' of ' + prefix[:-1] if prefix else ''}: "
+                              f"{sorted(schema.keys())}")
+        sub = schema._get_node(key)
+        if isinstance(sub, DictConfig) and is_dataclass(OmegaConf.get_type(sub)):
+            value = cfg._get_node(key)
+            if isinstance(value, DictConfig):
+                check_known_keys(value, sub, f"{name}.")

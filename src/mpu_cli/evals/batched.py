@@ -40,9 +40,9 @@ def model_device(model) -> torch.device:
 
 
 def _tqdm(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    from mpu_cli.progress import tqdm
 
-    # disable=None: tqdm turns itself off when stderr is not a terminal
+    # disable=None: a bar on a terminal, plain log lines otherwise (mpu_cli.progress)
     return tqdm(total=total, desc=desc, disable=None if progress else True, file=sys.stderr, leave=False)
 
 

@@ -5,7 +5,7 @@ import random
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from mpu_cli.progress import tqdm
 
 from mpu_cli.data.formatting import collate_right
 from mpu_cli.logprobs import mean_nll

@@ -119,6 +119,15 @@ class MPUServer:
 
     def publish(self) -> list[dict]:
         """Start round r+1: the public copies θ_pub^(k), each tensor in its original dtype."""
+        copies: list[dict] = [{} for _ in range(self.n_copies)]
+        for name, tensors in self.publish_stream():
+            for k, tensor in enumerate(tensors):
+                copies[k][name] = tensor
+        return copies
+
+    def publish_stream(self):
+        """Start round r+1 now; then yield (name, [θ_pub^(k)[name] for every k]) one tensor name at a time,
+        so a caller can write the m copies to files holding only one tensor's m versions in memory."""
         if self._pending:
             # Fresh noise on the same θ would let a client average the noise away.
             raise RuntimeError(
@@ -126,12 +135,51 @@ class MPUServer:
             )
         self._round += 1
         self._secrets = self._new_secrets()
-        copies: list[dict] = [{} for _ in range(self.n_copies)]
-        for name in self._theta:
-            for k, tensor in enumerate(self._published_tensors(name)):
-                copies[k][name] = tensor
         self._pending = True
-        return copies
+        return ((name, self._published_tensors(name)) for name in self._theta)
+
+    def published_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """name -> (shape, dtype) of every published tensor (public: the architecture and training dtype)."""
+        return {n: (tuple(t.shape), self._dtypes[n]) for n, t in self._theta.items()}
+
+    @property
+    def round(self) -> int:
+        return self._round
+
+    @property
+    def pending(self) -> bool:
+        """True between publish() and aggregate()."""
+        return self._pending
+
+    def export_state(self) -> tuple[dict, dict]:
+        """(θ fp32, private metadata) from which `restore` rebuilds this server exactly, pending round included.
+
+        The metadata holds the current round's seed (every α, σ-independent noise stream and transform is
+        derived from it; σ is recomputed from θ_{r-1}), so it is as secret as θ: store it server-side only.
+        """
+        meta = {
+            "round": self._round,
+            "pending": self._pending,
+            "round_seed": self._secrets.round_seed if self._secrets is not None else None,
+            "dtypes": dict(self._dtypes),
+            "aliases": dict(self._canonical),
+            "config": dict(self._cfg.__dict__),
+        }
+        return self.theta, meta
+
+    @classmethod
+    def restore(cls, theta: dict, meta: dict, layout: ModelLayout, base: dict | None = None) -> MPUServer:
+        """Inverse of `export_state` (theta: the exported fp32 θ; base: the same public base as before)."""
+        server = cls(theta, layout, ServerConfig(**meta["config"]), base=base)
+        if set(meta["dtypes"]) != set(server._theta) or set(meta["aliases"]) != set(server._theta):
+            raise ValueError("server state: tensor names in the metadata do not match θ")
+        server._dtypes = dict(meta["dtypes"])
+        server._canonical = dict(meta["aliases"])
+        server._round = int(meta["round"])
+        if meta["pending"]:
+            server._secrets = server._new_secrets(int(meta["round_seed"]))
+            server._pending = True
+        return server
 
     def aggregate(self, returned: list[dict]) -> dict:
         """θ ← θ + η Σ_k w_k T_k⁻¹(returned_k − pub_k); returns the new θ (fp32)."""
@@ -199,9 +247,10 @@ class MPUServer:
 
     # ---- internals ------------------------------------------------------------------------------------------
 
-    def _new_secrets(self) -> _RoundSecrets:
+    def _new_secrets(self, round_seed: int | None = None) -> _RoundSecrets:
         cfg, r = self._cfg, self._round
-        round_seed = secrets.randbits(63) if cfg.seed is None else _derive_seed(cfg.seed, "round", r)
+        if round_seed is None:
+            round_seed = secrets.randbits(63) if cfg.seed is None else _derive_seed(cfg.seed, "round", r)
         ref = self._base if self.noise_reference == "base" else None
         alphas = [1.0]
         if cfg.arm == "mpu":

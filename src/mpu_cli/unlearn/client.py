@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from mpu_cli.progress import tqdm
 
 from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
 from mpu_cli.data.tofu import load_idk, load_split, split_names

@@ -1,0 +1,116 @@
+"""Undoing the reparameterization T_k of a published copy by matching it to the public base θ_base.
+
+Attacker-side code: every function here takes only a published copy, the public base and the public
+architecture (ModelLayout). The reparameterization *family* is public (Kerckhoffs); its parameters are not.
+
+- MLP: published row i of gate/up (and column i of down) is original channel perm[i]. We estimate perm by a
+  linear assignment between the copy's channels and the base's channels, cost = squared distance between the
+  concatenated (gate row, up row, down column[, biases]) feature vectors.
+- Attention: for KV head j and RoPE plane p (dims p and p + head_dim/2) the copy's row pairs are the base's
+  rotated by −φ_jp (plus fine-tuning difference and noise). Every tensor the server rotates with S_j — k and v
+  rows of head j, q rows and o_proj columns of the query heads of group j, q/k/v biases — gives 2-D points;
+  the 2-D orthogonal Procrustes solution is ψ = atan2(M10 − M01, M00 + M11), M = X_copy X_baseᵀ, and φ = −ψ.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from mpu_cli.mpu.layout import _BLOCK_RE, ModelLayout
+from mpu_cli.mpu.reparam import Transform, invert_transform
+
+
+def block_tensors(state: dict, layer: int) -> dict[str, torch.Tensor]:
+    """{suffix: tensor} of block `layer` (suffix = the name after "layers.{l}.")."""
+    out = {}
+    for name, t in state.items():
+        match = _BLOCK_RE.match(name)
+        if match is not None and int(match.group(1)) == layer:
+            out[name[match.end():]] = t
+    return out
+
+
+def _mlp_features(block: dict) -> torch.Tensor:
+    """[d_ff, F] float64: one row per hidden channel (gate row, up row, down column, biases if any)."""
+    parts = [block["mlp.gate_proj.weight"], block["mlp.up_proj.weight"], block["mlp.down_proj.weight"].T]
+    for bias in ("mlp.gate_proj.bias", "mlp.up_proj.bias"):
+        if bias in block:
+            parts.append(block[bias].unsqueeze(1))
+    return torch.cat([p.double() for p in parts], dim=1)
+
+
+def match_mlp_channels(copy_block: dict, base_block: dict) -> torch.Tensor:
+    """Estimated perm (LongTensor[d_ff]): copy channel i is base channel perm[i] (reparam.py's convention)."""
+    fc, fb = _mlp_features(copy_block), _mlp_features(base_block)
+    # squared Euclidean distance, in float64; the constant ‖fc_i‖² does not change the assignment but keeps
+    # the cost a distance (non-negative, interpretable)
+    cost = (fc.square().sum(1, keepdim=True) + fb.square().sum(1) - 2.0 * fc @ fb.T).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(len(rows), dtype=np.int64)
+    perm[rows] = cols
+    return torch.from_numpy(perm)
+
+
+def _head_points(block: dict, layout: ModelLayout) -> torch.Tensor:
+    """[num_kv_heads, head_dim, N] float64: every vector the server rotates with S_j, per KV head j."""
+    hd, g, kv = layout.head_dim, layout.group_size, layout.num_kv_heads
+
+    def per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:  # rows grouped by head -> [n_heads, hd, cols]
+        x = x.double()
+        if x.dim() == 1:
+            x = x.unsqueeze(1)
+        return x.reshape(n_heads, hd, -1)
+
+    def group_q(x: torch.Tensor) -> torch.Tensor:  # query heads of group j side by side -> [kv, hd, g*cols]
+        q = per_head(x, layout.num_heads)
+        return q.reshape(kv, g, hd, -1).permute(0, 2, 1, 3).reshape(kv, hd, -1)
+
+    parts = []
+    for proj in ("k_proj", "v_proj"):
+        for kind in ("weight", "bias"):
+            t = block.get(f"self_attn.{proj}.{kind}")
+            if t is not None:
+                parts.append(per_head(t, kv))
+    for kind in ("weight", "bias"):
+        t = block.get(f"self_attn.q_proj.{kind}")
+        if t is not None:
+            parts.append(group_q(t))
+    parts.append(group_q(block["self_attn.o_proj.weight"].T))
+    return torch.cat(parts, dim=2)
+
+
+def match_plane_angles(copy_block: dict, base_block: dict, layout: ModelLayout) -> torch.Tensor:
+    """Estimated angles (float64 [num_kv_heads, head_dim/2]) of the RoPE-plane rotations, in [0, 2π)."""
+    half = layout.head_dim // 2
+    pc, pb = _head_points(copy_block, layout), _head_points(base_block, layout)
+    ac, bc = pc[:, :half], pc[:, half:]
+    ab, bb = pb[:, :half], pb[:, half:]
+    m00, m01 = (ac * ab).sum(-1), (ac * bb).sum(-1)
+    m10, m11 = (bc * ab).sum(-1), (bc * bb).sum(-1)
+    psi = torch.atan2(m10 - m01, m00 + m11)  # copy ≈ R(ψ)·base, and the server rotated by −φ
+    return torch.remainder(-psi, 2 * math.pi)
+
+
+def estimate_transform(copy: dict, base: dict, layout: ModelLayout) -> Transform:
+    """T̂ for one published copy, from the copy and the public base only."""
+    perms, angles = {}, {}
+    for layer in range(layout.num_layers):
+        cb, bb = block_tensors(copy, layer), block_tensors(base, layer)
+        perms[layer] = match_mlp_channels(cb, bb)
+        angles[layer] = match_plane_angles(cb, bb, layout)
+    return Transform(perms, angles)
+
+
+def align_copy(copy: dict, base: dict, layout: ModelLayout) -> tuple[dict, Transform]:
+    """(T̂⁻¹(copy) in fp32, T̂): the copy brought back into the base's coordinates."""
+    est = estimate_transform(copy, base, layout)
+    copy32 = {n: t.float() for n, t in copy.items()}
+    return invert_transform(copy32, layout, est), est
+
+
+def align_to_reference(copy: dict, reference: dict, layout: ModelLayout) -> tuple[dict, Transform]:
+    """Same as align_copy, with any reference in base coordinates (e.g. a copy already aligned)."""
+    return align_copy(copy, reference, layout)

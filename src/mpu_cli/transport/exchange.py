@@ -1,0 +1,414 @@
+"""The exchange folder: the only thing the server and the client share (spec §1, issue 6).
+
+Layout (format "mpu-exchange/1"); every file is written atomically, and in each stage the marker is written last:
+
+    exchange/
+      public/                        the public model: config.json (architecture) + tokenizer files. No weights.
+      round_{r}/
+        copy_{k}/
+          published.safetensors      θ_pub^(k) of round r, in the model's training dtype       (server)
+          manifest.json              its manifest; written after the file: "copy k is published"  (server)
+          returned.safetensors       the client's UPDATED COPY θ̃^(k) (full weights, not the difference),
+                                     float32 or the published dtype per tensor                  (client)
+          returned_manifest.json     its manifest; written after the file: "copy k is returned"   (client)
+        round.json                   written after every copy's manifest: "round r is published"  (server)
+
+A manifest holds: format, kind ("published" | "returned"), run_id (a random public token of this exchange,
+no secret derives from it), round, copy, n_copies, per file its SHA-256 and size, per tensor its dtype and
+shape; a returned manifest also the SHA-256 of the published file it started from (binds an update to its
+copy). Manifests never hold seeds, α, σ, transforms or θ — `check_manifest_is_public` enforces the key set.
+
+Everything read is validated (`read_validated`): manifest fields, file SHA-256 and size, a well-formed
+safetensors header, key set, shapes, dtypes and finite values. Any failure raises `TransportError` naming the
+round, the copy and what is wrong; nothing is returned from a file that fails.
+
+This module is shared by both parties: it imports neither the server (mpu/) nor the client (unlearn/, data/).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mpu_cli.files import atomic_write_json
+
+FORMAT = "mpu-exchange/1"
+PUBLISHED, PUBLISHED_MANIFEST = "published.safetensors", "manifest.json"
+RETURNED, RETURNED_MANIFEST = "returned.safetensors", "returned_manifest.json"
+ROUND_MARKER = "round.json"
+PUBLIC_DIR = "public"
+RETURNED_CONTENT = "updated_copy"  # returned.safetensors holds θ̃^(k), the whole updated copy
+
+# safetensors dtype codes <-> torch
+_ST = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_TORCH = {v: k for k, v in _ST.items()}
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+_CHUNK = 1 << 22
+
+# Keys a manifest may contain (top level and per file / per tensor); anything else is rejected on read and
+# can never be written, so no secret can ride along by accident.
+_MANIFEST_KEYS = {"format", "kind", "run_id", "round", "copy", "n_copies", "files", "tensors", "content",
+                  "published_sha256"}
+_FILE_KEYS = {"sha256", "bytes"}
+_TENSOR_KEYS = {"dtype", "shape"}
+_ROUND_KEYS = {"format", "kind", "run_id", "round", "n_copies", "copies"}
+
+
+class TransportError(Exception):
+    """A file received over the exchange folder is missing, malformed, altered or foreign. The CLIs print the
+    one-line message and exit with code 2."""
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    if dtype not in _ST:
+        raise TransportError(f"dtype {dtype} cannot be exchanged; supported: {sorted(map(str, _ST))}")
+    return _ST[dtype]
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    if code not in _TORCH:
+        raise TransportError(f"dtype code {code!r} is not one of {sorted(_TORCH)}")
+    return _TORCH[code]
+
+
+# ---- paths ----------------------------------------------------------------------------------------------------
+
+
+def round_dir(exchange: Path, r: int) -> Path:
+    return Path(exchange) / f"round_{r}"
+
+
+def copy_dir(exchange: Path, r: int, k: int) -> Path:
+    return round_dir(exchange, r) / f"copy_{k}"
+
+
+def where(r: int, k: int | None) -> str:
+    return f"round {r}" + ("" if k is None else f" copy {k}")
+
+
+# ---- writing --------------------------------------------------------------------------------------------------
+
+
+def _header(spec: dict[str, tuple[tuple[int, ...], torch.dtype]], metadata: dict | None) -> bytes:
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (shape, dtype) in spec.items():
+        nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": dtype_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data buffer starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    return memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+class StreamingSafetensorsWriter:
+    """Writes n safetensors files side by side, tensor by tensor, in the order of `spec` (the header is known
+    up front from shapes and dtypes). Holds no tensor; computes each file's SHA-256 while writing. Files appear
+    under their final names only on `commit()` (temp file + fsync + rename)."""
+
+    def __init__(self, paths: list[Path], spec: dict[str, tuple[tuple[int, ...], torch.dtype]]):
+        self._paths = [Path(p) for p in paths]
+        self._spec = dict(spec)
+        self._names = list(spec)
+        self._next = 0
+        header = _header(self._spec, {"format": FORMAT})
+        self._files, self._tmps, self._hashes, self._sizes = [], [], [], []
+        try:
+            for p in self._paths:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+                f = os.fdopen(fd, "wb")
+                self._files.append(f)
+                self._tmps.append(tmp)
+                f.write(header)
+                self._hashes.append(hashlib.sha256(header))
+                self._sizes.append(len(header))
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, tensors: list[torch.Tensor]) -> None:
+        """The next tensor (in spec order) of every file: tensors[i] goes to paths[i]."""
+        if self._next >= len(self._names) or self._names[self._next] != name:
+            raise ValueError(f"expected tensor {self._names[self._next:self._next + 1]}, got {name!r}")
+        shape, dtype = self._spec[name]
+        for i, t in enumerate(tensors):
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, spec says {tuple(shape)} {dtype}")
+            data = _tensor_bytes(t)
+            self._files[i].write(data)
+            self._hashes[i].update(data)
+            self._sizes[i] += data.nbytes
+        self._next += 1
+
+    def commit(self) -> list[dict]:
+        """Close and rename every file; returns [{'sha256', 'bytes'}] per file."""
+        if self._next != len(self._names):
+            raise ValueError(f"only {self._next} of {len(self._names)} tensors were written")
+        for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for tmp, p in zip(self._tmps, self._paths):
+            os.replace(tmp, p)
+        self._tmps = []
+        return [{"sha256": h.hexdigest(), "bytes": n} for h, n in zip(self._hashes, self._sizes)]
+
+    def abort(self) -> None:
+        for f in self._files:
+            if not f.closed:
+                f.close()
+        for tmp in self._tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._tmps = []
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """One file, atomically; returns {'sha256', 'bytes'}."""
+    spec = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
+    w = StreamingSafetensorsWriter([path], spec)
+    try:
+        for n, t in tensors.items():
+            w.write(n, [t])
+        return w.commit()[0]
+    except BaseException:
+        w.abort()
+        raise
+
+
+def tensor_table(spec: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict:
+    return {n: {"dtype": dtype_code(d), "shape": list(s)} for n, (s, d) in spec.items()}
+
+
+def check_manifest_is_public(manifest: dict) -> None:
+    """Only the documented keys: a manifest cannot carry a secret by accident."""
+    extra = set(manifest) - _MANIFEST_KEYS - _ROUND_KEYS
+    for info in manifest.get("files", {}).values():
+        extra |= set(info) - _FILE_KEYS
+    for info in manifest.get("tensors", {}).values():
+        extra |= set(info) - _TENSOR_KEYS
+    if extra:
+        raise TransportError(f"manifest has undocumented keys {sorted(extra)}")
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    check_manifest_is_public(manifest)
+    atomic_write_json(path, manifest)
+
+
+def published_manifest(run_id: str, r: int, k: int, n_copies: int, file_info: dict, spec) -> dict:
+    return {"format": FORMAT, "kind": "published", "run_id": run_id, "round": r, "copy": k, "n_copies": n_copies,
+            "files": {PUBLISHED: file_info}, "tensors": tensor_table(spec)}
+
+
+def write_returned(exchange: Path, pub: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """The client's answer for one copy: returned.safetensors, then its manifest (the completion marker).
+    `pub` is the validated published manifest of that copy."""
+    r, k = pub["round"], pub["copy"]
+    d = copy_dir(exchange, r, k)
+    stale = d / RETURNED_MANIFEST
+    if stale.exists():
+        stale.unlink()  # a redo: the old marker goes first, so a crash never leaves a marker over a new file
+    info = write_safetensors(d / RETURNED, tensors)
+    manifest = {"format": FORMAT, "kind": "returned", "run_id": pub["run_id"], "round": r, "copy": k,
+                "n_copies": pub["n_copies"], "content": RETURNED_CONTENT,
+                "published_sha256": pub["files"][PUBLISHED]["sha256"], "files": {RETURNED: info},
+                "tensors": tensor_table({n: (tuple(t.shape), t.dtype) for n, t in tensors.items()})}
+    write_manifest(d / RETURNED_MANIFEST, manifest)
+    return manifest
+
+
+# ---- reading and validation -----------------------------------------------------------------------------------
+
+
+def read_json(path: Path, what: str) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise TransportError(f"{what}: {path} is missing")
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TransportError(f"{what}: {path.name} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise TransportError(f"{what}: {path.name} is not a JSON object")
+    return obj
+
+
+def read_round(exchange: Path, r: int) -> dict:
+    """The round marker: round r is completely published."""
+    m = read_json(round_dir(exchange, r) / ROUND_MARKER, where(r, None))
+    if m.get("format") != FORMAT or m.get("round") != r or not isinstance(m.get("n_copies"), int):
+        raise TransportError(f"{where(r, None)}: {ROUND_MARKER} is not a round marker of format {FORMAT}")
+    return m
+
+
+def latest_round(exchange: Path) -> int:
+    rounds = [int(p.name.split("_", 1)[1]) for p in Path(exchange).glob("round_*")
+              if p.name.split("_", 1)[1].isdigit() and (p / ROUND_MARKER).exists()]
+    if not rounds:
+        raise TransportError(f"{exchange}: no published round (no round_*/{ROUND_MARKER})")
+    return max(rounds)
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _header_of(path: Path, size: int, what: str) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise TransportError(f"{what}: {path.name} is truncated (no safetensors header)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise TransportError(f"{what}: {path.name} is truncated (header of {n} bytes, file of {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise TransportError(f"{what}: {path.name} has a malformed safetensors header") from None
+    header.pop("__metadata__", None)
+    end = 0
+    for name, info in header.items():
+        try:
+            a, b = info["data_offsets"]
+            nbytes = _numel(info["shape"]) * torch.empty((), dtype=torch_dtype(info["dtype"])).element_size()
+        except (KeyError, TypeError, ValueError, TransportError):
+            raise TransportError(f"{what}: {path.name}: malformed header entry for {name!r}") from None
+        if b - a != nbytes or a < 0:
+            raise TransportError(f"{what}: {path.name}: {name!r} occupies {b - a} bytes, its shape needs {nbytes}")
+        end = max(end, b)
+    if 8 + n + end != size:
+        raise TransportError(f"{what}: {path.name} is {size} bytes, its header describes {8 + n + end}")
+    return header
+
+
+def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]],
+                   what: str, load: bool = True) -> dict[str, torch.Tensor] | None:
+    """Check one exchanged safetensors file against its manifest and against what the reader expects.
+
+    expected: name -> (shape, accepted dtype codes). Checks, in order: the manifest lists this file; its SHA-256
+    and size; a well-formed header that agrees with the manifest's tensor table; key set; shapes; dtypes;
+    finite values (float tensors). Returns the tensors (load=True) or None (load=False: checked, then dropped
+    tensor by tensor, memory of one tensor)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    check_manifest_is_public(manifest)
+    info = manifest.get("files", {}).get(path.name)
+    if not isinstance(info, dict) or not {"sha256", "bytes"} <= set(info):
+        raise TransportError(f"{what}: the manifest does not describe {path.name}")
+    if not path.exists():
+        raise TransportError(f"{what}: {path.name} is missing")
+    digest, size = sha256_file(path)
+    if size != info["bytes"]:
+        raise TransportError(f"{what}: {path.name} is {size} bytes, its manifest says {info['bytes']} "
+                             f"(truncated or altered)")
+    if digest != info["sha256"]:
+        raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
+                             f"({str(info['sha256'])[:12]}…): the file was altered")
+    header = _header_of(path, size, what)
+    table = manifest.get("tensors", {})
+    for name, h in header.items():
+        t = table.get(name)
+        if t is None or t.get("dtype") != h["dtype"] or list(t.get("shape", [])) != list(h["shape"]):
+            raise TransportError(f"{what}: {path.name}: tensor {name!r} disagrees with the manifest")
+    missing = sorted(set(expected) - set(header))
+    extra = sorted(set(header) - set(expected))
+    if missing or extra:
+        detail = (f"{len(missing)} missing, e.g. {missing[0]!r}" if missing else "") + \
+                 (("; " if missing else "") + f"{len(extra)} unexpected, e.g. {extra[0]!r}" if extra else "")
+        raise TransportError(f"{what}: {path.name} has the wrong tensor names ({detail})")
+    for name, (shape, codes) in expected.items():
+        h = header[name]
+        if list(h["shape"]) != list(shape):
+            raise TransportError(f"{what}: {path.name}: {name!r} has shape {tuple(h['shape'])}, "
+                                 f"expected {tuple(shape)}")
+        if h["dtype"] not in codes:
+            raise TransportError(f"{what}: {path.name}: {name!r} has dtype {h['dtype']}, "
+                                 f"accepted: {', '.join(codes)}")
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in expected:
+                t = f.get_tensor(name)
+                if h_float(header[name]["dtype"]) and not torch.isfinite(t).all():
+                    bad = int((~torch.isfinite(t)).sum())
+                    raise TransportError(f"{what}: {path.name}: {name!r} has {bad} non-finite values")
+                if load:
+                    out[name] = t
+    except TransportError:
+        raise
+    except Exception as e:  # the safetensors reader's own errors on a malformed file
+        raise TransportError(f"{what}: {path.name} cannot be read as safetensors ({e})") from None
+    return out if load else None
+
+
+def h_float(code: str) -> bool:
+    return code in _FLOAT_CODES
+
+
+def check_manifest_identity(m: dict, kind: str, run_id: str | None, r: int, k: int, what: str) -> None:
+    if m.get("format") != FORMAT:
+        raise TransportError(f"{what}: manifest format {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("kind") != kind:
+        raise TransportError(f"{what}: manifest kind {m.get('kind')!r}, expected {kind!r}")
+    if run_id is not None and m.get("run_id") != run_id:
+        raise TransportError(f"{what}: manifest belongs to exchange {m.get('run_id')!r}, not {run_id!r} "
+                             f"(a file from another run)")
+    if m.get("round") != r or m.get("copy") != k:
+        raise TransportError(f"{what}: manifest is for round {m.get('round')} copy {m.get('copy')} "
+                             f"(a file from another round or copy)")
+
+
+class LazyStateDict:
+    """A read-only mapping over a validated safetensors file: each tensor is read when asked for, so a
+    consumer that streams by name (the server's aggregate) never holds the whole file."""
+
+    def __init__(self, path: Path, names):
+        from safetensors import safe_open
+
+        self._names = list(names)
+        self._file = safe_open(str(path), framework="pt")
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __getitem__(self, name) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._file.get_tensor(name)
+
+    def keys(self):
+        return list(self._names)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

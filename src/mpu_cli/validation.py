@@ -1,0 +1,146 @@
+"""Check a command line before Hydra starts: every job it would run is composed and validated first.
+
+Hydra creates the run (or sweep) directory before the task function runs, and its own composition errors
+(an unknown group option, an unknown key, a value of the wrong type) exit with code 1 and several lines.
+`precheck(argv)` composes the configuration of every job the command line asks for (all combinations of a
+`-m` sweep, including `hydra.sweeper.params` set in a config), runs `config.validate` on each and turns any
+failure into a `ConfigError` with one line that names the bad value and the accepted ones. Nothing is
+written.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mpu_cli.config import ConfigError, validate
+
+# Flags with which Hydra does not run the task (help, info, printing the config, completion) or reads
+# configs from elsewhere: the precheck leaves those command lines to Hydra.
+_SKIP_FLAGS = ("help", "hydra_help", "info", "cfg", "shell_completion", "config_path", "config_dir",
+               "experimental_rerun")
+
+
+def precheck(argv: list[str], conf_dir: str) -> None:
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
+    if any(getattr(args, flag, None) for flag in _SKIP_FLAGS):
+        return
+    check_overrides(args.overrides, conf_dir, config_name=args.config_name or "config", multirun=args.multirun)
+
+
+def check_overrides(overrides: list[str], conf_dir: str, config_name: str = "config",
+                    multirun: bool = False) -> int:
+    """Compose and validate every job of a command line; returns the number of jobs checked."""
+    from hydra import initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+    from hydra.types import RunMode
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)!r}: {_one_line(e)}") from None
+    if not multirun:
+        for o in parsed:
+            if o.is_sweep_override():
+                raise ConfigError(f"{o.input_line!r} has several values: add -m (--multirun) to sweep over them, "
+                                  "or quote the value to use it as one string")
+
+    with initialize_config_dir(version_base=None, config_dir=str(Path(conf_dir).resolve()), job_name="mpu_run"):
+        hydra = GlobalHydra.instance().hydra
+
+        def compose(job: list[str], mode=RunMode.RUN):
+            try:
+                return hydra.compose_config(config_name, job, run_mode=mode, with_log_configuration=False)
+            except Exception as e:  # every Hydra/OmegaConf composition error
+                raise ConfigError(_explain(e, job, compose, conf_dir, config_name)) from None
+
+        jobs = [list(overrides)]
+        if multirun:
+            master = compose(list(overrides), RunMode.MULTIRUN)
+            sweeper = master.hydra.sweeper
+            if str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+                params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+                try:
+                    swept = parser.parse_overrides(params + list(overrides))
+                except OverrideParseException as e:
+                    raise ConfigError(f"cannot parse hydra.sweeper.params {params}: {_one_line(e)}") from None
+                jobs = BasicSweeper.split_arguments(swept, None)[0]
+            else:  # another sweeper (e.g. a search): its jobs are only known while it runs
+                jobs = [[o.input_line for o in parsed if not o.is_sweep_override()]]
+        for job in jobs:
+            cfg = compose(job)
+            _check_choices(cfg, conf_dir)
+            try:
+                validate(cfg)
+            except ConfigError as e:
+                if len(jobs) > 1:
+                    raise ConfigError(f"{e} (in the sweep job {' '.join(job)})") from None
+                raise
+    return len(jobs)
+
+
+def group_options(conf_dir: str, group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml"))
+
+
+def _check_choices(cfg, conf_dir: str) -> None:
+    """An `optional` group (experiment) silently ignores an option that does not exist: refuse it."""
+    choices = cfg.hydra.runtime.choices
+    for group, choice in choices.items():
+        if choice is None or group.startswith("hydra/") or not (Path(conf_dir) / group).is_dir():
+            continue
+        if not (Path(conf_dir) / group / f"{choice}.yaml").is_file():
+            raise ConfigError(f"{group}={choice!r} is not one of {group_options(conf_dir, group)}")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _explain(e: Exception, job: list[str], compose, conf_dir: str, config_name: str) -> str:
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    msg = str(e)
+    if isinstance(e, MissingConfigException):
+        missing = e.missing_cfg_file or ""
+        if "/" in missing:
+            group, name = missing.rsplit("/", 1)
+            options = list(e.options) if e.options else group_options(conf_dir, group)
+            return f"{group}={name!r} is not one of {options}"
+        if missing == config_name or "Cannot find primary config" in msg:
+            return f"config name {config_name!r} is not one of {group_options(conf_dir, '.')}"
+    cause = e.__cause__
+    m = re.match(r"Could not override '([^']+)'", msg)
+    if m and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        key = m.group(1)
+        parent, _, leaf = key.rpartition(".")
+        rest = [o for o in job if o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] != key]
+        accepted = ""
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            node = OmegaConf.select(compose(rest), parent) if parent else compose(rest)
+            if isinstance(node, DictConfig):
+                accepted = f"; accepted keys{' of ' + parent if parent else ''}: {sorted(node.keys())}"
+        except Exception:
+            pass
+        return f"unknown key {key!r}{accepted}"
+    m = re.match(r"Error merging override (.+)", msg)
+    if m and isinstance(cause, ValidationError):
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        return f"{m.group(1)}: {reason}"
+    if msg.startswith("Ambiguous value for argument"):
+        bad = re.search(r"'([^']+)'", msg)
+        return f"{bad.group(1) if bad else msg!r} has several values: add -m (--multirun) to sweep over them"
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.startswith("\t")]
+    lines = [ln for ln in lines if not ln.startswith(("Config search path", "provider="))]
+    text = " ".join(lines) or type(e).__name__
+    if cause is not None and str(cause) and str(cause).splitlines()[0] not in text:
+        text += f" ({str(cause).splitlines()[0]})"
+    return text
