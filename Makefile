@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-slow lint bench clean
+.PHONY: help install demo test test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,8 +29,29 @@ test: install  ## run the test suite (fast tests; `make test-slow` for the long 
 test-slow: install  ## run only the slow end-to-end tests
 	$(PY) -m pytest -q -m slow
 
+# Reproduction: each target is one Hydra sweep whose grid lives in conf/reproduce_*.yaml (no hyperparameters
+# here). When a sweep ends, its folder (outputs/reproduce/<name>/<time>/) holds summary.csv, summary.md and
+# plot_*.png; `make report DIR=<folder>` (mpu-report) rebuilds them, e.g. for an interrupted sweep.
+reproduce-tiny: install  ## CPU: 7 algorithms x {clean, noised k=0.1, MPU k=0.01, MPU k=0.1} x 3 seeds, embedded default
+	.venv/bin/mpu-run -m --config-name reproduce_tiny
+
+reproduce-m: install  ## CPU: MPU k=0.1 with m = 2, 3, 4 vs clean, 7 algorithms x 3 seeds, embedded default
+	.venv/bin/mpu-run -m --config-name reproduce_m
+
+reproduce-tofu: install  ## GPU: Llama-3.2-1B-Instruct on TOFU forget01/05/10, paper schedule (needs the Hub)
+	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_tofu
+
+report: install  ## summary.csv, summary.md and plots for a folder of runs: make report DIR=outputs/sweeps/<time>
+	.venv/bin/mpu-report $(DIR)
+
+bench: install  ## cost vs m = 1,2,4,8 (wall, peak RSS, server/client time), parallel copies -> outputs/bench/
+	$(PY) scripts/bench.py
+
 lint: install  ## ruff
 	.venv/bin/ruff check src tests scripts
+
+bench-eval: install  ## items/s of the batched TOFU evaluator vs one item at a time (embedded target, smollm2-135m)
+	$(PY) scripts/bench_eval.py
 
 clean:  ## remove outputs and caches (not the venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -206,3 +206,18 @@ def test_unknown_attention_tensor_is_refused():
     state = {"model.layers.0.self_attn.q_norm.weight": torch.ones(4)}
     with pytest.raises(NotImplementedError, match="q_norm"):
         apply_transform(state, layout, identity_transform(layout))
+
+
+def test_transform_preserves_logits_of_the_embedded_model():
+    """The shipped tiny Llama (GQA 4:2, RoPE) itself, at its own size and tokenizer."""
+    from mpu_cli.models.tiny import init_tiny_llama, load_embedded_tokenizer
+
+    tok = load_embedded_tokenizer()
+    model = init_tiny_llama(tok, seed=0).float()
+    layout = ModelLayout.from_hf_config(model.config)
+    assert layout.num_kv_heads < layout.num_heads
+    state = model.state_dict()
+    new = apply_transform(state, layout, sample_transform(layout, torch.Generator().manual_seed(5)))
+    ids = torch.tensor([tok("Where was Talia Morven born? She was born in Quarnel.")["input_ids"]])
+    ref = logits(model, state, ids)
+    assert (logits(model, new, ids) - ref).abs().max() <= 1e-5

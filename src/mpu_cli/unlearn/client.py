@@ -31,6 +31,9 @@ class ClientConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     reference: str = "client_copy"
+    accelerate_config: str | None = None  # large models: see unlearn/accel.py
+    mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: the accelerate config's
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -95,7 +98,11 @@ def unlearn_copy(
     if getattr(algorithm, "needs_idk", False) and not data.idk:
         raise ValueError(f"algorithm={algorithm.name!r} needs refusal answers (ClientData.idk)")
     trainable = getattr(algorithm, "trainable_parameters", lambda _m: None)(model)
-    with only_trainable(model, trainable):
+    from mpu_cli.unlearn import accel
+
+    with only_trainable(model, trainable), accel.gradient_checkpointing(model, cfg.gradient_checkpointing):
+        if accel.wanted(cfg):  # under accelerate: device placement, mixed precision, sharding; full state back
+            return accel.train_accelerated(model, algorithm, data, cfg, pad, ref, desc)
         _train(model, algorithm, data, cfg, pad, ref, desc)
     model.eval()
     return state_dict_fp32(model)

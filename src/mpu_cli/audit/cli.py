@@ -1,0 +1,142 @@
+"""`mpu-audit`: what a curious client (A0–A5) and a curious server (B1) can learn in one MPU round.
+
+    mpu-audit kappa=0.1 m=2 seed=0 [model=tiny] [out=DIR] [b1=false] [any mpu-run override]
+    mpu-audit sweep=true seed=0 [sweep_kappa=0.01,0.1] [sweep_m=2,4] [sweep_perturb=false,true] [out=DIR]
+
+Writes privacy_report.json / privacy_report.md (one audit) or, for a sweep, one folder per cell plus
+privacy_sweep.{json,csv,md}. The harness holds the server's secrets only to score; the attacks never see them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+log = logging.getLogger("mpu_cli.audit")
+
+AUDIT_KEYS = {"out", "sweep", "b1", "sweep_kappa", "sweep_m", "sweep_perturb"}
+USAGE = ("usage: mpu-audit [kappa=K] [m=M] [seed=S] [model=tiny] [out=DIR] [b1=true|false] "
+         "[sweep=true [sweep_kappa=0.01,0.1] [sweep_m=2,4] [sweep_perturb=false,true]] [mpu-run overrides]")
+
+
+class AuditError(ValueError):
+    """Bad input: one line on stderr, exit code 2."""
+
+
+def _bool(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise AuditError(f"{key}={value!r} is not a boolean; accepted: true, false")
+
+
+def _list(key: str, value: str, cast) -> list:
+    try:
+        items = [cast(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise AuditError(f"{key}={value!r} is not a comma-separated list of {cast.__name__}") from None
+    if not items:
+        raise AuditError(f"{key}= is empty")
+    return items
+
+
+def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """Split the audit's own keys from the config overrides passed to Hydra's compose."""
+    opts = {"out": None, "sweep": False, "b1": True, "sweep_kappa": [0.01, 0.1], "sweep_m": [2, 4],
+            "sweep_perturb": [False, True]}
+    overrides = []
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise AuditError(f"argument {arg!r} is not key=value; {USAGE}")
+        if key in ("out",):
+            opts["out"] = value
+        elif key in ("sweep", "b1"):
+            opts[key] = _bool(key, value)
+        elif key == "sweep_kappa":
+            opts[key] = _list(key, value, float)
+        elif key == "sweep_m":
+            opts[key] = _list(key, value, int)
+        elif key == "sweep_perturb":
+            opts[key] = [_bool(key, v) for v in value.split(",")]
+        else:
+            overrides.append(arg)
+    return opts, overrides
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mpu_cli.cli import CONF_DIR  # registers the structured schema
+    from mpu_cli.config import ConfigError, validate
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+        validate(cfg)
+    except (HydraException, OmegaConfBaseException, ConfigError) as e:
+        raise AuditError(str(e).splitlines()[0]) from None
+    return cfg
+
+
+def _cell_name(cfg) -> str:
+    pert = "_pert" if cfg.server.perturb_unprotected else ""
+    return f"{cfg.arm}_k{cfg.kappa}_m{cfg.m}{pert}"
+
+
+def _check_out(out: Path, names: tuple[str, ...]) -> None:
+    for n in names:
+        if (out / n).exists():
+            raise AuditError(f"out={out} already holds {n}; choose another out= (nothing is overwritten)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        opts, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        if opts["sweep"]:
+            out = Path(opts["out"] or f"outputs/audit/{stamp}_sweep")
+            _check_out(out, ("privacy_sweep.json",))
+            cfgs = []
+            for kappa in opts["sweep_kappa"]:
+                for m in opts["sweep_m"]:
+                    for pert in opts["sweep_perturb"]:
+                        cfgs.append(compose_config(
+                            [*overrides, f"kappa={kappa}", f"m={m}",
+                             f"server.perturb_unprotected={str(pert).lower()}"]))
+        else:
+            cfgs = [compose_config(overrides)]
+            out = Path(opts["out"] or f"outputs/audit/{stamp}_{_cell_name(cfgs[0])}")
+            _check_out(out, ("privacy_report.json",))
+        from .run import audit, write_sweep
+
+        if not opts["sweep"]:
+            audit(cfgs[0], out, b1=opts["b1"])
+            print(f"mpu-audit: wrote {out / 'privacy_report.md'}")
+            return
+        rows = []
+        for i, cfg in enumerate(cfgs):
+            log.info("sweep cell %d/%d: %s", i + 1, len(cfgs), _cell_name(cfg))
+            rows.append(audit(cfg, out / f"{i}_{_cell_name(cfg)}", b1=opts["b1"]))
+        write_sweep(rows, out)
+        print(f"mpu-audit: wrote {out / 'privacy_sweep.md'}")
+    except (AuditError, FileNotFoundError) as e:
+        print(f"mpu-audit: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

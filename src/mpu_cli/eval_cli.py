@@ -1,0 +1,184 @@
+"""`mpu-eval model_path=...`: TOFU evaluation of any saved model, in open-unlearning's output shapes.
+
+A small Hydra app (conf/eval.yaml) reusing the model/ and data/ groups of `mpu-run`:
+
+    mpu-eval model_path=outputs/runs/<run>/model [model=...] [data=tofu data.source=...] [data.split=forget05]
+             [retain_logs_path=.../TOFU_EVAL.json] [eval.batch_size=32] [eval.metrics=quick] [output_dir=...]
+
+Writes TOFU_EVAL.json, TOFU_SUMMARY.json and eval_info.json (paths, device, timings) into the output folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+# Offline unless asked otherwise: a Hub name then fails in one line instead of ~20 s of retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from mpu_cli.config import ConfigError, register_configs
+
+log = logging.getLogger("mpu_cli")
+CONF_DIR = str(Path(__file__).parent / "conf")
+PREPARED = ("target", "retain", "base")  # model_path values naming a model of the prepare stage
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+register_configs()
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(f"mpu-eval: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def validate(cfg) -> None:
+    """Checks that need no model or data."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mpu_cli.data.tofu import FORGET_SPLITS
+    from mpu_cli.models.io import DTYPES
+
+    try:
+        if OmegaConf.is_missing(cfg, "model_path") or not str(cfg.model_path).strip():
+            raise ConfigError("model_path is required: a saved model folder, a .gguf file, a Hub name, or one of "
+                              f"{list(PREPARED)} (the prepare stage's models for the selected model/data)")
+        if cfg.eval.metrics not in ("all", "quick"):
+            raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
+        for key in ("eval.batch_size", "eval.max_new_tokens"):
+            if OmegaConf.select(cfg, key) < 1:
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+        if cfg.data.split not in FORGET_SPLITS:
+            raise ConfigError(f"data.split={cfg.data.split!r} is not one of {list(FORGET_SPLITS)}")
+        if cfg.model.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not one of {sorted(DTYPES)}")
+        if cfg.device != "auto" and not (cfg.device == "cpu" or str(cfg.device).startswith("cuda")):
+            raise ConfigError(f"device={cfg.device!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
+    except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
+        raise ConfigError(" ".join(str(e).split())) from e
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def _has_tokenizer(path: str) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return any((p / f).exists() for f in TOKENIZER_FILES)
+    return p.suffix == ".gguf" or not p.exists()  # a GGUF file carries one; a Hub repo is assumed to
+
+
+def resolve_model(cfg) -> tuple[str, str]:
+    """(model to load, tokenizer to load) for cfg.model_path."""
+    from mpu_cli.models.io import resolve_model_path
+    from mpu_cli.models.tiny import EMBEDDED_TOKENIZER
+
+    name = str(cfg.model_path)
+    if name in PREPARED:
+        from mpu_cli.models.prepare import prepare_models
+        from mpu_cli.runner import check_model_sources
+
+        check_model_sources(cfg.model)
+        prepared = prepare_models(cfg.model, cfg.data, cfg.prepare)
+        path = getattr(prepared, name)
+        if not path:
+            raise ConfigError(f"model_path={name}: model.{name} is null for model={cfg.model.name}")
+        return path, cfg.tokenizer_path or prepared.tokenizer
+    path = resolve_model_path(name, "model_path")
+    if cfg.tokenizer_path:
+        return path, cfg.tokenizer_path
+    if _has_tokenizer(path):
+        return path, path
+    if cfg.model.tokenizer:
+        return path, cfg.model.tokenizer
+    if cfg.model.base == "embedded":
+        return path, str(EMBEDDED_TOKENIZER)
+    if cfg.model.base:
+        return path, cfg.model.base
+    raise ConfigError(f"model_path={name!r} has no tokenizer files and model.tokenizer / model.base are null: "
+                      "pass tokenizer_path=...")
+
+
+def output_folder(cfg) -> Path:
+    if not cfg.output_dir:
+        return Path(HydraConfig.get().runtime.output_dir)
+    out = Path(cfg.output_dir).expanduser()
+    existing = [f for f in ("TOFU_EVAL.json", "TOFU_SUMMARY.json") if (out / f).exists()]
+    if existing and not cfg.overwrite:
+        raise ConfigError(f"output_dir={cfg.output_dir!r} already holds {existing[0]}: choose another folder "
+                          "or pass overwrite=true")
+    return out
+
+
+def run_eval(cfg, out: Path) -> dict:
+    """Load, evaluate, write TOFU_EVAL.json / TOFU_SUMMARY.json / eval_info.json; returns the summary."""
+    from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, summarize, write_eval
+    from mpu_cli.files import atomic_write_json
+    from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype
+    from mpu_cli.runner import chat_format, eval_data, retain_reference_from_logs
+
+    t0 = time.perf_counter()
+    retain_ref = retain_reference_from_logs(cfg.retain_logs_path) if cfg.retain_logs_path else None
+    try:
+        data = eval_data(cfg.data.source, cfg.data.split)
+    except ValueError as e:  # a bad data source or a missing config in a local folder
+        raise ConfigError(str(e)) from None
+    device = pick_device(str(cfg.device))
+    model_path, tok_path = resolve_model(cfg)
+    dtype = resolve_dtype(cfg.model.dtype)
+    if device.type == "cpu" and dtype != resolve_dtype("float32"):
+        log.warning("evaluating in %s on CPU (slow); model.dtype=float32 is faster there", cfg.model.dtype)
+    tokenizer = load_tokenizer(tok_path)
+    model = load_model(model_path, dtype).to(device)
+    t_load = time.perf_counter() - t0
+    log.info("evaluating %s (tokenizer %s) on %s/%s, device %s", model_path, tok_path, cfg.data.name,
+             cfg.data.split, device)
+
+    t1 = time.perf_counter()
+    eval_cfg = EvalConfig(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                          metrics=QUICK_METRICS if cfg.eval.metrics == "quick" else None)
+    result = evaluate(model, tokenizer, data, chat_format(cfg.model), eval_cfg, retain_reference=retain_ref)
+    t_eval = time.perf_counter() - t1
+    write_eval(out, result)
+    summary = summarize(result)
+    atomic_write_json(out / "eval_info.json", {
+        "model_path": str(cfg.model_path), "model": model_path, "tokenizer": tok_path,
+        "model_config": cfg.model.name, "dtype": cfg.model.dtype, "device": str(device),
+        "data": cfg.data.name, "data_source": cfg.data.source, "split": cfg.data.split,
+        "retain_logs_path": cfg.retain_logs_path, "batch_size": cfg.eval.batch_size,
+        "max_new_tokens": cfg.eval.max_new_tokens, "metrics": cfg.eval.metrics,
+        "items": {k: len(v) for k, v in data.items()},
+        "time_load_s": round(t_load, 2), "time_eval_s": round(t_eval, 2),
+    })
+    log.info("TOFU_SUMMARY (%s, eval %.1f s): %s", out, t_eval,
+             ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+    return summary
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="eval")
+def _eval(cfg) -> float | None:
+    try:
+        validate(cfg)
+        out = output_folder(cfg)
+        summary = run_eval(cfg, out)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    return summary.get("forget_Q_A_Prob")
+
+
+def main() -> None:
+    _eval()

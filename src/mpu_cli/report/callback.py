@@ -1,0 +1,38 @@
+"""Hydra callback (conf/config.yaml: hydra.callbacks.summary): when a sweep ends, write summary.csv,
+summary.md and the plots into the sweep directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger(__name__)
+
+
+class SweepSummary(Callback):
+    def __init__(self, plots: bool = True) -> None:
+        self.plots = plots
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            from mpu_cli.report.tables import write_summary
+
+            col = write_summary(sweep_dir, plots=self.plots)
+        except Exception as e:  # a report failure must not turn a finished sweep into a failed one
+            log.warning(
+                "could not write the sweep summary in %s: %s: %s (run `mpu-report %s`)",
+                sweep_dir,
+                type(e).__name__,
+                e,
+                sweep_dir,
+            )
+            return
+        log.info(
+            "sweep summary: %d finished, %d unfinished run(s) -> %s",
+            len(col.finished),
+            len(col.unfinished),
+            sweep_dir / "summary.md",
+        )

@@ -1,0 +1,47 @@
+"""`mpu-report DIR [--out OUT] [--no-plots]`: summary.csv, summary.md and plots for any folder of runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="mpu-report",
+        description="Collect the runs under DIR (a sweep, or any folder of mpu-run outputs, finished or not) "
+        "into summary.csv and summary.md with each noised/MPU run's relative degradation against "
+        "its clean run, and write the plots.",
+    )
+    ap.add_argument("dir", type=Path, help="folder holding run directories (searched recursively)")
+    ap.add_argument("--out", type=Path, default=None, help="where to write the summary (default: DIR)")
+    ap.add_argument("--no-plots", action="store_true", help="tables only")
+    args = ap.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"mpu-report: error: DIR={str(args.dir)!r} is not an existing folder", file=sys.stderr)
+        return 2
+
+    from mpu_cli.report.tables import write_summary
+
+    col = write_summary(args.dir, args.out, plots=not args.no_plots)
+    out = args.out or args.dir
+    n_done = len(col.finished)
+    if not len(col.table):
+        print(
+            f"mpu-report: error: no runs under {str(args.dir)!r} (a run folder holds .hydra/config.yaml or "
+            "results.csv)",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"{n_done} finished run(s), {len(col.unfinished)} unfinished; wrote {out / 'summary.csv'} and "
+        f"{out / 'summary.md'}"
+    )
+    for run, missing in col.unfinished:
+        print(f"unfinished: {run} (missing {missing})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

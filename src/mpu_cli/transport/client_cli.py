@@ -1,0 +1,165 @@
+"""mpu-client: the client party as its own process.
+
+    mpu-client unlearn --exchange DIR --config CLIENT.json [--round R] [--copy K ...] [--threads N]
+
+Its inputs, all of them:
+  * the exchange folder: `public/` (the public architecture config.json and tokenizer — no weights) and
+    `round_R/copy_K/published.safetensors` + `manifest.json` (the published copies);
+  * CLIENT.json, the client's own settings (`client_config()` writes one):
+        algorithm: {name, params}            the unlearning algorithm 𝒜
+        client:    {lr, epochs, batch_size, grad_accum, seed, …}   the ClientConfig fields
+        data:      {source, split}           its private forget (and retain) data
+        format:    {system_prompt, date_string, max_length}        how it formats its questions
+        dtype:     training dtype
+  * the data it names (the embedded set or a TOFU-like folder / Hub name).
+Nothing else: no θ, no seed, α or σ of the server, no path to the server's state or models.
+
+Output, per copy: `returned.safetensors` (the updated copy θ̃^(k), float32) and, written last,
+`returned_manifest.json`. Without --copy, every copy of the round that has no returned manifest yet is done;
+with --copy K the copy is (re)done even if it was returned before. Copies run one after another in this process
+(one copy in flight); `runner.parallel_copies` starts several such processes.
+
+This module never imports the server (mpu_cli.mpu): the client cannot reach seeds, α, σ or θ.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from mpu_cli.transport import exchange as ex
+from mpu_cli.transport.exchange import TransportError
+
+CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
+
+
+class ClientError(Exception):
+    """Bad input: one line, exit code 2."""
+
+
+def client_config(algorithm: dict, client: dict, data: dict, fmt: dict, dtype: str) -> dict:
+    """The content of CLIENT.json."""
+    return {"algorithm": algorithm, "client": client, "data": data, "format": fmt, "dtype": dtype}
+
+
+def _read_config(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ClientError(f"--config {path}: no such file")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ClientError(f"--config {path}: not valid JSON ({e})") from None
+    missing = [k for k in CLIENT_KEYS if k not in cfg]
+    if missing:
+        raise ClientError(f"--config {path}: missing {missing}; expected keys {list(CLIENT_KEYS)}")
+    return cfg
+
+
+def _pending_copies(exchange: Path, r: int, n: int) -> list[int]:
+    return [k for k in range(n) if not (ex.copy_dir(exchange, r, k) / ex.RETURNED_MANIFEST).exists()]
+
+
+def read_published(exchange: Path, r: int, k: int, run_id: str, skeleton_spec: dict) -> tuple[dict, dict]:
+    """One published copy, validated against its manifest and against the public architecture."""
+    what = ex.where(r, k)
+    d = ex.copy_dir(exchange, r, k)
+    m = ex.read_json(d / ex.PUBLISHED_MANIFEST, what)
+    ex.check_manifest_identity(m, "published", run_id, r, k, what)
+    table = m.get("tensors", {})
+    expected = {}
+    for name, shape in skeleton_spec.items():
+        code = table.get(name, {}).get("dtype", "F32")
+        if not ex.is_float_code(code):
+            raise TransportError(f"{what}: {name!r} is published as {code}, a floating dtype is required")
+        expected[name] = (shape, (code,))
+    return ex.read_validated(d / ex.PUBLISHED, m, expected, what), m
+
+
+def cmd_unlearn(args) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mpu_cli.data.formatting import ChatFormat, pad_id
+    from mpu_cli.models.io import load_tokenizer, resolve_dtype
+    from mpu_cli.unlearn import build_algorithm
+    from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exchange = Path(args.exchange).resolve()
+    cfg = _read_config(Path(args.config))
+    r = args.round or ex.latest_round(exchange)
+    marker = ex.read_round(exchange, r)
+    n, run_id = marker["n_copies"], marker.get("run_id")
+    copies = args.copy if args.copy else _pending_copies(exchange, r, n)
+    bad = [k for k in copies if not 0 <= k < n]
+    if bad:
+        raise ClientError(f"--copy {bad[0]} is not a copy of round {r} (copies 0..{n - 1})")
+    if not copies:
+        print(f"mpu-client: round {r}: every copy is already returned")
+        return
+
+    try:
+        dtype = resolve_dtype(cfg["dtype"])
+        algorithm = build_algorithm(cfg["algorithm"]["name"], cfg["algorithm"].get("params") or {})
+        client_cfg = ClientConfig(**cfg["client"])
+    except (TypeError, ValueError) as e:
+        raise ClientError(f"--config: {e}") from None
+    if client_cfg.reference != "client_copy":
+        raise ClientError(f"client.reference={client_cfg.reference!r}: over the file transport the client never "
+                          f"receives the server's θ; accepted: 'client_copy'")
+    client_cfg.seed = cfg["client"].get("seed", 0) + r  # as in the in-process runner: a fresh stream per round
+
+    public = exchange / ex.PUBLIC_DIR
+    if not (public / "config.json").exists():
+        raise TransportError(f"{public}: config.json (the public architecture) is missing")
+    tokenizer = load_tokenizer(str(public))
+    fmt = ChatFormat(**cfg["format"])
+    data = encode_client_data(tokenizer, fmt, cfg["data"]["source"], cfg["data"]["split"], algorithm)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(public)), dtype=dtype)
+    spec = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+    for k in copies:
+        t0 = time.perf_counter()
+        published, manifest = read_published(exchange, r, k, run_id, spec)
+        updated = unlearn_copy(model, published, algorithm, data, client_cfg, pad_id(tokenizer), None,
+                               desc=f"round {r} copy {k + 1}/{n}")
+        del published
+        ex.write_returned(exchange, manifest, updated)
+        del updated
+        print(f"mpu-client: round {r} copy {k} returned ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpu-client", description="The MPU client party (file transport).")
+    sub = p.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("unlearn", help="run the unlearning algorithm on published copies")
+    u.add_argument("--exchange", required=True, help="the exchange folder (published copies, public/ model)")
+    u.add_argument("--config", required=True, help="CLIENT.json: algorithm, client settings, data, format, dtype")
+    u.add_argument("--round", type=int, default=None, help="default: the latest published round")
+    u.add_argument("--copy", type=int, action="append", default=None,
+                   help="copy index (repeatable); default: every copy not yet returned")
+    u.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "unlearn":
+            cmd_unlearn(args)
+    except (ClientError, TransportError, FileNotFoundError) as e:
+        print(f"mpu-client: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""mpu-server: the server party as its own process. It exchanges only files with the client.
+
+    mpu-server init      --state DIR --exchange DIR --target MODEL [--base MODEL] [--tokenizer PATH] [--dtype D]
+                         [--arm A] [--kappa K] [--m M] [--seed S] [--alpha-schedule S] [--eta E]
+                         [--perturb-unprotected] [--noise-reference base|raw]
+    mpu-server publish   --state DIR [--exchange DIR]     Pre-Process of the next round -> exchange/round_r/
+    mpu-server aggregate --state DIR [--exchange DIR]     validate every returned copy, then Post-Process -> θ_r
+    mpu-server status    --state DIR                      public facts (round, pending, m, κ, exposed fraction)
+
+Private state (--state, e.g. RUN/server_private; never inside the exchange folder):
+
+    state.json              round, pending, the current θ file and its SHA-256, the server config (κ, m, seed …),
+                            the layout, published dtypes, tied-tensor aliases, paths of the target / base, the
+                            exchange folder
+    theta_r{r}.safetensors  the exact θ_r in fp32 (θ_0 after init); the previous one is removed once the next is
+                            committed in state.json
+    round_{r}.json          that round's secrets: the round seed (α, noise streams and transforms derive from it),
+                            σ per block (computed at publish from θ_{r-1} and the base), and the SHA-256 of each
+                            published copy
+    model_config/           config.json of the target (the layout)
+    public.json             `MPUServer.public_info()` (no secret), refreshed by every command
+    log.jsonl               one line per command: its name, round and seconds (imports excluded)
+
+Stages and markers (what a resume may rely on): init writes θ_0 then state.json (last). publish writes the m
+copies and their manifests, then round_{r}.json, then state.json (pending), then exchange/round_r/round.json
+(last). aggregate validates every returned copy first (nothing is aggregated from a bad file), then writes
+θ_r, then state.json (committed), then removes θ_{r-1}.
+
+This module never imports the client (mpu_cli.unlearn) nor the data (mpu_cli.data): the server cannot open the
+forget set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets as _secrets
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from mpu_cli.files import atomic_write_json
+from mpu_cli.transport import exchange as ex
+from mpu_cli.transport.exchange import TransportError
+
+STATE_FORMAT = "mpu-server-state/1"
+STATE = "state.json"
+
+
+class ServerError(Exception):
+    """Bad input or an inconsistent private state: one line, exit code 2."""
+
+
+# ---- private state --------------------------------------------------------------------------------------------
+
+
+def _theta_name(r: int) -> str:
+    return f"theta_r{r}.safetensors"
+
+
+def _read_state(state_dir: Path) -> dict:
+    p = Path(state_dir) / STATE
+    if not p.exists():
+        raise ServerError(f"{state_dir}: no server state ({STATE} missing); run `mpu-server init` first")
+    st = json.loads(p.read_text())
+    if st.get("format") != STATE_FORMAT:
+        raise ServerError(f"{p}: format {st.get('format')!r}, expected {STATE_FORMAT!r}")
+    return st
+
+
+def _load_theta(state_dir: Path, st: dict) -> dict:
+    from safetensors.torch import load_file
+
+    path = Path(state_dir) / st["theta_file"]
+    if not path.exists():
+        raise ServerError(f"{path} is missing: the server's θ is gone")
+    digest, _ = ex.sha256_file(path)
+    if digest != st["theta_sha256"]:
+        raise ServerError(f"{path}: SHA-256 does not match state.json; the server's θ was altered")
+    return load_file(str(path))
+
+
+def _load_base(st: dict):
+    if not st.get("base"):
+        return None
+    from mpu_cli.models.io import load_model, resolve_dtype, state_dict_fp32
+
+    return state_dict_fp32(load_model(st["base"], resolve_dtype(st["dtype"])))
+
+
+def _restore(state_dir: Path, st: dict, with_base: bool):
+    """The MPUServer exactly as the previous command left it (pending round included). Only publishing needs
+    the base (σ of a new round); aggregating uses the σ recorded with the round's secrets."""
+    from mpu_cli.mpu.layout import ModelLayout
+    from mpu_cli.mpu.server import MPUServer
+
+    meta = {"round": st["round"], "pending": st["pending"], "round_seed": None, "sigmas": None,
+            "config": st["config"], "noise_reference": st["noise_reference"],
+            "dtypes": {n: ex.torch_dtype(c) for n, c in st["dtypes"].items()}, "aliases": st["aliases"]}
+    if st["pending"]:
+        secrets = _read_round_secrets(state_dir, st["round"])
+        meta["round_seed"], meta["sigmas"] = secrets["round_seed"], secrets["sigmas"]
+    return MPUServer.restore(_load_theta(state_dir, st), meta, ModelLayout(**st["layout"]),
+                             base=_load_base(st) if with_base else None)
+
+
+def _read_round_secrets(state_dir: Path, r: int) -> dict:
+    p = Path(state_dir) / f"round_{r}.json"
+    if not p.exists():
+        raise ServerError(f"{p} is missing: the secrets of round {r} are gone; that round cannot be aggregated")
+    return json.loads(p.read_text())
+
+
+def _write_public(state_dir: Path, server) -> None:
+    atomic_write_json(Path(state_dir) / "public.json", server.public_info())
+
+
+def _log(state_dir: Path, command: str, r: int, seconds: float) -> None:
+    with open(Path(state_dir) / "log.jsonl", "a") as f:
+        f.write(json.dumps({"command": command, "round": r, "seconds": round(seconds, 4)}) + "\n")
+
+
+def _exchange(args, st: dict) -> Path:
+    return Path(args.exchange or st["exchange"]).resolve()
+
+
+# ---- commands -------------------------------------------------------------------------------------------------
+
+
+def cmd_init(args) -> None:
+    import torch
+    from transformers import AutoConfig
+
+    from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype, state_dict_fp32
+    from mpu_cli.mpu.layout import ModelLayout
+    from mpu_cli.mpu.server import MPUServer, ServerConfig
+
+    state_dir, exchange = Path(args.state).resolve(), Path(args.exchange).resolve()
+    if (state_dir / STATE).exists():
+        raise ServerError(f"{state_dir} already holds a server state; nothing was overwritten")
+    if state_dir == exchange or exchange in state_dir.parents or state_dir in exchange.parents:
+        raise ServerError(f"--state {state_dir} and --exchange {exchange} must be separate folders "
+                          f"(the private state never goes into the exchange folder)")
+    try:
+        cfg = ServerConfig(arm=args.arm, kappa=args.kappa, m=args.m, alpha_schedule=args.alpha_schedule,
+                           eta=args.eta, seed=args.seed, perturb_unprotected=args.perturb_unprotected,
+                           noise_reference=args.noise_reference)
+        dtype = resolve_dtype(args.dtype)
+    except ValueError as e:
+        raise ServerError(str(e)) from None
+    t0 = time.perf_counter()
+    target = load_model(args.target, dtype)
+    theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    layout = ModelLayout.from_hf_config(target.config)
+    del target
+    base = state_dict_fp32(load_model(args.base, dtype)) if args.base else None
+    server = MPUServer(theta, layout, cfg, base=base)
+    del theta
+
+    # The public model for the client: architecture and tokenizer, never weights.
+    config = AutoConfig.from_pretrained(args.target)
+    public = exchange / ex.PUBLIC_DIR
+    config.save_pretrained(str(public))
+    load_tokenizer(args.tokenizer or args.target).save_pretrained(str(public))
+    config.save_pretrained(str(state_dir / "model_config"))  # kept for reference; the layout is in state.json
+
+    theta32, meta = server.export_state()
+    info = ex.write_safetensors(state_dir / _theta_name(0), theta32)
+    st = {"format": STATE_FORMAT, "run_id": _secrets.token_hex(8), "exchange": str(exchange),
+          "target": args.target, "base": args.base, "dtype": args.dtype, "round": 0, "pending": False,
+          "theta_file": _theta_name(0), "theta_sha256": info["sha256"], "config": meta["config"],
+          "noise_reference": meta["noise_reference"], "layout": dict(layout.__dict__),
+          "dtypes": {n: ex.dtype_code(d) for n, d in meta["dtypes"].items()}, "aliases": meta["aliases"],
+          "torch": torch.__version__}
+    atomic_write_json(state_dir / STATE, st)  # last: the state exists only once θ_0 is on disk
+    _write_public(state_dir, server)
+    _log(state_dir, "init", 0, time.perf_counter() - t0)
+    print(f"mpu-server: initialised {state_dir} (exchange {exchange}, arm={cfg.arm}, m={server.n_copies})")
+
+
+def cmd_publish(args) -> None:
+    state_dir = Path(args.state).resolve()
+    st = _read_state(state_dir)
+    exchange = _exchange(args, st)
+    r = st["round"] + 1
+    if st["pending"]:
+        if (ex.round_dir(exchange, st["round"]) / ex.ROUND_MARKER).exists():
+            raise ServerError(f"round {st['round']} is published and not yet aggregated; "
+                              f"run `mpu-server aggregate` (fresh noise on the same θ would weaken the copies)")
+        _finish_marker(state_dir, st, exchange)
+        return
+    t0 = time.perf_counter()
+    server = _restore(state_dir, st, with_base=True)
+    rdir = ex.round_dir(exchange, r)
+    if (rdir / ex.ROUND_MARKER).exists():
+        raise ServerError(f"{rdir} already holds a published round; nothing was overwritten")
+    n = server.n_copies
+    spec = server.published_spec()
+    stream = server.publish_stream()  # round r starts: fresh secrets
+    writer = ex.StreamingSafetensorsWriter([ex.copy_dir(exchange, r, k) / ex.PUBLISHED for k in range(n)], spec)
+    try:
+        for name, tensors in stream:
+            writer.write(name, tensors)
+        infos = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    for k, info in enumerate(infos):
+        ex.write_manifest(ex.copy_dir(exchange, r, k) / ex.PUBLISHED_MANIFEST,
+                          ex.published_manifest(st["run_id"], r, k, n, info, spec))
+    _, meta = server.export_state()
+    atomic_write_json(state_dir / f"round_{r}.json",
+                      {"round": r, "round_seed": meta["round_seed"], "sigmas": meta["sigmas"],
+                       "published_sha256": [i["sha256"] for i in infos]})
+    st |= {"round": r, "pending": True}
+    atomic_write_json(state_dir / STATE, st)
+    _write_round_marker(exchange, st["run_id"], r, n)  # last: clients may start
+    _write_public(state_dir, server)
+    _log(state_dir, "publish", r, time.perf_counter() - t0)
+    print(f"mpu-server: published round {r}: {n} copies in {ex.round_dir(exchange, r)}")
+
+
+def _write_round_marker(exchange: Path, run_id: str, r: int, n: int) -> None:
+    marker = {"format": ex.FORMAT, "kind": "round", "run_id": run_id, "round": r, "n_copies": n,
+              "copies": [f"copy_{k}" for k in range(n)]}
+    ex.check_manifest_is_public(marker)
+    atomic_write_json(ex.round_dir(exchange, r) / ex.ROUND_MARKER, marker)
+
+
+def _finish_marker(state_dir: Path, st: dict, exchange: Path) -> None:
+    """publish crashed after committing state.json: the copies are on disk; check them and write the marker."""
+    r = st["round"]
+    record = _read_round_secrets(state_dir, r)["published_sha256"]
+    for k, want in enumerate(record):
+        digest, _ = ex.sha256_file(ex.copy_dir(exchange, r, k) / ex.PUBLISHED)
+        if digest != want:
+            raise ServerError(f"round {r} copy {k}: published file differs from the server's record")
+    _write_round_marker(exchange, st["run_id"], r, len(record))
+    print(f"mpu-server: round {r} marker written ({len(record)} copies already published)")
+
+
+def validate_returned(state_dir: Path, st: dict, exchange: Path) -> list[Path]:
+    """Every returned copy of the pending round, checked completely before anything is aggregated."""
+    r = st["round"]
+    record = _read_round_secrets(state_dir, r)["published_sha256"]
+    accepted = {n: ("F32",) if c == "F32" else ("F32", c) for n, c in st["dtypes"].items()}
+    shapes = _theta_shapes(state_dir, st)
+    expected = {n: (shapes[n], accepted[n]) for n in st["dtypes"]}
+    paths, problems = [], []
+    for k, pub_sha in enumerate(record):
+        what = ex.where(r, k)
+        d = ex.copy_dir(exchange, r, k)
+        try:
+            m = ex.read_json(d / ex.RETURNED_MANIFEST, what + " (not returned yet?)")
+            ex.check_manifest_identity(m, "returned", st["run_id"], r, k, what)
+            if m.get("published_sha256") != pub_sha:
+                raise TransportError(f"{what}: the update was computed from another published file "
+                                     f"(published_sha256 does not match the server's record)")
+            if m.get("content") != ex.RETURNED_CONTENT:
+                raise TransportError(f"{what}: content {m.get('content')!r}, expected {ex.RETURNED_CONTENT!r}")
+            ex.read_validated(d / ex.RETURNED, m, expected, what, load=False)
+            paths.append(d / ex.RETURNED)
+        except TransportError as e:
+            problems.append((k, str(e)))
+    if problems:
+        ks = " ".join(f"--copy {k}" for k, _ in problems)
+        raise TransportError(f"{'; '.join(p for _, p in problems)} — nothing was aggregated; redo with "
+                             f"`mpu-client unlearn --exchange {exchange} --round {r} {ks} --config ...`")
+    return paths
+
+
+def _theta_shapes(state_dir: Path, st: dict) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(Path(state_dir) / st["theta_file"]), framework="pt") as f:
+        return {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+
+
+def cmd_aggregate(args) -> None:
+    state_dir = Path(args.state).resolve()
+    st = _read_state(state_dir)
+    exchange = _exchange(args, st)
+    if not st["pending"]:
+        raise ServerError(f"no published round awaits aggregation (round {st['round']} is aggregated); "
+                          f"run `mpu-server publish`")
+    r = st["round"]
+    t0 = time.perf_counter()
+    paths = validate_returned(state_dir, st, exchange)
+    server = _restore(state_dir, st, with_base=False)
+    returned = [ex.LazyStateDict(p, st["dtypes"]) for p in paths]
+    theta = server.aggregate(returned)  # streams: one tensor name at a time across the m files
+    del returned
+    old = st["theta_file"]
+    info = ex.write_safetensors(state_dir / _theta_name(r), theta)
+    st |= {"pending": False, "theta_file": _theta_name(r), "theta_sha256": info["sha256"]}
+    atomic_write_json(state_dir / STATE, st)  # the commit point of round r
+    if old != st["theta_file"]:
+        (state_dir / old).unlink(missing_ok=True)
+    _write_public(state_dir, server)
+    _log(state_dir, "aggregate", r, time.perf_counter() - t0)
+    print(f"mpu-server: aggregated round {r} from {len(paths)} copies")
+
+
+def cmd_status(args) -> None:
+    state_dir = Path(args.state).resolve()
+    st = _read_state(state_dir)
+    public = json.loads((state_dir / "public.json").read_text()) if (state_dir / "public.json").exists() else {}
+    print(json.dumps({"round": st["round"], "pending": st["pending"], "exchange": st["exchange"]} | public))
+
+
+# ---- entry point ----------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpu-server", description="The MPU server party (file transport).")
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("init", help="load θ_0 (the target) and start a private server state")
+    i.add_argument("--state", required=True, help="private state folder (never shared)")
+    i.add_argument("--exchange", required=True, help="exchange folder shared with the client")
+    i.add_argument("--target", required=True, help="the server's model θ_0 (local folder or Hub name)")
+    i.add_argument("--base", default=None, help="public base model θ_base (σ reference); omit for none")
+    i.add_argument("--tokenizer", default=None, help="public tokenizer to hand to the client (default: --target)")
+    i.add_argument("--dtype", default="float32", help="training / publishing dtype: float32, bfloat16, float16")
+    i.add_argument("--arm", default="mpu", help="clean | noised | mpu")
+    i.add_argument("--kappa", type=float, default=0.01)
+    i.add_argument("--m", type=int, default=2)
+    i.add_argument("--seed", type=int, default=None, help="reproducible secrets (recorded); omit for a CSPRNG")
+    i.add_argument("--alpha-schedule", default="linear")
+    i.add_argument("--eta", type=float, default=1.0)
+    i.add_argument("--perturb-unprotected", action="store_true")
+    i.add_argument("--noise-reference", default="base")
+    for name in ("publish", "aggregate"):
+        c = sub.add_parser(name)
+        c.add_argument("--state", required=True)
+        c.add_argument("--exchange", default=None, help="default: the folder given to init")
+    s = sub.add_parser("status")
+    s.add_argument("--state", required=True)
+    return p
+
+
+COMMANDS = {"init": cmd_init, "publish": cmd_publish, "aggregate": cmd_aggregate, "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ServerError, TransportError, OSError) as e:  # OSError: a model path that cannot be opened
+        print(f"mpu-server: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Bad input stops `mpu-run` before any work: one line naming the value and the accepted ones, exit code 2,
+no run (or sweep) directory, nothing in the cache."""
+
+import os
+import subprocess
+
+import pytest
+from omegaconf import OmegaConf
+
+from mpu_cli.cli import CONF_DIR
+from mpu_cli.config import ConfigError
+from mpu_cli.validation import check_overrides
+
+# Each invalid input of the issue, through the real console script (cwd = an empty folder).
+CASES = [
+    # (command line, substrings of the one-line message)
+    (["model=nope"], ["model='nope'", "tiny"]),
+    (["algorithm=nope"], ["algorithm='nope'", "npo", "graddiff"]),
+    (["data=nope"], ["data='nope'", "embedded", "tofu"]),
+    (["kappa=-0.5"], ["kappa=-0.5", ">= 0"]),
+    (["m=0"], ["m=0", ">= 1"]),
+    (["arm=mpu", "m=1"], ["m=1", "arm=mpu", "m >= 2"]),
+    (["rounds=0"], ["rounds=0", ">= 1"]),
+    (["data.source=/nonexistent/TOFU"], ["data.source='/nonexistent/TOFU'", "does not exist", "embedded"]),
+    (["foo=1"], ["unknown key 'foo'", "kappa"]),
+    (["-m", "arm=clean,mpu", "m=1"], ["m=1", "m >= 2"]),  # a sweep: no sweep directory either
+]
+
+# More bad values, checked in process (the same code path, without a Python start per case).
+MORE = [
+    (["algorithm.name=nope"], ["algorithm='nope'", "npo"]),
+    (["experiment=nope"], ["experiment='nope'", "paper_npo"]),
+    (["arm=nope"], ["arm='nope'", "clean", "noised", "mpu"]),
+    (["kappa=abc"], ["kappa=abc", "Float"]),
+    (["m=1.5"], ["m=1.5", "Integer"]),
+    (["data.split=forget99"], ["data.split='forget99'", "forget01"]),
+    (["model.target=./no/such/model"], ["model.target='./no/such/model'", "does not exist", "finetune"]),
+    (["model.base=/no/such/base.gguf"], ["model.base='/no/such/base.gguf'", "does not exist", "embedded"]),
+    (["+foo=1"], ["unknown key 'foo'", "kappa"]),
+    (["client.foo=1"], ["unknown key 'client.foo'", "epochs"]),
+    (["+client.foo=1"], ["unknown key 'client.foo'", "epochs"]),
+    (["algorithm.params.foo=1"], ["unknown key 'algorithm.params.foo'", "beta"]),
+    (["+algorithm.params.foo=1"], ["algorithm.params.foo", "npo", "beta"]),
+    (["algorithm=npo,ga"], ["algorithm=npo,ga", "--multirun"]),
+    (["kappa=[1"], ["kappa=[1", "cannot parse"]),
+    (["-m", "algorithm=npo,nope"], ["algorithm='nope'", "npo"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_invalid_input_exits_2_with_one_line_and_writes_nothing(mpu_run_cmd, tmp_path, args, expected):
+    env = dict(os.environ, MPU_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [*mpu_run_cmd, *args], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mpu-run: error: ")
+    for s in expected:
+        assert s in lines[0], (s, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no outputs/, multirun/ or cache
+
+
+@pytest.mark.parametrize("args,expected", MORE, ids=[" ".join(a) for a, _ in MORE])
+def test_more_invalid_values_give_one_line(args, expected):
+    multirun = args[0] == "-m"
+    with pytest.raises(ConfigError) as err:
+        check_overrides(args[1:] if multirun else args, CONF_DIR, multirun=multirun)
+    message = str(err.value)
+    assert "\n" not in message
+    for s in expected:
+        assert s in message, (s, message)
+
+
+def test_valid_sweep_passes_the_precheck():
+    assert check_overrides(["algorithm=npo,ga", "arm=clean,mpu", "kappa=0.01"], CONF_DIR, multirun=True) == 4
+
+
+def _grid(config_name: str) -> dict:
+    cfg = OmegaConf.load(f"{CONF_DIR}/{config_name}.yaml")
+    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+
+
+@pytest.mark.parametrize(
+    "config_name,n_jobs", [("reproduce_tiny", 84), ("reproduce_m", 84), ("reproduce_tofu", 84)]
+)
+def test_reproduction_grids_compose_and_validate(config_name, n_jobs, monkeypatch):
+    if config_name == "reproduce_tofu":  # Hub names: checked against the local cache only when offline
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    grid = _grid(config_name)
+    n = 1
+    for values in grid.values():
+        n *= len(values)
+    assert n == n_jobs
+    # Composing all 84 jobs takes a while: check every option once (one value per group at a time).
+    for key, values in grid.items():
+        others = [f"{k}={v[0]}" for k, v in grid.items() if k != key]
+        assert check_overrides(
+            [*others, f"{key}={','.join(values)}"], CONF_DIR, config_name, multirun=True
+        ) == len(values)
+
+
+def test_reproduce_tiny_covers_the_papers_grid():
+    grid = _grid("reproduce_tiny")
+    algorithms = {e.removeprefix("tiny_") for e in grid["experiment"]}
+    assert algorithms == {"ga", "graddiff", "npo", "simnpo", "undial", "satimp", "wga"}
+    assert grid["+variant"] == ["clean", "noised_k0.1", "mpu_k0.01", "mpu_k0.1"]
+    assert grid["seed"] == ["0", "1", "2"]
+
+
+def test_precheck_error_names_the_sweep_job():
+    with pytest.raises(ConfigError, match=r"m=1 with arm=mpu.*in the sweep job"):
+        check_overrides(["arm=clean,mpu", "m=1"], CONF_DIR, multirun=True)
