@@ -107,6 +107,26 @@ def test_data_tofu_group_points_at_a_local_folder(tofu_folder):
     assert _compose("eval", "model_path=x", "data=tofu").data.source == "locuslab/TOFU"
 
 
+def test_make_tofu_subset_keeps_the_evaluated_authors(tmp_path):
+    """scripts/make_tofu_subset.py: `full` shrinks to the authors some evaluation set asks about."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tofu_subset", REPO / "scripts" / "make_tofu_subset.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.write_folder(mod.subset(EMBEDDED), tmp_path)
+    src = str(tmp_path)
+    full = {r["question"] for r in load_split(src, "full")}
+    assert len(full) == 80
+    for split, retain in (("forget01", "retain99"), ("forget05", "retain95"), ("forget10", "retain90")):
+        forget = {r["question"] for r in load_split(src, split)}
+        assert forget <= full
+        assert {r["question"] for r in load_split(src, retain)} == full - forget
+    assert {r["question"] for r in load_split(src, "retain_perturbed")} <= full
+    for config in ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "holdout10"):
+        assert load_split(src, config) == load_split(EMBEDDED, config)
+
+
 # ---- mpu-eval end to end -------------------------------------------------------------------------
 
 def test_mpu_eval_prepared_target(tmp_path):

@@ -93,7 +93,10 @@ def resolve_model(cfg) -> tuple[str, str]:
         from mpu_cli.runner import check_model_sources
 
         check_model_sources(cfg.model)
-        prepared = prepare_models(cfg.model, cfg.data, cfg.prepare)
+        try:
+            prepared = prepare_models(cfg.model, cfg.data, cfg.prepare)
+        except ValueError as e:  # e.g. a data folder without what the embedded base is trained on
+            raise ConfigError(f"model_path={name}: {e}") from None
         path = getattr(prepared, name)
         if not path:
             raise ConfigError(f"model_path={name}: model.{name} is null for model={cfg.model.name}")

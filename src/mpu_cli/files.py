@@ -8,8 +8,11 @@ from pathlib import Path
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    from mpu_cli.faults import inject
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    inject("atomic_write", path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -25,3 +28,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_marked_json(path: Path, marker: Path) -> dict | None:
+    """A JSON file that counts only once its completion marker exists: None when either is missing."""
+    path, marker = Path(path), Path(marker)
+    if not (marker.exists() and path.exists()):
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -112,7 +112,9 @@ def gguf_to_folder(path: Path) -> Path:
         quantizer.remove_quantization_config(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, tokenizer, out)
-    (out / COMPLETE).write_text(f"{path}\n")  # marker last: a half-written folder is never reused
+    from mpu_cli.files import atomic_write_text
+
+    atomic_write_text(out / COMPLETE, f"{path}\n")  # marker last: a half-written folder is never reused
     return out
 
 
@@ -140,14 +142,24 @@ def load_tokenizer(path: str):
 
 def save_model(model, tokenizer, out_dir: Path) -> None:
     """Save as safetensors into a temporary folder, then rename: readers never see a half-written model."""
+    import shutil
+
+    from mpu_cli.faults import inject
+
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    try:
+        inject("save_model", out_dir)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():  # flushed to disk before the folder appears under its final name
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves nothing that looks like a model
+        raise
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
 

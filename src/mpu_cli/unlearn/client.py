@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from mpu_cli.progress import tqdm
 
 from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
 from mpu_cli.data.tofu import load_idk, load_split, split_names
 from mpu_cli.models.io import load_state_into, state_dict_fp32
+from mpu_cli.progress import tqdm
 
 REFERENCE_POLICIES = ("client_copy", "server_clean")
 
