@@ -26,9 +26,18 @@ from mpu_cli.models.training import finetune
 
 log = logging.getLogger(__name__)
 
-# Bump when the way prepared models are built changes: old cache entries then stop matching.
+# Bump when the way prepared models are built changes: old cache entries then stop matching. Cache keys also
+# hold the package version and a digest of the source that builds the models (`_code_version`).
 PREPARE_VERSION = "1"
 COMPLETE = "COMPLETE"
+PREPARE_MODULES = ("mpu_cli.models.prepare", "mpu_cli.models.training", "mpu_cli.models.tiny",
+                   "mpu_cli.data.formatting", "mpu_cli.logprobs")
+
+
+def _code_version() -> str:
+    from mpu_cli.cachekey import code_digest
+
+    return code_digest(*PREPARE_MODULES)
 
 
 @dataclass
@@ -87,7 +96,7 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
     tok_path = model_cfg.tokenizer or (str(EMBEDDED_TOKENIZER) if model_cfg.base == "embedded" else model_cfg.base)
     tokenizer = load_embedded_tokenizer() if model_cfg.base == "embedded" else load_tokenizer(tok_path)
 
-    base_key = {"v": PREPARE_VERSION, "base": model_cfg.base, "dtype": model_cfg.dtype}
+    base_key = {"v": PREPARE_VERSION, "code": _code_version(), "base": model_cfg.base, "dtype": model_cfg.dtype}
     if model_cfg.base == "embedded":
         base_key |= {"tok": _file_digest(EMBEDDED_TOKENIZER), "public": _digest(load_public_text(data_cfg.source)),
                      "qa": _digest(_public_rows(data_cfg.source)), "epochs": prep_cfg.base_epochs,
@@ -133,15 +142,33 @@ def _public_rows(source: str) -> list[dict]:
 
 
 def _cached(cache: Path, kind: str, key: dict, build) -> str:
+    import shutil
+
+    from mpu_cli.files import atomic_write_json, atomic_write_text
+
     out = cache / f"{kind}-{_digest(key)}"
     if (out / COMPLETE).exists():
         log.info("prepare: reusing cached %s model %s", kind, out)
         return str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("prepare: building %s model -> %s", kind, out)
-    info = build(out)
-    (out / "prepare_key.json").write_text(json.dumps({"key": key, "info": info}, indent=2, default=str))
-    (out / COMPLETE).write_text("ok\n")  # marker last: a half-built folder is never reused
+    # Built under a temporary name, key and marker included, then renamed: a killed build leaves only a
+    # `.tmp` folder, never a folder under the final name without its marker.
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = build(tmp)
+        atomic_write_json(tmp / "prepare_key.json", {"key": key, "info": info})
+        atomic_write_text(tmp / COMPLETE, "ok\n")  # marker last: a half-built folder is never reused
+        if (out / COMPLETE).exists():  # built meanwhile by another process: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return str(out)
+        if out.exists():
+            shutil.rmtree(out)  # an unmarked leftover (an interrupted build of an older version)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return str(out)
 
 
