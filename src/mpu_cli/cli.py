@@ -1,6 +1,7 @@
 """Entrypoints. `mpu-run` is a Hydra app: `mpu-run algorithm=npo kappa=0.01 m=2`, `mpu-run -m ...` sweeps."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -14,7 +15,10 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
 from mpu_cli.config import ConfigError, register_configs, validate  # noqa: E402
+from mpu_cli.data.validate import DataError  # noqa: E402
 from mpu_cli.transport.errors import TransportError  # noqa: E402
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 log = logging.getLogger("mpu_cli")
 CONF_DIR = str(Path(__file__).parent / "conf")
@@ -38,8 +42,16 @@ def _run(cfg) -> float | None:
         if cfg.client.reference == "server_clean":
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
         row = run(cfg, out)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, DataError) as e:
         fail(str(e))
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        # A full disk (or quota, read-only file system): every write is atomic, so nothing partial is left
+        # under a final name; the stages already completed are kept for resume=true.
+        where = f" writing {e.filename}" if e.filename else ""
+        fail(f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
+             f"resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage")
     except TransportError as e:  # transport=files: a party's process failed or a file was rejected
         fail(str(e))
     return row.get("forget_Q_A_Prob")

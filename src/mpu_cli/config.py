@@ -117,6 +117,12 @@ class MPUConfig:
     # `mpu-client` processes exchanging only files (RUN/exchange), the server's secrets in RUN/server_private.
     transport: str = "inprocess"
     runner: RunnerSettings = field(default_factory=RunnerSettings)
+    # Reliability (issue 7). resume: continue the unfinished run in the run directory from its last completed
+    # stage (same configuration required). run_id: names the run directory outputs/runs/<run_id> (and implies
+    # resume). overwrite: replace a finished (or unfinished) run in the run directory instead of refusing.
+    resume: bool = False
+    run_id: str | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -149,6 +155,12 @@ def register_configs() -> None:
     cs.store(name="mpu_schema", node=MPUConfig)
     cs.store(name="mpu_eval_schema", node=EvalAppConfig)
     OmegaConf.register_new_resolver("pypi_gguf", _pypi_gguf, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("mpu_run_name", _run_name, replace=True)
+
+
+def _run_name(run_id, default) -> str:
+    """`${mpu_run_name:${run_id},<default>}`: the run directory's name, run_id when one is given."""
+    return default if run_id is None or str(run_id) == "" else str(run_id)
 
 
 def validate(cfg) -> None:
@@ -197,6 +209,7 @@ def _validate(cfg) -> None:
     if cfg.data.split not in FORGET_SPLITS:
         raise ConfigError(f"data.split={cfg.data.split!r} is not one of {list(FORGET_SPLITS)}")
     _check_transport(cfg)
+    _check_run_id(cfg.get("run_id"))
     _check_dtype(cfg.model.dtype)
     model = "model folder or .gguf file"
     _check_source("data.source", cfg.data.source, ("embedded",), "folder laid out like locuslab/TOFU", folder=True)
@@ -204,6 +217,14 @@ def _validate(cfg) -> None:
     _check_source("model.target", cfg.model.target, ("finetune",), model)
     _check_source("model.retain", cfg.model.retain, ("finetune", None), model)
     _check_source("model.tokenizer", cfg.model.tokenizer, (None,), "tokenizer folder or .gguf file")
+
+
+def _check_run_id(run_id) -> None:
+    import re
+
+    if run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", str(run_id)):
+        raise ConfigError(f"run_id={run_id!r} is not valid; accepted: letters, digits, '.', '_' and '-' "
+                          "(a folder name, first character a letter or digit)")
 
 
 def _check_transport(cfg) -> None:

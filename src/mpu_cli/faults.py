@@ -4,9 +4,9 @@
 pre-emption or an out-of-memory kill would. Points of `mpu-run` (r: round, k: copy, both counted from 1):
 ``after_prepare``, ``after_target_eval``, ``round<r>_after_publish``, ``round<r>_copy<k>_mid`` (inside the client
 loop, after the first optimizer step), ``round<r>_copy<k>_done``, ``round<r>_before_aggregate``,
-``round<r>_mid_aggregate`` (half the tensors aggregated), ``round<r>_mid_save`` (θ_r written to its temporary
-name, not yet renamed), ``round<r>_after_aggregate``, ``mid_eval`` (after the first metric of the final
-evaluation), ``before_complete`` (results written, completion marker not yet).
+``round<r>_mid_aggregate`` (half the tensors aggregated), ``round<r>_after_aggregate`` (θ_r committed),
+``final_eval_mid`` (inside the final evaluation, after its first data split), ``before_complete`` (results
+written, completion marker not yet).
 
 ``MPU_FAULT_INJECT=<op>:<ERRNO>[,...]``: the write operation ``op`` raises ``OSError(ERRNO)`` before writing, as a
 full disk would (e.g. ``save_tensors:ENOSPC``). Ops: ``atomic_write`` (JSON / text files), ``save_tensors``

@@ -7,6 +7,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     from mpu_cli.faults import inject
 
@@ -15,6 +21,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     inject("atomic_write", path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to the group
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -14,7 +14,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from mpu_cli import rundir
+from mpu_cli.checkpoint import Checkpoint
 from mpu_cli.config import ConfigError
+from mpu_cli.faults import kill_point, set_scope
 from mpu_cli.data.formatting import ChatFormat, pad_id
 from mpu_cli.data.tofu import load_split, split_names
 from mpu_cli.evals.tofu import (
@@ -43,6 +46,9 @@ from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_cop
 log = logging.getLogger(__name__)
 
 EVAL_VERSION = "1"  # bump when metric code changes: cached evaluations then stop matching
+# Cached evaluations are also keyed by the package version and a digest of the evaluation code.
+EVAL_MODULES = ("mpu_cli.evals.tofu", "mpu_cli.evals.metrics", "mpu_cli.evals.batched", "mpu_cli.data.formatting",
+                "mpu_cli.logprobs")
 
 
 @dataclass
@@ -88,15 +94,22 @@ def _dir_digest(path: str) -> str:
 
 def cached_evaluation(ctx: RunContext, model_path: str, data: dict, retain_ref: dict | None) -> dict:
     """Evaluate a model that is fixed for a sweep (target, retain) once; keyed by content, never by folder."""
-    key = json.dumps({"v": EVAL_VERSION, "model": _dir_digest(model_path), "data": hashlib.sha256(
+    from mpu_cli.cachekey import code_digest
+
+    key = json.dumps({"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES), "model": _dir_digest(model_path),
+                      "data": hashlib.sha256(
         json.dumps(data, sort_keys=True).encode()).hexdigest(), "eval": OmegaConf.to_container(ctx.cfg.eval, resolve=True),
         "fmt": ctx.fmt.__dict__, "ref": retain_ref}, sort_keys=True, default=str)
     cache = Path(ctx.cfg.prepare.cache_dir).expanduser() / "evals" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if (cache / "TOFU_EVAL.json").exists():
-        return json.loads((cache / "TOFU_EVAL.json").read_text())
+    from mpu_cli.files import read_marked_json
+
+    cached = read_marked_json(cache / "TOFU_EVAL.json", cache / "COMPLETE")  # never without its marker
+    if cached is not None:
+        return cached
     model = load_model(model_path, ctx.dtype)
     result = evaluate(model, ctx.tokenizer, data, ctx.fmt, _eval_config(ctx.cfg), retain_reference=retain_ref)
     write_eval(cache, result)
+    atomic_write_text(cache / "COMPLETE", "ok\n")  # marker last
     return result
 
 
@@ -123,16 +136,39 @@ def _public_skeleton(target_path: str, dtype: torch.dtype):
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+def check_data(data_cfg) -> None:
+    """Load (and so validate, data.validate) every data config the run reads, before anything is written."""
+    from mpu_cli.data.tofu import load_public_text
+
+    names = split_names(data_cfg.split)
+    for name in dict.fromkeys(["full", *names.values()]):
+        load_split(data_cfg.source, name)
+    if data_cfg.source == "embedded":
+        load_public_text(data_cfg.source)
+
+
 def run(cfg, out: Path) -> dict:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    mode = rundir.check(cfg, out)  # a finished run is not overwritten; a resumed one must match
     dtype = resolve_dtype(cfg.model.dtype)
     check_model_sources(cfg.model)
+    check_data(cfg.data)
     # A given retain log replaces the retain model: nothing to build or evaluate for it.
     retain_logs = cfg.get("retain_logs_path")
     retain_ref = retain_reference_from_logs(retain_logs) if retain_logs else None
     model_cfg = OmegaConf.merge(cfg.model, {"retain": None}) if retain_logs else cfg.model
+    from mpu_cli.models.check import check_models
+
+    if model_cfg.retain == "finetune" and model_cfg.target != "finetune":
+        # A given target is checked against the base before a retain model is built for it.
+        check_models(prepare_models(OmegaConf.merge(model_cfg, {"retain": None}), cfg.data, cfg.prepare), model_cfg)
     prepared = prepare_models(model_cfg, cfg.data, cfg.prepare)
+    check_models(prepared, model_cfg)  # architectures and shapes agree
+    rundir.start(cfg, out, mode)
+    if mode == "resume":
+        log.info("resuming the unfinished run in %s", out)
+    kill_point("after_prepare")
     t_prepare = time.perf_counter() - t0
     ctx = RunContext(cfg, out, prepared, load_tokenizer(prepared.tokenizer), chat_format(cfg.model), dtype)
     data = eval_data(cfg.data.source, cfg.data.split)
@@ -146,6 +182,7 @@ def run(cfg, out: Path) -> dict:
             retain_ref = load_retain_reference(retain_eval)
     target_eval = cached_evaluation(ctx, prepared.target, data, retain_ref)
     write_eval(out / "target", target_eval)
+    kill_point("after_target_eval")
 
     t1 = time.perf_counter()
     theta, timings = unlearn(ctx)
@@ -155,7 +192,9 @@ def run(cfg, out: Path) -> dict:
     model = _public_skeleton(prepared.target, dtype)
     load_state_into(model, theta)
     model.eval()
+    set_scope("final")
     result = evaluate(model, ctx.tokenizer, data, ctx.fmt, _eval_config(cfg), retain_reference=retain_ref)
+    set_scope(None)
     write_eval(out, result)
     if cfg.save_model:
         from mpu_cli.models.io import save_model
@@ -169,6 +208,8 @@ def run(cfg, out: Path) -> dict:
         "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
         "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
     atomic_write_text(out / "results.csv", pd.DataFrame([row]).to_csv(index=False))
+    kill_point("before_complete")
+    rundir.finish(out)  # last: the run directory's files are final
     log.info("results: %s", json.dumps({k: row[k] for k in summary if k in row}))
     return row
 
@@ -187,6 +228,14 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
         arm=cfg.arm, kappa=cfg.kappa, m=cfg.m, alpha_schedule=cfg.server.alpha_schedule, eta=cfg.server.eta,
         seed=cfg.seed, perturb_unprotected=cfg.server.perturb_unprotected,
         noise_reference=cfg.server.noise_reference), base=base)
+    # Stage checkpoints (RUN/server_private): a resumed run restores the server as the last stage left it.
+    ckpt = Checkpoint(ctx.out)
+    st = ckpt.load()
+    if st is not None:
+        saved = ckpt.theta(st)
+        server = MPUServer.restore(saved if saved is not None else server.theta, Checkpoint.meta(st), layout,
+                                   base=base)
+        log.info("resume: server at round %d%s", server.round, " (published, not aggregated)" if server.pending else "")
     atomic_write_json(ctx.out / "server_public.json", server.public_info())
 
     # Client side: its own data, its algorithm, a public model skeleton.
@@ -194,27 +243,53 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
     client_data = encode_client_data(ctx.tokenizer, ctx.fmt, cfg.data.source, cfg.data.split, algorithm)
     client_model = _public_skeleton(ctx.prepared.target, ctx.dtype)
     # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
-    reference_state = dict(server.theta) if cfg.client.reference == "server_clean" else None
+    reference_state = ({n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
+                       if cfg.client.reference == "server_clean" else None)
+    del theta
 
     timings = {"server": 0.0, "client": 0.0}
-    for r in range(1, cfg.rounds + 1):
+    first = server.round if server.pending else server.round + 1
+    for r in range(first, cfg.rounds + 1):
         t = time.perf_counter()
-        copies = server.publish()
+        if server.pending:  # resumed inside round r: the same copies again, from the recorded secrets
+            copies = server.pending_copies()
+        else:
+            copies = server.publish()
+            st = ckpt.published(server, st)  # the round's secrets, before any client work
         timings["server"] += time.perf_counter() - t
+        kill_point(f"round{r}_after_publish")
         returned = []
         for k, published in enumerate(copies):
+            done = ckpt.load_returned(st, k)
+            if done is not None:  # returned before the interruption: not redone
+                log.info("round %d copy %d/%d: reusing the returned copy saved before the interruption",
+                         r, k + 1, len(copies))
+                returned.append(done)
+                continue
             t = time.perf_counter()
             client_cfg = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
             client_cfg.seed = cfg.client.seed + r
-            returned.append(unlearn_copy(client_model, published, algorithm, client_data, client_cfg,
-                                         pad_id(ctx.tokenizer), reference_state,
-                                         desc=f"round {r}/{cfg.rounds} copy {k + 1}/{len(copies)}"))
+            set_scope(f"round{r}_copy{k + 1}")
+            updated = unlearn_copy(client_model, published, algorithm, client_data, client_cfg,
+                                   pad_id(ctx.tokenizer), reference_state,
+                                   desc=f"round {r}/{cfg.rounds} copy {k + 1}/{len(copies)}")
+            set_scope(None)
+            ckpt.save_returned(st, k, updated)
+            returned.append(updated)
             timings["client"] += time.perf_counter() - t
             log.info("round %d copy %d/%d unlearned", r, k + 1, len(copies))
+            kill_point(f"round{r}_copy{k + 1}_done")
+        del copies
+        kill_point(f"round{r}_before_aggregate")
         t = time.perf_counter()
+        set_scope(f"round{r}")
         server.aggregate(returned)
+        set_scope(None)
         timings["server"] += time.perf_counter() - t
         del returned
+        st = ckpt.commit_round(server, st)
+        atomic_write_json(ctx.out / "server_public.json", server.public_info())
+        kill_point(f"round{r}_after_aggregate")
     return server.theta, timings
 
 

@@ -97,6 +97,10 @@ def check_overrides(
                 if len(jobs) > 1:
                     raise ConfigError(f"{e} (in the sweep job {' '.join(job)})") from None
                 raise
+            if not multirun:  # a finished / mismatching run directory: refused before Hydra writes into it
+                from mpu_cli.rundir import precheck as check_run_dir
+
+                check_run_dir(cfg)
     return len(jobs)
 
 

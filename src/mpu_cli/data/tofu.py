@@ -12,6 +12,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from mpu_cli.data.validate import DataError, validate_rows
+
 EMBEDDED = "embedded"
 
 FORGET_SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
@@ -37,10 +39,13 @@ def embedded_dir() -> Path:
 
 def _read_json_rows(path: Path) -> list[dict]:
     """JSON-lines (TOFU's hub files, ``.json`` or ``.jsonl``) or a single JSON array."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
-        rows = json.loads(stripped)
+        try:
+            rows = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -49,10 +54,20 @@ def _read_json_rows(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    if not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: expected one JSON object per row")
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: expected one JSON object per row")
     return rows
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}, line {line}); "
+                        "accepted: UTF-8 encoded JSON lines") from None
 
 
 def _read_parquet_rows(files: list[Path]) -> list[dict]:
@@ -96,9 +111,9 @@ def _resolve_local(source: str) -> Path | None:
     if p.is_dir():
         return p
     if p.exists():
-        raise ValueError(f"data source {source!r} is a file, not a folder laid out like locuslab/TOFU")
+        raise DataError(f"data source {source!r} is a file, not a folder laid out like locuslab/TOFU")
     if _looks_like_path(source):
-        raise ValueError(
+        raise DataError(
             f"data source {source!r} not found: expected {EMBEDDED!r}, an existing local folder laid out like "
             "locuslab/TOFU, or a Hub dataset name such as 'locuslab/TOFU'"
         )
@@ -117,34 +132,34 @@ def load_split(source: str, config: str) -> list[dict]:
     if not isinstance(source, str) or not source:
         raise ValueError(f"data source must be {EMBEDDED!r}, a local folder or a Hub dataset name, got {source!r}")
     if source == EMBEDDED:
-        return _read_json_rows(embedded_dir() / f"{config}.jsonl")
+        return validate_rows(config, _read_json_rows(embedded_dir() / f"{config}.jsonl"), "embedded data")
     folder = _resolve_local(source)
     if folder is not None:
         rows = _local_config_rows(folder, config)
         if rows is None:
-            raise ValueError(
+            raise DataError(
                 f"config {config!r} not found in data folder {str(folder)!r}: looked for {config}.json, "
                 f"{config}.jsonl and {config}/*.parquet"
             )
-        return rows
+        return validate_rows(config, rows, str(folder))
     try:
         import datasets
 
         ds = datasets.load_dataset(source, config, split="train")
     except Exception as e:  # any failure to fetch is a bad-input error for the caller
-        raise ValueError(
+        raise DataError(
             f"could not load Hub dataset {source!r} (config {config!r}, split 'train'): "
             f"{type(e).__name__}: {e}".splitlines()[0]
             + " (and no local folder of that name exists)"
         ) from e
-    return [dict(r) for r in ds]
+    return validate_rows(config, [dict(r) for r in ds], source)
 
 
 def _read_text_lines(path: Path) -> list[str]:
     """One text a line: ``{"text": ...}`` JSON objects, JSON strings, or plain lines (open-unlearning's
     ``idk.jsonl`` is plain lines)."""
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _read_utf8(path).splitlines():
         if not line.strip():
             continue
         try:

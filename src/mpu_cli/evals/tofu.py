@@ -22,6 +22,7 @@ from pathlib import Path
 from mpu_cli.data.formatting import _TAG_USER, ChatFormat, encode_prompt, encode_qa, pad_id
 from mpu_cli.evals import metrics as M
 from mpu_cli.evals.batched import generate_greedy, score_sequences
+from mpu_cli.faults import scoped_kill_point
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ def evaluate(model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | No
                 scores[key] = _score_split(model, tokenizer, rows, fmt, tf, cfg, pad, progress, key)
             if "gen" in what:
                 gens[key] = _generate_split(model, tokenizer, rows, fmt, cfg, progress, key)
+            scoped_kill_point("eval_mid")  # fault-injection tests only (MPU_KILL_AT=final_eval_mid)
     finally:
         model.train(was_training)
 
@@ -303,6 +305,9 @@ def _json_default(o):
 
 
 def _atomic_write_json(path: Path, obj) -> None:
+    from mpu_cli.faults import inject
+
+    inject("atomic_write", path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -126,6 +126,17 @@ class MPUServer:
                 copies[k][name] = tensor
         return copies
 
+    def pending_copies(self) -> list[dict]:
+        """The copies of the pending round once more, identical to what publish() returned (they derive from
+        θ_{r-1} and the round's secrets): a resumed run hands them to the client again."""
+        if not self._pending:
+            raise RuntimeError("no published round is pending; call publish()")
+        copies: list[dict] = [{} for _ in range(self.n_copies)]
+        for name in self._theta:
+            for k, tensor in enumerate(self._published_tensors(name)):
+                copies[k][name] = tensor
+        return copies
+
     def publish_stream(self):
         """Start round r+1 now; then yield (name, [θ_pub^(k)[name] for every k]) one tensor name at a time,
         so a caller can write the m copies to files holding only one tensor's m versions in memory."""
@@ -200,9 +211,14 @@ class MPUServer:
             self._theta = {n: returned[0][n].detach().to(torch.float32, copy=True) for n in self._theta}
             self._pending = False
             return self.theta
+        from mpu_cli.faults import scoped_kill_point
+
         s = self._secrets
         acc = UpdateAccumulator()
-        for name, x in self._theta.items():
+        half = len(self._theta) // 2
+        for i, (name, x) in enumerate(self._theta.items()):
+            if i == half:
+                scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
             for k, pub in enumerate(self._published_tensors(name)):
                 delta = {name: returned[k][name].to(x.device).float() - pub.float()}  # Δ'_k
                 if self._cfg.arm == "mpu":

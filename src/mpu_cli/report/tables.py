@@ -167,6 +167,8 @@ def _config_row(run: Path) -> dict:
 
 def read_run(run: Path, root: Path) -> dict:
     missing = [f for f in REQUIRED if not (run / f).is_file()]
+    if (run / "run.json").is_file() and not (run / "COMPLETE").is_file():
+        missing.append("COMPLETE")  # started by a runner that writes the marker last: not finished without it
     row: dict = {"run": _rel(run, root)}
     if missing:
         row |= _config_row(run)

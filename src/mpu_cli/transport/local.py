@@ -40,6 +40,18 @@ SERVER = ("mpu-server", "mpu_cli.transport.server_cli")
 CLIENT = ("mpu-client", "mpu_cli.transport.client_cli")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when mpu-run dies, so a killed run leaves no orphan
+    process writing into the run directory while a resumed run starts."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _check(proc_name: str, rc: int, log_path: Path) -> None:
     if rc == 0:
         return
@@ -55,7 +67,8 @@ def _run(cmd: list[str], log_path: Path, env: dict | None = None) -> float:
     with open(log_path, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=_die_with_parent).returncode
     _check(Path(cmd[0]).name if len(cmd) == 1 or cmd[1] != "-m" else cmd[2], rc, log_path)
     return time.perf_counter() - t
 
@@ -110,20 +123,32 @@ def run_rounds(cfg, out: Path, prepared, client_json: dict, parallel: int = 1) -
     server, client = _command(*SERVER), _command(*CLIENT)
     timings = {"server": 0.0, "client": 0.0, "server_process": 0.0}
 
-    timings["server_process"] += _run(server + server_init_args(cfg, prepared, state, exchange),
-                                      logs / "server.log")
+    # Resume (issue 7): an existing server state is continued, never re-initialised.
+    st0 = json.loads((state / "state.json").read_text()) if (state / "state.json").exists() else None
+    if st0 is None:
+        timings["server_process"] += _run(server + server_init_args(cfg, prepared, state, exchange),
+                                          logs / "server.log")
     public = json.loads((state / "public.json").read_text())
     atomic_write_json(out / "server_public.json", public)
     n = public["m"]
     slots = max(1, min(parallel, n))
     envs = slot_envs(slots)
-    for r in range(1, cfg.rounds + 1):
-        timings["server_process"] += _run(server + ["publish", "--state", str(state)], logs / "server.log")
+    first = 1 if st0 is None else (st0["round"] if st0["pending"] else st0["round"] + 1)
+    for r in range(first, cfg.rounds + 1):
+        if not (st0 is not None and st0["pending"] and r == st0["round"]
+                and (exchange / f"round_{r}" / "round.json").exists()):
+            # (a pending round without its marker: publish finishes the marker, it does not draw new secrets)
+            timings["server_process"] += _run(server + ["publish", "--state", str(state)], logs / "server.log")
+        # copies already returned (a resumed round) are not redone
+        todo = [k for k in range(n) if not (exchange / f"round_{r}" / f"copy_{k}" / "returned_manifest.json").exists()]
         t = time.perf_counter()
         procs = []
         for s, (env, threads) in enumerate(envs):
+            mine = [k for k in todo if k % slots == s]
+            if not mine:
+                continue
             cmd = client + ["unlearn", "--exchange", str(exchange), "--config", str(client_path), "--round", str(r)]
-            for k in range(s, n, slots):
+            for k in mine:
                 cmd += ["--copy", str(k)]
             if threads:
                 cmd += ["--threads", str(threads)]
@@ -131,7 +156,8 @@ def run_rounds(cfg, out: Path, prepared, client_json: dict, parallel: int = 1) -
             f = open(log_path, "a")  # noqa: SIM115 (closed after the process ends, below)
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
-            procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f, log_path))
+            procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                       preexec_fn=_die_with_parent), f, log_path))
         failures = []
         for p, f, log_path in procs:
             rc = p.wait()

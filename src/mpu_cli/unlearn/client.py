@@ -15,6 +15,7 @@ import torch
 
 from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
 from mpu_cli.data.tofu import load_idk, load_split, split_names
+from mpu_cli.faults import scoped_kill_point
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.progress import tqdm
 
@@ -149,3 +150,4 @@ def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref,
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
+            scoped_kill_point("mid")  # fault-injection tests only (MPU_KILL_AT=round<r>_copy<k>_mid)

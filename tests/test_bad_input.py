@@ -1,0 +1,160 @@
+"""Issue 7: bad input gives one clear error line on stderr, exit code 2, and no partial file that looks complete.
+
+Every case is an `mpu-run` subprocess; they are started together (module fixture) and each test checks one."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mpu_cli.data.tofu import embedded_dir
+
+FAST = ["data.split=forget01", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "m=2",
+        "rounds=1", "seed=0"]
+FINAL = ("COMPLETE", "results.csv", "TOFU_SUMMARY.json", "TOFU_EVAL.json")
+
+
+def _rows(folder: Path, config: str) -> list[dict]:
+    return [json.loads(ln) for ln in (folder / f"{config}.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def _write_rows(folder: Path, config: str, rows: list[dict]) -> None:
+    (folder / f"{config}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _data_folder(root: Path, name: str, corrupt) -> Path:
+    folder = root / name
+    shutil.copytree(embedded_dir(), folder, ignore=shutil.ignore_patterns("*.md"))
+    corrupt(folder)
+    return folder
+
+
+def _missing_field(f: Path):
+    rows = _rows(f, "forget01")
+    del rows[1]["question"]
+    _write_rows(f, "forget01", rows)
+
+
+def _empty_forget(f: Path):
+    (f / "forget01.jsonl").write_text("")
+
+
+def _no_answer(f: Path):
+    rows = _rows(f, "forget01")
+    rows[2]["answer"] = ""
+    _write_rows(f, "forget01", rows)
+
+
+def _invalid_utf8(f: Path):
+    data = (f / "forget01.jsonl").read_bytes()
+    (f / "forget01.jsonl").write_bytes(data[:40] + b"\xff\xfe" + data[40:])
+
+
+def _duplicate_ids(f: Path):
+    rows = [r | {"id": i} for i, r in enumerate(_rows(f, "forget01"))]
+    rows[3]["id"] = 0
+    _write_rows(f, "forget01", rows)
+
+
+DATA_CASES = {
+    "missing_field": (_missing_field, "missing field 'question'"),
+    "empty_forget": (_empty_forget, "the forget set 'forget01' is empty"),
+    "no_answer": (_no_answer, "has no answer"),
+    "invalid_utf8": (_invalid_utf8, "not valid UTF-8"),
+    "duplicate_ids": (_duplicate_ids, "duplicate id 0"),
+}
+
+
+def _other_architecture(path: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(path)
+    return path
+
+
+def _other_shape(path: Path) -> Path:
+    from transformers import LlamaForCausalLM
+
+    from mpu_cli.models.tiny import load_embedded_tokenizer, tiny_llama_config
+
+    cfg = tiny_llama_config(load_embedded_tokenizer())
+    cfg.intermediate_size = 400  # the base has 432
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory, mpu_run_cmd):
+    """case -> (returncode, stdout, stderr, run dir, expected text); all processes run concurrently."""
+    root = tmp_path_factory.mktemp("bad_input")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("MPU_KILL_AT", None)
+    env.pop("MPU_FAULT_INJECT", None)
+    jobs = {}
+    for name, (corrupt, expect) in DATA_CASES.items():
+        jobs[name] = ([f"data.source={_data_folder(root / 'data', name, corrupt)}"], env, expect)
+    jobs["missing_model"] = ([f"model.target={root / 'no' / 'such' / 'model'}"], env, "does not exist")
+    jobs["other_architecture"] = ([f"model.target={_other_architecture(root / 'gpt2')}"], env,
+                                  "is a gpt2 (GPT2LMHeadModel) model but model.base='embedded' is llama")
+    jobs["shape_mismatch"] = ([f"model.target={_other_shape(root / 'llama_wide')}"], env,
+                              "has shape")
+    jobs["full_disk"] = ([], env | {"MPU_FAULT_INJECT": "save_tensors:ENOSPC"}, "No space left on device")
+    procs = {}
+    for name, (args, e, expect) in jobs.items():
+        out = root / "runs" / name
+        procs[name] = (subprocess.Popen([*mpu_run_cmd, *FAST, *args, f"hydra.run.dir={out}"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=e), out, expect)
+    results = {}
+    for name, (p, out, expect) in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        results[name] = (p.returncode, stdout, stderr, out, expect)
+    return results
+
+
+def _check(cases, name):
+    rc, stdout, stderr, out, expect = cases[name]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert rc == 2, f"{name}: rc={rc}\n{stderr[-3000:]}"
+    assert len(lines) == 1, f"{name}: expected one error line, got:\n{stderr[-3000:]}"
+    assert lines[0].startswith("mpu-run: error: ") and expect in lines[0], lines[0]
+    files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert not [p for p in files if p.name in FINAL], files  # nothing that looks like a finished result
+    assert not [p for p in files if ".tmp" in p.name], files  # no half-written file left behind
+    return lines[0], files
+
+
+@pytest.mark.parametrize("name", list(DATA_CASES))
+def test_malformed_data(cases, name):
+    line, files = _check(cases, name)
+    assert "forget01" in line
+    assert not [p for p in files if p.name == "run.json"]  # refused before the run started
+
+
+def test_model_path_does_not_exist(cases):
+    line, _ = _check(cases, "missing_model")
+    assert "model.target=" in line
+
+
+def test_model_of_another_architecture(cases):
+    line, files = _check(cases, "other_architecture")
+    assert "accepted: a model of the base's architecture" in line
+    assert not [p for p in files if p.name == "run.json"]
+
+
+def test_base_target_shape_mismatch(cases):
+    line, files = _check(cases, "shape_mismatch")
+    assert "400" in line and "432" in line and "accepted: a model of the same size as the base" in line, line
+    assert not [p for p in files if p.name == "run.json"]
+
+
+def test_full_disk_at_save(cases):
+    line, files = _check(cases, "full_disk")
+    assert "resume=true" in line
+    names = {str(p.relative_to(cases["full_disk"][3])) for p in files}
+    # the returned copy could not be saved: neither it nor its marker exists
+    assert not [n for n in names if n.startswith("server_private/round_1/copy_")], names
