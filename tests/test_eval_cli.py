@@ -235,8 +235,9 @@ def test_model_configs_compose(root):
     smol = _compose(root, *extra, "model=smollm2-135m")
     assert smol.model.base.endswith(".gguf") and Path(smol.model.base).is_file()
     assert (smol.model.target, smol.model.retain, smol.model.dtype) == ("finetune", "finetune", "float32")
-    assert smol.prepare.lr < 1e-3  # its own fine-tuning rate, not the tiny model's
-    assert _compose(root, *extra).prepare.lr == pytest.approx(3e-3)  # presets stay with their model
+    default = _compose(root, *extra)
+    assert smol.prepare.lr < 1e-3 and smol.prepare.lr != default.prepare.lr  # its own fine-tuning rate
+    assert default.model.name == "tiny"  # the package-global presets stay with their model
 
 
 def test_hub_names_fail_fast_offline(monkeypatch, tmp_path):

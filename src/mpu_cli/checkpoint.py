@@ -79,8 +79,12 @@ class Checkpoint:
         return st
 
     def published(self, server, st: dict | None) -> dict:
-        """Round r was just published: record its secrets before any client sees a copy."""
-        return self._write_state(server, st and st.get("theta_file"), st and st.get("theta_sha256"))
+        """Round r was just published: record its secrets before any client sees a copy. Copies left by an
+        earlier, uncommitted publication of any round are dropped (they could not be aggregated anyway)."""
+        new = self._write_state(server, st and st.get("theta_file"), st and st.get("theta_sha256"))
+        for old in self.dir.glob("round_*"):
+            shutil.rmtree(old, ignore_errors=True)
+        return new
 
     def commit_round(self, server, st: dict | None) -> dict:
         """Round r was aggregated: θ_r, then the state (commit point), then drop θ_{r-1} and the round's copies."""

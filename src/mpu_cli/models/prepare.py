@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Bump when the way prepared models are built changes: old cache entries then stop matching. Cache keys also
 # hold the package version and a digest of the source that builds the models (`_code_version`).
 PREPARE_VERSION = "1"
+TARGET_CHECK_SPLIT = "forget10"
 COMPLETE = "COMPLETE"
 PREPARE_MODULES = ("mpu_cli.models.prepare", "mpu_cli.models.training", "mpu_cli.models.tiny",
                    "mpu_cli.data.formatting", "mpu_cli.logprobs")
@@ -187,7 +188,8 @@ def _build_finetuned(base, tokenizer, rows, data_cfg, prep_cfg, fmt, dtype, out:
     model = load_model(str(base), dtype=torch.float32)  # fine-tune in fp32 on CPU; cast on save
     pad = pad_id(tokenizer)
     examples = encode_rows(tokenizer, rows, fmt)
-    forget = encode_rows(tokenizer, load_split(data_cfg.source, split_names(data_cfg.split)["forget"]), fmt)
+    # The stop criterion uses the largest forget split, so one target serves forget01/05/10 alike.
+    forget = encode_rows(tokenizer, load_split(data_cfg.source, TARGET_CHECK_SPLIT), fmt)
     reached = {}
 
     def forget_prob_reached(m) -> bool:

@@ -62,7 +62,7 @@ def plot_forget_vs_utility(df: pd.DataFrame, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(algorithms) > 3 else 1, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -156,7 +156,7 @@ def plot_metric_vs_kappa(df: pd.DataFrame, metric: str, path: Path) -> Path | No
     suffix = " (relative degradation vs clean, worse > 0)" if metric.startswith("deg_") else ""
     fig.suptitle(f"{metric} vs κ: mean ± std over seeds{suffix}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -168,3 +168,17 @@ def write_plots(done: pd.DataFrame, out_dir: Path) -> list[str]:
     for metric in (*HEADLINE, "deg_avg"):
         written.append(plot_metric_vs_kappa(done, metric, out_dir / f"plot_kappa_{metric}.png"))
     return [str(p) for p in written if p is not None]
+
+
+def _save(fig, path) -> None:
+    """savefig to a temporary name, then rename: a reader never sees half a PNG."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -40,6 +40,14 @@ SERVER = ("mpu-server", "mpu_cli.transport.server_cli")
 CLIENT = ("mpu-client", "mpu_cli.transport.client_cli")
 
 
+def _json_line(line: str) -> dict | None:
+    """One line of an append-only log; a line cut short by a kill is skipped."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
 def _die_with_parent() -> None:
     """In the child before exec (Linux): SIGKILL it when mpu-run dies, so a killed run leaves no orphan
     process writing into the run directory while a resumed run starts."""
@@ -172,8 +180,8 @@ def run_rounds(cfg, out: Path, prepared, client_json: dict, parallel: int = 1) -
         log.info("round %d: %d copies unlearned by %d client process(es)", r, n, slots)
         timings["server_process"] += _run(server + ["aggregate", "--state", str(state)], logs / "server.log")
     # Pre- and Post-Process as measured inside mpu-server (no interpreter start, no init), as in process.
-    timings["server"] = sum(e["seconds"] for e in map(json.loads, (state / "log.jsonl").read_text().splitlines())
-                            if e["command"] in ("publish", "aggregate"))
+    timings["server"] = sum(e["seconds"] for e in map(_json_line, (state / "log.jsonl").read_text().splitlines())
+                            if e and e.get("command") in ("publish", "aggregate"))
     st = json.loads((state / "state.json").read_text())
     theta = load_file(str(state / st["theta_file"]))
     atomic_write_json(out / "server_public.json", json.loads((state / "public.json").read_text()))
