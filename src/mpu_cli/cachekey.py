@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_digest(*modules: str) -> str:
     """SHA-256 (16 hex) of the package version and the source of `modules` (dotted names)."""
     from mpu_cli import __version__

@@ -49,7 +49,7 @@ def _run(cfg) -> float | None:
             raise
         # A full disk (or quota, read-only file system): every write is atomic, so nothing partial is left
         # under a final name; the stages already completed are kept for resume=true.
-        where = f" writing {e.filename}" if e.filename else ""
+        where = f" {e.filename}" if e.filename else ""
         fail(f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
              f"resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage")
     except TransportError as e:  # transport=files: a party's process failed or a file was rejected

@@ -109,7 +109,7 @@ def precheck(cfg) -> None:
     """Before Hydra creates the run directory (and rewrites .hydra/ in it): refuse a finished or mismatching one."""
     try:
         where = OmegaConf.select(cfg, "hydra.run.dir")
-    except Exception:  # e.g. an interpolation only Hydra's runtime can resolve
+    except Exception:  # noqa: BLE001 (e.g. an interpolation only Hydra's runtime can resolve)
         return
     if where and Path(str(where)).is_dir():
         check(cfg, Path(str(where)))

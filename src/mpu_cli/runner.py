@@ -17,7 +17,6 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from mpu_cli import rundir
 from mpu_cli.checkpoint import Checkpoint
 from mpu_cli.config import ConfigError
-from mpu_cli.faults import kill_point, set_scope
 from mpu_cli.data.formatting import ChatFormat, pad_id
 from mpu_cli.data.tofu import load_split, split_names
 from mpu_cli.evals.tofu import (
@@ -28,6 +27,7 @@ from mpu_cli.evals.tofu import (
     summarize,
     write_eval,
 )
+from mpu_cli.faults import kill_point, set_scope
 from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.models.io import (
     load_model,

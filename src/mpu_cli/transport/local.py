@@ -56,7 +56,7 @@ def _die_with_parent() -> None:
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 (best effort: not Linux, or no libc)
         pass
 
 
@@ -178,6 +178,9 @@ def run_rounds(cfg, out: Path, prepared, client_json: dict, parallel: int = 1) -
         if failures:
             raise TransportError("; ".join(failures))
         log.info("round %d: %d copies unlearned by %d client process(es)", r, n, slots)
+        from mpu_cli.faults import kill_point
+
+        kill_point(f"round{r}_before_aggregate")  # fault-injection tests only (MPU_KILL_AT)
         timings["server_process"] += _run(server + ["aggregate", "--state", str(state)], logs / "server.log")
     # Pre- and Post-Process as measured inside mpu-server (no interpreter start, no init), as in process.
     timings["server"] = sum(e["seconds"] for e in map(_json_line, (state / "log.jsonl").read_text().splitlines())
