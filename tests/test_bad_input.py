@@ -119,7 +119,7 @@ def cases(tmp_path_factory, mpu_run_cmd):
 
 
 def _check(cases, name):
-    rc, stdout, stderr, out, expect = cases[name]
+    rc, _stdout, stderr, out, expect = cases[name]
     # progress bars (transformers' "Loading weights" on stderr) are not error lines
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not PROGRESS.search(ln)]
     assert rc == 2, f"{name}: rc={rc}\n{stderr[-3000:]}"

@@ -41,7 +41,7 @@ def _env(**extra) -> dict:
 
 def _start(cmd, out: Path, *extra, env=None) -> subprocess.Popen:
     """Output goes to a file (a pipe nobody reads yet could fill up and stall the process)."""
-    log = tempfile.TemporaryFile(mode="w+")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in _finish)
     proc = subprocess.Popen([*cmd, *FAST, f"hydra.run.dir={out}", *extra], stdout=log, stderr=subprocess.STDOUT,
                             text=True, env=env or _env())
     proc.log = log
@@ -88,7 +88,7 @@ def test_killed_at_stage(fault_runs, point):
 
 
 def test_resumed_run_equals_uninterrupted(fault_runs):
-    ref, run, kills, (rc, text) = fault_runs
+    ref, run, _kills, (rc, text) = fault_runs
     assert rc == 0, text[-3000:]
     assert (run / "COMPLETE").exists()
     assert _summary(run) == _summary(ref)
