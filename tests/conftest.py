@@ -13,7 +13,24 @@ MPU_RUN = str(REPO / ".venv" / "bin" / "mpu-run")
 
 
 @pytest.fixture(scope="session")
-def mpu_run_cmd():
+def prepared_models():
+    """Build the embedded base/target/retain models once, before any test starts mpu-run processes:
+    several concurrent runs that all miss the cache would each build the same models side by side."""
+    from hydra import compose, initialize_config_dir
+
+    from mpu_cli.config import register_configs
+    from mpu_cli.models.prepare import prepare_models
+
+    register_configs()
+    conf = str(REPO / "src" / "mpu_cli" / "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        for split in ("forget01", "forget10"):
+            cfg = compose(config_name="config", overrides=[f"data.split={split}"])
+            prepare_models(cfg.model, cfg.data, cfg.prepare)
+
+
+@pytest.fixture(scope="session")
+def mpu_run_cmd(prepared_models):
     """The installed console script (falls back to the module for non-venv runs)."""
     import shutil
     import sys

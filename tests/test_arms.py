@@ -14,7 +14,7 @@ from mpu_cli.unlearn.client import ClientConfig, ClientData, unlearn_copy
 def _setup():
     tok = load_embedded_tokenizer()
     fmt = ChatFormat(max_length=64)
-    enc = lambda rows: [encode_qa(tok, r["question"], r["answer"], fmt) for r in rows]  # noqa: E731
+    enc = lambda rows: [encode_qa(tok, r["question"], r["answer"], fmt) for r in rows]
     data = ClientData(enc(load_split("embedded", "forget01")), enc(load_split("embedded", "retain99")[:8]))
     model = init_tiny_llama(tok, seed=1)
     cfg = ClientConfig(lr=1e-3, epochs=2, batch_size=2, grad_accum=2, seed=3)

@@ -11,12 +11,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
+import hydra
+from hydra.core.hydra_config import HydraConfig
 
-from mpu_cli.config import ConfigError, register_configs, validate  # noqa: E402
-from mpu_cli.data.validate import DataError  # noqa: E402
-from mpu_cli.transport.errors import TransportError  # noqa: E402
+from mpu_cli.config import ConfigError, register_configs, validate
+from mpu_cli.data.validate import DataError
+from mpu_cli.transport.errors import TransportError
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from mpu_cli.progress import tqdm
 
 from mpu_cli.data.formatting import collate_right
 from mpu_cli.logprobs import mean_nll
+from mpu_cli.progress import tqdm
 
 
 def batches(examples: list[dict], batch_size: int, rng: random.Random) -> list[list[dict]]:

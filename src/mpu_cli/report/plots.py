@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from mpu_cli.report.tables import HEADLINE  # noqa: E402
+from mpu_cli.report.tables import HEADLINE
 
 ARM_COLORS = {"clean": "tab:green", "noised": "tab:red", "mpu": "tab:blue"}
 MARKERS = "osD^v<>pPX*h"
