@@ -5,6 +5,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Several tests start mpu-run processes side by side on a 2-core machine: one torch thread each, because
+# oversubscribed OpenMP threads make a tiny model an order of magnitude slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Prepared models are cached across test sessions (CI sets its own MPU_CACHE_DIR).
 os.environ.setdefault("MPU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "mpu-cli"))
 
