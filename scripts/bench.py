@@ -103,6 +103,7 @@ def measure(name: str, overrides: list[str], out: Path, env: dict) -> dict:
     print(f"[bench] {name}: {' '.join(overrides)}", flush=True)
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]  # a shared machine: how busy it was when the run started
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -117,7 +118,7 @@ def measure(name: str, overrides: list[str], out: Path, env: dict) -> dict:
     return {"wall_s": round(wall, 1), "unlearn_s": float(row.time_unlearn_s),
             "server_s": float(row.time_server_s), "client_s": float(row.time_client_s),
             "server_pct": round(100 * float(row.time_server_s) / max(float(row.time_client_s), 1e-9), 2),
-            "peak_rss_mb": round(rss_kb / 1024, 1)}
+            "peak_rss_mb": round(rss_kb / 1024, 1), "load_1min": round(load, 2)}
 
 
 def goals(df: pd.DataFrame, skipped: dict) -> list[str]:
@@ -152,29 +153,32 @@ def goals(df: pd.DataFrame, skipped: dict) -> list[str]:
                          f"{d.loc[2, 'peak_rss_mb']:.0f} MB = {ratio:.2f}x)")
     par = df[(df.run == "parallel") & (df.parallel_copies > 1)]
     for _, p in par.iterrows():
-        base = df[(df.run == "parallel") & (df.m == p.m) & (df.parallel_copies == 1)]
-        if len(base):
-            speedup = base.iloc[0].unlearn_s / p.unlearn_s
+        seq = df[(df.run == "parallel") & (df.m == p.m) & (df.parallel_copies == 1)]
+        if len(seq):
+            best = seq.loc[seq.unlearn_s.idxmin()]  # against the faster sequential setting
+            speedup = best.unlearn_s / p.unlearn_s
             lines.append(f"parallel_copies={p.parallel_copies} on {p.threads} cores >= {GOAL_SPEEDUP:g}x faster "
-                         f"than sequential ({p.model}, m={p.m}, unlearning stage): "
-                         f"{'MET' if speedup >= GOAL_SPEEDUP else 'NOT MET'} ({base.iloc[0].unlearn_s:.1f} s -> "
-                         f"{p.unlearn_s:.1f} s = {speedup:.2f}x)")
+                         f"than sequential ({p.model}, m={p.m}, unlearning stage, against the faster sequential "
+                         f"run: {best.threads} thread(s)): {'MET' if speedup >= GOAL_SPEEDUP else 'NOT MET'} "
+                         f"({best.unlearn_s:.1f} s -> {p.unlearn_s:.1f} s = {speedup:.2f}x; sequential runs: "
+                         + ", ".join(f"{t} thread(s) {u:.1f} s" for t, u in zip(seq.threads, seq.unlearn_s)) + ")")
     return lines
 
 
 def parallel_comparison(args, out: Path, env: dict) -> list[dict]:
-    """parallel_copies=2 against 1 on the embedded model, both with every core (split between slots)."""
+    """runner.parallel_copies=2 (every core, split between the two client slots) against the sequential run
+    with one torch thread and with every core, measured back to back on the embedded model."""
     if not parallel_supported():
         print("[bench] runner.parallel_copies is not available: parallel comparison skipped")
         return []
     rows = []
     cores = os.cpu_count() or 1
-    all_cores = dict(env, OMP_NUM_THREADS=str(cores), MKL_NUM_THREADS=str(cores))
     for m in (int(x) for x in args.parallel_m.split(",")):
-        for n in (1, 2):
-            r = measure(f"tiny_m{m}_par{n}_t{cores}", [*MODELS["tiny"], *COMMON, "arm=mpu", f"m={m}",
-                                                       f"runner.parallel_copies={n}"], out, all_cores)
-            rows.append({"run": "parallel", "model": "tiny", "m": m, "parallel_copies": n, "threads": cores,
+        for n, threads in ((1, 1), (1, cores), (2, cores)):
+            run_env = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            r = measure(f"tiny_m{m}_par{n}_t{threads}", [*MODELS["tiny"], *COMMON, "arm=mpu", f"m={m}",
+                                                         f"runner.parallel_copies={n}"], out, run_env)
+            rows.append({"run": "parallel", "model": "tiny", "m": m, "parallel_copies": n, "threads": threads,
                          "epochs": run_epochs("tiny")} | r)
             print(f"[bench]   {rows[-1]}", flush=True)
     return rows

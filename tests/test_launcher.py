@@ -34,10 +34,7 @@ def test_slurm_launcher_config_uses_only_fields_of_the_released_plugin():
 
 
 def test_submitit_local_two_job_sweep_completes(mpu_run_cmd, tmp_path):
-    from mpu_cli.models.prepare import prepare_models
-
-    cfg = _compose(FAST)
-    prepare_models(cfg.model, cfg.data, cfg.prepare)  # build the cache once, not in two jobs at the same time
+    # mpu_run_cmd's session fixture has built the prepared models: the two jobs do not build them side by side
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     proc = subprocess.run([*mpu_run_cmd, "-m", "hydra/launcher=submitit_local", "arm=clean,mpu", *FAST,
                            "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={tmp_path}"],
