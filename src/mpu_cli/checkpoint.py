@@ -112,10 +112,9 @@ class Checkpoint:
         atomic_write_json(marker, {"round": st["round"], "copy": k, "sha256": info["sha256"],
                                    "round_token": _token(st["round_seed"])})  # marker last
 
-    def load_returned(self, st: dict, k: int) -> dict | None:
-        """The returned copy k of the pending round, or None when it is not (completely) there."""
-        from safetensors.torch import load_file
-
+    def load_returned(self, st: dict, k: int) -> ex.LazyStateDict | None:
+        """The returned copy k of the pending round, checked and opened lazily (each tensor read when the
+        server's streaming aggregate asks for it), or None when it is not (completely) there."""
         path, marker = self._copy_paths(st["round"], k)
         if not (marker.exists() and path.exists()):
             return None
@@ -127,4 +126,4 @@ class Checkpoint:
         if digest != m.get("sha256"):
             log.warning("%s: SHA-256 does not match its marker; the copy is redone", path)
             return None
-        return load_file(str(path))
+        return ex.LazyStateDict(path)

@@ -67,6 +67,7 @@ class ClientSettings:
     accelerate_config: str | None = None
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
+    device: str = "${device}"  # the plain loop's device (under accelerate, accelerate places the model)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class MPUConfig:
     # inprocess: server and client are function calls in one process; files: separate `mpu-server` /
     # `mpu-client` processes exchanging only files (RUN/exchange), the server's secrets in RUN/server_private.
     transport: str = "inprocess"
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N: client training and evaluation
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     # Reliability (issue 7). resume: continue the unfinished run in the run directory from its last completed
     # stage (same configuration required). run_id: names the run directory outputs/runs/<run_id> (and implies
@@ -202,6 +204,8 @@ def _validate(cfg) -> None:
     if cfg.client.reference not in ("client_copy", "server_clean"):
         raise ConfigError(f"client.reference={cfg.client.reference!r} is not one of ['client_copy', 'server_clean']")
     _check_accelerate(cfg.client)
+    _check_device("device", cfg.device)
+    _check_device("client.device", cfg.client.device)
     if cfg.server.alpha_schedule not in ("linear", "pow2"):
         raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of ['linear', 'pow2']")
     if cfg.eval.metrics not in ("all", "quick"):
@@ -250,6 +254,15 @@ def _check_accelerate(client) -> None:
     mp = client.get("mixed_precision")
     if mp is not None and mp not in MIXED_PRECISION:
         raise ConfigError(f"client.mixed_precision={mp!r} is not one of {list(MIXED_PRECISION)} or null")
+
+
+def _check_device(key: str, name) -> None:
+    from mpu_cli.devices import pick_device
+
+    try:
+        pick_device(name, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_dtype(name: str) -> None:

@@ -19,6 +19,7 @@ from mpu_cli.checkpoint import Checkpoint
 from mpu_cli.config import ConfigError
 from mpu_cli.data.formatting import ChatFormat, pad_id
 from mpu_cli.data.tofu import load_split, split_names
+from mpu_cli.devices import pick_device
 from mpu_cli.evals.tofu import (
     QUICK_METRICS,
     EvalConfig,
@@ -59,6 +60,7 @@ class RunContext:
     tokenizer: object
     fmt: ChatFormat
     dtype: torch.dtype
+    device: torch.device | None = None  # evaluation (None: CPU); the client picks its own from client.device
 
 
 def chat_format(model_cfg) -> ChatFormat:
@@ -106,7 +108,7 @@ def cached_evaluation(ctx: RunContext, model_path: str, data: dict, retain_ref: 
     cached = read_marked_json(cache / "TOFU_EVAL.json", cache / "COMPLETE")  # never without its marker
     if cached is not None:
         return cached
-    model = load_model(model_path, ctx.dtype)
+    model = load_model(model_path, ctx.dtype).to(ctx.device or "cpu")
     result = evaluate(model, ctx.tokenizer, data, ctx.fmt, _eval_config(ctx.cfg), retain_reference=retain_ref)
     write_eval(cache, result)
     atomic_write_text(cache / "COMPLETE", "ok\n")  # marker last
@@ -170,7 +172,8 @@ def run(cfg, out: Path) -> dict:
         log.info("resuming the unfinished run in %s", out)
     kill_point("after_prepare")
     t_prepare = time.perf_counter() - t0
-    ctx = RunContext(cfg, out, prepared, load_tokenizer(prepared.tokenizer), chat_format(cfg.model), dtype)
+    ctx = RunContext(cfg, out, prepared, load_tokenizer(prepared.tokenizer), chat_format(cfg.model), dtype,
+                     pick_device(cfg.device))
     data = eval_data(cfg.data.source, cfg.data.split)
 
     if retain_ref is not None:
@@ -189,7 +192,7 @@ def run(cfg, out: Path) -> dict:
     t_unlearn = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    model = _public_skeleton(prepared.target, dtype)
+    model = _public_skeleton(prepared.target, dtype).to(ctx.device or "cpu")
     load_state_into(model, theta)
     model.eval()
     set_scope("final")
@@ -254,12 +257,14 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
         if server.pending:  # resumed inside round r: the same copies again, from the recorded secrets
             copies = server.pending_copies()
         else:
-            copies = server.publish()
+            copies = server.publish_copies()
             st = ckpt.published(server, st)  # the round's secrets, before any client work
         timings["server"] += time.perf_counter() - t
         kill_point(f"round{r}_after_publish")
+        # One copy in flight: built when the client takes it, its returned copy saved and read back lazily by
+        # the aggregate, so memory does not grow with m (issue 8).
         returned = []
-        for k, published in enumerate(copies):
+        for k in range(len(copies)):
             done = ckpt.load_returned(st, k)
             if done is not None:  # returned before the interruption: not redone
                 log.info("round %d copy %d/%d: reusing the returned copy saved before the interruption",
@@ -267,15 +272,20 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
                 returned.append(done)
                 continue
             t = time.perf_counter()
+            published = copies[k]
+            timings["server"] += time.perf_counter() - t
+            t = time.perf_counter()
             client_cfg = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
             client_cfg.seed = cfg.client.seed + r
             set_scope(f"round{r}_copy{k + 1}")
             updated = unlearn_copy(client_model, published, algorithm, client_data, client_cfg,
                                    pad_id(ctx.tokenizer), reference_state,
                                    desc=f"round {r}/{cfg.rounds} copy {k + 1}/{len(copies)}")
+            del published
             set_scope(None)
             ckpt.save_returned(st, k, updated)
-            returned.append(updated)
+            del updated
+            returned.append(ckpt.load_returned(st, k))
             timings["client"] += time.perf_counter() - t
             log.info("round %d copy %d/%d unlearned", r, k + 1, len(copies))
             kill_point(f"round{r}_copy{k + 1}_done")

@@ -165,7 +165,8 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
 
 def state_dict_fp32(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to(torch.float32).clone() for k, v in model.state_dict().items()}
+    """fp32 CPU copies of a model's tensors, wherever the model lives."""
+    return {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
 
 
 def load_state_into(model, state: dict[str, torch.Tensor]) -> None:

@@ -2,7 +2,7 @@
 
 from .aggregate import UpdateAccumulator, harmonic_weights
 from .layout import ModelLayout, block_of
-from .noise import alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
+from .noise import ZeroSumNoise, alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
 from .reparam import Transform, apply_transform, identity_transform, invert_transform, sample_transform
 from .server import MPUServer, ServerConfig
 
@@ -12,6 +12,7 @@ __all__ = [
     "ServerConfig",
     "Transform",
     "UpdateAccumulator",
+    "ZeroSumNoise",
     "alpha_schedule",
     "apply_transform",
     "block_of",

@@ -64,14 +64,56 @@ def unprotected_sigma(theta: dict, base: dict | None, kappa: float) -> float:
     return _kappa_rms(((n, t) for n, t in theta.items() if block_of(n) is None), base, kappa)
 
 
-def zero_sum_noise(shape, sigma: float, m: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """m fp32 tensors ε⁰_k = sqrt(m/(m−1))·(z_k − mean z), z_k ~ N(0, σ²): they sum to 0 and each has variance σ²."""
-    if m < 2:
-        raise ValueError(f"zero-sum noise needs m >= 2 copies, got m={m}")
-    z = torch.randn((m, *shape), generator=generator, dtype=torch.float32)
-    z.mul_(sigma)
-    z.sub_(z.mean(dim=0, keepdim=True)).mul_(math.sqrt(m / (m - 1)))
-    return list(z.unbind(0))
+class ZeroSumNoise:
+    """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed (spec §2).
+
+    Any one copy is regenerated on its own from its seed and the mean, so a caller producing the copies one at
+    a time holds the mean plus one copy, whatever m is (issue 8); each z_k is drawn twice (once for the mean)."""
+
+    def __init__(self, shape, sigma: float, seeds: list[int]):
+        if len(seeds) < 2:
+            raise ValueError(f"zero-sum noise needs m >= 2 copies, got m={len(seeds)}")
+        self.shape, self.sigma, self.seeds = tuple(shape), float(sigma), list(seeds)
+        self._scale = math.sqrt(len(seeds) / (len(seeds) - 1))
+        self._mean = torch.zeros(self.shape, dtype=torch.float32)
+        for seed in self.seeds:
+            self._mean.add_(self._z(seed))
+        self._mean.div_(len(seeds))
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def _z(self, seed: int) -> torch.Tensor:
+        g = torch.Generator()
+        g.manual_seed(seed)
+        return torch.randn(self.shape, generator=g, dtype=torch.float32).mul_(self.sigma)
+
+    def copy(self, k: int) -> torch.Tensor:
+        """ε⁰_k as a fresh fp32 tensor."""
+        return self._z(self.seeds[k]).sub_(self._mean).mul_(self._scale)
+
+
+class IndependentNoise:
+    """The noised baseline's single copy: ε ~ N(0, σ²) from one seed (no zero-sum, no α)."""
+
+    def __init__(self, shape, sigma: float, seed: int):
+        self.shape, self.sigma, self.seed = tuple(shape), float(sigma), seed
+
+    def __len__(self) -> int:
+        return 1
+
+    def copy(self, k: int) -> torch.Tensor:
+        if k != 0:
+            raise IndexError(f"independent noise has one copy, asked for copy {k}")
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return torch.randn(self.shape, generator=g, dtype=torch.float32).mul_(self.sigma)
+
+
+def zero_sum_noise(shape, sigma: float, seeds: list[int]) -> list[torch.Tensor]:
+    """All m copies of `ZeroSumNoise` at once: they sum to 0 and each has per-element variance σ²."""
+    noise = ZeroSumNoise(shape, sigma, seeds)
+    return [noise.copy(k) for k in range(len(noise))]
 
 
 def alpha_schedule(m: int, kind: str = "linear", generator: torch.Generator | None = None) -> list[float]:

@@ -1,9 +1,11 @@
 """The MPU server: rounds of Pre-Process (publish) and Post-Process (aggregate), spec §2, §4, §5, §6.
 
 Secrets (seeds, α, σ, transforms) live only in one `_RoundSecrets` object; published copies are plain dicts.
-The server never holds the published copies nor the m updates: every copy is a deterministic function of
-(θ_{r-1}, round secrets), so aggregate() regenerates each published tensor and streams Σ w_k Δ_k tensor by tensor.
-Server memory is therefore θ (fp32) + one accumulator, independent of m.
+The server never holds the published copies, the m noise tensors nor the m updates: every copy is a
+deterministic function of (θ_{r-1}, round secrets) and each copy's noise has its own seed, so a copy (or one
+tensor of it) is regenerated alone, and aggregate() streams Σ w_k Δ_k tensor by tensor, copy by copy.
+Server memory is θ (fp32) + one accumulator + what is in flight, independent of m (issue 8); handing out
+whole copies one at a time (`publish_copies`) also keeps the zero-sum means for the round (one model size).
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .aggregate import UpdateAccumulator, harmonic_weights
 from .layout import ModelLayout, block_of
-from .noise import ALPHA_SCHEDULES, alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
+from .noise import (
+    ALPHA_SCHEDULES,
+    IndependentNoise,
+    ZeroSumNoise,
+    alpha_schedule,
+    block_sigmas,
+    unprotected_sigma,
+)
 from .reparam import Transform, apply_transform, invert_transform, sample_transform
 
 ARMS = ("clean", "noised", "mpu")
@@ -80,6 +90,7 @@ class _RoundSecrets:
     sigmas: dict[int, float] = field(default_factory=dict)
     sigma_unprotected: float = 0.0
     transforms: list[Transform] = field(default_factory=list)
+    noise_cache: dict = field(default_factory=dict)  # canonical name -> zero-sum noise (publish_copies only)
 
 
 class MPUServer:
@@ -119,27 +130,30 @@ class MPUServer:
         return self._noise_reference
 
     def publish(self) -> list[dict]:
-        """Start round r+1: the public copies θ_pub^(k), each tensor in its original dtype."""
-        copies: list[dict] = [{} for _ in range(self.n_copies)]
-        for name, tensors in self.publish_stream():
-            for k, tensor in enumerate(tensors):
-                copies[k][name] = tensor
-        return copies
+        """Start round r+1: the public copies θ_pub^(k), each tensor in its original dtype, all m at once
+        (the caller's memory: m models; `publish_copies` hands them out one at a time)."""
+        return list(self.publish_copies())
 
-    def pending_copies(self) -> list[dict]:
+    def publish_copies(self) -> PublishedCopies:
+        """Start round r+1 now; the copies are built when indexed, one whole copy at a time."""
+        self._start_round()
+        return PublishedCopies(self, self._round)
+
+    def pending_copies(self) -> PublishedCopies:
         """The copies of the pending round once more, identical to what publish() returned (they derive from
         θ_{r-1} and the round's secrets): a resumed run hands them to the client again."""
         if not self._pending:
             raise RuntimeError("no published round is pending; call publish()")
-        copies: list[dict] = [{} for _ in range(self.n_copies)]
-        for name in self._theta:
-            for k, tensor in enumerate(self._published_tensors(name)):
-                copies[k][name] = tensor
-        return copies
+        return PublishedCopies(self, self._round)
 
     def publish_stream(self):
-        """Start round r+1 now; then yield (name, [θ_pub^(k)[name] for every k]) one tensor name at a time,
-        so a caller can write the m copies to files holding only one tensor's m versions in memory."""
+        """Start round r+1 now; then yield (name, iterator over θ_pub^(k)[name] for k = 1..m) one tensor name at
+        a time, each version built when the iterator reaches it, so a caller writing the m copies to files
+        holds one tensor's noise mean and one version in memory, whatever m is."""
+        self._start_round()
+        return ((name, self._published_tensors(name)) for name in self._theta)
+
+    def _start_round(self) -> None:
         if self._pending:
             # Fresh noise on the same θ would let a client average the noise away.
             raise RuntimeError(
@@ -148,7 +162,6 @@ class MPUServer:
         self._round += 1
         self._secrets = self._new_secrets()
         self._pending = True
-        return ((name, self._published_tensors(name)) for name in self._theta)
 
     def published_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """name -> (shape, dtype) of every published tensor (public: the architecture and training dtype)."""
@@ -220,12 +233,16 @@ class MPUServer:
             if i == half:
                 scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
             for k, pub in enumerate(self._published_tensors(name)):
-                delta = {name: returned[k][name].to(x.device).float() - pub.float()}  # Δ'_k
+                delta = {name: returned[k][name].to(x.device).float().sub_(pub.float())}  # Δ'_k
+                del pub
                 if self._cfg.arm == "mpu":
                     delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
                 acc.add(delta, s.weights[k])
+                del delta
         for name, d in acc.result().items():
             self._theta[name].add_(d, alpha=self._cfg.eta)
+        del acc
+        s.noise_cache.clear()
         self._pending = False
         return self.theta
 
@@ -295,33 +312,53 @@ class MPUServer:
             ]
         return s
 
-    def _noise(self, name: str) -> list[torch.Tensor] | None:
-        """Per-copy fp32 noise of one tensor (before α), regenerated identically on every call."""
+    def _noise_source(self, name: str, cache: bool = False) -> ZeroSumNoise | IndependentNoise | None:
+        """The round's fp32 noise of one tensor (before α); each copy's part has its own seed, so it is
+        regenerated identically, copy by copy, on every call. cache: keep it for the round (whole copies are
+        built name by name, one copy after another)."""
         s, cfg = self._secrets, self._cfg
         layer = block_of(name)
         sigma = s.sigma_unprotected if layer is None else s.sigmas.get(layer, 0.0)
         if cfg.arm == "clean" or sigma == 0.0:
             return None
-        # Keyed by the canonical name so tied tensors (embed / lm_head) get the same noise.
-        g = _generator(_derive_seed(s.round_seed, "noise", self._canonical[name]))
+        key = self._canonical[name]  # tied tensors (embed / lm_head) get the same noise
+        if key in s.noise_cache:
+            return s.noise_cache[key]
         shape = self._theta[name].shape
         if cfg.arm == "noised":
-            return [torch.randn(shape, generator=g, dtype=torch.float32).mul_(sigma)]
-        return zero_sum_noise(shape, sigma, cfg.m, g)
+            return IndependentNoise(shape, sigma, _derive_seed(s.round_seed, "noise", key, 0))
+        noise = ZeroSumNoise(shape, sigma, [_derive_seed(s.round_seed, "noise", key, k) for k in range(cfg.m)])
+        if cache:
+            s.noise_cache[key] = noise
+        return noise
 
-    def _published_tensors(self, name: str) -> list[torch.Tensor]:
-        """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] for every copy k, in the published dtype."""
+    def _noise(self, name: str) -> list[torch.Tensor] | None:
+        """Every copy's noise of one tensor at once (for tests and the audit's oracle)."""
+        noise = self._noise_source(name)
+        return None if noise is None else [noise.copy(k) for k in range(len(noise))]
+
+    def _published_tensor(self, name: str, k: int, noise) -> torch.Tensor:
+        """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] in the published dtype."""
         s, x = self._secrets, self._theta[name]
-        noise = self._noise(name)
-        out = []
+        y = x if noise is None else noise.copy(k).to(x.device).mul_(s.alphas[k]).add_(x)
+        if self._cfg.arm == "mpu":
+            y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
+        return y.to(self._dtypes[name], copy=True)  # copy: a client training in place never touches θ
+
+    def _published_tensors(self, name: str):
+        """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it."""
+        noise = self._noise_source(name)
         for k in range(self.n_copies):
-            y = x if noise is None else x + s.alphas[k] * noise[k].to(x.device)
-            if self._cfg.arm == "mpu":
-                y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
-            out.append(
-                y.to(self._dtypes[name], copy=True)
-            )  # copy: a client training in place never touches θ
-        return out
+            yield self._published_tensor(name, k, noise)
+
+    def _published_copy(self, k: int, round_: int) -> dict:
+        if not self._pending or self._round != round_:
+            raise RuntimeError(f"round {round_} is no longer pending (server at round {self._round}); "
+                               f"its copies cannot be built any more")
+        if not 0 <= k < self.n_copies:
+            raise IndexError(f"copy {k} of {self.n_copies}")
+        return {name: self._published_tensor(name, k, self._noise_source(name, cache=True))
+                for name in self._theta}
 
     def _check_returned(self, returned: list[dict]) -> None:
         if len(returned) != self.n_copies:
@@ -337,6 +374,22 @@ class MPUServer:
                     raise ValueError(
                         f"returned copy {k}: {name!r} has shape {tuple(copy[name].shape)}, expected {tuple(x.shape)}"
                     )
+
+
+class PublishedCopies(Sequence):
+    """The m published copies of a pending round, each built when indexed (from θ_{r-1} and the round's
+    secrets), so a caller holding one copy at a time holds one model, whatever m is."""
+
+    def __init__(self, server: MPUServer, round_: int):
+        self._server, self._round = server, round_
+
+    def __len__(self) -> int:
+        return self._server.n_copies
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        return self._server._published_copy(k, self._round)
 
 
 def _alias_map(theta: dict) -> dict[str, str]:

@@ -385,11 +385,11 @@ class LazyStateDict:
     """A read-only mapping over a validated safetensors file: each tensor is read when asked for, so a
     consumer that streams by name (the server's aggregate) never holds the whole file."""
 
-    def __init__(self, path: Path, names):
+    def __init__(self, path: Path, names=None):
         from safetensors import safe_open
 
-        self._names = list(names)
         self._file = safe_open(str(path), framework="pt")
+        self._names = list(self._file.keys() if names is None else names)
 
     def __contains__(self, name) -> bool:
         return name in self._names

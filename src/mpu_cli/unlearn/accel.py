@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mpu_cli.devices import batch_to
 from mpu_cli.progress import tqdm
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "accelerate"
@@ -130,14 +131,6 @@ def gradient_checkpointing(model, on: bool):
             model.config.use_cache = use_cache
 
 
-def _to(batch, device):
-    if batch is None:
-        return None
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
-
-
 def train_accelerated(model, algorithm, data, cfg, pad: int, ref, desc: str) -> dict[str, torch.Tensor]:
     """`client._train` under accelerate; returns the full updated state (fp32, CPU) of the copy."""
     from accelerate.utils import DistributedType
@@ -184,7 +177,7 @@ def train_accelerated(model, algorithm, data, cfg, pad: int, ref, desc: str) -> 
                     if needs_idk:
                         f["idk"] = collate_right([idk[j] for j, _ in mine], pad)
                     r = collate_right([retain[k] for _, k in mine], pad) if algorithm.uses_retain else None
-                    f, r = _to(f, acc.device), _to(r, acc.device)
+                    f, r = batch_to(f, acc.device), batch_to(r, acc.device)
                     acc.sync_gradients = last  # DeepSpeed: reduce and step only at the group's end
                     sync = nullcontext() if last or dist in (DistributedType.FSDP, DistributedType.DEEPSPEED) \
                         else acc.no_sync(wrapped)

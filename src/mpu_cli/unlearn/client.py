@@ -15,6 +15,7 @@ import torch
 
 from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
 from mpu_cli.data.tofu import load_idk, load_split, split_names
+from mpu_cli.devices import batch_to, pick_device
 from mpu_cli.faults import scoped_kill_point
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.progress import tqdm
@@ -35,6 +36,7 @@ class ClientConfig:
     accelerate_config: str | None = None  # large models: see unlearn/accel.py
     mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: the accelerate config's
     gradient_checkpointing: bool = False
+    device: str = "auto"  # the plain loop's device: auto (cuda when available) | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -86,7 +88,12 @@ def unlearn_copy(
     reference_state: dict[str, torch.Tensor] | None = None,
     desc: str = "client",
 ) -> dict[str, torch.Tensor]:
-    """AdamW with constant LR, gradient accumulation and clipping; a fresh optimizer per call (= per round)."""
+    """AdamW with constant LR, gradient accumulation and clipping; a fresh optimizer per call (= per round).
+    Returns the updated weights as fp32 CPU tensors, wherever it trained."""
+    from mpu_cli.unlearn import accel
+
+    if not accel.wanted(cfg):  # under accelerate, accelerate places the model
+        model.to(pick_device(cfg.device, "client.device"))
     load_state_into(model, published)
     retain = data.retain
     ref = None
@@ -99,8 +106,6 @@ def unlearn_copy(
     if getattr(algorithm, "needs_idk", False) and not data.idk:
         raise ValueError(f"algorithm={algorithm.name!r} needs refusal answers (ClientData.idk)")
     trainable = getattr(algorithm, "trainable_parameters", lambda _m: None)(model)
-    from mpu_cli.unlearn import accel
-
     with only_trainable(model, trainable), accel.gradient_checkpointing(model, cfg.gradient_checkpointing):
         if accel.wanted(cfg):  # under accelerate: device placement, mixed precision, sharding; full state back
             return accel.train_accelerated(model, algorithm, data, cfg, pad, ref, desc)
@@ -133,6 +138,7 @@ def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
+    device = next(model.parameters()).device
     model.train()
     for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
         micro = epoch_batches(len(forget), len(retain), cfg.batch_size, rng)
@@ -145,6 +151,7 @@ def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref,
                 if getattr(algorithm, "needs_idk", False):
                     f["idk"] = collate_right([idk[i] for i, _ in pairs], pad)
                 r = collate_right([retain[j] for _, j in pairs], pad) if algorithm.uses_retain else None
+                f, r = batch_to(f, device), batch_to(r, device)
                 # Weight each micro-batch by its size so the step equals one pass over the whole group.
                 loss = algorithm.loss(model, f, r, ref) * (len(pairs) / n_group)
                 loss.backward()
