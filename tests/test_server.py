@@ -121,6 +121,27 @@ def test_linear_client_over_two_rounds(theta):
     assert max((server.theta[n] - 0.25 * theta[n]).abs().max().item() for n in theta) < 1e-5
 
 
+@pytest.mark.parametrize("arm", ["noised", "mpu"])
+def test_aggregate_leaves_the_returned_copies_untouched(theta, arm):
+    server = server_for(theta, arm=arm, kappa=0.1, m=2, seed=5)
+    returned = [{n: x + 0.01 for n, x in pub.items()} for pub in server.publish()]
+    before = [{n: x.clone() for n, x in r.items()} for r in returned]
+    server.aggregate(returned)
+    assert all(torch.equal(r[n], b[n]) for r, b in zip(returned, before) for n in r)
+
+
+def test_publish_copies_builds_each_copy_alone_like_publish(theta):
+    a, b = server_for(theta, m=3, seed=9), server_for(theta, m=3, seed=9)
+    together, lazy = a.publish(), b.publish_copies()
+    assert len(lazy) == 3
+    for k in (2, 0, 1):  # any order, one at a time
+        assert all(torch.equal(lazy[k][n], together[k][n]) for n in theta)
+    returned = [{n: x * 0.9 for n, x in c.items()} for c in together]
+    b.aggregate(returned)
+    with pytest.raises(RuntimeError, match="no longer pending"):
+        lazy[0]
+
+
 def test_seed_reproduces_copies_and_no_seed_draws_fresh_secrets(theta):
     a, b = server_for(theta, seed=123), server_for(theta, seed=123)
     for _ in range(2):

@@ -233,7 +233,8 @@ class MPUServer:
             if i == half:
                 scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
             for k, pub in enumerate(self._published_tensors(name)):
-                delta = {name: returned[k][name].to(x.device).float().sub_(pub.float())}  # Δ'_k
+                # not in place: the returned tensor may be the caller's own fp32 tensor
+                delta = {name: returned[k][name].to(x.device, torch.float32) - pub.float()}  # Δ'_k
                 del pub
                 if self._cfg.arm == "mpu":
                     delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
