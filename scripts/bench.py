@@ -3,8 +3,9 @@
 For m = 1, 2, 4, 8 (m = 1: arm=noised, one copy) on the embedded model, and on smollm2-135m when its config
 and package are present, each measurement is one `mpu-run` in a fresh process: wall time, peak RSS of that
 process tree (os.wait4's rusage of the child), and from its results.csv the server's Pre+Post-Process time
-(time_server_s) against the client's unlearning time (time_client_s). Then runner.parallel_copies=2 against the
-sequential run on the embedded model, both on all cores (the parallel run splits the threads between slots).
+(time_server_s) against the client's unlearning time (time_client_s). Then runner.parallel_copies=2 (on the CPU:
+two forked worker slots, the threads split between them) against the sequential run with one thread and with
+every core, on the embedded model.
 
 Writes outputs/bench/bench.csv and bench.md and prints the table and the issue's goals, met or not. The runs
 use the prepared-model cache ($MPU_CACHE_DIR); nothing here sets a hyperparameter of the method: the settings

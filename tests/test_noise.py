@@ -128,3 +128,19 @@ def test_alpha_schedules():
     assert rnd[0] == 1.0 and all(1.0 <= a < 2.0 for a in rnd) and len(set(rnd)) == 4
     with pytest.raises(ValueError, match="linear, pow2, random"):
         alpha_schedule(2, "cubic")
+
+
+def test_gaussian_noise_depends_on_the_seed_only():
+    from mpu_cli.mpu.noise import gaussian
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gaussian((300, 1000), 0.5, 1234)
+        torch.set_num_threads(2)
+        two = gaussian((300, 1000), 0.5, 1234)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and one.dtype == torch.float32 and one.shape == (300, 1000)
+    assert abs(one.std().item() / 0.5 - 1) < 0.01 and abs(one.mean().item()) < 0.005
+    assert not torch.equal(gaussian((300, 1000), 0.5, 1235), one)

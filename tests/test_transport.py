@@ -307,6 +307,18 @@ def test_streaming_writer_roundtrips_and_reader_checks_everything(tmp_path):
     rejects("'b' has 1 non-finite values", manifest=manifest_nan)
 
 
+def test_lazy_state_dict_reads_each_tensor_without_a_memory_map(tmp_path):
+    tensors = {"w": torch.randn(4, 3), "h": torch.randn(5).bfloat16(), "s": torch.tensor(2.5), "e": torch.ones(0, 2)}
+    path = tmp_path / "x.safetensors"
+    ex.write_safetensors(path, tensors)
+    lazy = ex.LazyStateDict(path)
+    assert sorted(lazy) == sorted(tensors) and len(lazy) == 4 and "w" in lazy and "nope" not in lazy
+    for n, t in tensors.items():
+        assert lazy[n].dtype == t.dtype and torch.equal(lazy[n], t)
+    with pytest.raises(KeyError):
+        lazy["nope"]
+
+
 def test_foreign_update_is_rejected(scenario):
     m = json.loads((ex.copy_dir(scenario["exchange"], 1, 0) / ex.RETURNED_MANIFEST).read_text())
     with pytest.raises(TransportError, match="another run"):
@@ -361,6 +373,43 @@ def test_parallel_copies_equal_sequential(parallel_run, scenario, inprocess_thet
     assert not list((out / "exchange").rglob("theta*")) and json.loads(
         (out / "server_public.json").read_text())["m"] == 2
     assert (out / "TOFU_SUMMARY.json").exists() and (out / "results.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def forked_run(tmp_path_factory, mpu_run_cmd, prepared):
+    out = tmp_path_factory.mktemp("runs") / "forked"
+    proc = subprocess.run([*mpu_run_cmd, *FAST, "runner.parallel_copies=2", "m=3", f"hydra.run.dir={out}"],
+                          check=False, capture_output=True, text=True, timeout=900, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stderr
+
+
+def test_forked_parallel_copies_equal_sequential(forked_run, mpu_run_cmd, tmp_path):
+    """`mpu-run runner.parallel_copies=2` on the CPU (transport=inprocess): the copies of a round in two forked
+    worker processes, three copies over two slots; the final θ equals the sequential run's bitwise."""
+    out, log = forked_run
+    assert "unlearned in 2 parallel slots" in log
+    assert not (out / "exchange").exists()  # no file transport: the workers are forks of the runner
+    seq = tmp_path / "sequential"
+    proc = subprocess.run([*mpu_run_cmd, *FAST, "m=3", f"hydra.run.dir={seq}"], check=False, capture_output=True,
+                          text=True, timeout=900, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    par = load_file(str(out / "model" / "model.safetensors"))
+    assert _max_diff(par, load_file(str(seq / "model" / "model.safetensors"))) == 0.0
+    assert json.loads((out / "server_public.json").read_text())["m"] == 3
+
+
+def test_a_dead_parallel_slot_is_an_error_not_a_hang():
+    from mpu_cli.parallel_slots import run_in_slots
+
+    def task(k):
+        if k == 1:
+            os.kill(os.getpid(), 9)  # the OOM killer, say
+        return {"k": k}
+
+    assert run_in_slots(lambda k: {"k": k}, [0, 1, 2], 2) == [{"k": 0}, {"k": 1}, {"k": 2}]
+    with pytest.raises(RuntimeError, match="parallel client slot died"):
+        run_in_slots(task, [0, 1, 2], 2)
 
 
 def test_transport_settings_are_validated():

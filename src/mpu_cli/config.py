@@ -236,10 +236,12 @@ def _check_transport(cfg) -> None:
         raise ConfigError(f"transport={cfg.transport!r} is not one of ['inprocess', 'files']")
     if cfg.runner.parallel_copies < 1:
         raise ConfigError(f"runner.parallel_copies={cfg.runner.parallel_copies} must be >= 1")
-    if (cfg.transport == "files" or cfg.runner.parallel_copies > 1) and cfg.client.reference == "server_clean":
+    from mpu_cli.runner import uses_file_transport
+
+    if cfg.client.reference == "server_clean" and uses_file_transport(cfg):
         raise ConfigError("client.reference='server_clean' hands the exact θ_0 to the client, which the files "
-                          "transport (also used by runner.parallel_copies > 1) never does; accepted there: "
-                          "'client_copy' (or use transport=inprocess)")
+                          "transport (also used by runner.parallel_copies > 1 on a GPU or under accelerate) "
+                          "never does; accepted there: 'client_copy' (or use transport=inprocess on the CPU)")
 
 
 def _check_accelerate(client) -> None:

@@ -41,6 +41,7 @@ from mpu_cli.models.io import (
 from mpu_cli.models.prepare import Prepared, prepare_models
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer, ServerConfig
+from mpu_cli.parallel_slots import run_in_slots
 from mpu_cli.unlearn import build_algorithm
 from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
 
@@ -261,19 +262,12 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
             st = ckpt.published(server, st)  # the round's secrets, before any client work
         timings["server"] += time.perf_counter() - t
         kill_point(f"round{r}_after_publish")
-        # One copy in flight: built when the client takes it, its returned copy saved and read back lazily by
-        # the aggregate, so memory does not grow with m (issue 8).
-        returned = []
-        for k in range(len(copies)):
-            done = ckpt.load_returned(st, k)
-            if done is not None:  # returned before the interruption: not redone
-                log.info("round %d copy %d/%d: reusing the returned copy saved before the interruption",
-                         r, k + 1, len(copies))
-                returned.append(done)
-                continue
+        # One copy in flight per slot: built when the client takes it, its returned copy saved and read back
+        # lazily by the aggregate, so memory does not grow with m (issue 8).
+        def client_task(k: int, r=r, copies=copies, st=st) -> dict:
             t = time.perf_counter()
             published = copies[k]
-            timings["server"] += time.perf_counter() - t
+            t_server = time.perf_counter() - t
             t = time.perf_counter()
             client_cfg = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
             client_cfg.seed = cfg.client.seed + r
@@ -284,11 +278,34 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
             del published
             set_scope(None)
             ckpt.save_returned(st, k, updated)
-            del updated
-            returned.append(ckpt.load_returned(st, k))
-            timings["client"] += time.perf_counter() - t
-            log.info("round %d copy %d/%d unlearned", r, k + 1, len(copies))
-            kill_point(f"round{r}_copy{k + 1}_done")
+            return {"server": t_server, "client": time.perf_counter() - t}
+
+        todo = []
+        for k in range(len(copies)):
+            if ckpt.load_returned(st, k) is not None:  # returned before the interruption: not redone
+                log.info("round %d copy %d/%d: reusing the returned copy saved before the interruption",
+                         r, k + 1, len(copies))
+            else:
+                todo.append(k)
+        if forked_slots(cfg) > 1:
+            t, slots = time.perf_counter(), forked_slots(cfg)
+            spent = run_in_slots(client_task, todo, slots)
+            # The slots build their copies concurrently: server = the copies' build time summed over slots,
+            # client = the section's wall time less each slot's average share of it.
+            built = sum(s["server"] for s in spent)
+            timings["server"] += built
+            timings["client"] += time.perf_counter() - t - built / slots
+            log.info("round %d: copies %s unlearned in %d parallel slots", r, [k + 1 for k in todo], slots)
+        else:
+            for k in todo:
+                spent = client_task(k)
+                timings["server"] += spent["server"]
+                timings["client"] += spent["client"]
+                log.info("round %d copy %d/%d unlearned", r, k + 1, len(copies))
+                kill_point(f"round{r}_copy{k + 1}_done")
+        returned = [ckpt.load_returned(st, k) for k in range(len(copies))]
+        if any(x is None for x in returned):
+            raise RuntimeError(f"round {r}: copies {[k for k, x in enumerate(returned) if x is None]} were not returned")
         del copies
         kill_point(f"round{r}_before_aggregate")
         t = time.perf_counter()
@@ -303,9 +320,24 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
     return server.theta, timings
 
 
+def forked_slots(cfg) -> int:
+    """runner.parallel_copies for the in-process runner: forked CPU workers (parallel_slots.py); 1 = sequential."""
+    return cfg.runner.parallel_copies if cfg.transport == "inprocess" and not _needs_client_processes(cfg) else 1
+
+
+def _needs_client_processes(cfg) -> bool:
+    """Parallel copies on a GPU (CUDA forbids fork; each slot gets its own CUDA_VISIBLE_DEVICES) or under
+    accelerate go through separate `mpu-client` processes."""
+    from mpu_cli.unlearn import accel
+
+    if cfg.runner.parallel_copies <= 1:
+        return False
+    return pick_device(cfg.client.device).type != "cpu" or accel.wanted(cfg.client)
+
+
 def uses_file_transport(cfg) -> bool:
-    """transport=files, or parallel copies (they always run as separate client processes)."""
-    return cfg.transport == "files" or cfg.runner.parallel_copies > 1
+    """transport=files, or parallel copies that need separate client processes."""
+    return cfg.transport == "files" or _needs_client_processes(cfg)
 
 
 def client_settings(cfg) -> dict:

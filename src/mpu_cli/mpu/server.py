@@ -341,10 +341,11 @@ class MPUServer:
     def _published_tensor(self, name: str, k: int, noise) -> torch.Tensor:
         """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] in the published dtype."""
         s, x = self._secrets, self._theta[name]
-        y = x if noise is None else noise.copy(k).to(x.device).mul_(s.alphas[k]).add_(x)
+        y = x if noise is None else noise.copy(k, scale=s.alphas[k]).to(x.device).add_(x)
         if self._cfg.arm == "mpu":
             y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
-        return y.to(self._dtypes[name], copy=True)  # copy: a client training in place never touches θ
+        # a copy when y still is θ's own tensor: a client training in place must never touch θ
+        return y.to(self._dtypes[name], copy=y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
 
     def _published_tensors(self, name: str):
         """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it."""

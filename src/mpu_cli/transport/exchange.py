@@ -383,13 +383,17 @@ def check_manifest_identity(m: dict, kind: str, run_id: str | None, r: int, k: i
 
 class LazyStateDict:
     """A read-only mapping over a validated safetensors file: each tensor is read when asked for, so a
-    consumer that streams by name (the server's aggregate) never holds the whole file."""
+    consumer that streams by name (the server's aggregate) never holds the whole file. Tensors are read with
+    plain file reads, not through a memory map: mapped pages of the m files would count in the process's
+    resident memory as the aggregate touches them, growing it by m copies (issue 8)."""
 
     def __init__(self, path: Path, names=None):
-        from safetensors import safe_open
-
-        self._file = safe_open(str(path), framework="pt")
-        self._names = list(self._file.keys() if names is None else names)
+        self._path = Path(path)
+        size = self._path.stat().st_size
+        self._header = _header_of(self._path, size, str(self._path))
+        with open(self._path, "rb") as f:
+            self._data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+        self._names = list(self._header if names is None else names)
 
     def __contains__(self, name) -> bool:
         return name in self._names
@@ -397,7 +401,17 @@ class LazyStateDict:
     def __getitem__(self, name) -> torch.Tensor:
         if name not in self._names:
             raise KeyError(name)
-        return self._file.get_tensor(name)
+        info = self._header[name]
+        a, b = info["data_offsets"]
+        buf = bytearray(b - a)
+        with open(self._path, "rb") as f:
+            f.seek(self._data_start + a)
+            if f.readinto(buf) != len(buf):
+                raise TransportError(f"{self._path}: {name!r} is truncated")
+        dtype = torch_dtype(info["dtype"])
+        if not buf:
+            return torch.empty(info["shape"], dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
     def keys(self):
         return list(self._names)

@@ -1,0 +1,53 @@
+"""`runner.parallel_copies=N` in process (CPU): the copies of a round in N forked worker processes.
+
+Forking after the models are loaded costs milliseconds where a fresh Python + torch process costs seconds, so on
+a small model the parallel run is actually faster than the sequential one (the file transport's separate
+`mpu-client` processes remain for GPUs, where CUDA forbids fork, and for transport=files). Each worker gets
+max(1, threads // N) torch threads (the cores split between slots) and does one copy at a time; the task's
+result (timings) comes back to the parent, the returned copy itself goes to its checkpoint file.
+
+A worker killed outright (OOM killer, MPU_KILL_AT) breaks the pool: the parent gets an error instead of hanging.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+_TASK: Callable[[int], dict] | None = None  # set before the workers fork; they inherit it
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # one thread: no OpenMP team inherited across fork is ever used
+
+
+def _run(k: int) -> dict:
+    return _TASK(k)
+
+
+def slot_threads(n_slots: int) -> int:
+    import torch
+
+    return max(1, torch.get_num_threads() // n_slots)
+
+
+def run_in_slots(task: Callable[[int], dict], ks: Iterable[int], n_slots: int) -> list[dict]:
+    """task(k) for every k, at most n_slots at a time, each in a forked worker; results in the order of ks."""
+    global _TASK
+    ks = list(ks)
+    if not ks:
+        return []
+    _TASK = task
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(n_slots, len(ks)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(slot_threads(n_slots),)) as pool:
+            return list(pool.map(_run, ks))
+    except BrokenProcessPool as e:
+        raise RuntimeError(f"a parallel client slot died (killed or out of memory) while unlearning copies {ks}; "
+                           f"rerun with resume=true to redo only the copies not returned") from e
+    finally:
+        _TASK = None
