@@ -381,7 +381,7 @@ def forked_run(tmp_path_factory, mpu_run_cmd, prepared):
     proc = subprocess.run([*mpu_run_cmd, *FAST, "runner.parallel_copies=2", "m=3", f"hydra.run.dir={out}"],
                           check=False, capture_output=True, text=True, timeout=900, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stderr
+    return out, proc.stdout + proc.stderr  # Hydra logs to stdout
 
 
 def test_forked_parallel_copies_equal_sequential(forked_run, mpu_run_cmd, tmp_path):
