@@ -314,7 +314,7 @@ def test_lazy_state_dict_reads_each_tensor_without_a_memory_map(tmp_path):
     lazy = ex.LazyStateDict(path)
     assert sorted(lazy) == sorted(tensors) and len(lazy) == 4 and "w" in lazy and "nope" not in lazy
     for n, t in tensors.items():
-        assert lazy[n].dtype == t.dtype and torch.equal(lazy[n], t)
+        assert lazy[n].dtype == t.dtype and torch.equal(lazy[n], t) and lazy.shape(n) == tuple(t.shape)
     with pytest.raises(KeyError):
         lazy["nope"]
 

@@ -372,10 +372,10 @@ class MPUServer:
             if missing:
                 raise ValueError(f"returned copy {k} lacks {len(missing)} tensors, e.g. {missing[0]!r}")
             for name, x in self._theta.items():
-                if tuple(copy[name].shape) != tuple(x.shape):
-                    raise ValueError(
-                        f"returned copy {k}: {name!r} has shape {tuple(copy[name].shape)}, expected {tuple(x.shape)}"
-                    )
+                # a lazily read copy (transport.exchange.LazyStateDict) tells shapes without reading the tensors
+                shape = tuple(copy.shape(name) if hasattr(copy, "shape") else copy[name].shape)
+                if shape != tuple(x.shape):
+                    raise ValueError(f"returned copy {k}: {name!r} has shape {shape}, expected {tuple(x.shape)}")
 
 
 class PublishedCopies(Sequence):

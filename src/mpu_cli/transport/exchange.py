@@ -413,6 +413,12 @@ class LazyStateDict:
             return torch.empty(info["shape"], dtype=dtype)
         return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
+    def shape(self, name) -> tuple[int, ...]:
+        """A tensor's shape from the header, without reading it."""
+        if name not in self._names:
+            raise KeyError(name)
+        return tuple(self._header[name]["shape"])
+
     def keys(self):
         return list(self._names)
 
