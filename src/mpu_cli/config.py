@@ -236,7 +236,7 @@ def _check_transport(cfg) -> None:
         raise ConfigError(f"transport={cfg.transport!r} is not one of ['inprocess', 'files']")
     if cfg.runner.parallel_copies < 1:
         raise ConfigError(f"runner.parallel_copies={cfg.runner.parallel_copies} must be >= 1")
-    from mpu_cli.runner import uses_file_transport
+    from mpu_cli.parallel_slots import uses_file_transport
 
     if cfg.client.reference == "server_clean" and uses_file_transport(cfg):
         raise ConfigError("client.reference='server_clean' hands the exact θ_0 to the client, which the files "

@@ -1,4 +1,5 @@
-"""`runner.parallel_copies=N` in process (CPU): the copies of a round in N forked worker processes.
+"""`runner.parallel_copies=N`: which way the copies of a round run in parallel, and the in-process (CPU) way —
+N forked worker processes of the run.
 
 Forking after the models are loaded costs milliseconds where a fresh Python + torch process costs seconds, so on
 a small model the parallel run is actually faster than the sequential one (the file transport's separate
@@ -28,7 +29,29 @@ def _run(k: int) -> dict:
     return _TASK(k)
 
 
+def forked_slots(cfg) -> int:
+    """runner.parallel_copies for the in-process runner: forked CPU workers; 1 = sequential."""
+    return cfg.runner.parallel_copies if cfg.transport == "inprocess" and not _needs_client_processes(cfg) else 1
+
+
+def _needs_client_processes(cfg) -> bool:
+    """Parallel copies on a GPU (CUDA forbids fork; each slot gets its own CUDA_VISIBLE_DEVICES) or under
+    accelerate go through separate `mpu-client` processes."""
+    from mpu_cli.devices import pick_device
+    from mpu_cli.unlearn import accel
+
+    if cfg.runner.parallel_copies <= 1:
+        return False
+    return pick_device(cfg.client.device).type != "cpu" or accel.wanted(cfg.client)
+
+
+def uses_file_transport(cfg) -> bool:
+    """transport=files, or parallel copies that need separate client processes."""
+    return cfg.transport == "files" or _needs_client_processes(cfg)
+
+
 def slot_threads(n_slots: int) -> int:
+    """Torch threads per parallel slot: the cores split between the slots."""
     import torch
 
     return max(1, torch.get_num_threads() // n_slots)

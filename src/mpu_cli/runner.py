@@ -41,7 +41,7 @@ from mpu_cli.models.io import (
 from mpu_cli.models.prepare import Prepared, prepare_models
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer, ServerConfig
-from mpu_cli.parallel_slots import run_in_slots
+from mpu_cli.parallel_slots import forked_slots, run_in_slots, uses_file_transport
 from mpu_cli.unlearn import build_algorithm
 from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
 
@@ -280,13 +280,12 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
             ckpt.save_returned(st, k, updated)
             return {"server": t_server, "client": time.perf_counter() - t}
 
-        todo = []
-        for k in range(len(copies)):
-            if ckpt.load_returned(st, k) is not None:  # returned before the interruption: not redone
+        saved = [ckpt.load_returned(st, k) for k in range(len(copies))]  # checked once each
+        todo = [k for k, done in enumerate(saved) if done is None]
+        for k, done in enumerate(saved):
+            if done is not None:  # returned before an interruption: not redone
                 log.info("round %d copy %d/%d: reusing the returned copy saved before the interruption",
                          r, k + 1, len(copies))
-            else:
-                todo.append(k)
         if forked_slots(cfg) > 1:
             t, slots = time.perf_counter(), forked_slots(cfg)
             spent = run_in_slots(client_task, todo, slots)
@@ -303,7 +302,7 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
                 timings["client"] += spent["client"]
                 log.info("round %d copy %d/%d unlearned", r, k + 1, len(copies))
                 kill_point(f"round{r}_copy{k + 1}_done")
-        returned = [ckpt.load_returned(st, k) for k in range(len(copies))]
+        returned = [done if done is not None else ckpt.load_returned(st, k) for k, done in enumerate(saved)]
         if any(x is None for x in returned):
             raise RuntimeError(f"round {r}: copies {[k for k, x in enumerate(returned) if x is None]} were not returned")
         del copies
@@ -318,26 +317,6 @@ def unlearn(ctx: RunContext) -> tuple[dict, dict]:
         atomic_write_json(ctx.out / "server_public.json", server.public_info())
         kill_point(f"round{r}_after_aggregate")
     return server.theta, timings
-
-
-def forked_slots(cfg) -> int:
-    """runner.parallel_copies for the in-process runner: forked CPU workers (parallel_slots.py); 1 = sequential."""
-    return cfg.runner.parallel_copies if cfg.transport == "inprocess" and not _needs_client_processes(cfg) else 1
-
-
-def _needs_client_processes(cfg) -> bool:
-    """Parallel copies on a GPU (CUDA forbids fork; each slot gets its own CUDA_VISIBLE_DEVICES) or under
-    accelerate go through separate `mpu-client` processes."""
-    from mpu_cli.unlearn import accel
-
-    if cfg.runner.parallel_copies <= 1:
-        return False
-    return pick_device(cfg.client.device).type != "cpu" or accel.wanted(cfg.client)
-
-
-def uses_file_transport(cfg) -> bool:
-    """transport=files, or parallel copies that need separate client processes."""
-    return cfg.transport == "files" or _needs_client_processes(cfg)
 
 
 def client_settings(cfg) -> dict:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from mpu_cli.files import atomic_write_json
+from mpu_cli.parallel_slots import slot_threads
 from mpu_cli.transport.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def slot_envs(n_slots: int, base_env: dict | None = None) -> list[tuple[dict, in
         devices = [d for d in visible.split(",") if d] if visible else [str(i) for i in range(torch.cuda.device_count())]
     else:
         devices = []
-    threads = max(1, torch.get_num_threads() // n_slots)
+    threads = slot_threads(n_slots)
     for s in range(n_slots):
         e = dict(env)
         if devices:

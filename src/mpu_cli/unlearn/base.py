@@ -57,7 +57,8 @@ class UnlearningAlgorithm:
         return None
 
     def loss(self, model, forget: dict, retain: dict | None, ref) -> torch.Tensor:
-        raise NotImplementedError
+        # abstract: every registered algorithm defines its own loss (tests/test_algorithms_all.py checks each)
+        raise NotImplementedError(f"algorithm {self.name!r} does not define loss()")
 
 
 class RetainTerm:
