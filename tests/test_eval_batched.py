@@ -127,15 +127,56 @@ def test_score_sequences_hand_values(batch_size):
     assert b.avg_loss == pytest.approx(math.log(2), abs=1e-6)
     assert b.correct.tolist() == [True]
     assert c.correct.tolist() == [True, True, False]
-    # derived per-item metrics
+    # derived per-item metrics over all answer tokens (the EOS rule is tested below)
     assert M.exact_memorization(a.correct) == pytest.approx(2 / 3)
     assert M.extraction_strength(a.correct) == pytest.approx(1 / 3)
     assert M.extraction_strength(b.correct) == 1.0
-    assert M.extraction_strength(c.correct) == 0.0
+    assert M.extraction_strength(c.correct) == pytest.approx(1 / 3)  # no suffix matches: 1/n
     assert M.min_k_score(a.logprobs) == pytest.approx(math.log(4), abs=1e-6)  # int(3 * .4) = 1 lowest: .25
     # truth ratio with a as "true" and b, c as perturbed: exp(l_a - mean(l_b, l_c))
     tr = M.truth_ratio(a.avg_loss, [b.avg_loss, c.avg_loss])
     assert tr == pytest.approx(math.exp(a.avg_loss - (b.avg_loss + c.avg_loss) / 2), abs=1e-6)
+
+
+# Token 4 plays EOS. Every row puts 0.6 on its argmax and 0.1 on the other four tokens.
+_NEXT = {0: 1, 1: 2, 2: 4, 3: 0, 4: 0}
+P_EOS = torch.full((5, 5), 0.1)
+for _t, _n in _NEXT.items():
+    P_EOS[_t, _n] = 0.6
+
+
+def _memorization(answer: list[int]) -> dict:
+    from mpu_cli.evals.tofu import memorization_scores
+
+    ex = {"input_ids": [3, *answer], "labels": [IGNORE, *answer]}  # prompt = token 3
+    (score,) = score_sequences(FixedLogits(P_EOS.log()), [ex], batch_size=1, pad=0)
+    return memorization_scores(score)
+
+
+def test_memorization_metrics_leave_the_eos_prediction_out():
+    # body and EOS both predicted: every counted token is right
+    right = _memorization([0, 1, 2, 4])
+    assert right["extraction_strength"] == 1.0 and right["exact_memorization"] == 1.0
+    assert right["min_k"] == pytest.approx(-math.log(0.6), abs=1e-6)  # int(3 * .4) -> the lowest 1 of 3
+    # the same body, the EOS token mispredicted (label 3, argmax 4): the final prediction does not count
+    wrong_eos = _memorization([0, 1, 2, 3])
+    assert wrong_eos == pytest.approx(right, abs=1e-6)
+    # on all answer tokens the EOS miss would have cost ES its whole suffix and EM a quarter
+    (full,) = score_sequences(FixedLogits(P_EOS.log()), [{"input_ids": [3, 0, 1, 2, 3],
+                                                           "labels": [IGNORE, 0, 1, 2, 3]}], 1, pad=0)
+    assert full.correct.tolist() == [True, True, True, False]
+
+
+def test_extraction_strength_without_a_matching_suffix_is_one_over_n():
+    # after 3 -> 0 right; after 0 label 2 (argmax 1), after 2 label 1 (argmax 4): counted hits T F F
+    s = _memorization([0, 2, 1, 4])
+    assert s["extraction_strength"] == pytest.approx(1 / 3)  # open-unlearning's loop stops at k = n - 1
+    assert s["exact_memorization"] == pytest.approx(1 / 3)
+    assert s["min_k"] == pytest.approx(-math.log(0.1), abs=1e-6)
+    # a one-token answer is only its EOS: nothing is left to count
+    eos_only = _memorization([4])
+    assert eos_only["extraction_strength"] == 0.0
+    assert math.isnan(eos_only["exact_memorization"]) and math.isnan(eos_only["min_k"])
 
 
 def test_decode_cuts_at_stop_tokens_and_strings():
@@ -229,8 +270,16 @@ def test_evaluate_matches_recomputation_from_fixed_distributions(tmp_path):
         assert ev[f"{prefix}_Truth_Ratio"]["agg_value"] == pytest.approx(
             sum(max(0.0, 1 - t) for t in tr) / 4, rel=1e-5, abs=1e-7)
 
-    es = [M.extraction_strength(h) for _, h in ans]
-    em = [sum(h) / len(h) for _, h in ans]
+    def es_ou(hits):  # open-unlearning's loop: the first k whose suffix all matches, else it ends at n - 1
+        n = len(hits)
+        for k in range(n):
+            if all(hits[k:]):
+                break
+        return 1 - k / n
+
+    # the memorization metrics leave the final (EOS) prediction out, as open-unlearning does
+    es = [es_ou(h[:-1]) for _, h in ans]
+    em = [sum(h[:-1]) / len(h[:-1]) for _, h in ans]
     assert es[0] == 1.0 and em[0] == 1.0  # the boosted answer is fully extractable
     assert ev["extraction_strength"]["agg_value"] == pytest.approx(sum(es) / 4)
     assert ev["exact_memorization"]["agg_value"] == pytest.approx(sum(em) / 4)
@@ -240,8 +289,8 @@ def test_evaluate_matches_recomputation_from_fixed_distributions(tmp_path):
         n = max(1, int(len(s) * 0.4))
         return -sum(s[:n]) / n
 
-    f_scores = [mink(lp) for lp, _ in ans]
-    h_scores = [mink(lp) for lp, _ in stats("holdout")]
+    f_scores = [mink(lp[:-1]) for lp, _ in ans]
+    h_scores = [mink(lp[:-1]) for lp, _ in stats("holdout")]
     wins = sum((h > f) + 0.5 * (h == f) for h in h_scores for f in f_scores)
     auc = wins / (len(f_scores) * len(h_scores))
     assert ev["mia_min_k"]["agg_value"] == pytest.approx(auc)
@@ -265,7 +314,10 @@ def test_uniform_model_and_missing_reference():
     assert ev["mia_min_k"]["agg_value"] == pytest.approx(0.5)
     assert ev["privleak"]["agg_value"] == pytest.approx(0.0, abs=1e-6)
     assert ev["exact_memorization"]["agg_value"] == 0.0  # argmax is <pad>, never a label
-    assert ev["extraction_strength"]["agg_value"] == 0.0
+    # nothing is ever predicted, so no suffix matches: 1/n per item over the n tokens before the EOS
+    n = [sum(lab != IGNORE for lab in encode_qa(tok, r["question"], r["answer"], ChatFormat())["labels"]) - 1
+         for r in data["forget"]]
+    assert ev["extraction_strength"]["agg_value"] == pytest.approx(sum(1 / k for k in n) / len(n))
     # missing holdout -> the attack and privleak are skipped
     ev = evaluate(model, tok, {k: v for k, v in data.items() if k != "holdout"}, ChatFormat(),
                   EvalConfig(metrics=("privleak", "forget_Q_A_Prob")), progress=False)

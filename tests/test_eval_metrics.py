@@ -87,7 +87,8 @@ def test_privleak():
 
 def test_extraction_strength():
     assert M.extraction_strength([False, True, True]) == pytest.approx(2 / 3)
-    assert M.extraction_strength([True, False]) == 0.0  # no correct suffix: k = |y|
+    assert M.extraction_strength([True, False]) == pytest.approx(0.5)  # no correct suffix: 1/n (open-unlearning)
+    assert M.extraction_strength([False, False, False, True]) == pytest.approx(0.25)  # only the last: also 1/n
     assert M.extraction_strength([True, True, True, True]) == 1.0
     assert M.extraction_strength([True, False, False, True]) == pytest.approx(0.25)
     assert M.extraction_strength([]) == 0.0
@@ -170,6 +171,31 @@ def test_write_eval_and_summary(tmp_path):
         "forget_Q_A_Prob": 0.12, "forget_truth_ratio": 0.63, "mia_min_k": 0.6, "model_utility": 0.59,
     }
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_privleak_against_an_open_unlearning_retain_log_uses_its_formula(tmp_path):
+    # open-unlearning's privleak (src/evals/metrics/privacy.py): score = 1 - AUC, ref = 1 - AUC_retain,
+    # (score - ref) / (ref + 1e-10) * 100, AUC_retain read from the retain log's mia_min_k
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(_open_unlearning_retain_log()))
+    ref = load_retain_reference(tmp_path / "TOFU_EVAL.json")
+    for auc in (0.05, 0.5, 0.93):
+        ou = ((1 - auc) - (1 - 0.6)) / ((1 - 0.6) + 1e-10) * 100
+        assert M.privleak(auc, ref["mia_auc"]) == pytest.approx(ou, rel=1e-12)
+
+
+def test_written_evaluations_are_strict_json_with_non_finite_flagged(tmp_path):
+    ev = {"privleak": {"agg_value": float("nan"), "value_by_index": {}},
+          "mia_min_k": {"agg_value": 0.5, "value_by_index": {"0": {"score": float("inf")}}}}
+    write_eval(tmp_path, ev)
+    for name in ("TOFU_EVAL.json", "TOFU_SUMMARY.json"):
+        text = (tmp_path / name).read_text()
+        assert "NaN" not in text and "Infinity" not in text
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{name} holds the literal {c}"))
+    full = json.loads((tmp_path / "TOFU_EVAL.json").read_text())
+    assert full["privleak"] == {"agg_value": None, "value_by_index": {}, "non_finite": {"agg_value": "nan"}}
+    assert full["mia_min_k"]["value_by_index"]["0"] == {"score": None, "non_finite": {"score": "inf"}}
+    summary = json.loads((tmp_path / "TOFU_SUMMARY.json").read_text())
+    assert summary["privleak"] is None and summary["non_finite"] == {"privleak": "nan"}
 
 
 def test_metric_selection():

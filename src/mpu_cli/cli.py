@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from mpu_cli.config import ConfigError, register_configs, validate
 from mpu_cli.data.validate import DataError
+from mpu_cli.finite import NonFiniteError
 from mpu_cli.transport.errors import TransportError
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
@@ -26,34 +27,61 @@ CONF_DIR = str(Path(__file__).parent / "conf")
 register_configs()
 
 
-def fail(message: str) -> None:
-    """Bad input: one line on stderr, exit code 2."""
+def fail(message: str, code: int = 2) -> None:
+    """Bad input (code 2) or a stopped run: one line on stderr."""
     print(f"mpu-run: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
+
+
+# Jobs of this process's sweep that failed: (job directory, error line). A failed job does not stop the sweep;
+# run_main reports them and exits non-zero once the sweep (and its summary) is done.
+FAILED_JOBS: list[tuple[str, str]] = []
+
+
+def _error_line(e: BaseException) -> tuple[str, int]:
+    """The one-line message of a run's error and the exit code it gets: 2 bad input, 1 anything else."""
+    if isinstance(e, (ConfigError, FileNotFoundError, DataError, TransportError)):
+        return str(e), 2
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        # A full disk (or quota, read-only file system): every write is atomic, so nothing partial is left
+        # under a final name; the stages already completed are kept for resume=true.
+        where = f" {e.filename}" if e.filename else ""
+        return (f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
+                "resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage"), 2
+    if isinstance(e, NonFiniteError):
+        return str(e), 1
+    return f"{type(e).__name__}: {' '.join(str(e).split())}", 1
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def _run(cfg) -> float | None:
+    from hydra.types import RunMode
+
+    from mpu_cli import rundir
     from mpu_cli.runner import run
 
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    sweep = hc.mode == RunMode.MULTIRUN
     try:
         validate(cfg)
-        out = Path(HydraConfig.get().runtime.output_dir)
         if cfg.client.reference == "server_clean":
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
         row = run(cfg, out)
-    except (ConfigError, FileNotFoundError, DataError) as e:
-        fail(str(e))
-    except OSError as e:
-        if e.errno not in DISK_ERRORS:
+    except Exception as e:
+        message, code = _error_line(e)
+        started = rundir.mark_failed(out, message)
+        if code == 1 and not isinstance(e, NonFiniteError):
+            log.exception("the run failed")  # an unexpected error: its traceback goes to the job's log
+        if started and (out / rundir.RUN_STATE).exists():
+            message += f" (the stages completed so far are kept: rerun with resume=true hydra.run.dir={out})"
+        if sweep:  # the other jobs go on; the sweep summary lists this one as failed
+            log.error("sweep job %s failed: %s", out, message)
+            FAILED_JOBS.append((str(out), message))
+            return None
+        if code == 1 and not isinstance(e, NonFiniteError):
             raise
-        # A full disk (or quota, read-only file system): every write is atomic, so nothing partial is left
-        # under a final name; the stages already completed are kept for resume=true.
-        where = f" {e.filename}" if e.filename else ""
-        fail(f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
-             f"resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage")
-    except TransportError as e:  # transport=files: a party's process failed or a file was rejected
-        fail(str(e))
+        fail(message, code)
     return row.get("forget_Q_A_Prob")
 
 
@@ -66,3 +94,9 @@ def run_main() -> None:
     except ConfigError as e:
         fail(str(e))
     _run()
+    if FAILED_JOBS:
+        print(f"mpu-run: error: {len(FAILED_JOBS)} sweep job(s) failed (listed in the sweep's summary.md):",
+              file=sys.stderr)
+        for where, message in FAILED_JOBS:
+            print(f"  {where}: {message}", file=sys.stderr)
+        sys.exit(1)

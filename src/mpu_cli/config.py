@@ -182,6 +182,7 @@ def _validate(cfg) -> None:
     from mpu_cli.unlearn import ALGORITHMS
 
     check_known_keys(cfg)
+    check_finite(cfg)
     if cfg.arm not in ARMS:
         raise ConfigError(f"arm={cfg.arm!r} is not one of {list(ARMS)}")
     if cfg.algorithm.name not in ALGORITHMS:
@@ -221,6 +222,28 @@ def _validate(cfg) -> None:
     _check_source("model.target", cfg.model.target, ("finetune",), model)
     _check_source("model.retain", cfg.model.retain, ("finetune", None), model)
     _check_source("model.tokenizer", cfg.model.tokenizer, (None,), "tokenizer folder or .gguf file")
+
+
+def check_finite(cfg) -> None:
+    """Every number of the configuration is finite: NaN passes every `< 0` check and Inf runs to NaN late."""
+    import math
+
+    def walk(value, name: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{name}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value} is not a finite number; accepted: a finite number")
+
+    walk({k: _resolved(cfg, k) for k in cfg if k != "hydra"}, "")
+
+
+def _resolved(cfg, key):
+    value = cfg[key]
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _check_run_id(run_id) -> None:

@@ -33,8 +33,41 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+NON_FINITE_FLAG = "non_finite"
+
+
+def finite_json(obj):
+    """`obj` with every NaN / ±Infinity float replaced by null: JSON has no such literals and strict readers
+    reject them. A dict that had one gets the flag key "non_finite": {key: "nan" | "inf" | "-inf"}, so the
+    value is not silently a missing one. numpy scalars and arrays become Python numbers and lists."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    elif isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        out, bad = {}, {}
+        for k, v in obj.items():
+            if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
+                bad[k] = str(float(v))
+            out[k] = finite_json(v)
+        if bad:
+            out[NON_FINITE_FLAG] = bad
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """The one JSON writer: atomic, strict JSON (non-finite numbers become null plus a flag, see finite_json)."""
+    text = json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def read_marked_json(path: Path, marker: Path) -> dict | None:

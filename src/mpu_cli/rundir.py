@@ -2,6 +2,7 @@
 
     RUN/run.json    written when the run starts (after every input check): the resolved configuration
     RUN/COMPLETE    written last, after results.csv: the run is finished and its files are final
+    RUN/FAILED      the run stopped on an error: its one-line message (removed when the run is resumed)
 
 A directory holding a finished run is never written to again unless `overwrite=true`; an unfinished one is
 continued only with `resume=true` (or a `run_id=`) and the same configuration. Both refusals are ConfigErrors
@@ -21,10 +22,11 @@ from mpu_cli.files import atomic_write_json, atomic_write_text
 
 RUN_STATE = "run.json"
 COMPLETE = "COMPLETE"
+FAILED = "FAILED"
 # Keys that may differ between the start of a run and its resumption.
 VOLATILE = ("resume", "run_id", "overwrite", "hydra")
 # What a run writes into its directory (overwrite=true removes these; .hydra/ and logs stay).
-OUTPUTS = (COMPLETE, RUN_STATE, "results.csv", "TOFU_EVAL.json", "TOFU_SUMMARY.json", "server_public.json",
+OUTPUTS = (COMPLETE, FAILED, RUN_STATE, "results.csv", "TOFU_EVAL.json", "TOFU_SUMMARY.json", "server_public.json",
            "target", "retain", "model", "server_private", "exchange", "client", "logs")
 
 
@@ -39,11 +41,12 @@ def run_config(cfg) -> dict:
     return out
 
 
-def _flat(d, prefix: str = "") -> dict:
+def flat(d, prefix: str = "") -> dict:
+    """A nested dict as {dotted.key: leaf}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
+            out |= flat(v, f"{prefix}{k}.")
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -78,7 +81,7 @@ def check(cfg, out: Path) -> str:
         old = json.loads(state_path.read_text(encoding="utf-8"))["config"]
     except (ValueError, KeyError) as e:
         raise ConfigError(f"{state_path}: unreadable run state ({e}); pass overwrite=true to start over") from None
-    was, now = _flat(old), _flat(json.loads(json.dumps(run_config(cfg), default=str)))
+    was, now = flat(old), flat(json.loads(json.dumps(run_config(cfg), default=str)))
     diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}={was.get(k)!r} (now {now.get(k)!r})" for k in diff[:4])
@@ -99,10 +102,31 @@ def start(cfg, out: Path, mode: str) -> None:
                 p.unlink()
     if mode != "resume":
         atomic_write_json(out / RUN_STATE, {"config": run_config(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    (out / FAILED).unlink(missing_ok=True)  # a resumed run is no longer the failed one
 
 
 def finish(out: Path) -> None:
     atomic_write_text(Path(out) / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+
+def mark_failed(out: Path, message: str) -> bool:
+    """Record why a run stopped (RUN/FAILED, one line) where the folder is this run's own: it holds the run's
+    state and no COMPLETE, or nothing but what Hydra wrote when the job started. Returns whether it wrote."""
+    out = Path(out)
+    if not out.is_dir() or (out / COMPLETE).exists():
+        return False
+    own = (out / RUN_STATE).exists() or all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir())
+    if own:
+        atomic_write_text(out / FAILED, " ".join(str(message).split()) + "\n")
+    return own
+
+
+def failure(out: Path) -> str | None:
+    """The recorded error line of a failed run (None when it did not fail or has since finished)."""
+    out = Path(out)
+    if (out / COMPLETE).exists() or not (out / FAILED).is_file():
+        return None
+    return (out / FAILED).read_text(encoding="utf-8").strip() or "failed (no message recorded)"
 
 
 def precheck(cfg) -> None:

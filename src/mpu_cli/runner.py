@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_cop
 
 log = logging.getLogger(__name__)
 
-EVAL_VERSION = "1"  # bump when metric code changes: cached evaluations then stop matching
+EVAL_VERSION = "2"  # bump when metric code changes: cached evaluations then stop matching
 # Cached evaluations are also keyed by the package version and a digest of the evaluation code.
 EVAL_MODULES = ("mpu_cli.evals.tofu", "mpu_cli.evals.metrics", "mpu_cli.evals.batched", "mpu_cli.data.formatting",
                 "mpu_cli.logprobs")
@@ -84,7 +85,8 @@ def _eval_config(cfg) -> EvalConfig:
     return EvalConfig(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, metrics=metrics)
 
 
-def _dir_digest(path: str) -> str:
+def model_digest(path: str) -> str:
+    """The identity of a model: a content hash of its safetensors files (a Hub name stands for itself)."""
     h = hashlib.sha256()
     p = Path(path)
     files = sorted(f for f in p.rglob("*.safetensors")) if p.is_dir() else ([p] if p.is_file() else [])
@@ -99,7 +101,7 @@ def cached_evaluation(ctx: RunContext, model_path: str, data: dict, retain_ref: 
     """Evaluate a model that is fixed for a sweep (target, retain) once; keyed by content, never by folder."""
     from mpu_cli.cachekey import code_digest
 
-    key = json.dumps({"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES), "model": _dir_digest(model_path),
+    key = json.dumps({"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES), "model": model_digest(model_path),
                       "data": hashlib.sha256(
         json.dumps(data, sort_keys=True).encode()).hexdigest(), "eval": OmegaConf.to_container(ctx.cfg.eval, resolve=True),
         "fmt": ctx.fmt.__dict__, "ref": retain_ref}, sort_keys=True, default=str)
@@ -207,14 +209,14 @@ def run(cfg, out: Path) -> dict:
     t_eval = time.perf_counter() - t2
 
     summary = summarize(result)
-    row = result_row(cfg, summary, summarize(target_eval)) | {
+    row = result_row(cfg, summary, summarize(target_eval), model_digest(prepared.target)) | {
         "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),
         "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
         "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
     atomic_write_text(out / "results.csv", pd.DataFrame([row]).to_csv(index=False))
     kill_point("before_complete")
     rundir.finish(out)  # last: the run directory's files are final
-    log.info("results: %s", json.dumps({k: row[k] for k in summary if k in row}))
+    log.info("results: %s", json.dumps({k: row[k] for k in summary if k in row and k != "non_finite"}))
     return row
 
 
@@ -345,15 +347,25 @@ HEADLINE = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_
             "forget_quality", "forget_truth_ratio", "privleak", "extraction_strength", "exact_memorization")
 
 
-def result_row(cfg, summary: dict, target_summary: dict) -> dict:
+# results.csv names these config leaves by short names; every other leaf keeps its dotted key.
+SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split", "algorithm.name": "algorithm"}
+
+
+def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> dict:
+    """results.csv's one row: what identifies the run (short names, the arm's effective κ and m, the target's
+    content hash), every other leaf of the resolved configuration under its dotted key, then the metrics.
+    Non-finite metric values are left empty and named in `non_finite`."""
     row = {
         "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "algorithm": cfg.algorithm.name,
         "arm": cfg.arm, "kappa": cfg.kappa if cfg.arm != "clean" else 0.0,
-        "m": cfg.m if cfg.arm == "mpu" else 1, "rounds": cfg.rounds, "epochs": cfg.client.epochs,
-        "lr": cfg.client.lr, "seed": cfg.seed, "reference": cfg.client.reference,
+        "m": cfg.m if cfg.arm == "mpu" else 1, "seed": cfg.seed, "target_hash": target_hash,
         "leaks_theta0": cfg.client.reference == "server_clean",
-        "params": json.dumps(OmegaConf.to_container(cfg.algorithm.params, resolve=True), sort_keys=True),
     }
-    row |= {k: v for k, v in summary.items()}
-    row |= {f"target_{k}": target_summary[k] for k in HEADLINE if k in target_summary}
+    for key, value in rundir.flat(rundir.run_config(cfg)).items():
+        if key not in SHORT_NAMES and key not in row:
+            row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    metrics = dict(summary) | {f"target_{k}": target_summary[k] for k in HEADLINE if k in target_summary}
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    row |= {k: (None if k in bad else v) for k, v in metrics.items()}
+    row["non_finite"] = ";".join(bad)
     return row

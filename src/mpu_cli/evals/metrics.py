@@ -41,22 +41,34 @@ def normalised_prob(true_avg_loss: float, pert_avg_losses: Sequence[float]) -> f
     return float(math.exp(-denom_log))
 
 
-def min_k_score(token_logprobs: Sequence[float], k: float = MIN_K) -> float:
-    """-mean of the lowest k-fraction (at least one) of the answer's token log-probs.
+def without_final_prediction(per_token: Sequence) -> np.ndarray:
+    """The answer tokens the memorization metrics look at: all but the final labelled one.
 
-    Higher = less likely = less of a member.
+    open-unlearning leaves the last prediction of an answer (the EOS / end-of-turn token) out of
+    extraction_strength, exact_memorization and the min-k score (its tokenwise log-prob helpers: "-1 to
+    ignore eos prediction"); we follow it so these numbers sit on its scale. Prob, truth ratio and
+    normalised Prob keep the EOS token.
+    """
+    return np.asarray(per_token)[:-1]
+
+
+def min_k_score(token_logprobs: Sequence[float], k: float = MIN_K) -> float:
+    """-mean of the lowest k-fraction (at least one) of the given token log-probs.
+
+    Higher = less likely = less of a member. No tokens gives NaN (left out of the AUC).
     """
     lp = np.sort(np.asarray(token_logprobs, dtype=np.float64))
     if lp.size == 0:
-        return 0.0
+        return float("nan")
     n = max(1, int(lp.size * k))
     return float(-lp[:n].mean())
 
 
 def extraction_strength(correct: Sequence[bool]) -> float:
-    """ES = 1 - k/|y|, k the smallest index from which every later answer token is predicted exactly.
+    """ES = 1 - k/n over n tokens, k the smallest index from which every later token is predicted exactly.
 
-    No correct suffix gives k = |y| and ES = 0; an all-correct answer gives ES = 1.
+    An all-correct answer gives ES = 1. When no suffix matches (only the empty one), open-unlearning's loop
+    runs out at k = n - 1 and gives ES = 1/n, not 0; we match it. No tokens at all gives 0 (as it does).
     """
     c = list(map(bool, correct))
     n = len(c)
@@ -65,13 +77,13 @@ def extraction_strength(correct: Sequence[bool]) -> float:
     k = n
     while k > 0 and c[k - 1]:
         k -= 1
-    return 1.0 - k / n
+    return 1.0 - min(k, n - 1) / n
 
 
 def exact_memorization(correct: Sequence[bool]) -> float:
-    """Fraction of answer tokens whose teacher-forced argmax equals the label."""
+    """Fraction of the given tokens whose teacher-forced argmax equals the label; NaN without tokens."""
     c = np.asarray(correct, dtype=bool)
-    return float(c.mean()) if c.size else 0.0
+    return float(c.mean()) if c.size else float("nan")
 
 
 def rouge_scores(ground_truth: str, generation: str) -> dict[str, float]:
@@ -100,6 +112,13 @@ def rougeL_recall(ground_truth: str, generation: str) -> float:
 
 def mean(values: Sequence[float]) -> float:
     return float(np.mean(np.asarray(values, dtype=np.float64))) if len(values) else float("nan")
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN (open-unlearning drops items it scored None)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else float("nan")
 
 
 def tr_closer_to_1(trs: Sequence[float]) -> float:
@@ -141,8 +160,9 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
     """AUC of the membership attack with forget = 0, holdout = 1 (1 = forget far more likely than holdout)."""
-    labels = [0] * len(forget_scores) + [1] * len(holdout_scores)
-    return roc_auc(labels, list(forget_scores) + list(holdout_scores))
+    f = [s for s in forget_scores if not math.isnan(s)]
+    h = [s for s in holdout_scores if not math.isnan(s)]
+    return roc_auc([0] * len(f) + [1] * len(h), f + h)
 
 
 def privleak(auc: float, auc_retain: float = 0.5) -> float:

@@ -9,12 +9,9 @@ metrics (forget_quality, model_utility, privleak) have an empty value_by_index.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from mpu_cli.data.formatting import _TAG_USER, ChatFormat, encode_prompt, encode
 from mpu_cli.evals import metrics as M
 from mpu_cli.evals.batched import generate_greedy, score_sequences
 from mpu_cli.faults import scoped_kill_point
+from mpu_cli.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +216,15 @@ def evaluate(model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | No
     return res
 
 
+def memorization_scores(seq) -> dict[str, float]:
+    """extraction_strength, exact_memorization and the min-k score of one scored answer, on open-unlearning's
+    scale: the final (EOS) prediction is left out (metrics.without_final_prediction)."""
+    correct = M.without_final_prediction(seq.correct)
+    return {"extraction_strength": M.extraction_strength(correct),
+            "exact_memorization": M.exact_memorization(correct),
+            "min_k": M.min_k_score(M.without_final_prediction(seq.logprobs))}
+
+
 def _compute(m: str, data, scores, gens, res, reference) -> dict | None:
     prefix = m.split("_", 1)[0]
     key = _SPLITS.get(prefix)
@@ -246,17 +253,16 @@ def _compute(m: str, data, scores, gens, res, reference) -> dict | None:
             return None
         sub = {}
         for part in ("forget", "holdout"):
-            vals = [M.min_k_score(s.logprobs) for s in scores[part].ans]
-            sub[part] = _entry(M.mean(vals), {str(i): {"score": v} for i, v in enumerate(vals)})
+            vals = [memorization_scores(s)["min_k"] for s in scores[part].ans]
+            sub[part] = _entry(M.nanmean(vals), {str(i): {"score": v} for i, v in enumerate(vals)})
         auc = M.mia_auc([v["score"] for v in sub["forget"]["value_by_index"].values()],
                         [v["score"] for v in sub["holdout"]["value_by_index"].values()])
         return {"agg_value": auc, "auc": auc, "value_by_index": {}, **sub}
     if m in ("extraction_strength", "exact_memorization"):
         if "forget" not in scores:
             return None
-        fn = M.extraction_strength if m == "extraction_strength" else M.exact_memorization
-        vals = [fn(s.correct) for s in scores["forget"].ans]
-        return _entry(M.mean(vals), {str(i): {"score": v} for i, v in enumerate(vals)})
+        vals = [memorization_scores(s)[m] for s in scores["forget"].ans]
+        return _entry(M.nanmean(vals), {str(i): {"score": v} for i, v in enumerate(vals)})
 
     if m.endswith("_ROUGE"):
         if key not in gens:
@@ -291,43 +297,12 @@ def summarize(tofu_eval: dict) -> dict:
     return {m: v["agg_value"] for m, v in tofu_eval.items() if isinstance(v, dict) and "agg_value" in v}
 
 
-def _json_default(o):
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    from mpu_cli.faults import inject
-
-    inject("atomic_write", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_eval(out_dir, tofu_eval: dict) -> None:
     """Write TOFU_EVAL.json and TOFU_SUMMARY.json into out_dir, each atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(out / "TOFU_EVAL.json", tofu_eval)
-    _atomic_write_json(out / "TOFU_SUMMARY.json", summarize(tofu_eval))
+    atomic_write_json(out / "TOFU_EVAL.json", tofu_eval)
+    atomic_write_json(out / "TOFU_SUMMARY.json", summarize(tofu_eval))
 
 
 def _item_value(item) -> float:

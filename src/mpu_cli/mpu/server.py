@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mpu_cli.finite import check_state, check_tensor
+
 from .aggregate import UpdateAccumulator, harmonic_weights
 from .layout import ModelLayout, block_of
 from .noise import (
@@ -219,9 +221,12 @@ class MPUServer:
             raise RuntimeError("aggregate() called without a published round; call publish() first")
         returned = list(returned)
         self._check_returned(returned)
+        where = f"round {self._round}"
         if self._cfg.arm == "clean" and self._cfg.eta == 1.0:
             # θ + (θ̃ − θ) can differ from θ̃ in the last bit; the clean baseline must equal plain unlearning.
-            self._theta = {n: returned[0][n].detach().to(torch.float32, copy=True) for n in self._theta}
+            theta = {n: returned[0][n].detach().to(torch.float32, copy=True) for n in self._theta}
+            check_state(theta, f"{where}, returned copy 1", "the returned weight")
+            self._theta = theta
             self._pending = False
             return self.theta
         from mpu_cli.faults import scoped_kill_point
@@ -233,13 +238,18 @@ class MPUServer:
             if i == half:
                 scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
             for k, pub in enumerate(self._published_tensors(name)):
+                got = returned[k][name]
+                check_tensor(name, got, f"{where}, returned copy {k + 1}", "the returned weight")
                 # not in place: the returned tensor may be the caller's own fp32 tensor
-                delta = {name: returned[k][name].to(x.device, torch.float32) - pub.float()}  # Δ'_k
+                delta = {name: got.to(x.device, torch.float32) - pub.float()}  # Δ'_k
                 del pub
                 if self._cfg.arm == "mpu":
                     delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
                 acc.add(delta, s.weights[k])
                 del delta
+        for name, d in acc.result().items():
+            # checked before θ changes: a refused aggregate leaves the server at θ_{r-1}
+            check_tensor(name, self._theta[name] + self._cfg.eta * d, where, "the aggregated weight")
         for name, d in acc.result().items():
             self._theta[name].add_(d, alpha=self._cfg.eta)
         del acc

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from mpu_cli.devices import batch_to
+from mpu_cli.finite import check_loss
 from mpu_cli.progress import tqdm
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "accelerate"
@@ -183,6 +184,7 @@ def train_accelerated(model, algorithm, data, cfg, pad: int, ref, desc: str) -> 
                         else acc.no_sync(wrapped)
                     with sync:
                         loss = algorithm.loss(wrapped, f, r, ref) * weight
+                        check_loss(loss, desc)
                         acc.backward(loss)
                 acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
                 opt.step()

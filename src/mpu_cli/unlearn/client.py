@@ -17,6 +17,7 @@ from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
 from mpu_cli.data.tofu import load_idk, load_split, split_names
 from mpu_cli.devices import batch_to, pick_device
 from mpu_cli.faults import scoped_kill_point
+from mpu_cli.finite import check_loss, check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.progress import tqdm
 
@@ -108,10 +109,13 @@ def unlearn_copy(
     trainable = getattr(algorithm, "trainable_parameters", lambda _m: None)(model)
     with only_trainable(model, trainable), accel.gradient_checkpointing(model, cfg.gradient_checkpointing):
         if accel.wanted(cfg):  # under accelerate: device placement, mixed precision, sharding; full state back
-            return accel.train_accelerated(model, algorithm, data, cfg, pad, ref, desc)
-        _train(model, algorithm, data, cfg, pad, ref, desc)
-    model.eval()
-    return state_dict_fp32(model)
+            updated = accel.train_accelerated(model, algorithm, data, cfg, pad, ref, desc)
+        else:
+            _train(model, algorithm, data, cfg, pad, ref, desc)
+            model.eval()
+            updated = state_dict_fp32(model)
+    check_state(updated, desc, "the updated weight")
+    return updated
 
 
 @contextmanager
@@ -154,6 +158,7 @@ def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref,
                 f, r = batch_to(f, device), batch_to(r, device)
                 # Weight each micro-batch by its size so the step equals one pass over the whole group.
                 loss = algorithm.loss(model, f, r, ref) * (len(pairs) / n_group)
+                check_loss(loss, desc)
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

@@ -1,0 +1,36 @@
+"""Non-finite numbers stop a run: a NaN / Inf loss, update or weight is an error, never a result.
+
+Both parties use these checks (the client on its loss and the weights it returns, the server on the copies
+it receives and the weights it aggregates), so the module imports neither side.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, update or weight became NaN or infinite; the message names where (round, copy, tensor)."""
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "nan" if bool(torch.isnan(t).any()) else "inf"
+
+
+def check_loss(loss: torch.Tensor, where: str) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{where}: the unlearning loss is {value} (non-finite); the run is stopped. "
+                             "Lower kappa or client.lr, or check the model")
+
+
+def check_tensor(name: str, t: torch.Tensor, where: str, what: str = "tensor") -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(f"{where}: {what} {name!r} holds {_kind(t)} values; the run is stopped")
+
+
+def check_state(state: dict, where: str, what: str = "tensor") -> None:
+    """The first non-finite tensor of a state dict, by name."""
+    for name, t in state.items():
+        check_tensor(name, t, where, what)
