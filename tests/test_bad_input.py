@@ -162,3 +162,32 @@ def test_full_disk_at_save(cases):
     names = {str(p.relative_to(cases["full_disk"][3])) for p in files}
     # the returned copy could not be saved: neither it nor its marker exists
     assert not [n for n in names if n.startswith("server_private/round_1/copy_")], names
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_numbers_are_refused_up_front(mpu_run_cmd, tmp_path, value):
+    import time
+
+    t = time.perf_counter()
+    proc = subprocess.run([*mpu_run_cmd, f"kappa={value}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - t
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "is not a finite number" in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("mpu-run: error: kappa=")
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run directory
+    assert took < 3.0, f"took {took:.1f} s"
+
+
+def test_a_run_whose_loss_becomes_nan_fails_without_complete(mpu_run_cmd, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([*mpu_run_cmd, *FAST, "kappa=1e6", f"hydra.run.dir={out}"], capture_output=True,
+                          text=True, timeout=600)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not PROGRESS.search(ln)]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    # the loss, or else the weights it updated, turn NaN: either names round, copy (and tensor)
+    assert len(lines) == 1 and lines[0].startswith("mpu-run: error: round 1/1 copy 1/2: "), lines
+    assert " nan" in lines[0]
+    assert "resume=true" in lines[0]
+    assert not (out / "COMPLETE").exists() and not (out / "results.csv").exists()
+    assert (out / "FAILED").read_text().startswith("round 1/1 copy 1/2")

@@ -73,7 +73,7 @@ def _run(cfg) -> float | None:
         started = rundir.mark_failed(out, message)
         if code == 1 and not isinstance(e, NonFiniteError):
             log.exception("the run failed")  # an unexpected error: its traceback goes to the job's log
-        if started and (out / rundir.RUN_STATE).exists():
+        if started and (out / rundir.RUN_STATE).exists() and "resume=true" not in message:
             message += f" (the stages completed so far are kept: rerun with resume=true hydra.run.dir={out})"
         if sweep:  # the other jobs go on; the sweep summary lists this one as failed
             log.error("sweep job %s failed: %s", out, message)

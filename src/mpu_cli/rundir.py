@@ -90,9 +90,13 @@ def check(cfg, out: Path) -> str:
     return "resume"
 
 
+_STARTED: set[Path] = set()  # run directories this process started or resumed
+
+
 def start(cfg, out: Path, mode: str) -> None:
     """Record the run (after every input check passed). overwrite: remove the previous run's outputs first."""
     out = Path(out)
+    _STARTED.add(out.resolve())
     if mode == "overwrite":
         for name in OUTPUTS:  # COMPLETE first: an interrupted clean-up never leaves a 'finished' folder
             p = out / name
@@ -110,12 +114,13 @@ def finish(out: Path) -> None:
 
 
 def mark_failed(out: Path, message: str) -> bool:
-    """Record why a run stopped (RUN/FAILED, one line) where the folder is this run's own: it holds the run's
-    state and no COMPLETE, or nothing but what Hydra wrote when the job started. Returns whether it wrote."""
+    """Record why a run stopped (RUN/FAILED, one line) where the folder is this run's own: this process started
+    the run in it, or it holds nothing but what Hydra wrote when the job started (never a folder of another
+    run, finished or not). Returns whether it wrote."""
     out = Path(out)
     if not out.is_dir() or (out / COMPLETE).exists():
         return False
-    own = (out / RUN_STATE).exists() or all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir())
+    own = out.resolve() in _STARTED or all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir())
     if own:
         atomic_write_text(out / FAILED, " ".join(str(message).split()) + "\n")
     return own

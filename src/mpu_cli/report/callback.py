@@ -1,5 +1,6 @@
 """Hydra callback (conf/config.yaml: hydra.callbacks.summary): when a sweep ends, write summary.csv,
-summary.md and the plots into the sweep directory."""
+paired.csv, summary.md and the plots into the sweep directory. It also runs when jobs failed: mpu-run records
+a failed job (its FAILED file) and goes on with the others, and the summary lists it."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ class SweepSummary(Callback):
             )
             return
         log.info(
-            "sweep summary: %d finished, %d unfinished run(s) -> %s",
+            "sweep summary: %d finished, %d failed, %d unfinished run(s) -> %s",
             len(col.finished),
+            len(col.failed),
             len(col.unfinished),
             sweep_dir / "summary.md",
         )

@@ -10,9 +10,10 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="mpu-report",
-        description="Collect the runs under DIR (a sweep, or any folder of mpu-run outputs, finished or not) "
-        "into summary.csv and summary.md with each noised/MPU run's relative degradation against "
-        "its clean run, and write the plots.",
+        description="Collect the runs under DIR (a sweep, or any folder of mpu-run outputs, finished, failed "
+        "or not) into summary.csv, paired.csv and summary.md: runs grouped by the settings that differ, "
+        "duplicates shown once, each noised/MPU run paired with the clean run of its seed (differences "
+        "with 95 %% t-intervals over seeds and verdicts), and write the plots.",
     )
     ap.add_argument("dir", type=Path, help="folder holding run directories (searched recursively)")
     ap.add_argument("--out", type=Path, default=None, help="where to write the summary (default: DIR)")
@@ -35,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print(
-        f"{n_done} finished run(s), {len(col.unfinished)} unfinished; wrote {out / 'summary.csv'} and "
-        f"{out / 'summary.md'}"
+        f"{n_done} finished run(s), {len(col.failed)} failed, {len(col.unfinished)} unfinished; wrote "
+        f"{out / 'summary.csv'}, {out / 'paired.csv'} and {out / 'summary.md'}"
     )
+    for run, error in col.failed:
+        print(f"failed: {run}: {error}")
     for run, missing in col.unfinished:
-        print(f"unfinished: {run} (missing {missing})")
+        print(f"unfinished: {run} ({missing})")
     return 0
 
 

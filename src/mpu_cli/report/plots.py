@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mpu_cli.report.tables import HEADLINE
+from mpu_cli.report.columns import HEADLINE
+from mpu_cli.report.compare import is_arm_key
 
 ARM_COLORS = {"clean": "tab:green", "noised": "tab:red", "mpu": "tab:blue"}
 MARKERS = "osD^v<>pPX*h"
@@ -67,36 +68,41 @@ def plot_forget_vs_utility(df: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Non-clean rows grouped by arm (and m where several m are present)."""
+def _series(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """Non-clean rows, one series per arm and per value of the arm's other varying keys (m, server.*)."""
     out = []
     noisy = df[df.arm.isin(["noised", "mpu"])]
-    several_m = noisy[noisy.arm == "mpu"].m.nunique() > 1
+    split = [k for k in keys if is_arm_key(k) and k not in ("arm", "kappa") and k in noisy]
     for arm in ("noised", "mpu"):
         g = noisy[noisy.arm == arm]
         if not len(g):
             continue
-        if arm == "mpu" and several_m:
-            for m, gm in g.groupby("m", sort=True):
-                out.append((f"mpu m={m}", gm))
-        else:
+        by = [k for k in split if g[k].astype(str).nunique() > 1]
+        if not by:
             out.append((arm, g))
+            continue
+        for values, gm in g.groupby([g[k].astype(str) for k in by], sort=True):
+            values = values if isinstance(values, tuple) else (values,)
+            out.append((f"{arm} " + " ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(by, values)), gm))
     return out
 
 
-def _panels(df: pd.DataFrame) -> pd.Series:
-    """One panel per algorithm, and per model / data / split where the table holds several."""
+def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """One panel per algorithm and per value of every other setting that differs (never pooled)."""
     label = df.algorithm.astype(str)
-    for col in ("model", "data", "split"):
-        if col in df and df[col].astype(str).nunique() > 1:
-            label = label + " · " + df[col].astype(str)
+    for col in keys:
+        if col in ("algorithm",) or is_arm_key(col) or col not in df:
+            continue
+        if df[col].astype(str).nunique() > 1:
+            label = label + " · " + (col.split(".")[-1] + "=" + df[col].astype(str))
     return label
 
 
-def plot_metric_vs_kappa(df: pd.DataFrame, metric: str, path: Path) -> Path | None:
+def plot_metric_vs_kappa(df: pd.DataFrame, metric: str, path: Path, keys: list[str] = ()) -> Path | None:
     if metric not in df or df[metric].isna().all():
         return None
-    df = df.assign(_panel=_panels(df))
+    keys = list(keys) or [c for c in ("model", "data", "split") if c in df]
+    df = df.assign(_panel=_panels(df, keys))
     algorithms = sorted(df._panel.unique())
     n = len(algorithms)
     cols = min(n, 4)
@@ -113,7 +119,7 @@ def plot_metric_vs_kappa(df: pd.DataFrame, metric: str, path: Path) -> Path | No
             if len(clean) > 1:
                 sd = clean.std(ddof=1)
                 ax.axhspan(mu - sd, mu + sd, color=ARM_COLORS["clean"], alpha=0.15)
-        series = _series(d)
+        series = _series(d, keys)
         for i, (label, g) in enumerate(series):
             shade = plt.cm.Blues(0.45 + 0.5 * i / max(1, len(series) - 1))  # mpu m=2, 3, 4: darker with m
             color = ARM_COLORS.get(label, shade)
@@ -161,12 +167,13 @@ def plot_metric_vs_kappa(df: pd.DataFrame, metric: str, path: Path) -> Path | No
     return path
 
 
-def write_plots(done: pd.DataFrame, out_dir: Path) -> list[str]:
-    """All plots of a table of finished runs; returns the files written."""
+def write_plots(done: pd.DataFrame, out_dir: Path, keys: list[str] = ()) -> list[str]:
+    """All plots of a table of finished runs (duplicates left out), split by the grouping keys; returns the
+    files written."""
     out_dir = Path(out_dir)
     written = [plot_forget_vs_utility(done, out_dir / "plot_forget_vs_utility.png")]
     for metric in (*HEADLINE, "deg_avg"):
-        written.append(plot_metric_vs_kappa(done, metric, out_dir / f"plot_kappa_{metric}.png"))
+        written.append(plot_metric_vs_kappa(done, metric, out_dir / f"plot_kappa_{metric}.png", keys))
     return [str(p) for p in written if p is not None]
 
 

@@ -1,330 +1,163 @@
-"""Sweep tables: collect the runs under a folder, add each noised/MPU run's relative degradation against its
-clean run, write summary.csv and summary.md.
+"""Sweep tables: collect the runs under a folder, group them by the settings that differ, pair each
+noised/MPU run with its clean run, and write summary.csv, paired.csv and summary.md.
 
-A *run* is a folder with ``.hydra/config.yaml`` (Hydra writes it when the run starts) or ``results.csv``.
-It is *finished* when it holds both ``results.csv`` and ``TOFU_SUMMARY.json``; metrics are read from the
-run's own ``TOFU_SUMMARY.json``, the configuration from its ``results.csv`` (or, for an unfinished run,
-from ``.hydra/config.yaml``).
-
-Relative degradation (a fraction; summary.md shows it in %), for every noised/MPU row against the clean
-row(s) with the same model, data, split, algorithm, seed, rounds, epochs, lr, algorithm params and client
-reference (several matching clean runs, e.g. one per swept κ, are averaged), signed so that **worse is
-positive**:
-
-    lower is better  (forget_Q_A_Prob, forget_Q_A_ROUGE, extraction_strength, exact_memorization):
-        deg = (row - clean) / |clean|        (less forgetting than clean -> positive)
-    higher is better (model_utility, retain_* / ra_* / wf_* utility metrics, forget_quality):
-        deg = (clean - row) / |clean|        (less utility than clean -> positive)
-    closer to 0 is better (privleak):
-        deg = (|row| - |clean|) / |clean|
-
-forget_truth_ratio (min(TR, 1/TR): its better direction depends on the reading) and mia_min_k (privleak's
-raw AUC) get no degradation column. A clean value of 0 gives no degradation (NaN).
-
-``deg_avg`` is the paper's "average degradation": the mean of deg_forget_Q_A_Prob, deg_forget_Q_A_ROUGE and
-deg_model_utility. Where model_utility was not evaluated (``eval.metrics=quick``) it is the mean of what is
-present, and ``deg_avg_over`` says which metrics it averages.
+How runs are read: report/runs.py. How they are grouped, deduplicated and matched with their clean baseline,
+and the relative degradation: report/compare.py. The paired statistics and verdicts: report/stats.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-CONFIG_COLUMNS = (
-    "model",
-    "data",
-    "split",
-    "algorithm",
-    "arm",
-    "kappa",
-    "m",
-    "rounds",
-    "epochs",
-    "lr",
-    "seed",
-    "reference",
-    "leaks_theta0",
-    "params",
+from mpu_cli.report.columns import AVG_METRICS, DIRECTION_WORDS, DIRECTIONS, HEADLINE
+from mpu_cli.report.compare import (
+    ORDER,
+    add_degradation,
+    base_key,
+    group_key,
+    grouping_keys,
+    mark_duplicates,
+    relative_degradation,  # noqa: F401 - re-exported: the reports' public helpers live here
+    replicate,
+    seeded,
+    settings,
 )
-# A noised/MPU run is compared with the clean run(s) that share these.
-MATCH_COLUMNS = (
-    "model",
-    "data",
-    "split",
-    "algorithm",
-    "seed",
-    "rounds",
-    "epochs",
-    "lr",
-    "params",
-    "reference",
-)
-HEADLINE = (
-    "forget_Q_A_Prob",
-    "forget_Q_A_ROUGE",
-    "model_utility",
-    "retain_Q_A_Prob",
-    "retain_Q_A_ROUGE",
-    "forget_quality",
-    "forget_truth_ratio",
-    "privleak",
-    "extraction_strength",
-    "exact_memorization",
-)
-AVG_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
+from mpu_cli.report.runs import FAILED, FINISHED, UNFINISHED, find_runs, read_run
+from mpu_cli.report.stats import paired_differences
 
-LOWER, HIGHER, ABS = "lower", "higher", "abs"
-DIRECTIONS = {
-    "forget_Q_A_Prob": LOWER,
-    "forget_Q_A_ROUGE": LOWER,
-    "extraction_strength": LOWER,
-    "exact_memorization": LOWER,
-    "model_utility": HIGHER,
-    "forget_quality": HIGHER,
-    "retain_Q_A_Prob": HIGHER,
-    "retain_Q_A_ROUGE": HIGHER,
-    "retain_Truth_Ratio": HIGHER,
-    "ra_Q_A_Prob_normalised": HIGHER,
-    "ra_Q_A_ROUGE": HIGHER,
-    "ra_Truth_Ratio": HIGHER,
-    "wf_Q_A_Prob_normalised": HIGHER,
-    "wf_Q_A_ROUGE": HIGHER,
-    "wf_Truth_Ratio": HIGHER,
-    "privleak": ABS,
-}
-FINISHED, UNFINISHED = "finished", "unfinished"
-REQUIRED = ("results.csv", "TOFU_SUMMARY.json")
+ARM_ORDER = {"clean": 0, "noised": 1, "mpu": 2}
+_PRIVATE = ("_group", "_base", "_replicate", "_seeded")
 
 
 @dataclass
 class Collected:
     root: Path
-    table: pd.DataFrame  # one row per run (finished and unfinished), degradation columns added
+    table: pd.DataFrame  # one row per run (every status); finished ones with degradation columns
+    keys: list[str] = field(default_factory=list)  # the grouping keys: settings that differ between runs
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)  # stats.paired_differences
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run, its error line)
     unfinished: list[tuple[str, str]] = field(default_factory=list)  # (run, what is missing)
 
     @property
     def finished(self) -> pd.DataFrame:
         return self.table[self.table.status == FINISHED] if len(self.table) else self.table
 
-
-def find_runs(root: Path) -> list[Path]:
-    root = Path(root)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != ".hydra")
-        here = Path(dirpath)
-        if "results.csv" in filenames or (here / ".hydra" / "config.yaml").is_file():
-            found.append(here)
-    return found
-
-
-def _rel(run: Path, root: Path) -> str:
-    rel = run.resolve().relative_to(root.resolve()).as_posix()
-    return rel if rel != "." else run.name
-
-
-def _config_row(run: Path) -> dict:
-    """Config columns of a run that wrote no results.csv, from Hydra's .hydra/config.yaml (as runner does)."""
-    try:
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-
-        def get(key, default=None):
-            try:
-                value = OmegaConf.select(cfg, key, default=default)
-            except Exception:  # an interpolation that no longer resolves
-                return default
-            return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-        arm = get("arm")
-        params = get("algorithm.params", {}) or {}
-        return {
-            "model": get("model.name"),
-            "data": get("data.name"),
-            "split": get("data.split"),
-            "algorithm": get("algorithm.name"),
-            "arm": arm,
-            "kappa": get("kappa") if arm != "clean" else 0.0,
-            "m": get("m") if arm == "mpu" else 1,
-            "rounds": get("rounds"),
-            "epochs": get("client.epochs"),
-            "lr": get("client.lr"),
-            "seed": get("seed"),
-            "reference": get("client.reference"),
-            "leaks_theta0": get("client.reference") == "server_clean",
-            "params": json.dumps(params, sort_keys=True),
-        }
-    except Exception:
-        return {}
-
-
-def read_run(run: Path, root: Path) -> dict:
-    missing = [f for f in REQUIRED if not (run / f).is_file()]
-    if (run / "run.json").is_file() and not (run / "COMPLETE").is_file():
-        missing.append("COMPLETE")  # started by a runner that writes the marker last: not finished without it
-    row: dict = {"run": _rel(run, root)}
-    if missing:
-        row |= _config_row(run)
-        row |= {"status": UNFINISHED, "missing": ", ".join(missing)}
-        return row
-    try:
-        results = pd.read_csv(run / "results.csv")
-        summary = json.loads((run / "TOFU_SUMMARY.json").read_text())
-    except Exception as e:  # a half-written or corrupt file: report it, never fail the whole table
-        row |= _config_row(run)
-        row |= {"status": UNFINISHED, "missing": f"unreadable results ({type(e).__name__})"}
-        return row
-    if len(results):
-        row |= results.iloc[0].to_dict()
-    row |= {k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None}
-    row |= {"status": FINISHED, "missing": ""}
-    return row
-
-
-def relative_degradation(row_value: float, clean_value: float, direction: str) -> float:
-    """Signed so that worse than clean is positive (see the module docstring)."""
-    try:
-        row_value, clean_value = float(row_value), float(clean_value)
-    except (TypeError, ValueError):
-        return math.nan
-    if math.isnan(row_value) or math.isnan(clean_value) or abs(clean_value) < 1e-12:
-        return math.nan
-    if direction == LOWER:
-        return (row_value - clean_value) / abs(clean_value)
-    if direction == HIGHER:
-        return (clean_value - row_value) / abs(clean_value)
-    if direction == ABS:
-        return (abs(row_value) - abs(clean_value)) / abs(clean_value)
-    raise ValueError(f"unknown direction {direction!r}")
-
-
-def _key(row: pd.Series) -> tuple:
-    return tuple("" if pd.isna(row.get(c)) else str(row.get(c)) for c in MATCH_COLUMNS)
-
-
-def add_degradation(df: pd.DataFrame) -> pd.DataFrame:
-    """deg_<metric>, deg_avg, deg_avg_over and clean_run for every finished noised/MPU row."""
-    df = df.copy()
-    metrics = [m for m in DIRECTIONS if m in df.columns]
-    for m in metrics:
-        df[f"deg_{m}"] = math.nan
-    df["deg_avg"] = math.nan
-    df["deg_avg_over"] = ""
-    df["clean_run"] = ""
-    if not len(df):
-        return df
-    done = df[df.status == FINISHED]
-    cleans: dict[tuple, list[int]] = {}
-    for i, row in done[done.arm == "clean"].iterrows():
-        cleans.setdefault(_key(row), []).append(i)
-    for i, row in done[done.arm.isin(["noised", "mpu"])].iterrows():
-        idx = cleans.get(_key(row))
-        if not idx:
-            df.at[i, "clean_run"] = "(no clean run)"
-            continue
-        clean = df.loc[idx, metrics].apply(pd.to_numeric, errors="coerce").mean()
-        for m in metrics:
-            df.at[i, f"deg_{m}"] = relative_degradation(row[m], clean[m], DIRECTIONS[m])
-        used = [m for m in AVG_METRICS if m in metrics and not pd.isna(df.at[i, f"deg_{m}"])]
-        if used:
-            df.at[i, "deg_avg"] = sum(df.at[i, f"deg_{m}"] for m in used) / len(used)
-            note = ", ".join(used)
-            absent = [m for m in AVG_METRICS if m not in used]
-            if absent:
-                note += f" ({', '.join(absent)} not available)"
-            df.at[i, "deg_avg_over"] = note
-        df.at[i, "clean_run"] = "; ".join(df.loc[idx, "run"])
-    return df
-
-
-ARM_ORDER = {"clean": 0, "noised": 1, "mpu": 2}
+    @property
+    def used(self) -> pd.DataFrame:
+        """Finished runs that count: duplicates left out."""
+        done = self.finished
+        return done[done.duplicate_of == ""] if len(done) else done
 
 
 def _sort_key(s: pd.Series) -> pd.Series:
-    if s.name in ("kappa", "m", "seed"):
-        return pd.to_numeric(s, errors="coerce")
     if s.name == "arm":
         return s.map(lambda a: ARM_ORDER.get(a, 9))
+    numeric = pd.to_numeric(s, errors="coerce")
+    if numeric.notna().sum() == s.notna().sum():
+        return numeric
     return s.astype(str)
 
 
 def collect(root: Path) -> Collected:
     root = Path(root)
-    rows = [read_run(run, root) for run in find_runs(root)]
+    from mpu_cli.evals.tofu import ALL_METRICS
+
+    records = [read_run(run, root) for run in find_runs(root)]
+    if not records:
+        return Collected(root, pd.DataFrame())
+    metric_names = set(ALL_METRICS) | {k for r in records for k in r["metrics"]}
+    rows, setting_rows = [], []
+    for rec in records:
+        st = settings(rec["config"], rec["results"], metric_names)
+        extra = {k: v for k, v in rec["results"].items() if str(k).startswith(("target_", "time_"))}
+        rows.append({"run": rec["run"], "status": rec["status"], "error": rec["error"]} | st
+                    | {"seeded": "yes" if seeded(st) else "no"} | rec["metrics"] | extra)
+        setting_rows.append((rec["status"], st))
     df = pd.DataFrame(rows)
-    if not len(df):
-        return Collected(root, df, [])
-    for c in CONFIG_COLUMNS:
-        if c not in df.columns:
+    keys = grouping_keys([st for status, st in setting_rows if status == FINISHED])
+    if df.seeded.nunique() > 1:
+        keys.append("seeded")
+    for c in (*ORDER, "seed"):
+        if c not in df:
             df[c] = None
-    df = add_degradation(df)
-    metric_cols = [
-        c
-        for c in df.columns
-        if c not in CONFIG_COLUMNS
-        and c not in ("run", "status", "missing")
-        and not c.startswith(("deg_", "target_", "time_"))
-        and c != "clean_run"
-    ]
-    head = [c for c in HEADLINE if c in metric_cols]
-    order = (
-        ["run", "status", *CONFIG_COLUMNS]
-        + head
-        + [c for c in metric_cols if c not in head]
-        + [c for c in df.columns if c.startswith("deg_")]
-        + ["clean_run"]
-        + sorted(c for c in df.columns if c.startswith("target_"))
-        + sorted(c for c in df.columns if c.startswith("time_"))
-        + ["missing"]
-    )
-    df = df[order]
-    df = df.sort_values(["status", "algorithm", "arm", "kappa", "m", "seed", "run"], key=_sort_key)
-    df = df.reset_index(drop=True)
-    unfinished = [(r.run, r.missing) for r in df[df.status == UNFINISHED].itertuples()]
-    return Collected(root, df, unfinished)
+    metrics = [m for m in metric_names if m in df.columns]
+    df["duplicate_of"] = ""
+    done = df[df.status == FINISHED].copy()
+    paired = pd.DataFrame()
+    if len(done):
+        st_rows = [dict(r) for _, r in done.iterrows()]
+        done["_group"] = [group_key(r, keys) for r in st_rows]
+        done["_base"] = [base_key(r, keys) for r in st_rows]
+        done["_replicate"] = [replicate(r) for r in st_rows]
+        done["_seeded"] = [seeded(r) for r in st_rows]
+        done["duplicate_of"] = mark_duplicates(done)
+        done = add_degradation(done, metrics)
+        head = [m for m in HEADLINE if m in done and done[m].notna().any()]
+        paired = paired_differences(done[done.duplicate_of == ""], keys, head)
+        done = done.drop(columns=list(_PRIVATE))
+    table = pd.concat([done, df[df.status != FINISHED]], ignore_index=True) if len(done) else df
+    table = table.sort_values(["status", *[k for k in keys if k in table], "seed", "run"], key=_sort_key)
+    table = table[_column_order(table, keys, metrics)].reset_index(drop=True)
+    failed = [(r.run, r.error) for r in table[table.status == FAILED].itertuples()]
+    unfinished = [(r.run, r.error) for r in table[table.status == UNFINISHED].itertuples()]
+    return Collected(root, table, keys, paired, failed, unfinished)
+
+
+def _column_order(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> list[str]:
+    head = ["run", "status", *[k for k in ORDER if k in df], *[k for k in keys if k not in ORDER], "seed"]
+    head += [c for c in ("client.seed",) if c in df]
+    mets = [m for m in HEADLINE if m in df] + sorted(m for m in metrics if m not in HEADLINE)
+    degs = [c for c in df if c.startswith("deg_")]
+    tail = ["clean_run", "duplicate_of", "error"]
+    rest = sorted(c for c in df if c not in {*head, *mets, *degs, *tail}
+                  and not c.startswith(("target_", "time_")))
+    ordered = head + mets + degs + [c for c in tail if c in df] + sorted(c for c in df if c.startswith("target_"))
+    ordered += sorted(c for c in df if c.startswith("time_")) + rest
+    return list(dict.fromkeys(c for c in ordered if c in df))
 
 
 # --------------------------------------------------------------------------------------------- markdown
-def _fmt(v, pct: bool = False) -> str:
+def _fmt(v, pct: bool = False, signed: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    if isinstance(v, float):
-        return f"{100 * v:+.2f}%" if pct else f"{v:.4g}"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = float(v)
+        if pct:
+            return f"{100 * v:+.2f} %"
+        if signed:
+            return f"{v:+.3g}"
+        return f"{v:.4g}"
     return str(v)
 
 
 def md_table(df: pd.DataFrame, columns: list[str], pct: tuple[str, ...] = ()) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in df.iterrows():
-        lines.append(
-            "| " + " | ".join(_fmt(row.get(c), c in pct).replace("|", "\\|") for c in columns) + " |"
-        )
+        lines.append("| " + " | ".join(_fmt(row.get(c), c in pct).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines)
 
 
-GROUP_COLUMNS = ("model", "data", "split", "algorithm", "arm", "kappa", "m", "rounds", "epochs")
-
-
-def aggregate(done: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds (and repeats) of each configuration."""
-    metrics = [m for m in (*HEADLINE, "deg_avg") if m in done.columns and done[m].notna().any()]
+def aggregate(used: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over the seeds of each group (duplicates already left out)."""
+    metrics = [m for m in (*HEADLINE, "deg_avg") if m in used.columns and used[m].notna().any()]
     rows = []
-    for key, g in done.groupby(list(GROUP_COLUMNS), dropna=False, sort=True):
-        row = dict(zip(GROUP_COLUMNS, key)) | {"n": len(g)}
+    by = keys or ["arm"]
+    for _, g in used.groupby([used[k].map(lambda v: json.dumps(v, default=str)) for k in by], sort=False):
+        row = {k: g.iloc[0].get(k) for k in by} | {"n": len(g)}
         for m in metrics:
             vals = pd.to_numeric(g[m], errors="coerce").dropna()
             row[m] = vals.mean() if len(vals) else math.nan
             row[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
         rows.append(row)
     out = pd.DataFrame(rows)
-    return out.sort_values(list(GROUP_COLUMNS), key=_sort_key).reset_index(drop=True) if len(out) else out
+    return out.sort_values(by, key=_sort_key).reset_index(drop=True) if len(out) else out
 
 
 def _mean_std(row, m: str, pct: bool) -> str:
@@ -333,61 +166,127 @@ def _mean_std(row, m: str, pct: bool) -> str:
         return ""
     out = _fmt(float(mean), pct)
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        out += f" ± {100 * std:.2f}%" if pct else f" ± {std:.2g}"
+        out += f" ± {100 * std:.2f} %" if pct else f" ± {std:.2g}"
     return out
 
 
-def render_markdown(col: Collected, plots: list[str] = ()) -> str:
+def _interval(row, pct: bool) -> str:
+    lo, hi = row.get("ci_low"), row.get("ci_high")
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return ""
+    if pct:
+        return f"[{100 * lo:+.2f}, {100 * hi:+.2f}] %"
+    return f"[{lo:+.3g}, {hi:+.3g}]"
+
+
+def _label_columns(keys: list[str]) -> list[str]:
+    """The grouping keys a noised/MPU comparison is told apart by (arm keys included)."""
+    return [k for k in keys if k != "seeded"] + (["seeded"] if "seeded" in keys else [])
+
+
+def render_paired(paired: pd.DataFrame, keys: list[str]) -> list[str]:
+    if not len(paired):
+        return []
+    label = [k for k in _label_columns(keys) if k in paired]
+    out = [
+        "## Arm vs clean, paired over seeds",
+        "",
+        "Each noised/MPU run is paired with the clean run of the same seed and the same settings apart from "
+        "the arm's own (κ, m, server.*). Per metric: the mean over seeds of the paired difference arm − clean "
+        "(privleak: |arm| − |clean|), its 95 % t-interval, and a verdict: `= clean` when the interval contains "
+        "0, else better / worse. `clean sd` is the noise floor: the clean arm's own spread across seeds. "
+        "A difference inside the noise floor is no difference.",
+        "",
+        "### deg_avg (relative degradation vs clean, worse > 0)",
+        "",
+    ]
+    deg = paired[paired.metric == "deg_avg"]
+    cols = [*label, "n", "deg_avg", "95 % CI", "verdict", "|deg_avg| < 1 %", "clean sd"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in deg.iterrows():
+        cells = [_fmt(r.get(k)) for k in label] + [
+            str(int(r.n)), _fmt(r.diff_mean, pct=True), _interval(r, pct=True), r.verdict, r.within_1pct,
+            _fmt(r.clean_sd, pct=True).lstrip("+")]
+        lines.append("| " + " | ".join(cells) + " |")
+    out += [*lines, ""]
+    for metric in [m for m in HEADLINE if m in set(paired.metric)]:
+        rows = paired[paired.metric == metric]
+        if rows.arm_mean.isna().all():
+            continue
+        direction = DIRECTION_WORDS.get(DIRECTIONS.get(metric), "no better direction")
+        diff = "Δ|·|" if DIRECTIONS.get(metric) == "abs" else "Δ"
+        cols = [*label, "n", "clean", "arm", diff, "95 % CI", "verdict", "clean sd"]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for _, r in rows.iterrows():
+            cells = [_fmt(r.get(k)) for k in label] + [
+                str(int(r.n)), _fmt(r.clean_mean), _fmt(r.arm_mean), _fmt(r.diff_mean, signed=True),
+                _interval(r, pct=False), r.verdict, _fmt(r.clean_sd)]
+            lines.append("| " + " | ".join(cells) + " |")
+        out += [f"### {metric} ({direction})", "", *lines, ""]
+    return out
+
+
+def _constants(col: Collected) -> str:
     done = col.finished
-    n_done, n_open = len(done), len(col.unfinished)
+    shown = [c for c in (*ORDER, "rounds", "client.epochs", "client.lr", "target_hash")
+             if c in done and c not in col.keys and done[c].notna().any()]
+    return ", ".join(f"{c}={_fmt(done[c].iloc[0])}" for c in shown)
+
+
+def render_markdown(col: Collected, plots: list[str] = ()) -> str:
+    done, used = col.finished, col.used
+    n_dup = int((done.duplicate_of != "").sum()) if len(done) else 0
     out = [
         f"# Sweep summary: {col.root}",
         "",
-        (
-            f"{n_done} finished run(s), {n_open} unfinished. Degradation: relative to the clean run with the "
-            "same model, data, split, algorithm, seed and schedule; **worse than clean is positive**; "
-            "`deg_avg` is the mean over forget_Q_A_Prob, forget_Q_A_ROUGE and model_utility (the paper's "
-            "average degradation)."
-        ),
+        f"{len(done)} finished run(s) ({n_dup} duplicate), {len(col.failed)} failed, "
+        f"{len(col.unfinished)} unfinished.",
         "",
     ]
-    if n_done:
-        metrics = [m for m in HEADLINE if m in done.columns and done[m].notna().any()]
-        over = sorted({v for v in done.get("deg_avg_over", pd.Series(dtype=str)) if v})
-        if over:
-            out += [f"`deg_avg` averages: {'; '.join(over)}.", ""]
-        agg = aggregate(done)
-        varying = [
-            c for c in ("model", "data", "split", "rounds", "epochs") if done[c].astype(str).nunique() > 1
+    if len(done):
+        out += [
+            "Runs are grouped by the settings that differ between them: "
+            + (", ".join(f"`{k}`" for k in col.keys) if col.keys else "(none: one setting)")
+            + ". The same for every run: " + (_constants(col) or "—") + ".",
+            "",
+            "Degradation is relative to the clean run with the same seed and settings; **worse than clean is "
+            "positive**; `deg_avg` is the mean over " + ", ".join(AVG_METRICS) + " (the paper's average "
+            "degradation) over what was evaluated.",
+            "",
         ]
-        cols = [*varying, "algorithm", "arm", "kappa", "m", "n", *metrics, "deg_avg"]
+        if n_dup:
+            out += [f"- {n_dup} run(s) repeat another run with the same settings and seed: shown once below "
+                    "(the copy is listed in `duplicate_of`), never averaged as seeds.", ""]
+        if "seeded" in col.keys:
+            out += ["- Runs without a seed (secrets from a CSPRNG) are kept apart from seeded runs.", ""]
+        out += render_paired(col.paired, col.keys)
+        agg = aggregate(used, col.keys)
+        metrics = [m for m in HEADLINE if m in used and used[m].notna().any()]
+        label = [k for k in _label_columns(col.keys) if k in agg] or (["arm"] if "arm" in agg else [])
+        cols = [*label, "n", *metrics, "deg_avg"]
         cols = [c for c in cols if c in agg.columns]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for _, row in agg.iterrows():
-            cells = [
-                _mean_std(row, c, c == "deg_avg") if c in (*metrics, "deg_avg") else _fmt(row[c])
-                for c in cols
-            ]
+            cells = [_mean_std(row, c, c == "deg_avg") if c in (*metrics, "deg_avg") else _fmt(row[c])
+                     for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         out += ["## Mean ± std over seeds", "", *lines, ""]
-        degs = [
-            f"deg_{m}" for m in AVG_METRICS if f"deg_{m}" in done.columns and done[f"deg_{m}"].notna().any()
-        ]
-        cols = ["run", *varying, "algorithm", "arm", "kappa", "m", "seed", *metrics, *degs, "deg_avg"]
-        cols = [c for c in cols if c in done.columns]
+        degs = [f"deg_{m}" for m in AVG_METRICS if f"deg_{m}" in done and done[f"deg_{m}"].notna().any()]
+        cols = ["run", *[k for k in _label_columns(col.keys) if k in done], "seed", *metrics, *degs, "deg_avg",
+                "duplicate_of"]
+        cols = [c for c in dict.fromkeys(cols) if c in done.columns]
         out += ["## Runs", "", md_table(done, cols, pct=tuple(c for c in cols if c.startswith("deg_"))), ""]
-    if n_open:
-        out += ["## Unfinished runs", ""] + [
-            f"- `{run}`: missing {missing}" for run, missing in col.unfinished
-        ]
-        out += [""]
+    if col.failed:
+        out += ["## Failed runs", ""] + [f"- `{run}`: {error}" for run, error in col.failed] + [""]
+    if col.unfinished:
+        out += ["## Unfinished runs", ""] + [f"- `{run}`: {missing}" for run, missing in col.unfinished] + [""]
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(out)
 
 
 def write_summary(root: Path, out_dir: Path | None = None, plots: bool = True) -> Collected:
-    """Collect the runs under `root`; write summary.csv, summary.md and plots into `out_dir` (default: root)."""
+    """Collect the runs under `root`; write summary.csv, paired.csv, summary.md and plots into `out_dir`."""
     from mpu_cli.files import atomic_write_text
 
     root = Path(root)
@@ -395,10 +294,11 @@ def write_summary(root: Path, out_dir: Path | None = None, plots: bool = True) -
     out_dir.mkdir(parents=True, exist_ok=True)
     col = collect(root)
     written = []
-    if plots and len(col.finished):
+    if plots and len(col.used):
         from mpu_cli.report.plots import write_plots
 
-        written = write_plots(col.finished, out_dir)
+        written = write_plots(col.used, out_dir, col.keys)
     atomic_write_text(out_dir / "summary.csv", col.table.to_csv(index=False))
+    atomic_write_text(out_dir / "paired.csv", col.paired.to_csv(index=False))
     atomic_write_text(out_dir / "summary.md", render_markdown(col, written))
     return col
