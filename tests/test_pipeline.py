@@ -24,6 +24,11 @@ def test_mpu_run_writes_every_output_and_forgets(mpu_run_cmd, tmp_path):
     assert len(row) == 1
     row = row.iloc[0]
     assert (row.algorithm, row.arm, row.kappa, row.m) == ("npo", "mpu", 0.01, 2)
+    # every configuration leaf is a column (what the reports group by), and the target's content hash
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert row["client.lr"] == config["client"]["lr"] and row["server.alpha_schedule"] == "linear"
+    assert row["algorithm.params.beta"] == config["algorithm"]["params"]["beta"]
+    assert isinstance(row.target_hash, str) and len(row.target_hash) == 16
     summary = json.loads((out / "TOFU_SUMMARY.json").read_text())
     target = json.loads((out / "target" / "TOFU_SUMMARY.json").read_text())
     assert target["forget_Q_A_Prob"] >= 0.9  # the prepare stage trains the target until it knows D_f

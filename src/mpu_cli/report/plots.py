@@ -88,13 +88,14 @@ def _series(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]
 
 
 def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """One panel per algorithm and per value of every other setting that differs (never pooled)."""
+    """One panel per algorithm and per value of every other setting that differs within it (never pooled)."""
     label = df.algorithm.astype(str)
-    for col in keys:
-        if col in ("algorithm",) or is_arm_key(col) or col not in df:
-            continue
-        if df[col].astype(str).nunique() > 1:
-            label = label + " · " + (col.split(".")[-1] + "=" + df[col].astype(str))
+    others = [k for k in keys if k != "algorithm" and not is_arm_key(k) and k in df]
+    for alg, rows in df.groupby(df.algorithm.astype(str)):
+        for col in others:
+            values = rows[col].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            if values.nunique() > 1:
+                label.loc[rows.index] = label.loc[rows.index] + " · " + col.split(".")[-1] + "=" + values
     return label
 
 

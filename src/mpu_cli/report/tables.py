@@ -195,7 +195,8 @@ def render_paired(paired: pd.DataFrame, keys: list[str]) -> list[str]:
         "the arm's own (κ, m, server.*). Per metric: the mean over seeds of the paired difference arm − clean "
         "(privleak: |arm| − |clean|), its 95 % t-interval, and a verdict: `= clean` when the interval contains "
         "0, else better / worse. `clean sd` is the noise floor: the clean arm's own spread across seeds. "
-        "A difference inside the noise floor is no difference.",
+        "A difference inside the noise floor is no difference, and among many comparisons about one interval "
+        "in twenty misses 0 by chance alone.",
         "",
         "### deg_avg (relative degradation vs clean, worse > 0)",
         "",
