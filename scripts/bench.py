@@ -96,7 +96,7 @@ def too_big(rows: list[dict], model: str, m: int) -> str | None:
 
 def mpu_run() -> list[str]:
     exe = Path(sys.executable).parent / "mpu-run"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from mpu_cli.cli import run_main; run_main()"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from mpu_cli.cli.run import run_main; run_main()"]
 
 
 def measure(name: str, overrides: list[str], out: Path, env: dict) -> dict:

@@ -20,11 +20,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 from hydra import compose, initialize_config_dir
 
-from mpu_cli.config import register_configs
-from mpu_cli.eval_cli import CONF_DIR
+from mpu_cli.config import CONF_DIR, register_configs
 from mpu_cli.evals.tofu import EvalConfig, evaluate, summarize
 from mpu_cli.models.io import load_model, load_tokenizer
-from mpu_cli.runner import chat_format, eval_data
+from mpu_cli.run.evaluation import eval_data
+from mpu_cli.run.settings import chat_format
 
 # Per model: config overrides, rows per data set and max new tokens when not given on the command line
 # (SmolLM2 on a CPU at batch size 1 takes minutes per 10 rows, so it gets fewer rows and shorter answers).

@@ -56,6 +56,7 @@ def run_check(tiny: bool = False, m: int = 2, model_path: str | None = None, spl
     from mpu_cli.mpu.layout import ModelLayout
     from mpu_cli.mpu.server import MPUServer, ServerConfig
     from mpu_cli.unlearn import build_algorithm
+    from mpu_cli.run.rounds import InProcessRounds, drive
     from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
 
     cuda = torch.cuda.is_available()
@@ -83,30 +84,24 @@ def run_check(tiny: bool = False, m: int = 2, model_path: str | None = None, spl
     layout = ModelLayout.from_hf_config(model.config)
     times["build_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     server = MPUServer(theta, layout, ServerConfig(arm="mpu", kappa=0.01, m=m, seed=seed, noise_reference="raw"))
-    copies = [{k: v.to(dtype) for k, v in c.items()} for c in server.publish()]  # published in bf16
-    times["publish_s"] = time.perf_counter() - t
-
     fmt = ChatFormat(max_length=128)
     algo = build_algorithm(algorithm, {})
     data = encode_client_data(tokenizer, fmt, "embedded", split, algo)
     client_cfg = ClientConfig(lr=1e-5, epochs=epochs, batch_size=4, grad_accum=2, seed=seed,
                               mixed_precision="no", gradient_checkpointing=gradient_checkpointing)
-    returned = []
+
+    def unlearn_fn(r: int, k: int, published: dict) -> dict:
+        published = {name: v.to(dtype) for name, v in published.items()}  # published in bf16
+        return unlearn_copy(model, published, algo, data, client_cfg, pad_id(tokenizer), desc=f"copy {k + 1}/{m}")
+
+    # the project's one round loop; its timings split Pre/Post-Process (server) from the client's work
     t = time.perf_counter()
-    for k, published in enumerate(copies):
-        returned.append(unlearn_copy(model, published, algo, data, client_cfg, pad_id(tokenizer),
-                                     desc=f"copy {k + 1}/{m}"))
+    new_theta, spent = drive(InProcessRounds(server, unlearn_fn), 1)
     if cuda:
         torch.cuda.synchronize()
-    times["client_s"] = time.perf_counter() - t
-    del copies
-
-    t = time.perf_counter()
-    new_theta = server.aggregate(returned)
-    times["aggregate_s"] = time.perf_counter() - t
-    del returned
+    times["round_s"] = time.perf_counter() - t
+    times["server_s"], times["client_s"] = spent["server"], spent["client"]
     moved = max((new_theta[k] - theta[k]).abs().max().item() for k in theta)
 
     t = time.perf_counter()

@@ -41,4 +41,4 @@ def mpu_run_cmd(prepared_models):
     if Path(MPU_RUN).exists():
         return [MPU_RUN]
     found = shutil.which("mpu-run")
-    return [found] if found else [sys.executable, "-c", "from mpu_cli.cli import run_main; run_main()"]
+    return [found] if found else [sys.executable, "-c", "from mpu_cli.cli.run import run_main; run_main()"]

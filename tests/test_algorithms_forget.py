@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mpu_cli.cli import CONF_DIR
+from mpu_cli.cli.run import CONF_DIR
 from mpu_cli.models import prepare as prepare_mod
-from mpu_cli.runner import run
+from mpu_cli.run.pipeline import run
 
 ALGORITHMS = ["ga", "graddiff", "npo", "simnpo", "idkdpo", "undial", "wga", "satimp", "rmu"]
 QUICK = ["eval.metrics=quick", "eval.max_new_tokens=16", "seed=0", "kappa=0.01", "m=2"]
@@ -57,7 +57,8 @@ def test_one_algorithm_forgets_fast(tmp_path, cached_only):
     from mpu_cli.data.tofu import load_split
     from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype
     from mpu_cli.models.prepare import encode_rows, mean_prob, prepare_models
-    from mpu_cli.runner import RunContext, _public_skeleton, chat_format, unlearn
+    from mpu_cli.run.pipeline import public_skeleton, unlearn
+    from mpu_cli.run.settings import chat_format
 
     probs = {}
     for arm in ("clean", "mpu"):
@@ -70,8 +71,8 @@ def test_one_algorithm_forgets_fast(tmp_path, cached_only):
         forget = encode_rows(tok, load_split(cfg.data.source, cfg.data.split), fmt)
         if "target" not in probs:
             probs["target"] = mean_prob(load_model(prepared.target, dtype), forget, pad_id(tok))
-        theta, _ = unlearn(RunContext(cfg, tmp_path / arm, prepared, tok, fmt, dtype))
-        model = _public_skeleton(prepared.target, dtype)
+        theta, _ = unlearn(cfg, tmp_path / arm, prepared, tok, dtype)
+        model = public_skeleton(prepared.target, dtype)
         load_state_into(model, theta)
         with torch.no_grad():
             probs[arm] = mean_prob(model.eval(), forget, pad_id(tok))

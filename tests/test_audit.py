@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from mpu_cli.audit import ClientView, Scorer, auc, b1_rank_forget_items, client_attacks, score_client_attacks
 from mpu_cli.audit.align import align_copy, estimate_transform
-from mpu_cli.audit.cli import main as audit_main
+from mpu_cli.cli.audit import main as audit_main
 from mpu_cli.audit.run import report_markdown, write_sweep
 from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig, block_of, invert_transform
 

@@ -46,7 +46,7 @@ def _cmd(name: str) -> list[str]:
     if exe.exists():
         return [str(exe)]
     found = shutil.which(name)
-    module, fn = {"mpu-eval": ("mpu_cli.eval_cli", "main"), "mpu-run": ("mpu_cli.cli", "run_main")}[name]
+    module, fn = {"mpu-eval": ("mpu_cli.cli.eval", "main"), "mpu-run": ("mpu_cli.cli.run", "run_main")}[name]
     return [found] if found else [sys.executable, "-c", f"from {module} import {fn}; {fn}()"]
 
 
@@ -169,7 +169,8 @@ def test_mpu_eval_saved_folder_on_local_tofu_layout(prepared, tofu_folder, tmp_p
     numbers as an in-process evaluation on the embedded data the folder was written from."""
     from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, summarize
     from mpu_cli.models.io import load_model, load_tokenizer
-    from mpu_cli.runner import chat_format, eval_data
+    from mpu_cli.run.evaluation import eval_data
+    from mpu_cli.run.settings import chat_format
 
     out = tmp_path / "local"
     _run("mpu-eval", f"model_path={prepared.target}", *QUICK, "eval.batch_size=8", "data=tofu",
@@ -205,7 +206,7 @@ def test_retain_logs_path_gives_forget_quality_and_privleak(prepared, tmp_path):
 
 def test_bad_retain_logs_fail_in_one_line(tmp_path):
     from mpu_cli.config import ConfigError
-    from mpu_cli.runner import retain_reference_from_logs
+    from mpu_cli.run.evaluation import retain_reference_from_logs
 
     bad = tmp_path / "TOFU_EVAL.json"
     bad.write_text(json.dumps({"forget_Q_A_Prob": {"agg_value": 0.1}}))

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from mpu_cli.checkpoint import Checkpoint
+from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig
 
 FAST = ["data.split=forget01", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "m=2",

@@ -27,7 +27,7 @@ def test_tiny_mode_runs_one_round_and_evaluation(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["dtype"] == "bfloat16" and result["m"] == 2
     assert result["gradient_checkpointing"] is True
-    assert set(result["times"]) == {"build_s", "publish_s", "client_s", "aggregate_s", "eval_s", "total_s"}
+    assert set(result["times"]) == {"build_s", "round_s", "server_s", "client_s", "eval_s", "total_s"}
     assert result["within_time_limit"] and result["max_abs_update"] > 0  # the round moved the model
     assert set(result["metrics"]) >= {"forget_Q_A_Prob", "retain_Q_A_Prob"}
     assert "gpu_check: OK" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
-from mpu_cli import rundir
+from mpu_cli.run import rundir
 from mpu_cli.config import MPUConfig
 from mpu_cli.report.stats import ONE_SEED, paper_criterion, t_interval, verdict
 from mpu_cli.report.tables import collect, relative_degradation
@@ -25,7 +25,7 @@ def _report_cmd():
     if exe.exists():
         return [str(exe)]
     found = shutil.which("mpu-report")
-    return [found] if found else ["python", "-c", "import sys; from mpu_cli.report.cli import main; sys.exit(main())"]
+    return [found] if found else ["python", "-c", "import sys; from mpu_cli.cli.report import main; sys.exit(main())"]
 
 
 def _write_run(root: Path, name: str, summary: dict | None, *, status: str = "finished", target: str = "t1",
@@ -33,7 +33,7 @@ def _write_run(root: Path, name: str, summary: dict | None, *, status: str = "fi
     """A run folder as mpu-run writes it, through the runner's own writers: run.json (the resolved config),
     then results.csv, TOFU_SUMMARY.json and COMPLETE; FAILED for a failed run; nothing more when unfinished.
     `overrides` are dotted config keys (arm, kappa, seed, client__lr for client.lr, ...)."""
-    from mpu_cli.runner import result_row
+    from mpu_cli.run.pipeline import result_row
 
     dotted = [f"{k.replace('__', '.')}={'null' if v is None else v}"
               for k, v in ({"arm": "mpu", "kappa": 0.1, "seed": 0} | overrides).items()]

@@ -68,7 +68,7 @@ def _sha(path: Path) -> str:
 
 
 def _server(args, record, expect=0):
-    return _party("mpu_cli.transport.server_cli", args, record, expect=expect)
+    return _party("mpu_cli.cli.server", args, record, expect=expect)
 
 
 # ---- the hand-driven scenario -----------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def cfg():
     """mpu-run's composed config for FAST (what `mpu-run <FAST>` runs)."""
     from hydra import compose, initialize_config_dir
 
-    from mpu_cli.cli import CONF_DIR
+    from mpu_cli.cli.run import CONF_DIR
 
     with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_transport"):
         return compose(config_name="config", overrides=FAST)
@@ -97,14 +97,13 @@ def prepared(cfg):
 def inprocess_theta(cfg, prepared, tmp_path_factory):
     """The in-process runner's rounds (server and client as function calls), single-threaded."""
     from mpu_cli.models.io import load_tokenizer, resolve_dtype
-    from mpu_cli.runner import RunContext, chat_format, unlearn
+    from mpu_cli.run.pipeline import unlearn
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ctx = RunContext(cfg, tmp_path_factory.mktemp("inprocess"), prepared, load_tokenizer(prepared.tokenizer),
-                         chat_format(cfg.model), resolve_dtype(cfg.model.dtype))
-        theta, _ = unlearn(ctx)
+        theta, _ = unlearn(cfg, tmp_path_factory.mktemp("inprocess"), prepared, load_tokenizer(prepared.tokenizer),
+                           resolve_dtype(cfg.model.dtype))
     finally:
         torch.set_num_threads(threads)
     return theta
@@ -113,8 +112,8 @@ def inprocess_theta(cfg, prepared, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, cfg, prepared):
     """init + publish by the server; the client, isolated, unlearns both copies (one process, sequentially)."""
-    from mpu_cli.runner import client_settings
-    from mpu_cli.transport.local import server_init_args
+    from mpu_cli.run.settings import client_settings
+    from mpu_cli.run.processes import server_init_args
 
     root = tmp_path_factory.mktemp("scenario")
     state, exchange, recs = root / "run" / "server_private", root / "run" / "exchange", root / "records"
@@ -135,7 +134,7 @@ def scenario(tmp_path_factory, cfg, prepared):
     env = {"PATH": os.environ["PATH"], "HOME": str(iso / "home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     client_args = ["unlearn", "--exchange", iso / "exchange", "--config", iso / "client.json"]
-    _party("mpu_cli.transport.client_cli", client_args, recs / "client", env=env, cwd=iso)
+    _party("mpu_cli.cli.client", client_args, recs / "client", env=env, cwd=iso)
     for k in range(2):  # the client's answer travels back
         for name in (ex.RETURNED, ex.RETURNED_MANIFEST):
             shutil.copy2(ex.copy_dir(iso / "exchange", 1, k) / name, ex.copy_dir(exchange, 1, k) / name)
@@ -149,14 +148,14 @@ def test_client_process_sees_only_the_exchange_folder_and_its_own_inputs(scenari
     forbidden = [str(scenario["root"] / "run"), os.environ["MPU_CACHE_DIR"]]
     assert not [p for p in opened for f in forbidden if os.path.abspath(p).startswith(f)]
     assert any(p.startswith(iso) and p.endswith("config.json") for p in opened)  # the hook does see its reads
-    assert not [m for m in modules if m.startswith(("mpu_cli.mpu", "mpu_cli.runner", "mpu_cli.models.prepare"))]
+    assert not [m for m in modules if m.startswith(("mpu_cli.mpu", "mpu_cli.run.pipeline", "mpu_cli.models.prepare"))]
     assert "mpu_cli.unlearn.client" in modules
 
 
 def test_server_processes_never_load_the_client_or_the_data(scenario):
     for rec in ("init", "publish"):
         opened, modules = _record(scenario["recs"] / rec)
-        assert not [m for m in modules if m.startswith(("mpu_cli.data", "mpu_cli.unlearn", "mpu_cli.runner"))]
+        assert not [m for m in modules if m.startswith(("mpu_cli.data", "mpu_cli.unlearn", "mpu_cli.run.pipeline"))]
         assert "mpu_cli.mpu.server" in modules
         assert not [p for p in opened if "/data/embedded" in p]  # the package's (forget) data files
 
@@ -177,7 +176,7 @@ def test_server_cli_source_imports_neither_client_nor_data():
                     assert "mpu" not in parts, (name, mod)  # the shared pieces import no server either
     for node in ast.walk(ast.parse((SRC / "transport" / "client_cli.py").read_text())):
         if isinstance(node, ast.ImportFrom):
-            assert not (node.module or "").startswith(("mpu_cli.mpu", "mpu_cli.runner")), node.module
+            assert not (node.module or "").startswith(("mpu_cli.mpu", "mpu_cli.run.pipeline")), node.module
 
 
 def test_exchange_folder_holds_no_secret_and_no_theta(scenario):
@@ -255,7 +254,7 @@ def test_tampered_or_truncated_update_is_rejected_and_the_copy_can_be_redone(sce
 
     # Redo copy 0 on the client side; the server then aggregates, and equals the in-process round.
     iso = scenario["iso"]
-    _party("mpu_cli.transport.client_cli", scenario["client_args"] + ["--copy", "0"], recs / "redo",
+    _party("mpu_cli.cli.client", scenario["client_args"] + ["--copy", "0"], recs / "redo",
            env=scenario["env"], cwd=iso)
     for name in (ex.RETURNED, ex.RETURNED_MANIFEST):
         shutil.copy2(ex.copy_dir(iso / "exchange", 1, 0) / name, ex.copy_dir(exchange, 1, 0) / name)
@@ -400,7 +399,7 @@ def test_forked_parallel_copies_equal_sequential(forked_run, mpu_run_cmd, tmp_pa
 
 
 def test_a_dead_parallel_slot_is_an_error_not_a_hang():
-    from mpu_cli.parallel_slots import run_in_slots
+    from mpu_cli.run.slots import run_in_slots
 
     def task(k):
         if k == 1:
@@ -413,9 +412,9 @@ def test_a_dead_parallel_slot_is_an_error_not_a_hang():
 
 
 def test_transport_settings_are_validated():
-    from mpu_cli.cli import CONF_DIR
+    from mpu_cli.cli.run import CONF_DIR
     from mpu_cli.config import ConfigError
-    from mpu_cli.validation import check_overrides
+    from mpu_cli.cli.precheck import check_overrides
 
     with pytest.raises(ConfigError, match="transport='tcp' is not one of"):
         check_overrides(["transport=tcp"], CONF_DIR)

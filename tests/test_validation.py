@@ -7,9 +7,9 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from mpu_cli.cli import CONF_DIR
+from mpu_cli.cli.run import CONF_DIR
 from mpu_cli.config import ConfigError
-from mpu_cli.validation import check_overrides
+from mpu_cli.cli.precheck import check_overrides
 
 # Each invalid input of the issue, through the real console script (cwd = an empty folder).
 CASES = [

@@ -8,7 +8,10 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-ARMS = ("clean", "noised", "mpu")
+from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig
+
+CONF_DIR = str(Path(__file__).parent / "conf")
+
 
 
 class ConfigError(ValueError):
@@ -52,25 +55,6 @@ class ServerSettings:
 
 
 @dataclass
-class ClientSettings:
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    epochs: int = 10
-    batch_size: int = 8
-    grad_accum: int = 4
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    reference: str = "client_copy"
-    # Large models (unlearn/accel.py): an accelerate config (conf/accelerate/<name>.yaml or a file path),
-    # mixed precision ("no" | "bf16" | "fp16"; null: the accelerate config's, else none) and activation
-    # recomputation. With neither accelerate_config nor mixed_precision the plain client loop runs.
-    accelerate_config: str | None = None
-    mixed_precision: str | None = None
-    gradient_checkpointing: bool = False
-    device: str = "${device}"  # the plain loop's device (under accelerate, accelerate places the model)
-
-
-@dataclass
 class EvalSettings:
     batch_size: int = 16
     max_new_tokens: int = 200
@@ -108,7 +92,7 @@ class MPUConfig:
     seed: int | None = None
     save_model: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
-    client: ClientSettings = field(default_factory=ClientSettings)
+    client: ClientConfig = field(default_factory=ClientConfig)  # one type: schema, client loop, CLIENT.json
     eval: EvalSettings = field(default_factory=EvalSettings)
     prepare: PrepareSettings = field(default_factory=PrepareSettings)
     # An open-unlearning-format TOFU_EVAL.json (or a folder holding one) of a retain model: the reference
@@ -179,6 +163,8 @@ def validate(cfg) -> None:
 
 def _validate(cfg) -> None:
     from mpu_cli.data.tofu import FORGET_SPLITS
+    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
+    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES
     from mpu_cli.unlearn import ALGORITHMS
 
     check_known_keys(cfg)
@@ -202,13 +188,16 @@ def _validate(cfg) -> None:
             raise ConfigError(f"{key}={value} must be >= 1")
     if cfg.client.lr <= 0:
         raise ConfigError(f"client.lr={cfg.client.lr} must be > 0")
-    if cfg.client.reference not in ("client_copy", "server_clean"):
-        raise ConfigError(f"client.reference={cfg.client.reference!r} is not one of ['client_copy', 'server_clean']")
+    if cfg.client.reference not in REFERENCE_POLICIES:
+        raise ConfigError(f"client.reference={cfg.client.reference!r} is not one of {list(REFERENCE_POLICIES)}")
     _check_accelerate(cfg.client)
     _check_device("device", cfg.device)
     _check_device("client.device", cfg.client.device)
-    if cfg.server.alpha_schedule not in ("linear", "pow2"):
-        raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of ['linear', 'pow2']")
+    if cfg.server.alpha_schedule not in ALPHA_SCHEDULES:
+        raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of {list(ALPHA_SCHEDULES)}")
+    if cfg.server.noise_reference not in NOISE_REFERENCES:
+        raise ConfigError(f"server.noise_reference={cfg.server.noise_reference!r} is not one of "
+                          f"{list(NOISE_REFERENCES)}")
     if cfg.eval.metrics not in ("all", "quick"):
         raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
     if cfg.data.split not in FORGET_SPLITS:
@@ -259,7 +248,7 @@ def _check_transport(cfg) -> None:
         raise ConfigError(f"transport={cfg.transport!r} is not one of ['inprocess', 'files']")
     if cfg.runner.parallel_copies < 1:
         raise ConfigError(f"runner.parallel_copies={cfg.runner.parallel_copies} must be >= 1")
-    from mpu_cli.parallel_slots import uses_file_transport
+    from mpu_cli.run.slots import uses_file_transport
 
     if cfg.client.reference == "server_clean" and uses_file_transport(cfg):
         raise ConfigError("client.reference='server_clean' hands the exact θ_0 to the client, which the files "

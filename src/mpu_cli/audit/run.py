@@ -19,7 +19,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mpu_cli.files import atomic_write_json, atomic_write_text
-from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig
+from mpu_cli.mpu import ModelLayout, MPUServer
+from mpu_cli.run.rounds import InProcessRounds, drive
+from mpu_cli.run.settings import chat_format, client_config, server_config
 
 from .attacks import ClientView, b1_rank_forget_items, client_attacks, item_losses, unique_names
 from .score import Scorer, score_client_attacks
@@ -37,12 +39,6 @@ DESCRIPTIONS = {
     "oracle": "WITH the secrets: Σ w_k T_k⁻¹(copy_k) (harness check; must be round-off)",
     "B1": "server ranks forget items among retain + holdout items by loss increase θ_{r-1} → θ_r",
 }
-
-
-def _server_config(cfg) -> ServerConfig:
-    return ServerConfig(arm=cfg.arm, kappa=cfg.kappa, m=cfg.m, alpha_schedule=cfg.server.alpha_schedule,
-                        eta=cfg.server.eta, seed=cfg.seed, perturb_unprotected=cfg.server.perturb_unprotected,
-                        noise_reference=cfg.server.noise_reference)
 
 
 def _clean(obj):
@@ -76,7 +72,7 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
     layout = ModelLayout.from_hf_config(target.config)
 
     # 1. server ------------------------------------------------------------------------------------------------
-    server = MPUServer(theta, layout, _server_config(cfg), base=base)
+    server = MPUServer(theta, layout, server_config(cfg), base=base)
     copies = server.publish()
 
     # 2. client-side attacks: copies, public base, public architecture — nothing else -------------------------
@@ -120,25 +116,23 @@ def _server_side_round(cfg, prepared, target, server: MPUServer, copies: list[di
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.data.tofu import load_split, split_names
     from mpu_cli.models.io import load_state_into, load_tokenizer
-    from mpu_cli.runner import chat_format
     from mpu_cli.unlearn import build_algorithm
-    from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
+    from mpu_cli.unlearn.client import encode_client_data, unlearn_copy
 
     tokenizer = load_tokenizer(prepared.tokenizer)
     fmt, pad = chat_format(cfg.model), pad_id(tokenizer)
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
 
-    # client: its own data, the published copies
+    # client: its own data, the published copies (the model object's weights are overwritten by each copy)
     client_data = encode_client_data(tokenizer, fmt, cfg.data.source, cfg.data.split, algorithm)
-    client_cfg = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
-    client_cfg.seed = cfg.client.seed + 1
-    client_model = target  # a model object of the public architecture; its weights are overwritten
-    returned = [unlearn_copy(client_model, c, algorithm, client_data, client_cfg, pad,
-                             desc=f"audit copy {k + 1}/{len(copies)}") for k, c in enumerate(copies)]
 
-    # server: θ_{r-1} (snapshot: aggregate updates θ in place), θ_r, and its candidate pool
+    def unlearn_fn(r: int, k: int, published: dict) -> dict:
+        return unlearn_copy(target, published, algorithm, client_data, client_config(cfg, r), pad,
+                            desc=f"audit copy {k + 1}/{len(copies)}")
+
+    # server: θ_{r-1} (snapshot: aggregate updates θ in place), then the published round, unlearned and aggregated
     theta_prev = {n: t.clone() for n, t in server.theta.items()}
-    theta_next = server.aggregate(returned)
+    theta_next, _ = drive(InProcessRounds(server, unlearn_fn), server.round)
     names = split_names(cfg.data.split)
     encode = lambda rows: [_encode(tokenizer, r, fmt) for r in rows]
     pool = {"forget": encode(load_split(cfg.data.source, names["forget"])),

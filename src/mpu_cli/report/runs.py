@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mpu_cli import rundir
+from mpu_cli.run import rundir
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 REQUIRED = ("results.csv", "TOFU_SUMMARY.json")

@@ -29,9 +29,9 @@ import torch
 from mpu_cli.devices import batch_to
 from mpu_cli.finite import check_loss
 from mpu_cli.progress import tqdm
+from mpu_cli.unlearn.settings import MIXED_PRECISION
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "accelerate"
-MIXED_PRECISION = ("no", "bf16", "fp16")
 
 _cached: dict = {}  # the process's Accelerator: accelerate's state is a per-process singleton
 

@@ -20,25 +20,7 @@ from mpu_cli.faults import scoped_kill_point
 from mpu_cli.finite import check_loss, check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.progress import tqdm
-
-REFERENCE_POLICIES = ("client_copy", "server_clean")
-
-
-@dataclass
-class ClientConfig:
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    epochs: int = 10
-    batch_size: int = 8  # micro-batch; effective batch = batch_size * grad_accum
-    grad_accum: int = 4
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    reference: str = "client_copy"
-    accelerate_config: str | None = None  # large models: see unlearn/accel.py
-    mixed_precision: str | None = None  # "no" | "bf16" | "fp16"; None: the accelerate config's
-    gradient_checkpointing: bool = False
-    device: str = "auto"  # the plain loop's device: auto (cuda when available) | cpu | cuda | cuda:N
-
+from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig  # noqa: F401 (the client's settings)
 
 @dataclass
 class ClientData:

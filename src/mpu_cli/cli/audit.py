@@ -79,8 +79,9 @@ def compose_config(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from mpu_cli.cli import CONF_DIR  # registers the structured schema
-    from mpu_cli.config import ConfigError, validate
+    from mpu_cli.config import CONF_DIR, ConfigError, register_configs, validate
+
+    register_configs()
 
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

@@ -23,10 +23,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from mpu_cli.config import ConfigError, register_configs
+from mpu_cli.config import CONF_DIR, ConfigError, register_configs
 
 log = logging.getLogger("mpu_cli")
-CONF_DIR = str(Path(__file__).parent / "conf")
 PREPARED = ("target", "retain", "base")  # model_path values naming a model of the prepare stage
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -87,7 +86,7 @@ def resolve_model(cfg) -> tuple[str, str]:
     name = str(cfg.model_path)
     if name in PREPARED:
         from mpu_cli.models.prepare import prepare_models
-        from mpu_cli.runner import check_model_sources
+        from mpu_cli.run.inputs import check_model_sources
 
         check_model_sources(cfg.model)
         try:
@@ -129,7 +128,8 @@ def run_eval(cfg, out: Path) -> dict:
     from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, summarize, write_eval
     from mpu_cli.files import atomic_write_json
     from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype
-    from mpu_cli.runner import chat_format, eval_data, retain_reference_from_logs
+    from mpu_cli.run.evaluation import eval_data, retain_reference_from_logs
+    from mpu_cli.run.settings import chat_format
 
     t0 = time.perf_counter()
     retain_ref = retain_reference_from_logs(cfg.retain_logs_path) if cfg.retain_logs_path else None

@@ -5,7 +5,7 @@
 Its inputs, all of them:
   * the exchange folder: `public/` (the public architecture config.json and tokenizer — no weights) and
     `round_R/copy_K/published.safetensors` + `manifest.json` (the published copies);
-  * CLIENT.json, the client's own settings (`client_config()` writes one):
+  * CLIENT.json, the client's own settings (run/settings.client_settings writes one):
         algorithm: {name, params}            the unlearning algorithm 𝒜
         client:    {lr, epochs, batch_size, grad_accum, seed, …}   the ClientConfig fields
         data:      {source, split}           its private forget (and retain) data
@@ -42,11 +42,6 @@ CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
 
 class ClientError(Exception):
     """Bad input: one line, exit code 2."""
-
-
-def client_config(algorithm: dict, client: dict, data: dict, fmt: dict, dtype: str) -> dict:
-    """The content of CLIENT.json."""
-    return {"algorithm": algorithm, "client": client, "data": data, "format": fmt, "dtype": dtype}
 
 
 def _read_config(path: Path) -> dict:

@@ -1,5 +1,5 @@
-"""`mpu-run transport=files`: the rounds of one run through separate `mpu-server` / `mpu-client` processes that
-exchange only files (the in-process runner's wiring, replaced by processes).
+"""`mpu-run transport=files`: the rounds of one run (run/rounds.drive) through separate `mpu-server` /
+`mpu-client` processes that exchange only files.
 
 Run directory:
     RUN/server_private/   the server's private state (see server_cli); only mpu-server opens it
@@ -12,7 +12,7 @@ Run directory:
 (round-robin); on CPU the parent's torch threads are split, OMP_NUM_THREADS = --threads = max(1, threads // N).
 With N = 1 the single client process inherits the parent's environment unchanged (same threads as in process).
 
-This module imports neither the server (mpu/) nor the client (unlearn/, data/): it only starts processes.
+This module starts processes; it runs neither the server's arithmetic nor the client's training itself.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from mpu_cli.files import atomic_write_json
-from mpu_cli.parallel_slots import slot_threads
+from mpu_cli.run.settings import client_settings, server_config
+from mpu_cli.run.slots import slot_threads
 from mpu_cli.transport.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def _command(script: str, module: str) -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
-SERVER = ("mpu-server", "mpu_cli.transport.server_cli")
-CLIENT = ("mpu-client", "mpu_cli.transport.client_cli")
+SERVER = ("mpu-server", "mpu_cli.cli.server")
+CLIENT = ("mpu-client", "mpu_cli.cli.client")
 
 
 def _json_line(line: str) -> dict | None:
@@ -107,66 +108,80 @@ def slot_envs(n_slots: int, base_env: dict | None = None) -> list[tuple[dict, in
 
 
 def server_init_args(cfg, prepared, state: Path, exchange: Path) -> list[str]:
+    sc = server_config(cfg)
     args = ["init", "--state", str(state), "--exchange", str(exchange), "--target", prepared.target,
-            "--tokenizer", prepared.tokenizer, "--dtype", cfg.model.dtype, "--arm", cfg.arm,
-            "--kappa", repr(float(cfg.kappa)), "--m", str(cfg.m),
-            "--alpha-schedule", cfg.server.alpha_schedule, "--eta", repr(float(cfg.server.eta)),
-            "--noise-reference", cfg.server.noise_reference]
+            "--tokenizer", prepared.tokenizer, "--dtype", cfg.model.dtype, "--arm", sc.arm,
+            "--kappa", repr(float(sc.kappa)), "--m", str(sc.m),
+            "--alpha-schedule", sc.alpha_schedule, "--eta", repr(float(sc.eta)),
+            "--noise-reference", sc.noise_reference]
     if prepared.base:
         args += ["--base", prepared.base]
-    if cfg.seed is not None:
-        args += ["--seed", str(cfg.seed)]
-    if cfg.server.perturb_unprotected:
+    if sc.seed is not None:
+        args += ["--seed", str(sc.seed)]
+    if sc.perturb_unprotected:
         args += ["--perturb-unprotected"]
     return args
 
 
-def run_rounds(cfg, out: Path, prepared, client_json: dict, parallel: int = 1) -> tuple[dict, dict]:
-    """R rounds through processes; returns (final exact θ in fp32, timings). Raises TransportError."""
-    from safetensors.torch import load_file
+class ProcessRounds:
+    """The backend of run/rounds.drive over processes: mpu-server init / publish / aggregate, and per round
+    N mpu-client processes (one slot each, copies s, s+N, …). Raises TransportError when a process fails."""
 
-    out = Path(out).resolve()
-    state, exchange, logs = out / "server_private", out / "exchange", out / "logs"
-    client_path = out / "client" / "client.json"
-    atomic_write_json(client_path, client_json)
-    server, client = _command(*SERVER), _command(*CLIENT)
-    timings = {"server": 0.0, "client": 0.0, "server_process": 0.0}
+    def __init__(self, cfg, out: Path, prepared, parallel: int = 1):
+        out = Path(out).resolve()
+        self.state, self.exchange, self.logs = out / "server_private", out / "exchange", out / "logs"
+        self.out = out
+        self.client_path = out / "client" / "client.json"
+        atomic_write_json(self.client_path, client_settings(cfg))
+        self.server, self.client = _command(*SERVER), _command(*CLIENT)
+        self.timings = {"server": 0.0, "client": 0.0, "server_process": 0.0}
+        # Resume: an existing server state is continued, never re-initialised.
+        self.st0 = json.loads((self.state / "state.json").read_text()) if (self.state / "state.json").exists() else None
+        if self.st0 is None:
+            self._server(server_init_args(cfg, prepared, self.state, self.exchange))
+        public = json.loads((self.state / "public.json").read_text())
+        atomic_write_json(out / "server_public.json", public)
+        self.n = public["m"]
+        self.slots = max(1, min(parallel, self.n))
+        self.envs = slot_envs(self.slots)
 
-    # Resume (issue 7): an existing server state is continued, never re-initialised.
-    st0 = json.loads((state / "state.json").read_text()) if (state / "state.json").exists() else None
-    if st0 is None:
-        timings["server_process"] += _run(server + server_init_args(cfg, prepared, state, exchange),
-                                          logs / "server.log")
-    public = json.loads((state / "public.json").read_text())
-    atomic_write_json(out / "server_public.json", public)
-    n = public["m"]
-    slots = max(1, min(parallel, n))
-    envs = slot_envs(slots)
-    first = 1 if st0 is None else (st0["round"] if st0["pending"] else st0["round"] + 1)
-    for r in range(first, cfg.rounds + 1):
-        if not (st0 is not None and st0["pending"] and r == st0["round"]
-                and (exchange / f"round_{r}" / "round.json").exists()):
+    def _server(self, args: list[str]) -> None:
+        self.timings["server_process"] += _run(self.server + args, self.logs / "server.log")
+
+    def remaining(self, total: int) -> range:
+        st = self.st0
+        return range(1 if st is None else (st["round"] if st["pending"] else st["round"] + 1), total + 1)
+
+    def publish(self, r: int) -> None:
+        st = self.st0
+        if not (st is not None and st["pending"] and r == st["round"]
+                and (self.exchange / f"round_{r}" / "round.json").exists()):
             # (a pending round without its marker: publish finishes the marker, it does not draw new secrets)
-            timings["server_process"] += _run(server + ["publish", "--state", str(state)], logs / "server.log")
+            self._server(["publish", "--state", str(self.state)])
+
+    def unlearn(self, r: int, total: int) -> None:
         # copies already returned (a resumed round) are not redone
-        todo = [k for k in range(n) if not (exchange / f"round_{r}" / f"copy_{k}" / "returned_manifest.json").exists()]
+        todo = [k for k in range(self.n)
+                if not (self.exchange / f"round_{r}" / f"copy_{k}" / "returned_manifest.json").exists()]
         t = time.perf_counter()
         procs = []
-        for s, (env, threads) in enumerate(envs):
-            mine = [k for k in todo if k % slots == s]
+        for s, (env, threads) in enumerate(self.envs):
+            mine = [k for k in todo if k % self.slots == s]
             if not mine:
                 continue
-            cmd = client + ["unlearn", "--exchange", str(exchange), "--config", str(client_path), "--round", str(r)]
+            cmd = self.client + ["unlearn", "--exchange", str(self.exchange), "--config", str(self.client_path),
+                                 "--round", str(r)]
             for k in mine:
                 cmd += ["--copy", str(k)]
             if threads:
                 cmd += ["--threads", str(threads)]
-            log_path = logs / f"client_r{r}_slot{s}.log"
+            log_path = self.logs / f"client_r{r}_slot{s}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
             f = open(log_path, "a")  # noqa: SIM115 (closed after the process ends, below)
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
             procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                       preexec_fn=_die_with_parent), f, log_path))
+                                           preexec_fn=_die_with_parent), f, log_path))
         failures = []
         for p, f, log_path in procs:
             rc = p.wait()
@@ -175,18 +190,21 @@ def run_rounds(cfg, out: Path, prepared, client_json: dict, parallel: int = 1) -
                 _check("mpu-client", rc, log_path)
             except TransportError as e:
                 failures.append(str(e))
-        timings["client"] += time.perf_counter() - t
+        self.timings["client"] += time.perf_counter() - t
         if failures:
             raise TransportError("; ".join(failures))
-        log.info("round %d: %d copies unlearned by %d client process(es)", r, n, slots)
-        from mpu_cli.faults import kill_point
+        log.info("round %d: %d copies unlearned by %d client process(es)", r, self.n, self.slots)
 
-        kill_point(f"round{r}_before_aggregate")  # fault-injection tests only (MPU_KILL_AT)
-        timings["server_process"] += _run(server + ["aggregate", "--state", str(state)], logs / "server.log")
-    # Pre- and Post-Process as measured inside mpu-server (no interpreter start, no init), as in process.
-    timings["server"] = sum(e["seconds"] for e in map(_json_line, (state / "log.jsonl").read_text().splitlines())
-                            if e and e.get("command") in ("publish", "aggregate"))
-    st = json.loads((state / "state.json").read_text())
-    theta = load_file(str(state / st["theta_file"]))
-    atomic_write_json(out / "server_public.json", json.loads((state / "public.json").read_text()))
-    return theta, timings
+    def aggregate(self, r: int) -> None:
+        self._server(["aggregate", "--state", str(self.state)])
+        atomic_write_json(self.out / "server_public.json", json.loads((self.state / "public.json").read_text()))
+
+    def result(self) -> tuple[dict, dict]:
+        from safetensors.torch import load_file
+
+        # Pre- and Post-Process as measured inside mpu-server (no interpreter start, no init), as in process.
+        lines = (self.state / "log.jsonl").read_text().splitlines()
+        self.timings["server"] = sum(e["seconds"] for e in map(_json_line, lines)
+                                     if e and e.get("command") in ("publish", "aggregate"))
+        st = json.loads((self.state / "state.json").read_text())
+        return load_file(str(self.state / st["theta_file"])), self.timings

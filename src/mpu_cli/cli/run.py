@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from mpu_cli.config import ConfigError, register_configs, validate
+from mpu_cli.config import CONF_DIR, ConfigError, register_configs, validate
 from mpu_cli.data.validate import DataError
 from mpu_cli.finite import NonFiniteError
 from mpu_cli.transport.errors import TransportError
@@ -22,7 +22,6 @@ from mpu_cli.transport.errors import TransportError
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 log = logging.getLogger("mpu_cli")
-CONF_DIR = str(Path(__file__).parent / "conf")
 
 register_configs()
 
@@ -57,8 +56,8 @@ def _error_line(e: BaseException) -> tuple[str, int]:
 def _run(cfg) -> float | None:
     from hydra.types import RunMode
 
-    from mpu_cli import rundir
-    from mpu_cli.runner import run
+    from mpu_cli.run import rundir
+    from mpu_cli.run.pipeline import run
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -87,7 +86,7 @@ def _run(cfg) -> float | None:
 
 def run_main() -> None:
     """Validate every job of the command line first (nothing written on bad input), then run Hydra."""
-    from mpu_cli.validation import precheck
+    from mpu_cli.cli.precheck import precheck
 
     try:
         precheck(sys.argv[1:], CONF_DIR)

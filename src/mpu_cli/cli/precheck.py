@@ -99,7 +99,7 @@ def check_overrides(
                     raise ConfigError(f"{e} (in the sweep job {' '.join(job)})") from None
                 raise
             if not multirun:  # a finished / mismatching run directory: refused before Hydra writes into it
-                from mpu_cli.rundir import precheck as check_run_dir
+                from mpu_cli.run.rundir import precheck as check_run_dir
 
                 check_run_dir(cfg)
     return len(jobs)

@@ -1,0 +1,24 @@
+"""Input checks a run makes before it writes anything: every model reference can be opened, every data
+config it reads is valid."""
+from __future__ import annotations
+
+from mpu_cli.data.tofu import load_public_text, load_split, split_names
+from mpu_cli.models.io import resolve_model_path
+
+
+def check_model_sources(model_cfg) -> None:
+    """Fail fast, before any building, on a model reference that cannot be opened (e.g. a Hub name
+    while offline): FileNotFoundError with one line naming the key."""
+    for key in ("base", "target", "retain", "tokenizer"):
+        value = model_cfg.get(key)
+        if value and value not in ("embedded", "finetune"):
+            resolve_model_path(value, f"model.{key}")
+
+
+def check_data(data_cfg) -> None:
+    """Load (and so validate, data.validate) every data config the run reads, before anything is written."""
+    names = split_names(data_cfg.split)
+    for name in dict.fromkeys(["full", *names.values()]):
+        load_split(data_cfg.source, name)
+    if data_cfg.source == "embedded":
+        load_public_text(data_cfg.source)

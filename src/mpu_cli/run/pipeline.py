@@ -1,0 +1,193 @@
+"""One run, top to bottom: check the inputs → prepare the models → evaluate the fixed models → R rounds
+(run/rounds.py) → evaluate the result → results.csv → COMPLETE. The only module that wires the server and
+the client together; each stage leaves what a resumed run needs (run/rundir.py, run/checkpoint.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mpu_cli.data.formatting import pad_id
+from mpu_cli.devices import pick_device
+from mpu_cli.evals.tofu import evaluate, load_retain_reference, summarize, write_eval
+from mpu_cli.faults import kill_point, set_scope
+from mpu_cli.files import atomic_write_json, atomic_write_text
+from mpu_cli.models.check import check_models
+from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype, state_dict_fp32
+from mpu_cli.models.prepare import prepare_models
+from mpu_cli.mpu.layout import ModelLayout
+from mpu_cli.mpu.server import MPUServer
+from mpu_cli.run import rundir
+from mpu_cli.run.checkpoint import Checkpoint
+from mpu_cli.run.evaluation import (
+    cached_evaluation,
+    eval_config,
+    eval_data,
+    model_digest,
+    retain_reference_from_logs,
+)
+from mpu_cli.run.inputs import check_data, check_model_sources
+from mpu_cli.run.rounds import InProcessRounds, drive
+from mpu_cli.run.settings import chat_format, client_config, server_config
+from mpu_cli.run.slots import forked_slots, uses_file_transport
+from mpu_cli.unlearn import build_algorithm
+from mpu_cli.unlearn.client import encode_client_data, unlearn_copy
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg, out: Path) -> dict:
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    mode = rundir.check(cfg, out)  # a finished run is not overwritten; a resumed one must match
+    dtype = resolve_dtype(cfg.model.dtype)
+
+    # 1. inputs: every model reference opens, every data config is valid — before anything is written
+    check_model_sources(cfg.model)
+    check_data(cfg.data)
+    retain_logs = cfg.get("retain_logs_path")  # a given retain log replaces the retain model
+    retain_ref = retain_reference_from_logs(retain_logs) if retain_logs else None
+    model_cfg = OmegaConf.merge(cfg.model, {"retain": None}) if retain_logs else cfg.model
+
+    # 2. prepare: base, target and retain models (built once, cached by content of their inputs)
+    if model_cfg.retain == "finetune" and model_cfg.target != "finetune":
+        # A given target is checked against the base before a retain model is built for it.
+        check_models(prepare_models(OmegaConf.merge(model_cfg, {"retain": None}), cfg.data, cfg.prepare), model_cfg)
+    prepared = prepare_models(model_cfg, cfg.data, cfg.prepare)
+    check_models(prepared, model_cfg)  # architectures and shapes agree
+    rundir.start(cfg, out, mode)
+    if mode == "resume":
+        log.info("resuming the unfinished run in %s", out)
+    kill_point("after_prepare")
+    t_prepare = time.perf_counter() - t0
+    tokenizer, fmt, device = load_tokenizer(prepared.tokenizer), chat_format(cfg.model), pick_device(cfg.device)
+    data = eval_data(cfg.data.source, cfg.data.split)
+
+    # 3. the fixed models' evaluations: retain (the reference of forget_quality / privleak), then target
+    if retain_ref is not None:
+        log.info("retain reference: %s (%d forget truth ratios)", retain_logs, len(retain_ref["forget_tr"]))
+    elif prepared.retain:
+        retain_eval = cached_evaluation(cfg, prepared.retain, tokenizer, fmt, dtype, device, data, None)
+        write_eval(out / "retain", retain_eval)
+        if "forget_truth_ratio" in retain_eval:  # absent under eval.metrics=quick
+            retain_ref = load_retain_reference(retain_eval)
+    target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref)
+    write_eval(out / "target", target_eval)
+    kill_point("after_target_eval")
+
+    # 4. R rounds of publish → unlearn each copy → aggregate
+    t1 = time.perf_counter()
+    theta, timings = unlearn(cfg, out, prepared, tokenizer, dtype)
+    t_unlearn = time.perf_counter() - t1
+
+    # 5. the unlearned model's evaluation
+    t2 = time.perf_counter()
+    model = public_skeleton(prepared.target, dtype).to(device or "cpu")
+    load_state_into(model, theta)
+    model.eval()
+    set_scope("final")
+    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref)
+    set_scope(None)
+    write_eval(out, result)
+    if cfg.save_model:
+        from mpu_cli.models.io import save_model
+
+        save_model(model, tokenizer, out / "model")
+    t_eval = time.perf_counter() - t2
+
+    # 6. results.csv, then COMPLETE
+    summary = summarize(result)
+    row = result_row(cfg, summary, summarize(target_eval), model_digest(prepared.target)) | {
+        "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),
+        "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
+        "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(out / "results.csv", pd.DataFrame([row]).to_csv(index=False))
+    kill_point("before_complete")
+    rundir.finish(out)  # last: the run directory's files are final
+    log.info("results: %s", json.dumps({k: row[k] for k in summary if k in row and k != "non_finite"}))
+    return row
+
+
+def public_skeleton(target_path: str, dtype: torch.dtype):
+    """The client's model object: public architecture, weights to be overwritten by a published copy."""
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(target_path), dtype=dtype)
+
+
+def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
+    """The rounds on the target; returns the final exact θ (fp32) and the server / client timings."""
+    if uses_file_transport(cfg):
+        from mpu_cli.run.processes import ProcessRounds
+
+        log.info("transport=files: server and client run as separate processes (parallel_copies=%d)",
+                 cfg.runner.parallel_copies)
+        return drive(ProcessRounds(cfg, out, prepared, parallel=cfg.runner.parallel_copies), cfg.rounds)
+
+    # Server side: θ_0 (the target), the public base, the stage checkpoint of a resumed run.
+    target = load_model(prepared.target, dtype)
+    theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    base = state_dict_fp32(load_model(prepared.base, dtype)) if prepared.base else None
+    layout = ModelLayout.from_hf_config(target.config)
+    del target
+    server = MPUServer(theta, layout, server_config(cfg), base=base)
+    ckpt = Checkpoint(out)
+    st = ckpt.load()
+    if st is not None:
+        saved = ckpt.theta(st)
+        server = MPUServer.restore(saved if saved is not None else server.theta, Checkpoint.meta(st), layout,
+                                   base=base)
+        log.info("resume: server at round %d%s", server.round, " (published, not aggregated)" if server.pending else "")
+    atomic_write_json(out / "server_public.json", server.public_info())
+
+    # Client side: its own data, its algorithm, a public model skeleton.
+    algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
+    client_data = encode_client_data(tokenizer, chat_format(cfg.model), cfg.data.source, cfg.data.split, algorithm)
+    client_model = public_skeleton(prepared.target, dtype)
+    # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
+    reference_state = ({n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
+                       if cfg.client.reference == "server_clean" else None)
+    del theta
+
+    n = server.n_copies
+
+    def unlearn_fn(r: int, k: int, published: dict) -> dict:
+        return unlearn_copy(client_model, published, algorithm, client_data, client_config(cfg, r),
+                            pad_id(tokenizer), reference_state, desc=f"round {r}/{cfg.rounds} copy {k + 1}/{n}")
+
+    def on_commit(srv) -> None:
+        atomic_write_json(out / "server_public.json", srv.public_info())
+
+    return drive(InProcessRounds(server, unlearn_fn, ckpt, slots=forked_slots(cfg), on_commit=on_commit),
+                 cfg.rounds)
+
+
+HEADLINE = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE", "model_utility",
+            "forget_quality", "forget_truth_ratio", "privleak", "extraction_strength", "exact_memorization")
+# results.csv names these config leaves by short names; every other leaf keeps its dotted key.
+SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split", "algorithm.name": "algorithm"}
+
+
+def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> dict:
+    """results.csv's one row: what identifies the run (short names, the arm's effective κ and m, the target's
+    content hash), every other leaf of the resolved configuration under its dotted key, then the metrics.
+    Non-finite metric values are left empty and named in `non_finite`."""
+    row = {
+        "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "algorithm": cfg.algorithm.name,
+        "arm": cfg.arm, "kappa": cfg.kappa if cfg.arm != "clean" else 0.0,
+        "m": cfg.m if cfg.arm == "mpu" else 1, "seed": cfg.seed, "target_hash": target_hash,
+        "leaks_theta0": cfg.client.reference == "server_clean",
+    }
+    for key, value in rundir.flat(rundir.run_config(cfg)).items():
+        if key not in SHORT_NAMES and key not in row:
+            row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    metrics = dict(summary) | {f"target_{k}": target_summary[k] for k in HEADLINE if k in target_summary}
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    row |= {k: (None if k in bad else v) for k, v in metrics.items()}
+    row["non_finite"] = ";".join(bad)
+    return row

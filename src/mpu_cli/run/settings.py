@@ -1,0 +1,46 @@
+"""One owner per setting: how the resolved configuration becomes what each party is given.
+
+- `server_config(cfg)`: the server's ServerConfig (arm, κ, m, seed, α schedule, η, noise options);
+- `client_config(cfg, r)`: the client's ClientConfig for round r (its data order is seeded with client.seed + r);
+- `chat_format(model_cfg)`: how questions and answers are rendered;
+- `client_settings(cfg)`: CLIENT.json, all that a separate mpu-client process is told about itself.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from omegaconf import OmegaConf
+
+from mpu_cli.data.formatting import ChatFormat
+from mpu_cli.mpu.server import ServerConfig
+from mpu_cli.unlearn.settings import ClientConfig
+
+CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
+
+
+def server_config(cfg) -> ServerConfig:
+    return ServerConfig(arm=cfg.arm, kappa=float(cfg.kappa), m=int(cfg.m), alpha_schedule=cfg.server.alpha_schedule,
+                        eta=float(cfg.server.eta), seed=cfg.seed, perturb_unprotected=bool(cfg.server.perturb_unprotected),
+                        noise_reference=cfg.server.noise_reference)
+
+
+def client_config(cfg, round_: int) -> ClientConfig:
+    client = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
+    client.seed = int(cfg.client.seed) + round_
+    return client
+
+
+def chat_format(model_cfg) -> ChatFormat:
+    return ChatFormat(model_cfg.system_prompt, model_cfg.date_string, model_cfg.max_length)
+
+
+def client_settings(cfg) -> dict:
+    """CLIENT.json: the algorithm, the client settings (round 0: the client adds r itself), its data, the chat
+    format and the training dtype."""
+    return {
+        "algorithm": {"name": cfg.algorithm.name, "params": OmegaConf.to_container(cfg.algorithm.params, resolve=True)},
+        "client": asdict(client_config(cfg, 0)),
+        "data": {"source": cfg.data.source, "split": cfg.data.split},
+        "format": dict(chat_format(cfg.model).__dict__),
+        "dtype": cfg.model.dtype,
+    }
