@@ -94,7 +94,7 @@ def test_resumed_run_equals_uninterrupted(fault_runs):
     assert _summary(run) == _summary(ref)
     assert json.loads((run / "TOFU_EVAL.json").read_text()) == json.loads((ref / "TOFU_EVAL.json").read_text())
     # Checkpoints of finished rounds are cleaned up: only θ_R remains; no temporary file anywhere.
-    assert sorted(p.name for p in (run / "server_private").iterdir()) == ["state.json", "theta_r2.safetensors"]
+    assert sorted(p.name for p in (run / "server_private").iterdir()) == [".private", "state.json", "theta_r2.safetensors"]
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
 
 

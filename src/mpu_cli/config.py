@@ -182,7 +182,7 @@ def _validate(cfg) -> None:
         raise ConfigError(f"m={cfg.m} with arm=mpu: MPU needs m >= 2 copies (use arm=noised for one)")
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds} must be >= 1")
-    for key in ("client.epochs", "client.batch_size", "client.grad_accum", "eval.batch_size"):
+    for key in ("client.epochs", "client.batch_size", "client.grad_accum", "eval.batch_size", "eval.max_new_tokens"):
         value = OmegaConf.select(cfg, key)
         if value < 1:
             raise ConfigError(f"{key}={value} must be >= 1")

@@ -8,6 +8,9 @@ loop, after the first optimizer step), ``round<r>_copy<k>_done``, ``round<r>_bef
 ``final_eval_mid`` (inside the final evaluation, after its first data split), ``before_complete`` (results
 written, completion marker not yet).
 
+``MPU_KILL_SIGNAL=INT|TERM`` sends that signal instead (as Ctrl-C or a scheduler's pre-emption notice would):
+the run then stops with one line and the resume hint.
+
 ``MPU_FAULT_INJECT=<op>:<ERRNO>[,...]``: the write operation ``op`` raises ``OSError(ERRNO)`` before writing, as a
 full disk would (e.g. ``save_tensors:ENOSPC``). Ops: ``atomic_write`` (JSON / text files), ``save_tensors``
 (safetensors checkpoints of a run), ``save_model`` (model folders), ``*`` (every one).
@@ -20,6 +23,7 @@ import signal
 import sys
 
 KILL_ENV = "MPU_KILL_AT"
+SIGNAL_ENV = "MPU_KILL_SIGNAL"
 INJECT_ENV = "MPU_FAULT_INJECT"
 
 # The point of the current client loop (set by the runner, read inside the loop): "round1_copy1".
@@ -31,7 +35,7 @@ def kill_point(name: str) -> None:
     if want and want == name:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(SIGNAL_ENV, "KILL").upper()))
 
 
 def set_scope(scope: str | None) -> None:

@@ -7,10 +7,31 @@ import tempfile
 from pathlib import Path
 
 
+PRIVATE_MARKER = ".private"  # in a folder made by make_private: its files are readable by their owner only
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def make_private(folder: Path) -> Path:
+    """A folder for secrets (the server's θ and round secrets): 0700, and every file written below it 0600."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    (folder / PRIVATE_MARKER).touch(mode=0o600)
+    return folder
+
+
+def file_mode(path: Path) -> int:
+    """0600 below a private folder (up to three levels up), else 0666 less the umask: outputs honour the umask
+    (mkstemp's own 0600 would make results unreadable to the group)."""
+    for parent in list(Path(path).parents)[:3]:
+        if (parent / PRIVATE_MARKER).exists():
+            return 0o600
+    return 0o666 & ~_umask()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -21,7 +42,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     inject("atomic_write", path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results unreadable to the group
+        os.fchmod(fd, file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

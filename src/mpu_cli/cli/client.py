@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ClientError, TransportError, FileNotFoundError) as e:
         print(f"mpu-client: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # the copies returned so far stay returned; the others are redone on resume
+        print("mpu-client: interrupted (SIGINT)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -29,19 +29,21 @@ _SKIP_FLAGS = (
 )
 
 
-def precheck(argv: list[str], conf_dir: str) -> None:
+def precheck(argv: list[str], conf_dir: str, take_lock: bool = False) -> None:
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
     if any(getattr(args, flag, None) for flag in _SKIP_FLAGS):
         return
     check_overrides(
-        args.overrides, conf_dir, config_name=args.config_name or "config", multirun=args.multirun
+        args.overrides, conf_dir, config_name=args.config_name or "config", multirun=args.multirun,
+        take_lock=take_lock,
     )
 
 
 def check_overrides(
-    overrides: list[str], conf_dir: str, config_name: str = "config", multirun: bool = False
+    overrides: list[str], conf_dir: str, config_name: str = "config", multirun: bool = False,
+    take_lock: bool = False,
 ) -> int:
     """Compose and validate every job of a command line; returns the number of jobs checked."""
     from hydra import initialize_config_dir
@@ -101,7 +103,7 @@ def check_overrides(
             if not multirun:  # a finished / mismatching run directory: refused before Hydra writes into it
                 from mpu_cli.run.rundir import precheck as check_run_dir
 
-                check_run_dir(cfg)
+                check_run_dir(cfg, take_lock=take_lock)
     return len(jobs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -63,10 +64,16 @@ def _run(cfg) -> float | None:
     out = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     try:
+        rundir.lock(out)  # one process per run directory (a named one is locked already, before Hydra wrote)
         validate(cfg)
         if cfg.client.reference == "server_clean":
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
         row = run(cfg, out)
+    except Interrupted as e:
+        if out.is_dir():
+            rundir.write_manifest(out)
+        fail(f"interrupted ({e.name}) at {current_stage()}: rerun the same command with resume=true to continue "
+             f"from the last completed stage (hydra.run.dir={out})", e.code)
     except Exception as e:
         message, code = _error_line(e)
         started = rundir.mark_failed(out, message)
@@ -84,15 +91,40 @@ def _run(cfg) -> float | None:
     return row.get("forget_Q_A_Prob")
 
 
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM: not an error of the run; it stops with one line and the resume hint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+        self.code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+
+
+def _on_signal(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def current_stage() -> str:
+    from mpu_cli.run.stage import current
+
+    return current()
+
+
 def run_main() -> None:
     """Validate every job of the command line first (nothing written on bad input), then run Hydra."""
     from mpu_cli.cli.precheck import precheck
 
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
     try:
-        precheck(sys.argv[1:], CONF_DIR)
+        precheck(sys.argv[1:], CONF_DIR, take_lock=True)
     except ConfigError as e:
         fail(str(e))
-    _run()
+    try:
+        _run()
+    except Interrupted as e:  # between sweep jobs, or while Hydra sets a job up
+        fail(f"interrupted ({e.name}) at {current_stage()}: rerun the same command with resume=true", e.code)
     if FAILED_JOBS:
         print(f"mpu-run: error: {len(FAILED_JOBS)} sweep job(s) failed (listed in the sweep's summary.md):",
               file=sys.stderr)

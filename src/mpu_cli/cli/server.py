@@ -42,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from mpu_cli.files import atomic_write_json
+from mpu_cli.files import atomic_write_json, make_private
 from mpu_cli.transport import exchange as ex
 from mpu_cli.transport.exchange import TransportError
 
@@ -165,6 +165,7 @@ def cmd_init(args) -> None:
     public = exchange / ex.PUBLIC_DIR
     config.save_pretrained(str(public))
     load_tokenizer(args.tokenizer or args.target).save_pretrained(str(public))
+    make_private(state_dir)  # θ and the round secrets: owner only (0700 folder, 0600 files)
     config.save_pretrained(str(state_dir / "model_config"))  # kept for reference; the layout is in state.json
 
     theta32, meta = server.export_state()
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ServerError, TransportError, OSError) as e:  # OSError: a model path that cannot be opened
         print(f"mpu-server: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # every stage commits atomically: the state is the last committed one
+        print("mpu-server: interrupted (SIGINT)", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the way prepared models are built changes: old cache entries then stop matching. Cache keys also
 # hold the package version and a digest of the source that builds the models (`_code_version`).
-PREPARE_VERSION = "1"
+PREPARE_VERSION = "2"  # 2: entries record the content hash of their weights
 TARGET_CHECK_SPLIT = "forget10"
 COMPLETE = "COMPLETE"
 PREPARE_MODULES = ("mpu_cli.models.prepare", "mpu_cli.models.training", "mpu_cli.models.tiny",
@@ -149,9 +149,14 @@ def _cached(cache: Path, kind: str, key: dict, build) -> str:
 
     out = cache / f"{kind}-{_digest(key)}"
     if (out / COMPLETE).exists():
-        log.info("prepare: reusing cached %s model %s", kind, out)
-        return str(out)
+        problem = _damaged(out)
+        if problem is None:
+            log.info("prepare: reusing cached %s model %s", kind, out)
+            return str(out)
+        log.warning("prepare: the cached %s model %s is damaged (%s): rebuilding it", kind, out, problem)
+        (out / COMPLETE).unlink(missing_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(cache)
     log.info("prepare: building %s model -> %s", kind, out)
     # Built under a temporary name, key and marker included, then renamed: a killed build leaves only a
     # `.tmp` folder, never a folder under the final name without its marker.
@@ -159,7 +164,7 @@ def _cached(cache: Path, kind: str, key: dict, build) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         info = build(tmp)
-        atomic_write_json(tmp / "prepare_key.json", {"key": key, "info": info})
+        atomic_write_json(tmp / "prepare_key.json", {"key": key, "info": info, "weights_sha256": weights_digest(tmp)})
         atomic_write_text(tmp / COMPLETE, "ok\n")  # marker last: a half-built folder is never reused
         if (out / COMPLETE).exists():  # built meanwhile by another process: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
@@ -171,6 +176,47 @@ def _cached(cache: Path, kind: str, key: dict, build) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return str(out)
+
+
+def weights_digest(folder: Path) -> str:
+    """SHA-256 over the model's safetensors files (names and bytes), recorded when an entry is built."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _damaged(entry: Path) -> str | None:
+    """Why a finished cache entry cannot be used (its weights changed since it was built), or None."""
+    try:
+        recorded = json.loads((entry / "prepare_key.json").read_text())["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no recorded content hash"
+    return None if weights_digest(entry) == recorded else "its weights do not match the hash recorded when it was built"
+
+
+def _remove_stale_builds(cache: Path) -> None:
+    """Temporary folders of builds whose process is gone (killed mid-build) are removed."""
+    import re
+    import shutil
+
+    for tmp in cache.glob(".*.tmp*"):
+        pids = [int(x) for x in re.findall(r"\.tmp(\d+)", tmp.name)]
+        if tmp.is_dir() and pids and not any(_alive(pid) for pid in pids):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt: ChatFormat, out: Path) -> dict:

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from mpu_cli.faults import inject
-from mpu_cli.files import atomic_write_json
+from mpu_cli.files import PRIVATE_MARKER, atomic_write_json, make_private
 from mpu_cli.transport import exchange as ex
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ class Checkpoint:
     def __init__(self, out: Path):
         self.dir = Path(out) / "server_private"
         self.state_path = self.dir / "state.json"
+
+    def _private(self) -> None:
+        if not (self.dir / PRIVATE_MARKER).exists():
+            make_private(self.dir)  # θ and the round secrets: owner only
 
     # ---- state --------------------------------------------------------------------------------------------------
 
@@ -68,6 +72,7 @@ class Checkpoint:
                 "dtypes": {n: ex.torch_dtype(c) for n, c in st["dtypes"].items()}, "aliases": st["aliases"]}
 
     def _write_state(self, server, theta_file: str | None, theta_sha: str | None) -> dict:
+        self._private()
         _, meta = server.export_state()
         st = {"format": STATE_FORMAT, "round": meta["round"], "pending": meta["pending"],
               "round_seed": meta["round_seed"] if meta["pending"] else None,

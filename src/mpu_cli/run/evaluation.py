@@ -58,14 +58,18 @@ def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data:
                       "eval": OmegaConf.to_container(cfg.eval, resolve=True), "fmt": fmt.__dict__, "ref": retain_ref},
                      sort_keys=True, default=str)
     cache = Path(cfg.prepare.cache_dir).expanduser() / "evals" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    cached = read_marked_json(cache / "TOFU_EVAL.json", cache / "COMPLETE")  # never without its marker
-    if cached is not None:
-        return cached
+    marker = cache / "COMPLETE"
+    if marker.is_file() and marker.read_text().strip() == _file_sha(cache / "TOFU_EVAL.json"):
+        return read_marked_json(cache / "TOFU_EVAL.json", marker)  # never without its marker, never altered
     model = load_model(model_path, dtype).to(device or "cpu")
     result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref)
     write_eval(cache, result)
-    atomic_write_text(cache / "COMPLETE", "ok\n")  # marker last
+    atomic_write_text(marker, _file_sha(cache / "TOFU_EVAL.json") + "\n")  # marker last: the file's hash
     return result
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def retain_reference_from_logs(path: str) -> dict:

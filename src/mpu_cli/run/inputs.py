@@ -22,3 +22,21 @@ def check_data(data_cfg) -> None:
         load_split(data_cfg.source, name)
     if data_cfg.source == "embedded":
         load_public_text(data_cfg.source)
+
+
+def check_cache_dir(cache_dir: str) -> None:
+    """The cache must be writable before two minutes of model building find out it is not."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from mpu_cli.config import ConfigError
+
+    path = Path(os.path.expanduser(str(cache_dir)))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"prepare.cache_dir={str(path)!r} is not writable ({e.strerror}); accepted: a writable "
+                          "folder (set prepare.cache_dir=… or MPU_CACHE_DIR)") from None

@@ -33,10 +33,11 @@ from mpu_cli.run.evaluation import (
     model_digest,
     retain_reference_from_logs,
 )
-from mpu_cli.run.inputs import check_data, check_model_sources
+from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_sources
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.settings import chat_format, client_config, server_config
 from mpu_cli.run.slots import forked_slots, uses_file_transport
+from mpu_cli.run.stage import set_stage
 from mpu_cli.unlearn import build_algorithm
 from mpu_cli.unlearn.client import encode_client_data, unlearn_copy
 
@@ -50,6 +51,7 @@ def run(cfg, out: Path) -> dict:
     dtype = resolve_dtype(cfg.model.dtype)
 
     # 1. inputs: every model reference opens, every data config is valid — before anything is written
+    set_stage("the input checks")
     check_model_sources(cfg.model)
     check_data(cfg.data)
     retain_logs = cfg.get("retain_logs_path")  # a given retain log replaces the retain model
@@ -57,6 +59,8 @@ def run(cfg, out: Path) -> dict:
     model_cfg = OmegaConf.merge(cfg.model, {"retain": None}) if retain_logs else cfg.model
 
     # 2. prepare: base, target and retain models (built once, cached by content of their inputs)
+    set_stage("prepare (building or checking the base, target and retain models)")
+    check_cache_dir(cfg.prepare.cache_dir)
     if model_cfg.retain == "finetune" and model_cfg.target != "finetune":
         # A given target is checked against the base before a retain model is built for it.
         check_models(prepare_models(OmegaConf.merge(model_cfg, {"retain": None}), cfg.data, cfg.prepare), model_cfg)
@@ -71,6 +75,7 @@ def run(cfg, out: Path) -> dict:
     data = eval_data(cfg.data.source, cfg.data.split)
 
     # 3. the fixed models' evaluations: retain (the reference of forget_quality / privleak), then target
+    set_stage("the evaluation of the target and retain models")
     if retain_ref is not None:
         log.info("retain reference: %s (%d forget truth ratios)", retain_logs, len(retain_ref["forget_tr"]))
     elif prepared.retain:
@@ -88,6 +93,7 @@ def run(cfg, out: Path) -> dict:
     t_unlearn = time.perf_counter() - t1
 
     # 5. the unlearned model's evaluation
+    set_stage("the evaluation of the unlearned model")
     t2 = time.perf_counter()
     model = public_skeleton(prepared.target, dtype).to(device or "cpu")
     load_state_into(model, theta)
@@ -103,6 +109,7 @@ def run(cfg, out: Path) -> dict:
     t_eval = time.perf_counter() - t2
 
     # 6. results.csv, then COMPLETE
+    set_stage("writing the results")
     summary = summarize(result)
     row = result_row(cfg, summary, summarize(target_eval), model_digest(prepared.target)) | {
         "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),

@@ -65,6 +65,12 @@ def _die_with_parent() -> None:
 def _check(proc_name: str, rc: int, log_path: Path) -> None:
     if rc == 0:
         return
+    if rc < 0:  # killed: its last line is whatever it had done before, not why it stopped
+        import signal
+
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+        raise TransportError(f"{proc_name} was killed by {name} (log: {log_path}); rerun with resume=true to redo "
+                             "only the copies not returned")
     lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()] if log_path.exists() else []
     errors = [ln for ln in lines if "error" in ln.lower()]
     last = (errors or lines or ["(no output)"])[-1]

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from mpu_cli.faults import kill_point, set_scope
+from mpu_cli.run.stage import set_stage
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 def drive(rounds, total: int) -> tuple[dict, dict]:
     """Run rounds up to `total` on the backend; returns (the final exact θ, fp32; timings in seconds)."""
     for r in rounds.remaining(total):
+        set_stage(f"round {r}/{total}: publishing the copies")
         rounds.publish(r)
         kill_point(f"round{r}_after_publish")  # fault-injection tests only (MPU_KILL_AT)
+        set_stage(f"round {r}/{total}: the client unlearning the copies")
         rounds.unlearn(r, total)
         kill_point(f"round{r}_before_aggregate")
+        set_stage(f"round {r}/{total}: aggregating")
         rounds.aggregate(r)
         kill_point(f"round{r}_after_aggregate")
     return rounds.result()
@@ -71,6 +75,7 @@ class InProcessRounds:
         t_server = time.perf_counter() - t
         t = time.perf_counter()
         set_scope(f"round{r}_copy{k + 1}")
+        set_stage(f"round {r}/{total}: the client unlearning copy {k + 1}/{len(self.copies)}")
         updated = self.unlearn_fn(r, k, published)
         del published
         set_scope(None)

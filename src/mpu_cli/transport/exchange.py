@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from mpu_cli.files import atomic_write_json
+from mpu_cli.files import atomic_write_json, file_mode
 from mpu_cli.transport.errors import TransportError
 
 FORMAT = "mpu-exchange/1"
@@ -133,6 +133,7 @@ class StreamingSafetensorsWriter:
             for p in self._paths:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+                os.fchmod(fd, file_mode(p))  # the umask, or 0600 in the server's private folder
                 f = os.fdopen(fd, "wb")
                 self._files.append(f)
                 self._tmps.append(tmp)
