@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report
+.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,8 +26,11 @@ install: .venv/installed  ## create .venv with CPU torch (no GPU) and the packag
 demo: install  ## run MPU (NPO, kappa=0.01, m=2) end to end on the embedded default
 	.venv/bin/mpu-run algorithm=npo kappa=0.01 m=2 seed=0
 
-test: install  ## run the test suite (fast tests; `make test-slow` for the long end-to-end ones)
-	$(PY) -m pytest -q
+test: install  ## run the test suite: both layers, two workers (`make test-slow` for the long end-to-end runs)
+	$(PY) -m pytest -q -n 2
+
+test-unit: install  ## the unit layer only: no process started, no model built
+	$(PY) -m pytest -q -m 'not slow and not integration'
 
 test-slow: install  ## run only the slow end-to-end tests
 	$(PY) -m pytest -q -m slow

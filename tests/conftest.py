@@ -14,6 +14,18 @@ os.environ.setdefault("MPU_CACHE_DIR", str(Path(__file__).resolve().parents[1] /
 REPO = Path(__file__).resolve().parents[1]
 MPU_RUN = str(REPO / ".venv" / "bin" / "mpu-run")
 
+# Two layers. The unit layer (`make test-unit`) starts no process and builds no prepared model: the server math,
+# losses, metrics, config checks, report tables. Everything else is the integration layer: a test is marked
+# `integration` when it uses a fixture that starts processes or builds the embedded models, or when its module
+# (or the test itself) says so with `pytestmark = pytest.mark.integration`.
+INTEGRATION_FIXTURES = {"mpu_run_cmd", "prepared_models"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def prepared_models():

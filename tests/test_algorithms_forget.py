@@ -1,9 +1,8 @@
 """End to end on the embedded target: every algorithm, with its tiny preset, lowers forget_Q_A_Prob under
 arm=clean and arm=mpu (kappa 0.01, m 2).
 
-The slow variants (`-m slow`) run all nine algorithms in both arms, building the prepared models into
-$MPU_CACHE_DIR if needed. The fast variant runs one short configuration and is skipped when the prepared
-models are not cached yet (building them takes minutes).
+The slow variants (`-m slow`) run all nine algorithms in both arms; the fast variant runs one short
+configuration. Both use the prepared models of the session (built into $MPU_CACHE_DIR once, if needed).
 """
 import os
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mpu_cli.cli.run import CONF_DIR
-from mpu_cli.models import prepare as prepare_mod
+from mpu_cli.config import CONF_DIR
 from mpu_cli.run.pipeline import run
+
+pytestmark = pytest.mark.integration  # real processes / the prepared models
 
 ALGORITHMS = ["ga", "graddiff", "npo", "simnpo", "idkdpo", "undial", "wga", "satimp", "rmu"]
 QUICK = ["eval.metrics=quick", "eval.max_new_tokens=16", "seed=0", "kappa=0.01", "m=2"]
@@ -35,20 +35,7 @@ def _assert_forgets(row: dict) -> None:
     assert row["retain_Q_A_Prob"] > 0.5 * row["target_retain_Q_A_Prob"], row
 
 
-@pytest.fixture
-def cached_only(monkeypatch):
-    """Skip instead of building prepared models that are not in the cache."""
-    original = prepare_mod._cached
-
-    def cached(cache, kind, key, build):
-        if not (Path(cache) / f"{kind}-{prepare_mod._digest(key)}" / prepare_mod.COMPLETE).exists():
-            pytest.skip(f"prepared {kind} model not cached in {cache} (run `mpu-run` once, or `pytest -m slow`)")
-        return original(cache, kind, key, build)
-
-    monkeypatch.setattr(prepare_mod, "_cached", cached)
-
-
-def test_one_algorithm_forgets_fast(tmp_path, cached_only):
+def test_one_algorithm_forgets_fast(tmp_path, prepared_models):
     """Both arms through the runner's unlearning loop (server + client), scored by forget_Q_A_Prob's
     teacher-forced definition only (no generation): GradAscent on forget01, 3 steps."""
     import torch

@@ -14,6 +14,8 @@ import pytest
 
 from mpu_cli.data.tofu import embedded_dir
 
+pytestmark = pytest.mark.integration  # real processes / the prepared models
+
 FAST = ["data.split=forget01", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "m=2",
         "rounds=1", "seed=0"]
 PROGRESS = re.compile(r"\d+%\|.*\|")

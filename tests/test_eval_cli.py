@@ -18,6 +18,8 @@ from scipy.stats import ks_2samp
 from mpu_cli.config import register_configs
 from mpu_cli.data.tofu import EMBEDDED, TOFU_CONFIGS, load_split
 
+pytestmark = pytest.mark.integration  # real processes / the prepared models
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO / "src" / "mpu_cli" / "conf")
 QUICK = ["eval.metrics=quick", "eval.max_new_tokens=16"]

@@ -21,6 +21,8 @@ from transformers import LlamaConfig
 from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig
 
+pytestmark = pytest.mark.integration  # real processes / the prepared models
+
 FAST = ["data.split=forget01", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "m=2",
         "rounds=2", "seed=0"]
 # In order: each resumed run is killed further on. round1_copy2_mid: copy 1 of round 1 is finished and saved;

@@ -47,6 +47,7 @@ def test_tiny_config_is_the_1b_family_shrunk():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU message only shows where there is no GPU")
+@pytest.mark.integration
 def test_without_cuda_the_check_says_so_and_exits_2():
     proc = subprocess.run([sys.executable, str(SCRIPT)], check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2

@@ -8,7 +8,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mpu_cli.cli.run import CONF_DIR
+from mpu_cli.config import CONF_DIR
+
+import pytest
+
+pytestmark = pytest.mark.integration  # real processes / the prepared models
 
 FAST = ["algorithm=ga", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "data.split=forget01",
         "seed=0"]

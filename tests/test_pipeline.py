@@ -5,6 +5,8 @@ import subprocess
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.integration  # real processes / the prepared models
+
 FAST = ["eval.metrics=quick", "eval.max_new_tokens=24", "seed=0"]
 
 
@@ -17,7 +19,7 @@ def _run(cmd, *args, timeout=1800):
 def test_mpu_run_writes_every_output_and_forgets(mpu_run_cmd, tmp_path):
     out = tmp_path / "run"
     _run(mpu_run_cmd, "algorithm=npo", "kappa=0.01", "m=2", *FAST, f"hydra.run.dir={out}")
-    for f in (".hydra/config.yaml", ".hydra/overrides.yaml", "cli.log", "TOFU_EVAL.json", "TOFU_SUMMARY.json",
+    for f in (".hydra/config.yaml", ".hydra/overrides.yaml", "mpu-run.log", "TOFU_EVAL.json", "TOFU_SUMMARY.json",
               "target/TOFU_EVAL.json", "target/TOFU_SUMMARY.json", "results.csv", "server_public.json"):
         assert (out / f).exists(), f
     row = pd.read_csv(out / "results.csv")

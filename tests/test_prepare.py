@@ -7,6 +7,10 @@ from omegaconf import OmegaConf
 from mpu_cli.config import DataConfig, ModelConfig, PrepareSettings
 from mpu_cli.models.prepare import COMPLETE, prepare_models
 
+import pytest
+
+pytestmark = pytest.mark.integration  # real processes / the prepared models
+
 
 def _prepare(cache, **over):
     prep = OmegaConf.structured(PrepareSettings(cache_dir=str(cache), base_epochs=1, target_max_epochs=1, **over))

@@ -189,6 +189,7 @@ def test_a_single_seed_comparison_says_it_has_no_interval(tmp_path):
     assert "1 seed: no interval" in _md(col)
 
 
+@pytest.mark.integration
 def test_mpu_report_names_failed_and_unfinished_runs(tmp_path):
     s = {"forget_Q_A_Prob": 0.2, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": 0.8, "retain_Q_A_ROUGE": 0.7}
     _write_run(tmp_path, "0_npo_clean", s, arm="clean")
@@ -214,6 +215,7 @@ def test_mpu_report_names_failed_and_unfinished_runs(tmp_path):
     assert (tmp_path / "plot_forget_vs_utility.png").stat().st_size > 0
 
 
+@pytest.mark.integration
 def test_mpu_report_rejects_a_missing_folder(tmp_path):
     proc = subprocess.run([*_report_cmd(), str(tmp_path / "nope")], check=False, capture_output=True, text=True,
                           timeout=300)

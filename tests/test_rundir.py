@@ -165,6 +165,7 @@ def test_temporary_folders_of_killed_builds_are_removed(tmp_path):
     assert not stale.exists() and live.exists()
 
 
+@pytest.mark.integration
 def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
     out = tmp_path / "run"
     rundir.lock(out)

@@ -23,6 +23,8 @@ from mpu_cli.transport.errors import TransportError
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "mpu_cli"
+
+pytestmark = pytest.mark.integration  # real processes / the prepared models
 SEED = 0
 FAST = ["client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "data.split=forget01",
         f"seed={SEED}", "save_model=true", "algorithm=npo", "kappa=0.01", "m=2"]
@@ -79,7 +81,7 @@ def cfg():
     """mpu-run's composed config for FAST (what `mpu-run <FAST>` runs)."""
     from hydra import compose, initialize_config_dir
 
-    from mpu_cli.cli.run import CONF_DIR
+    from mpu_cli.config import CONF_DIR
 
     with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_transport"):
         return compose(config_name="config", overrides=FAST)
@@ -160,27 +162,31 @@ def test_server_processes_never_load_the_client_or_the_data(scenario):
         assert not [p for p in opened if "/data/embedded" in p]  # the package's (forget) data files
 
 
-def test_server_cli_source_imports_neither_client_nor_data():
-    for name in ("server_cli.py", "exchange.py", "errors.py", "local.py"):
-        for node in ast.walk(ast.parse((SRC / "transport" / name).read_text())):
-            if isinstance(node, ast.ImportFrom):
-                mods = [node.module or ""]
-            elif isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            else:
-                continue
-            for mod in mods:
-                parts = mod.split(".")
-                assert "unlearn" not in parts and "data" not in parts and "runner" not in parts, (name, mod)
-                if name != "server_cli.py":
-                    assert "mpu" not in parts, (name, mod)  # the shared pieces import no server either
-    for node in ast.walk(ast.parse((SRC / "transport" / "client_cli.py").read_text())):
+def _imports(path: Path) -> list[str]:
+    mods = []
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            assert not (node.module or "").startswith(("mpu_cli.mpu", "mpu_cli.run.pipeline")), node.module
+            mods.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            mods += [a.name for a in node.names]
+    return mods
+
+
+def test_server_cli_source_imports_neither_client_nor_data():
+    server_side = {"cli/server.py": True, "transport/exchange.py": False, "transport/errors.py": False,
+                   "run/processes.py": True}  # path -> may it import the server (mpu)?
+    for name, may_import_server in server_side.items():
+        for mod in _imports(SRC / name):
+            parts = mod.split(".")
+            assert "unlearn" not in parts and "data" not in parts and "pipeline" not in parts, (name, mod)
+            if not may_import_server:
+                assert "mpu" not in parts, (name, mod)  # the shared pieces import no server either
+    for mod in _imports(SRC / "cli" / "client.py"):
+        assert not mod.startswith(("mpu_cli.mpu", "mpu_cli.run")), mod
 
 
 def test_exchange_folder_holds_no_secret_and_no_theta(scenario):
-    from mpu_cli.transport import server_cli
+    from mpu_cli.cli import server as server_cli
 
     state, exchange = scenario["state"], scenario["exchange"]
     st = json.loads((state / "state.json").read_text())
@@ -239,7 +245,7 @@ def test_tampered_or_truncated_update_is_rejected_and_the_copy_can_be_redone(sce
     returned1 = ex.copy_dir(exchange, 1, 1) / ex.RETURNED
     good1 = returned1.read_bytes()
     returned1.write_bytes(good1[: len(good1) // 2])
-    from mpu_cli.transport import server_cli
+    from mpu_cli.cli import server as server_cli
 
     m1_path = ex.copy_dir(exchange, 1, 1) / ex.RETURNED_MANIFEST
     m1 = json.loads(m1_path.read_text())
@@ -412,7 +418,7 @@ def test_a_dead_parallel_slot_is_an_error_not_a_hang():
 
 
 def test_transport_settings_are_validated():
-    from mpu_cli.cli.run import CONF_DIR
+    from mpu_cli.config import CONF_DIR
     from mpu_cli.config import ConfigError
     from mpu_cli.cli.precheck import check_overrides
 

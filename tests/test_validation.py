@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from mpu_cli.cli.run import CONF_DIR
+from mpu_cli.config import CONF_DIR
 from mpu_cli.config import ConfigError
 from mpu_cli.cli.precheck import check_overrides
 

@@ -143,6 +143,17 @@ def _public_rows(source: str) -> list[dict]:
 
 
 def _cached(cache: Path, kind: str, key: dict, build) -> str:
+    """The cache entry of `key`, built once: processes that want the same entry at the same time wait for the
+    one that builds it (a lock file beside the entry) instead of building it side by side."""
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{kind}-{_digest(key)}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached_locked(cache, kind, key, build)
+
+
+def _cached_locked(cache: Path, kind: str, key: dict, build) -> str:
     import shutil
 
     from mpu_cli.files import atomic_write_json, atomic_write_text

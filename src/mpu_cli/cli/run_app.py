@@ -1,0 +1,133 @@
+"""The Hydra app behind `mpu-run` (cli/run.py starts it): one run, or one job of a sweep, with its errors
+turned into one line each."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+# The embedded default never needs the Hub; without these a Hub lookup spends ~20 s in retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from mpu_cli.config import CONF_DIR, ConfigError, register_configs, validate
+from mpu_cli.data.validate import DataError
+from mpu_cli.finite import NonFiniteError
+from mpu_cli.transport.errors import TransportError
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+log = logging.getLogger("mpu_cli")
+
+register_configs()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Bad input (code 2) or a stopped run: one line on stderr."""
+    print(f"mpu-run: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# Jobs of this process's sweep that failed: (job directory, error line). A failed job does not stop the sweep;
+# run_main reports them and exits non-zero once the sweep (and its summary) is done.
+FAILED_JOBS: list[tuple[str, str]] = []
+
+
+def _error_line(e: BaseException) -> tuple[str, int]:
+    """The one-line message of a run's error and the exit code it gets: 2 bad input, 1 anything else."""
+    if isinstance(e, (ConfigError, FileNotFoundError, DataError, TransportError)):
+        return str(e), 2
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        # A full disk (or quota, read-only file system): every write is atomic, so nothing partial is left
+        # under a final name; the stages already completed are kept for resume=true.
+        where = f" {e.filename}" if e.filename else ""
+        return (f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
+                "resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage"), 2
+    if isinstance(e, NonFiniteError):
+        return str(e), 1
+    return f"{type(e).__name__}: {' '.join(str(e).split())}", 1
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def _run(cfg) -> float | None:
+    from hydra.types import RunMode
+
+    from mpu_cli.run import rundir
+    from mpu_cli.run.pipeline import run
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    sweep = hc.mode == RunMode.MULTIRUN
+    try:
+        rundir.lock(out)  # one process per run directory (a named one is locked already, before Hydra wrote)
+        validate(cfg)
+        if cfg.client.reference == "server_clean":
+            log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
+        row = run(cfg, out)
+    except Interrupted as e:
+        if out.is_dir():
+            rundir.write_manifest(out)
+        fail(f"interrupted ({e.name}) at {current_stage()}: rerun the same command with resume=true to continue "
+             f"from the last completed stage (hydra.run.dir={out})", e.code)
+    except Exception as e:
+        message, code = _error_line(e)
+        started = rundir.mark_failed(out, message)
+        if code == 1 and not isinstance(e, NonFiniteError):
+            log.exception("the run failed")  # an unexpected error: its traceback goes to the job's log
+        if started and (out / rundir.RUN_STATE).exists() and "resume=true" not in message:
+            message += f" (the stages completed so far are kept: rerun with resume=true hydra.run.dir={out})"
+        if sweep:  # the other jobs go on; the sweep summary lists this one as failed
+            log.error("sweep job %s failed: %s", out, message)
+            FAILED_JOBS.append((str(out), message))
+            return None
+        if code == 1 and not isinstance(e, NonFiniteError):
+            raise
+        fail(message, code)
+    return row.get("forget_Q_A_Prob")
+
+
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM: not an error of the run; it stops with one line and the resume hint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+        self.code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+
+
+def _on_signal(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def current_stage() -> str:
+    from mpu_cli.run.stage import current
+
+    return current()
+
+
+def start(argv: list[str]) -> None:
+    """Validate every job of the command line first (nothing written on bad input), then run Hydra."""
+    from mpu_cli.cli.precheck import precheck
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        precheck(argv, CONF_DIR, take_lock=True)
+    except ConfigError as e:
+        fail(str(e))
+    try:
+        _run()
+    except Interrupted as e:  # between sweep jobs, or while Hydra sets a job up
+        fail(f"interrupted ({e.name}) at {current_stage()}: rerun the same command with resume=true", e.code)
+    if FAILED_JOBS:
+        print(f"mpu-run: error: {len(FAILED_JOBS)} sweep job(s) failed (listed in the sweep's summary.md):",
+              file=sys.stderr)
+        for where, message in FAILED_JOBS:
+            print(f"  {where}: {message}", file=sys.stderr)
+        sys.exit(1)
