@@ -172,3 +172,16 @@ def add_degradation(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
         df.at[i, "deg_avg"], df.at[i, "deg_avg_over"] = deg_average(degs)
         df.at[i, "clean_run"] = df.at[j, "run"]
     return df
+
+
+ARM_ORDER = {"clean": 0, "noised": 1, "mpu": 2}
+
+
+def sort_key(s: pd.Series) -> pd.Series:
+    """Table order: arms clean → noised → mpu, numbers by value, the rest as text."""
+    if s.name == "arm":
+        return s.map(lambda a: ARM_ORDER.get(a, 9))
+    numeric = pd.to_numeric(s, errors="coerce")
+    if numeric.notna().sum() == s.notna().sum():
+        return numeric
+    return s.astype(str)

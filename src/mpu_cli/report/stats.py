@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from mpu_cli.report.columns import ABS, AVG_METRICS, DIRECTIONS, HIGHER, LOWER
-from mpu_cli.report.compare import deg_average, relative_degradation
+from mpu_cli.report.compare import deg_average, relative_degradation, sort_key
 
 LEVEL = 0.95
 PAPER_BAND = 0.01  # the paper's "within 1 %" of the noise-free result
@@ -140,6 +140,4 @@ def paired_differences(used: pd.DataFrame, keys: list[str], metrics: list[str]) 
     if not len(out):
         return out
     order = [k for k in keys if k in out]
-    from mpu_cli.report.tables import _sort_key
-
-    return out.sort_values(order, key=_sort_key, kind="stable").reset_index(drop=True) if order else out
+    return out.sort_values(order, key=sort_key, kind="stable").reset_index(drop=True) if order else out

@@ -26,11 +26,11 @@ from mpu_cli.report.compare import (
     replicate,
     seeded,
     settings,
+    sort_key,
 )
 from mpu_cli.report.runs import FAILED, FINISHED, UNFINISHED, find_runs, read_run
 from mpu_cli.report.stats import paired_differences
 
-ARM_ORDER = {"clean": 0, "noised": 1, "mpu": 2}
 _PRIVATE = ("_group", "_base", "_replicate", "_seeded")
 
 
@@ -52,15 +52,6 @@ class Collected:
         """Finished runs that count: duplicates left out."""
         done = self.finished
         return done[done.duplicate_of == ""] if len(done) else done
-
-
-def _sort_key(s: pd.Series) -> pd.Series:
-    if s.name == "arm":
-        return s.map(lambda a: ARM_ORDER.get(a, 9))
-    numeric = pd.to_numeric(s, errors="coerce")
-    if numeric.notna().sum() == s.notna().sum():
-        return numeric
-    return s.astype(str)
 
 
 def collect(root: Path) -> Collected:
@@ -101,7 +92,7 @@ def collect(root: Path) -> Collected:
         paired = paired_differences(done[done.duplicate_of == ""], keys, head)
         done = done.drop(columns=list(_PRIVATE))
     table = pd.concat([done, df[df.status != FINISHED]], ignore_index=True) if len(done) else df
-    table = table.sort_values(["status", *[k for k in keys if k in table], "seed", "run"], key=_sort_key)
+    table = table.sort_values(["status", *[k for k in keys if k in table], "seed", "run"], key=sort_key)
     table = table[_column_order(table, keys, metrics)].reset_index(drop=True)
     failed = [(r.run, r.error) for r in table[table.status == FAILED].itertuples()]
     unfinished = [(r.run, r.error) for r in table[table.status == UNFINISHED].itertuples()]
@@ -157,7 +148,7 @@ def aggregate(used: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             row[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
         rows.append(row)
     out = pd.DataFrame(rows)
-    return out.sort_values(by, key=_sort_key).reset_index(drop=True) if len(out) else out
+    return out.sort_values(by, key=sort_key).reset_index(drop=True) if len(out) else out
 
 
 def _mean_std(row, m: str, pct: bool) -> str:

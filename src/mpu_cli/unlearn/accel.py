@@ -137,7 +137,7 @@ def train_accelerated(model, algorithm, data, cfg, pad: int, ref, desc: str) -> 
     from accelerate.utils import DistributedType
 
     from mpu_cli.data.formatting import collate_right
-    from mpu_cli.unlearn.client import epoch_batches
+    from mpu_cli.unlearn.batches import epoch_batches
 
     acc = get_accelerator(getattr(cfg, "accelerate_config", None), getattr(cfg, "mixed_precision", None))
     dist = acc.distributed_type

@@ -20,6 +20,7 @@ from mpu_cli.faults import scoped_kill_point
 from mpu_cli.finite import check_loss, check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.progress import tqdm
+from mpu_cli.unlearn.batches import epoch_batches
 from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig  # noqa: F401 (the client's settings)
 
 @dataclass
@@ -51,14 +52,6 @@ def _frozen(model):
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
-
-
-def epoch_batches(n_forget: int, n_retain: int, batch_size: int, rng: random.Random) -> list[list[tuple]]:
-    """Shuffle the forget set and pair each forget item with a randomly drawn retain item."""
-    order = list(range(n_forget))
-    rng.shuffle(order)
-    pairs = [(i, rng.randrange(n_retain) if n_retain else None) for i in order]
-    return [pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size)]
 
 
 def unlearn_copy(
