@@ -176,3 +176,24 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
                            str(out)], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 3 and "in use by another mpu-run process" in proc.stdout
+
+
+def test_a_killed_client_is_named_by_its_signal(tmp_path):
+    from mpu_cli.run.processes import _check
+    from mpu_cli.transport.errors import TransportError
+
+    log = tmp_path / "client.log"
+    log.write_text("mpu-client: round 1 copy 0 returned (3.1s)\n")  # its last line is a success
+    with pytest.raises(TransportError, match=r"mpu-client was killed by SIGKILL .*resume=true") as e:
+        _check("mpu-client", -9, log)
+    assert "returned" not in str(e.value).split("(log")[0]
+
+
+def test_an_unwritable_run_directory_is_refused_in_one_line(tmp_path):
+    from mpu_cli.config import ConfigError
+
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the outputs folder should be")  # unwritable for every user, root included
+    with pytest.raises(ConfigError, match="cannot be written") as e:
+        rundir.lock(blocker / "runs" / "x")
+    assert "\n" not in str(e.value)

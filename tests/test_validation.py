@@ -116,3 +116,11 @@ def test_reproduce_tiny_covers_the_papers_grid():
 def test_precheck_error_names_the_sweep_job():
     with pytest.raises(ConfigError, match=r"m=1 with arm=mpu.*in the sweep job"):
         check_overrides(["arm=clean,mpu", "m=1"], CONF_DIR, multirun=True)
+
+
+def test_eval_options_are_checked_up_front():
+    from mpu_cli.cli.precheck import check_overrides
+    from mpu_cli.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval.max_new_tokens=0 must be >= 1"):
+        check_overrides(["eval.max_new_tokens=0"], CONF_DIR)

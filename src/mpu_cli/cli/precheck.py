@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mpu_cli.config import ConfigError, validate
+from mpu_cli.config import ConfigError, register_configs, validate
 
 # Flags with which Hydra does not run the task (help, info, printing the config, completion) or reads
 # configs from elsewhere: the precheck leaves those command lines to Hydra.
@@ -53,6 +53,7 @@ def check_overrides(
     from hydra.errors import OverrideParseException
     from hydra.types import RunMode
 
+    register_configs()  # the structured schema the root config names
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)

@@ -175,6 +175,16 @@ def _run_file(p: Path) -> bool:
             or p.suffix == ".safetensors" or (p.parent.name == "logs" and p.name.startswith(("server", "client_"))))
 
 
+def writable_or_refuse(out: Path) -> None:
+    """The run directory, or the nearest folder above it that exists, must be writable (before Hydra tries)."""
+    p = Path(out).resolve()
+    while not p.exists():
+        p = p.parent
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"run directory {str(out)!r} cannot be written ({str(p)!r} is read-only for this user); "
+                          "accepted: a folder this user can write (hydra.run.dir=… or run_id=…)")
+
+
 _LOCKS: dict[Path, int] = {}  # run directories this process holds: path -> open lock file descriptor
 
 
@@ -184,8 +194,12 @@ def lock(out: Path) -> None:
     out = Path(out).resolve()
     if out in _LOCKS:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ConfigError(f"run directory {str(out)!r} cannot be written ({e.strerror}); accepted: a folder this "
+                          "user can write (hydra.run.dir=… or run_id=… under a writable outputs/)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -233,6 +247,7 @@ def precheck(cfg, take_lock: bool = False) -> None:
         return
     if Path(str(where)).exists():
         check(cfg, Path(str(where)))
+    writable_or_refuse(Path(str(where)))
     if take_lock and "${now:" not in raw:
         lock(Path(str(where)))
         check(cfg, Path(str(where)))  # again under the lock: another process may have just finished in it
