@@ -18,7 +18,13 @@ def _run(cmd, *args, timeout=1800):
 
 def test_mpu_run_writes_every_output_and_forgets(mpu_run_cmd, tmp_path):
     out = tmp_path / "run"
-    _run(mpu_run_cmd, "algorithm=npo", "kappa=0.01", "m=2", *FAST, f"hydra.run.dir={out}")
+    proc = _run(mpu_run_cmd, "algorithm=npo", "kappa=0.01", "m=2", *FAST, f"hydra.run.dir={out}")
+    # the end of the run: the headline table target → unlearned with directions, the run directory, no library bars
+    tail = proc.stdout.splitlines()[-8:]
+    assert any(ln.startswith("mpu-run: done: npo · mpu κ=0.01 m=2 · seed 0") for ln in tail), tail
+    assert any(ln.startswith("forget_Q_A_Prob") and "↓ lower" in ln for ln in tail), tail
+    assert tail[-1].startswith(f"results: {out}")
+    assert "Loading weights" not in proc.stdout + proc.stderr
     for f in (".hydra/config.yaml", ".hydra/overrides.yaml", "mpu-run.log", "TOFU_EVAL.json", "TOFU_SUMMARY.json",
               "target/TOFU_EVAL.json", "target/TOFU_SUMMARY.json", "results.csv", "server_public.json"):
         assert (out / f).exists(), f

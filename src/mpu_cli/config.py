@@ -29,8 +29,10 @@ class ModelConfig:
     system_prompt: str | None = "You are a helpful assistant."
     date_string: str | None = None
     max_length: int = 128
-    client_lr: float = 1e-5  # the model's own unlearning presets (spec/algorithms.md)
+    client_lr: float = 1e-5  # the model's own unlearning presets, for every algorithm ...
     client_epochs: int = 10
+    algorithm_lr: dict = field(default_factory=dict)  # ... unless the algorithm has its own: {name: lr}
+    algorithm_epochs: dict = field(default_factory=dict)  # {name: epochs}
 
 
 @dataclass
@@ -101,6 +103,7 @@ class MPUConfig:
     # inprocess: server and client are function calls in one process; files: separate `mpu-server` /
     # `mpu-client` processes exchanging only files (RUN/exchange), the server's secrets in RUN/server_private.
     transport: str = "inprocess"
+    verbose: bool = False  # show the libraries' progress bars and chatter (transformers, matplotlib)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N: client training and evaluation
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     # Reliability (issue 7). resume: continue the unfinished run in the run directory from its last completed
@@ -149,6 +152,14 @@ def _run_name(run_id, default) -> str:
     return default if run_id is None or str(run_id) == "" else str(run_id)
 
 
+def did_you_mean(value, options) -> str:
+    """"; did you mean 'npo'?" for the nearest accepted option, or "" when none is near."""
+    import difflib
+
+    near = difflib.get_close_matches(str(value).lower(), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
 def validate(cfg) -> None:
     """Checks that need no model or data: fail fast, before a run directory fills up.
 
@@ -170,9 +181,10 @@ def _validate(cfg) -> None:
     check_known_keys(cfg)
     check_finite(cfg)
     if cfg.arm not in ARMS:
-        raise ConfigError(f"arm={cfg.arm!r} is not one of {list(ARMS)}")
+        raise ConfigError(f"arm={cfg.arm!r} is not one of {list(ARMS)}{did_you_mean(cfg.arm, ARMS)}")
     if cfg.algorithm.name not in ALGORITHMS:
-        raise ConfigError(f"algorithm={cfg.algorithm.name!r} is not one of {sorted(ALGORITHMS)}")
+        raise ConfigError(f"algorithm={cfg.algorithm.name!r} is not one of {sorted(ALGORITHMS)}"
+                          f"{did_you_mean(cfg.algorithm.name, ALGORITHMS)}")
     check_algorithm_params(cfg.algorithm.name, cfg.algorithm.params)
     if cfg.kappa < 0:
         raise ConfigError(f"kappa={cfg.kappa} must be >= 0")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mpu_cli.config import ConfigError, register_configs, validate
+from mpu_cli.config import ConfigError, did_you_mean, register_configs, validate
 
 # Flags with which Hydra does not run the task (help, info, printing the config, completion) or reads
 # configs from elsewhere: the precheck leaves those command lines to Hydra.
@@ -134,7 +134,8 @@ def _check_choices(cfg, conf_dir: str) -> None:
         if choice is None or group.startswith("hydra/") or not (Path(conf_dir) / group).is_dir():
             continue
         if not (Path(conf_dir) / group / f"{choice}.yaml").is_file():
-            raise ConfigError(f"{group}={choice!r} is not one of {group_options(conf_dir, group)}")
+            options = group_options(conf_dir, group)
+            raise ConfigError(f"{group}={choice!r} is not one of {options}{did_you_mean(choice, options)}")
 
 
 def _one_line(e: BaseException) -> str:
@@ -151,7 +152,7 @@ def _explain(e: Exception, job: list[str], compose, conf_dir: str, config_name: 
         if "/" in missing:
             group, name = missing.rsplit("/", 1)
             options = list(e.options) if e.options else group_options(conf_dir, group)
-            return f"{group}={name!r} is not one of {options}"
+            return f"{group}={name!r} is not one of {options}{did_you_mean(name, options)}"
         if missing == config_name or "Cannot find primary config" in msg:
             return f"config name {config_name!r} is not one of {group_options(conf_dir, '.')}"
     cause = e.__cause__

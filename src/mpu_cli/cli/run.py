@@ -28,10 +28,20 @@ def non_finite_override(argv: list[str]) -> str | None:
 
 
 def run_main() -> None:
+    from mpu_cli.cli.aliases import AliasError, rewrite
+
     bad = non_finite_override(sys.argv[1:])
     if bad:
         print(f"mpu-run: error: {bad} is not a finite number; accepted: a finite number", file=sys.stderr)
         sys.exit(2)
+    try:
+        argv, notes = rewrite(sys.argv[1:])
+    except AliasError as e:
+        print(f"mpu-run: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for note in notes:
+        print(note, file=sys.stderr)
+    sys.argv[1:] = argv  # Hydra reads sys.argv itself
     from mpu_cli.cli.run_app import start
 
-    start(sys.argv[1:])
+    start(argv)

@@ -69,6 +69,8 @@ def _run(cfg) -> float | None:
         validate(cfg)
         if cfg.client.reference == "server_clean":
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
+        if not cfg.get("verbose"):
+            quiet_libraries()
         row = run(cfg, out)
     except Interrupted as e:
         if out.is_dir():
@@ -89,7 +91,25 @@ def _run(cfg) -> float | None:
         if code == 1 and not isinstance(e, NonFiniteError):
             raise
         fail(message, code)
+    from mpu_cli.cli.summary import end_of_run
+
+    if sweep:
+        print(f"job done: {out}: forget_Q_A_Prob {row.get('target_forget_Q_A_Prob', float('nan')):.3f} → "
+              f"{row.get('forget_Q_A_Prob', float('nan')):.3f}", flush=True)
+    else:
+        print(end_of_run(out, row), flush=True)
     return row.get("forget_Q_A_Prob")
+
+
+def quiet_libraries() -> None:
+    """Hide the libraries' own progress bars and chatter (verbose=true shows them): transformers' "Loading
+    weights" bar per model, matplotlib's font cache lines."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for name in ("matplotlib", "matplotlib.font_manager", "PIL"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class Interrupted(BaseException):

@@ -177,7 +177,7 @@ def normalise_reference(retain_reference) -> dict | None:
 
 def evaluate(model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | None = None,
              cfg: EvalConfig | None = None, retain_reference: dict | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, label: str = "model") -> dict:
     """Compute the TOFU metrics of `model` on `data` (keys forget, retain, real_authors, world_facts,
     holdout; missing keys skip the metrics that need them). See the module docstring for the shape."""
     fmt = fmt or ChatFormat()
@@ -201,9 +201,9 @@ def evaluate(model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | No
                 continue
             tf = what - {"gen"}
             if tf:
-                scores[key] = _score_split(model, tokenizer, rows, fmt, tf, cfg, pad, progress, key)
+                scores[key] = _score_split(model, tokenizer, rows, fmt, tf, cfg, pad, progress, f"{label} {key}")
             if "gen" in what:
-                gens[key] = _generate_split(model, tokenizer, rows, fmt, cfg, progress, key)
+                gens[key] = _generate_split(model, tokenizer, rows, fmt, cfg, progress, f"{label} {key}")
             scoped_kill_point("eval_mid")  # fault-injection tests only (MPU_KILL_AT=final_eval_mid)
     finally:
         model.train(was_training)

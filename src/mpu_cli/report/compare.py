@@ -30,7 +30,7 @@ SEED_KEYS = ("seed", "client.seed")
 # Settings that do not change a run's numbers, or that another column identifies (model.target: target_hash).
 NOT_SETTINGS = frozenset({
     "resume", "run_id", "overwrite", "device", "client.device", "prepare.cache_dir", "transport",
-    "runner.parallel_copies", "save_model", "eval.batch_size", "model.target",
+    "runner.parallel_copies", "save_model", "eval.batch_size", "model.target", "verbose",
 })
 SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split", "algorithm.name": "algorithm"}
 ORDER = ("model", "data", "split", "algorithm", "arm", "kappa", "m")

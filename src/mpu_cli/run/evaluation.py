@@ -49,7 +49,7 @@ def model_digest(path: str) -> str:
 
 
 def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data: dict,
-                      retain_ref: dict | None) -> dict:
+                      retain_ref: dict | None, label: str = "model") -> dict:
     """Evaluate a model that is fixed for a sweep (target, retain) once; keyed by content, never by folder."""
     from mpu_cli.cachekey import code_digest
 
@@ -62,7 +62,7 @@ def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data:
     if marker.is_file() and marker.read_text().strip() == _file_sha(cache / "TOFU_EVAL.json"):
         return read_marked_json(cache / "TOFU_EVAL.json", marker)  # never without its marker, never altered
     model = load_model(model_path, dtype).to(device or "cpu")
-    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref)
+    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref, label=label)
     write_eval(cache, result)
     atomic_write_text(marker, _file_sha(cache / "TOFU_EVAL.json") + "\n")  # marker last: the file's hash
     return result

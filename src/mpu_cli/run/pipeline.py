@@ -79,11 +79,11 @@ def run(cfg, out: Path) -> dict:
     if retain_ref is not None:
         log.info("retain reference: %s (%d forget truth ratios)", retain_logs, len(retain_ref["forget_tr"]))
     elif prepared.retain:
-        retain_eval = cached_evaluation(cfg, prepared.retain, tokenizer, fmt, dtype, device, data, None)
+        retain_eval = cached_evaluation(cfg, prepared.retain, tokenizer, fmt, dtype, device, data, None, "retain")
         write_eval(out / "retain", retain_eval)
         if "forget_truth_ratio" in retain_eval:  # absent under eval.metrics=quick
             retain_ref = load_retain_reference(retain_eval)
-    target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref)
+    target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref, "target")
     write_eval(out / "target", target_eval)
     kill_point("after_target_eval")
 
@@ -99,7 +99,7 @@ def run(cfg, out: Path) -> dict:
     load_state_into(model, theta)
     model.eval()
     set_scope("final")
-    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref)
+    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref, label="unlearned")
     set_scope(None)
     write_eval(out, result)
     if cfg.save_model:
@@ -118,7 +118,6 @@ def run(cfg, out: Path) -> dict:
     atomic_write_text(out / "results.csv", pd.DataFrame([row]).to_csv(index=False))
     kill_point("before_complete")
     rundir.finish(out)  # last: the run directory's files are final
-    log.info("results: %s", json.dumps({k: row[k] for k in summary if k in row and k != "non_finite"}))
     return row
 
 

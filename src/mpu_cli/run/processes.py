@@ -144,6 +144,7 @@ class ProcessRounds:
         # Resume: an existing server state is continued, never re-initialised.
         self.st0 = json.loads((self.state / "state.json").read_text()) if (self.state / "state.json").exists() else None
         if self.st0 is None:
+            log.info("mpu-server init: loading the target and the base, writing θ_0 and the public model")
             self._server(server_init_args(cfg, prepared, self.state, self.exchange))
         public = json.loads((self.state / "public.json").read_text())
         atomic_write_json(out / "server_public.json", public)
@@ -188,6 +189,12 @@ class ProcessRounds:
             f.flush()
             procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
                                            preexec_fn=_die_with_parent), f, log_path))
+        # Report each copy as the client returns it (the client processes write only to their logs).
+        seen = set(range(self.n)) - set(todo)
+        while any(p.poll() is None for p, _, _ in procs):
+            self._report_returned(r, seen, t)
+            time.sleep(0.5)
+        self._report_returned(r, seen, t)
         failures = []
         for p, f, log_path in procs:
             rc = p.wait()
@@ -200,6 +207,13 @@ class ProcessRounds:
         if failures:
             raise TransportError("; ".join(failures))
         log.info("round %d: %d copies unlearned by %d client process(es)", r, self.n, self.slots)
+
+    def _report_returned(self, r: int, seen: set, t0: float) -> None:
+        for k in range(self.n):
+            if k not in seen and (self.exchange / f"round_{r}" / f"copy_{k}" / "returned_manifest.json").exists():
+                seen.add(k)
+                log.info("round %d copy %d/%d returned by mpu-client (%.1f s)", r, k + 1, self.n,
+                         time.perf_counter() - t0)
 
     def aggregate(self, r: int) -> None:
         self._server(["aggregate", "--state", str(self.state)])

@@ -1,0 +1,45 @@
+"""What `mpu-run` prints when a run ends: the headline metrics, target → unlearned (and the retain model), the
+better direction of each, where the results are and how long it took."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS
+
+SHOWN = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "model_utility", "retain_Q_A_Prob",
+         "retain_Q_A_ROUGE", "privleak", "extraction_strength")
+ARROWS = {"lower": "↓ lower", "higher": "↑ higher", "abs": "→ 0"}
+
+
+def _num(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    v = float(v)
+    return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def end_of_run(out: Path, row: dict) -> str:
+    """The compact table (plain text, fixed width) for a finished run directory and its results row."""
+    retain = {}
+    if (Path(out) / "retain" / "TOFU_SUMMARY.json").is_file():
+        retain = json.loads((Path(out) / "retain" / "TOFU_SUMMARY.json").read_text())
+    metrics = [m for m in SHOWN if row.get(m) is not None]
+    head = f"{'metric':<20} {'better':<9} {'target':>8} {'→ unlearned':>12}" + (f" {'retain':>8}" if retain else "")
+    lines = [head, "-" * len(head)]
+    for m in metrics:
+        cells = f"{m:<20} {ARROWS.get(DIRECTIONS.get(m), ''):<9} {_num(row.get(f'target_{m}')):>8} {_num(row[m]):>12}"
+        if retain:
+            cells += f" {_num(retain.get(m)):>8}"
+        lines.append(cells)
+    arm = row.get("arm")
+    what = f"{row.get('algorithm')} · {arm}" + (f" κ={row.get('kappa'):g} m={row.get('m')}" if arm != "clean" else "")
+    lines.insert(0, f"mpu-run: done: {what} · seed {row.get('seed')} · {row.get('time_total_s', 0):.1f} s")
+    lines.append(f"results: {Path(out)}  (results.csv, TOFU_SUMMARY.json; `mpu-report {Path(out).parent}`"
+                 " tabulates a folder of runs)")
+    return "\n".join(lines)
+
+
+def legend() -> str:
+    return "; ".join(f"{ARROWS[d]}: {w}" for d, w in DIRECTION_WORDS.items())
