@@ -35,7 +35,7 @@ NOT_SETTINGS = frozenset({
 SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split", "algorithm.name": "algorithm"}
 ORDER = ("model", "data", "split", "algorithm", "arm", "kappa", "m")
 # results.csv columns that are not configuration (runs from before run.json carry their config there)
-_NOT_CONFIG_PREFIXES = ("target_", "time_", "deg_")
+_NOT_CONFIG_PREFIXES = ("target_", "time_", "deg_", "retainmodel_")
 
 
 def is_arm_key(key: str) -> bool:

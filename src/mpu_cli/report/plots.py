@@ -1,11 +1,14 @@
-"""Sweep plots (matplotlib, Agg backend: no display needed).
+"""The figures of a sweep (matplotlib, Agg backend), drawn only from data that can carry them:
 
-- plot_forget_vs_utility.png: forget_Q_A_Prob against model_utility, one point per run (colour: arm,
-  marker: algorithm; the target before unlearning as a black star). Without model_utility (eval.metrics=quick)
-  the x axis is retain_Q_A_Prob, and its label says so.
-- plot_kappa_<metric>.png: each headline metric (and deg_avg) against κ, one panel per algorithm, one line
-  per arm (and m): the mean over seeds with a ±1 std error bar and every seed as a faint dot; the clean runs
-  (κ = 0) as a horizontal line with a ±1 std band.
+- plot_arms.png — the paper's Figure 2 view: per algorithm, bars for clean / noised / MPU side by side for
+  forget_Q_A_Prob, forget_Q_A_ROUGE and model_utility (retain_Q_A_Prob when utility was not evaluated), mean over
+  seeds with the 95 % t-interval when there are two or more. Axes 0–1.
+- plot_degradation_vs_kappa.png — deg_avg (%, worse > 0) against κ per algorithm and arm, with 95 % intervals
+  over seeds and the paper's ±1 % band; only when the sweep has two or more κ values.
+- plot_forget_vs_utility.png — forget_Q_A_Prob against model_utility (or retain_Q_A_Prob), one point per run,
+  with the target and the retain model as reference points; the legend outside the axes.
+
+Panels are split by every setting that varies within an algorithm (never pooled); no axis uses offset notation.
 """
 
 from __future__ import annotations
@@ -17,81 +20,38 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib.ticker import ScalarFormatter
 
-from mpu_cli.report.columns import HEADLINE
 from mpu_cli.report.compare import is_arm_key
+from mpu_cli.report.stats import t_interval
 
 ARM_COLORS = {"clean": "tab:green", "noised": "tab:red", "mpu": "tab:blue"}
 MARKERS = "osD^v<>pPX*h"
+BAR_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
+BETTER = {"forget_Q_A_Prob": "lower is better", "forget_Q_A_ROUGE": "lower is better",
+          "model_utility": "higher is better", "retain_Q_A_Prob": "higher is better"}
 
 
 def _num(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce")
 
 
-def plot_forget_vs_utility(df: pd.DataFrame, path: Path) -> Path | None:
-    if "forget_Q_A_Prob" not in df or df["forget_Q_A_Prob"].isna().all():
-        return None
-    xcol, xlabel = "model_utility", "model_utility"
-    if xcol not in df or df[xcol].isna().all():
-        xcol, xlabel = "retain_Q_A_Prob", "retain_Q_A_Prob (model_utility not evaluated)"
-        if xcol not in df or df[xcol].isna().all():
-            return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    algorithms = sorted(df.algorithm.astype(str).unique())
-    for a_i, alg in enumerate(algorithms):
-        for arm, color in ARM_COLORS.items():
-            g = df[(df.algorithm.astype(str) == alg) & (df.arm == arm)]
-            if len(g):
-                ax.scatter(
-                    _num(g[xcol]),
-                    _num(g.forget_Q_A_Prob),
-                    color=color,
-                    marker=MARKERS[a_i % len(MARKERS)],
-                    alpha=0.8,
-                    label=f"{alg} {arm}",
-                )
-    tx, ty = f"target_{xcol}", "target_forget_Q_A_Prob"
-    if tx in df and ty in df and df[tx].notna().any():
-        ax.scatter(
-            [_num(df[tx]).mean()], [_num(df[ty]).mean()], color="black", marker="*", s=160, label="target"
-        )
-    ax.set_xlabel(f"{xlabel} (higher is better)")
-    ax.set_ylabel("forget_Q_A_Prob (lower is better)")
-    ax.set_title("Forgetting vs utility, one point per run")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(algorithms) > 3 else 1, loc="best")
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _series(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    """Non-clean rows, one series per arm and per value of the arm's other varying keys (m, server.*)."""
-    out = []
-    noisy = df[df.arm.isin(["noised", "mpu"])]
-    split = [k for k in keys if is_arm_key(k) and k not in ("arm", "kappa") and k in noisy]
-    for arm in ("noised", "mpu"):
-        g = noisy[noisy.arm == arm]
-        if not len(g):
-            continue
-        by = [k for k in split if g[k].astype(str).nunique() > 1]
-        if not by:
-            out.append((arm, g))
-            continue
-        for values, gm in g.groupby([g[k].astype(str) for k in by], sort=True):
-            values = values if isinstance(values, tuple) else (values,)
-            out.append((f"{arm} " + " ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(by, values)), gm))
-    return out
+def _plain_axes(ax) -> None:
+    """Tick labels as plain numbers: never an offset such as 1e−5+8.561e−1 above the axis."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "linear":
+            fmt = ScalarFormatter(useOffset=False)
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
 
 
 def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     """One panel per algorithm and per value of every other setting that differs within it (never pooled)."""
     label = df.algorithm.astype(str)
     others = [k for k in keys if k != "algorithm" and not is_arm_key(k) and k in df]
-    for alg, rows in df.groupby(df.algorithm.astype(str)):
+    for _, rows in df.groupby(df.algorithm.astype(str)):
         for col in others:
             values = rows[col].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
             if values.nunique() > 1:
@@ -99,83 +59,185 @@ def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     return label
 
 
-def plot_metric_vs_kappa(df: pd.DataFrame, metric: str, path: Path, keys: list[str] = ()) -> Path | None:
-    if metric not in df or df[metric].isna().all():
+def _arm_label(row) -> str:
+    if row.arm == "clean":
+        return "clean"
+    label = f"{row.arm} κ={float(row.kappa):g}"
+    return label + (f" m={int(row.m)}" if row.arm == "mpu" else "")
+
+
+def _series_order(labels) -> list[str]:
+    def key(lab):
+        arm = lab.split()[0]
+        return ({"clean": 0, "noised": 1, "mpu": 2}.get(arm, 9), lab)
+    return sorted(set(labels), key=key)
+
+
+def _color(label: str, i: int, n: int):
+    arm = label.split()[0]
+    if arm == "clean":
+        return ARM_COLORS["clean"]
+    cmap = plt.cm.Reds if arm == "noised" else plt.cm.Blues
+    return cmap(0.45 + 0.5 * i / max(1, n - 1))
+
+
+def _mean_ci(values) -> tuple[float, float]:
+    iv = t_interval(list(values))
+    half = (iv.high - iv.mean) if iv.n >= 2 else 0.0
+    return iv.mean, half
+
+
+def figure_arms(used: pd.DataFrame, keys: list[str]):
+    """The paper's Figure 2 view (see the module docstring); None without a metric to show."""
+    metrics = [m for m in BAR_METRICS if m in used and used[m].notna().any()]
+    if "model_utility" not in metrics and "retain_Q_A_Prob" in used and used.retain_Q_A_Prob.notna().any():
+        metrics.append("retain_Q_A_Prob")
+    if not metrics or not len(used):
         return None
-    keys = list(keys) or [c for c in ("model", "data", "split") if c in df]
-    df = df.assign(_panel=_panels(df, keys))
-    algorithms = sorted(df._panel.unique())
-    n = len(algorithms)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    kappas = _num(df[df.arm != "clean"].kappa).dropna()
-    log_x = len(kappas) and (kappas > 0).all() and kappas.nunique() > 1
-    for ax, alg in zip(axes.flat, algorithms):
-        d = df[df._panel == alg]
-        clean = _num(d[d.arm == "clean"][metric]).dropna()
-        if len(clean):
-            mu = clean.mean()
-            ax.axhline(mu, color=ARM_COLORS["clean"], lw=1.5, label=f"clean (n={len(clean)})")
-            if len(clean) > 1:
-                sd = clean.std(ddof=1)
-                ax.axhspan(mu - sd, mu + sd, color=ARM_COLORS["clean"], alpha=0.15)
-        series = _series(d, keys)
-        for i, (label, g) in enumerate(series):
-            shade = plt.cm.Blues(0.45 + 0.5 * i / max(1, len(series) - 1))  # mpu m=2, 3, 4: darker with m
-            color = ARM_COLORS.get(label, shade)
-            # dodge the series sideways so that error bars at the same kappa do not hide each other
-            shift = 0.07 * (i - (len(series) - 1) / 2)
-            x, y = _num(g.kappa) * (1 + shift) if log_x else _num(g.kappa) + shift * 0.02, _num(g[metric])
-            ax.scatter(x, y, color=color, alpha=0.3, s=12)
-            stats = pd.DataFrame({"k": x, "y": y}).dropna().groupby("k").y.agg(["mean", "std", "count"])
-            if len(stats):
-                ax.errorbar(
-                    stats.index,
-                    stats["mean"],
-                    yerr=stats["std"].fillna(0),
-                    color=color,
-                    marker="o",
-                    capsize=3,
-                    label=label,
-                )
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_title(alg, fontsize=9)
+    df = used.assign(fig_panel=_panels(used, keys), fig_arm=[_arm_label(r) for r in used.itertuples()])
+    groups = sorted(df["fig_panel"].unique())
+    series = _series_order(df["fig_arm"])
+    noisy = [s for s in series if s != "clean"]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(min(18.0, 2.5 + 0.32 * len(groups) * len(series)),
+                                                       2.4 * len(metrics) + 0.9), squeeze=False)
+    width = 0.8 / len(series)
+    x = np.arange(len(groups))
+    for ax, metric in zip(axes[:, 0], metrics):
+        for j, s in enumerate(series):
+            means, halves = [], []
+            for g in groups:
+                vals = _num(df[(df["fig_panel"] == g) & (df["fig_arm"] == s)][metric]).dropna()
+                m, h = _mean_ci(vals) if len(vals) else (math.nan, 0.0)
+                means.append(m)
+                halves.append(h)
+            color = _color(s, noisy.index(s) if s in noisy else 0, len(noisy))
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, means, width * 0.92, yerr=halves, capsize=2,
+                   color=color, label=s, error_kw={"lw": 0.8})
+        ax.set_xticks(x)
+        ax.set_xticklabels(groups, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.set_title(f"{metric} ({BETTER.get(metric, '')})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+    n_seeds = df.groupby(["fig_panel", "fig_arm"]).size()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=min(len(series), 6), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"Clean vs noised vs MPU per algorithm: mean over seeds (n = {n_seeds.min()}–{n_seeds.max()}), "
+                 "bars ± 95 % interval", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    return fig
+
+
+def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
+    """deg_avg in % against κ; None unless the noised/MPU runs have two or more κ values and a deg_avg."""
+    noisy = used[used.arm.isin(["noised", "mpu"])]
+    if "deg_avg" not in noisy or noisy.deg_avg.notna().sum() == 0 or _num(noisy.kappa).nunique() < 2:
+        return None
+    df = noisy.assign(fig_panel=_panels(noisy, keys),
+                      fig_series=[_arm_label(r).split(" κ=")[0] + (f" m={int(r.m)}" if r.arm == "mpu" else "")
+                               for r in noisy.itertuples()])
+    panels = sorted(df["fig_panel"].unique())
+    cols = min(len(panels), 4)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows + 0.6), squeeze=False)
+    series = _series_order(df["fig_series"])
+    for ax, panel in zip(axes.flat, panels):
+        d = df[df["fig_panel"] == panel]
+        ax.axhspan(-1, 1, color="grey", alpha=0.15, lw=0)
+        ax.axhline(0, color="grey", lw=0.8)
+        for i, s in enumerate(series):
+            g = d[d["fig_series"] == s]
+            stats = [(k, *_mean_ci(100 * _num(gk.deg_avg).dropna())) for k, gk in g.groupby(_num(g.kappa))]
+            stats = [t for t in stats if not math.isnan(t[1])]
+            if stats:
+                k, m, h = zip(*stats)
+                ax.errorbar(k, m, yerr=h, marker="o", capsize=3, label=s, color=_color(s, i, len(series)))
+        ax.set_xscale("log")
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("κ", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[n:]:
+        _plain_axes(ax)
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    for ax in list(axes.flat)[:n]:
-        ax.set_xlabel("κ", fontsize=8)
-        if metric.startswith("deg_"):
-            ax.axhline(0.0, color="grey", lw=0.8, ls="--")
     for ax in axes[:, 0]:
-        ax.set_ylabel(metric, fontsize=8)
-    handles, labels = {}, {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            key = lab.split(" (n=")[0]
-            handles.setdefault(key, h)
-            labels.setdefault(key, lab if key != "clean" else "clean")
-    if handles:
-        fig.legend(list(handles.values()), list(labels.values()), loc="upper right", fontsize=7)
-    suffix = " (relative degradation vs clean, worse > 0)" if metric.startswith("deg_") else ""
-    fig.suptitle(f"{metric} vs κ: mean ± std over seeds{suffix}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    _save(fig, path)
-    plt.close(fig)
-    return path
+        ax.set_ylabel("deg_avg vs clean, % (worse > 0)", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle("Average degradation against κ: mean over seeds, 95 % interval; grey: the paper's ±1 %",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return fig
+
+
+def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
+    """Forgetting against utility, one point per run, the target and the retain model as references."""
+    if "forget_Q_A_Prob" not in used or used.forget_Q_A_Prob.isna().all():
+        return None
+    xcol = "model_utility"
+    if xcol not in used or used[xcol].isna().all():
+        xcol = "retain_Q_A_Prob"
+        if xcol not in used or used[xcol].isna().all():
+            return None
+    df = used.assign(fig_arm=[_arm_label(r) for r in used.itertuples()])
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
+    algorithms = sorted(df.algorithm.astype(str).unique())
+    series = _series_order(df["fig_arm"])
+    noisy = [s for s in series if s != "clean"]
+    for a_i, alg in enumerate(algorithms):
+        for s in series:
+            g = df[(df.algorithm.astype(str) == alg) & (df["fig_arm"] == s)]
+            if len(g):
+                ax.scatter(_num(g[xcol]), _num(g.forget_Q_A_Prob), marker=MARKERS[a_i % len(MARKERS)], alpha=0.8,
+                           color=_color(s, noisy.index(s) if s in noisy else 0, len(noisy)))
+    # two short legends instead of one entry per (algorithm, arm): colour = arm, marker = algorithm
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=_color(s, noisy.index(s) if s in noisy else 0, len(noisy)),
+                      label=s) for s in series]
+    handles += [Line2D([], [], ls="", marker=MARKERS[i % len(MARKERS)], color="grey", label=a)
+                for i, a in enumerate(algorithms)]
+    for prefix, name, marker in (("target_", "target (before unlearning)", "*"),
+                                 ("retainmodel_", "retain model (never saw D_f)", "D")):
+        tx, ty = f"{prefix}{xcol}", f"{prefix}forget_Q_A_Prob"
+        if tx in df and ty in df and _num(df[tx]).notna().any():
+            ax.scatter([_num(df[tx]).mean()], [_num(df[ty]).mean()], color="black", marker=marker, s=140)
+            handles.append(Line2D([], [], ls="", marker=marker, color="black", markersize=10, label=name))
+    ax.set_xlabel(f"{xcol} (higher is better)" + ("" if xcol == "model_utility" else "; model_utility not evaluated"))
+    ax.set_ylabel("forget_Q_A_Prob (lower is better)")
+    ax.set_ylim(0, 1)
+    lo, hi = ax.get_xlim()
+    if hi - lo < 0.5:  # the utility axis is zoomed to the runs: say so, a 0.01 gap looks large here
+        ax.set_xlabel(ax.get_xlabel() + f" — axis zoomed to {lo:.2f}–{hi:.2f}")
+    ax.set_title("Forgetting vs utility, one point per run", fontsize=10)
+    ax.grid(alpha=0.3)
+    _plain_axes(ax)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+              frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {
+    "plot_arms.png": figure_arms,
+    "plot_degradation_vs_kappa.png": figure_degradation_vs_kappa,
+    "plot_forget_vs_utility.png": figure_forget_vs_utility,
+}
 
 
 def write_plots(done: pd.DataFrame, out_dir: Path, keys: list[str] = ()) -> list[str]:
-    """All plots of a table of finished runs (duplicates left out), split by the grouping keys; returns the
-    files written."""
+    """The figures a table of finished runs (duplicates left out) can carry; returns the files written."""
     out_dir = Path(out_dir)
-    written = [plot_forget_vs_utility(done, out_dir / "plot_forget_vs_utility.png")]
-    for metric in (*HEADLINE, "deg_avg"):
-        written.append(plot_metric_vs_kappa(done, metric, out_dir / f"plot_kappa_{metric}.png", keys))
-    return [str(p) for p in written if p is not None]
+    written = []
+    for name, make in FIGURES.items():
+        fig = make(done, list(keys))
+        if fig is None:
+            continue
+        _save(fig, out_dir / name)
+        plt.close(fig)
+        written.append(str(out_dir / name))
+    return written
 
 
 def _save(fig, path) -> None:

@@ -20,6 +20,7 @@ from mpu_cli.run import rundir
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
 REQUIRED = ("results.csv", "TOFU_SUMMARY.json")
+RETAIN_PREFIX = "retainmodel_"  # columns of the retain model's metrics (target_ holds the target's)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -67,6 +68,10 @@ def read_run(run: Path, root: Path) -> dict:
             record["results"] = table.iloc[0].to_dict() if len(table) else {}
             summary = json.loads((run / "TOFU_SUMMARY.json").read_text(encoding="utf-8"))
             record["metrics"] = {k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None}
+            retain = run / "retain" / "TOFU_SUMMARY.json"  # the retain model's evaluation: a reference point
+            if retain.is_file():
+                record["results"] |= {f"{RETAIN_PREFIX}{k}": v for k, v in json.loads(retain.read_text()).items()
+                                      if isinstance(v, (int, float))}
             record["status"] = FINISHED
         except Exception as e:  # noqa: BLE001 - a corrupt file is reported, never fails the whole table
             record["error"] = f"unreadable results ({type(e).__name__})"

@@ -65,7 +65,7 @@ def collect(root: Path) -> Collected:
     rows, setting_rows = [], []
     for rec in records:
         st = settings(rec["config"], rec["results"], metric_names)
-        extra = {k: v for k, v in rec["results"].items() if str(k).startswith(("target_", "time_"))}
+        extra = {k: v for k, v in rec["results"].items() if str(k).startswith(("target_", "time_", "retainmodel_"))}
         rows.append({"run": rec["run"], "status": rec["status"], "error": rec["error"]} | st
                     | {"seeded": "yes" if seeded(st) else "no"} | rec["metrics"] | extra)
         setting_rows.append((rec["status"], st))
@@ -106,9 +106,9 @@ def _column_order(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> list
     degs = [c for c in df if c.startswith("deg_")]
     tail = ["clean_run", "duplicate_of", "error"]
     rest = sorted(c for c in df if c not in {*head, *mets, *degs, *tail}
-                  and not c.startswith(("target_", "time_")))
+                  and not c.startswith(("target_", "time_", "retainmodel_")))
     ordered = head + mets + degs + [c for c in tail if c in df] + sorted(c for c in df if c.startswith("target_"))
-    ordered += sorted(c for c in df if c.startswith("time_")) + rest
+    ordered += sorted(c for c in df if c.startswith(("retainmodel_", "time_"))) + rest
     return list(dict.fromkeys(c for c in ordered if c in df))
 
 
