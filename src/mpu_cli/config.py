@@ -145,6 +145,19 @@ def register_configs() -> None:
     cs.store(name="mpu_eval_schema", node=EvalAppConfig)
     OmegaConf.register_new_resolver("pypi_gguf", _pypi_gguf, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("mpu_run_name", _run_name, replace=True)
+    OmegaConf.register_new_resolver("mpu_arm_tag", arm_tag, replace=True)
+    OmegaConf.register_new_resolver("mpu_seed_tag", lambda seed: "unseeded" if seed is None else f"s{seed}",
+                                    replace=True)
+
+
+def arm_tag(arm, kappa, m) -> str:
+    """`${mpu_arm_tag:${arm},${kappa},${m}}`: the arm as results.csv records it — clean (no κ, one copy),
+    noised_k<κ> (one copy), mpu_k<κ>_m<m> — for run folder names."""
+    if arm == "clean":
+        return "clean"
+    if arm == "noised":
+        return f"noised_k{kappa}"
+    return f"{arm}_k{kappa}_m{m}"
 
 
 def _run_name(run_id, default) -> str:
