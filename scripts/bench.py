@@ -240,7 +240,7 @@ def main(argv=None) -> None:
     lines = goals(df, skipped) if len(df) else []
     machine = f"{os.cpu_count()} CPU cores; torch threads per run: OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}"
     df.to_csv(out / "bench.csv", index=False)
-    md = ["# make bench", "", machine, "", table, "", "## Goals (issue 8)", ""] + [f"- {ln}" for ln in lines]
+    md = ["# make bench", "", machine, "", table, "", "## Goals", ""] + [f"- {ln}" for ln in lines]
     if skipped:
         md += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     (out / "bench.md").write_text("\n".join(md) + "\n")

@@ -1,4 +1,4 @@
-"""GPU check (issue 8): one MPU round plus evaluation of a real-size model on one GPU, within a time limit.
+"""GPU check: one MPU round plus evaluation of a real-size model on one GPU, within a time limit.
 
 The model is Llama-3.2-1B-shaped (16 blocks, d=2048, d_ff=8192, 32 query / 8 KV heads, tied embeddings, 128k
 vocabulary, llama3 RoPE) at random init in bf16, or real weights with --model PATH (a local model folder).

@@ -1,4 +1,4 @@
-"""The privacy-audit harness checked against known answers (issue 6, item 3)."""
+"""The privacy-audit harness checked against known answers."""
 
 import ast
 import math

@@ -1,4 +1,4 @@
-"""Issue 7: bad input gives one clear error line on stderr, exit code 2, and no partial file that looks complete.
+"""Bad input gives one clear error line on stderr, exit code 2, and no partial file that looks complete.
 
 Every case is an `mpu-run` subprocess; they are started together (module fixture) and each test checks one."""
 from __future__ import annotations

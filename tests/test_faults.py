@@ -1,4 +1,4 @@
-"""Issue 7: a run SIGKILLed at any stage and started again in the same run directory finishes with the same
+"""A run SIGKILLed at any stage and started again in the same run directory finishes with the same
 TOFU_SUMMARY.json as an uninterrupted run (same seed); finished runs are not overwritten.
 
 The kills come from MPU_KILL_AT=<point> (mpu_cli.faults): the process SIGKILLs itself there. One run directory is

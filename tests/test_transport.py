@@ -1,4 +1,4 @@
-"""The file transport (issue 6 part 1, issue 8 items 1–2): two real parties exchanging only files.
+"""The file transport: two real parties exchanging only files.
 
 One module-scoped scenario drives `mpu-server` / `mpu-client` by hand, sequentially (init, publish, an isolated
 client, a tampered update, a redo, aggregate); one `mpu-run transport=files runner.parallel_copies=2` run; and

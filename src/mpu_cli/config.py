@@ -106,7 +106,7 @@ class MPUConfig:
     verbose: bool = False  # show the libraries' progress bars and chatter (transformers, matplotlib)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N: client training and evaluation
     runner: RunnerSettings = field(default_factory=RunnerSettings)
-    # Reliability (issue 7). resume: continue the unfinished run in the run directory from its last completed
+    # Reliability. resume: continue the unfinished run in the run directory from its last completed
     # stage (same configuration required). run_id: names the run directory outputs/runs/<run_id> (and implies
     # resume). overwrite: replace a finished (or unfinished) run in the run directory instead of refusing.
     resume: bool = False

@@ -1,4 +1,4 @@
-"""Fault injection for the reliability tests (issue 7). Both hooks do nothing unless their variable is set.
+"""Fault injection for the reliability tests. Both hooks do nothing unless their variable is set.
 
 ``MPU_KILL_AT=<point>``: the process SIGKILLs itself when it reaches that point (no cleanup, no atexit), as a
 pre-emption or an out-of-memory kill would. Points of `mpu-run` (r: round, k: copy, both counted from 1):

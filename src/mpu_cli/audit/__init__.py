@@ -1,4 +1,4 @@
-"""Privacy audit (issue 6): what a curious client or server can learn from what it legitimately sees.
+"""Privacy audit: what a curious client or server can learn from what it legitimately sees.
 
 attacks.py / align.py: the attacks, given only the attacker's view (no θ, seeds, α, σ or T_k).
 score.py: the ground-truth scorer, the only module given θ and the server's secrets.

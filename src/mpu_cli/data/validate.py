@@ -1,4 +1,4 @@
-"""Row checks for TOFU-shaped data (issue 7): every row a loader returns has the fields its config needs, as
+"""Row checks for TOFU-shaped data: every row a loader returns has the fields its config needs, as
 non-empty strings; no config is empty; ids, where rows carry one, are unique. A failure is a `DataError` (a
 ValueError) with one line naming the file / config, the row and the problem."""
 from __future__ import annotations

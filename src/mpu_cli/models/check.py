@@ -1,4 +1,4 @@
-"""Input checks on the models of a run (issue 7): each model folder holds a loadable model, the target (and the
+"""Input checks on the models of a run: each model folder holds a loadable model, the target (and the
 retain model) have the base's architecture, and their tensors have the base's / target's shapes. A mismatch is a
 ConfigError (one line, exit code 2) raised before any unlearning or evaluation starts."""
 from __future__ import annotations

@@ -76,7 +76,7 @@ class ZeroSumNoise:
     """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed (spec §2).
 
     Any one copy is regenerated on its own from its seed and the mean, so a caller producing the copies one at
-    a time holds the mean plus one copy, whatever m is (issue 8); each z_k is drawn twice (once for the mean)."""
+    a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean)."""
 
     def __init__(self, shape, sigma: float, seeds: list[int]):
         if len(seeds) < 2:

@@ -4,7 +4,7 @@ Secrets (seeds, α, σ, transforms) live only in one `_RoundSecrets` object; pub
 The server never holds the published copies, the m noise tensors nor the m updates: every copy is a
 deterministic function of (θ_{r-1}, round secrets) and each copy's noise has its own seed, so a copy (or one
 tensor of it) is regenerated alone, and aggregate() streams Σ w_k Δ_k tensor by tensor, copy by copy.
-Server memory is θ (fp32) + one accumulator + what is in flight, independent of m (issue 8); handing out
+Server memory is θ (fp32) + one accumulator + what is in flight, independent of m; handing out
 whole copies one at a time (`publish_copies`) also keeps the zero-sum means for the round (one model size).
 """
 

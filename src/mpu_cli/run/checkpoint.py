@@ -1,4 +1,4 @@
-"""Stage checkpoints of an in-process run (issue 7), all under RUN/server_private/ (never an exchange folder):
+"""Stage checkpoints of an in-process run, all under RUN/server_private/ (never an exchange folder):
 
     state.json                   round, pending, the current θ file and its SHA-256, and — while a round is
                                  pending — its round seed and σ (the secrets a resumed run needs to regenerate the

@@ -1,4 +1,4 @@
-"""The exchange folder: the only thing the server and the client share (spec §1, issue 6).
+"""The exchange folder: the only thing the server and the client share (spec §1).
 
 Layout (format "mpu-exchange/1"); every file is written atomically, and in each stage the marker is written last:
 
@@ -386,7 +386,7 @@ class LazyStateDict:
     """A read-only mapping over a validated safetensors file: each tensor is read when asked for, so a
     consumer that streams by name (the server's aggregate) never holds the whole file. Tensors are read with
     plain file reads, not through a memory map: mapped pages of the m files would count in the process's
-    resident memory as the aggregate touches them, growing it by m copies (issue 8)."""
+    resident memory as the aggregate touches them, growing it by m copies."""
 
     def __init__(self, path: Path, names=None):
         self._path = Path(path)
