@@ -89,11 +89,3 @@ def atomic_write_json(path: Path, obj) -> None:
     """The one JSON writer: atomic, strict JSON (non-finite numbers become null plus a flag, see finite_json)."""
     text = json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False)
     atomic_write_text(path, text + "\n")
-
-
-def read_marked_json(path: Path, marker: Path) -> dict | None:
-    """A JSON file that counts only once its completion marker exists: None when either is missing."""
-    path, marker = Path(path), Path(marker)
-    if not (marker.exists() and path.exists()):
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))

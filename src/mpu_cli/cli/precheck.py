@@ -59,7 +59,6 @@ def check_overrides(
         parsed = parser.parse_overrides(overrides)
     except OverrideParseException as e:
         raise ConfigError(f"cannot parse the overrides {' '.join(overrides)!r}: {_one_line(e)}") from None
-    _check_finite_values(parsed)
     if not multirun:
         for o in parsed:
             if o.is_sweep_override():
@@ -106,21 +105,6 @@ def check_overrides(
 
                 check_run_dir(cfg, take_lock=take_lock)
     return len(jobs)
-
-
-def _check_finite_values(parsed) -> None:
-    """NaN / Inf typed on the command line, refused before the (slow) composition; config.validate
-    repeats the check on the composed values, which also covers presets and files."""
-    import math
-
-    for o in parsed:
-        try:
-            values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
-        except Exception:  # a range or interval sweep: its values are checked once composed
-            continue
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{o.get_key_element()}={v} is not a finite number; accepted: a finite number")
 
 
 def group_options(conf_dir: str, group: str) -> list[str]:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS
+from mpu_cli.report.columns import DIRECTIONS
 
 SHOWN = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "model_utility", "retain_Q_A_Prob",
          "retain_Q_A_ROUGE", "privleak", "extraction_strength")
@@ -39,7 +39,3 @@ def end_of_run(out: Path, row: dict) -> str:
     lines.append(f"results: {Path(out)}  (results.csv, TOFU_SUMMARY.json; `mpu-report {Path(out).parent}`"
                  " tabulates a folder of runs)")
     return "\n".join(lines)
-
-
-def legend() -> str:
-    return "; ".join(f"{ARROWS[d]}: {w}" for d, w in DIRECTION_WORDS.items())

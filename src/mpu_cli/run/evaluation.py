@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from mpu_cli.config import ConfigError
 from mpu_cli.data.tofu import load_split, split_names
 from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, load_retain_reference, write_eval
-from mpu_cli.files import atomic_write_text, read_marked_json
+from mpu_cli.files import atomic_write_text
 from mpu_cli.models.io import load_model
 
 EVAL_VERSION = "2"  # bump when metric code changes: cached evaluations then stop matching
@@ -49,18 +49,21 @@ def model_digest(path: str) -> str:
 
 
 def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data: dict,
-                      retain_ref: dict | None, label: str = "model") -> dict:
-    """Evaluate a model that is fixed for a sweep (target, retain) once; keyed by content, never by folder."""
+                      retain_ref: dict | None, label: str = "model", digest: str | None = None) -> dict:
+    """Evaluate a model that is fixed for a sweep (target, retain) once; keyed by content, never by folder.
+    `digest`: the model's model_digest when the caller has it already (hashing a large model takes seconds)."""
     from mpu_cli.cachekey import code_digest
 
-    key = json.dumps({"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES), "model": model_digest(model_path),
+    key = json.dumps({"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES), "model": digest or model_digest(model_path),
                       "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
                       "eval": OmegaConf.to_container(cfg.eval, resolve=True), "fmt": fmt.__dict__, "ref": retain_ref},
                      sort_keys=True, default=str)
     cache = Path(cfg.prepare.cache_dir).expanduser() / "evals" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    marker = cache / "COMPLETE"
-    if marker.is_file() and marker.read_text().strip() == _file_sha(cache / "TOFU_EVAL.json"):
-        return read_marked_json(cache / "TOFU_EVAL.json", marker)  # never without its marker, never altered
+    marker, cached = cache / "COMPLETE", cache / "TOFU_EVAL.json"
+    if marker.is_file() and cached.is_file():  # never without its marker, never altered since
+        text = cached.read_bytes()
+        if marker.read_text().strip() == hashlib.sha256(text).hexdigest():
+            return json.loads(text)
     model = load_model(model_path, dtype).to(device or "cpu")
     result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref, label=label)
     write_eval(cache, result)

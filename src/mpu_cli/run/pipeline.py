@@ -83,7 +83,9 @@ def run(cfg, out: Path) -> dict:
         write_eval(out / "retain", retain_eval)
         if "forget_truth_ratio" in retain_eval:  # absent under eval.metrics=quick
             retain_ref = load_retain_reference(retain_eval)
-    target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref, "target")
+    target_hash = model_digest(prepared.target)  # once: the evaluation cache key and results.csv both use it
+    target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref, "target",
+                                    digest=target_hash)
     write_eval(out / "target", target_eval)
     kill_point("after_target_eval")
 
@@ -111,7 +113,7 @@ def run(cfg, out: Path) -> dict:
     # 6. results.csv, then COMPLETE
     set_stage("writing the results")
     summary = summarize(result)
-    row = result_row(cfg, summary, summarize(target_eval), model_digest(prepared.target)) | {
+    row = result_row(cfg, summary, summarize(target_eval), target_hash) | {
         "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),
         "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
         "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
