@@ -154,7 +154,7 @@ def test_unseeded_round_is_restored_from_private_state(tmp_path):
     ckpt.save_returned(st, 0, returned[0])
     # "crash": a new server from the state on disk only
     st2 = ckpt.load()
-    again = MPUServer.restore(dict(server.theta), Checkpoint.meta(st2), layout)
+    again = MPUServer.restore(dict(server.theta), ckpt.meta(st2), layout)
     assert again.pending and again.round == 1
     for a, b in zip(again.pending_copies(), copies):
         assert all(torch.equal(a[n], b[n]) for n in b)
@@ -164,5 +164,6 @@ def test_unseeded_round_is_restored_from_private_state(tmp_path):
     want = server.aggregate(returned)
     got = again.aggregate([loaded, *returned[1:]])
     assert all(torch.equal(want[n], got[n]) for n in want)
-    assert json.loads(ckpt.state_path.read_text())["round_seed"] is not None
+    assert ckpt.store.round_secrets(1)["round_seed"] is not None
+    assert "round_seed" not in json.loads(ckpt.state_path.read_text())  # the secrets: round_1.json only
     assert ckpt.state_path.parent.name == "server_private"

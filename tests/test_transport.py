@@ -81,8 +81,9 @@ def cfg():
     """mpu-run's composed config for FAST (what `mpu-run <FAST>` runs)."""
     from hydra import compose, initialize_config_dir
 
-    from mpu_cli.config import CONF_DIR
+    from mpu_cli.config import CONF_DIR, register_configs
 
+    register_configs()
     with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_transport"):
         return compose(config_name="config", overrides=FAST)
 

@@ -7,24 +7,24 @@
     mpu-server aggregate --state DIR [--exchange DIR]     validate every returned copy, then Post-Process -> θ_r
     mpu-server status    --state DIR                      public facts (round, pending, m, κ, exposed fraction)
 
-Private state (--state, e.g. RUN/server_private; never inside the exchange folder):
+Private state (--state, e.g. RUN/server_private; never inside the exchange folder), in the one server-state format
+of run/server_state.py (the in-process run's checkpoint writes the same files):
 
     state.json              round, pending, the current θ file and its SHA-256, the server config (κ, m, seed …),
-                            the layout, published dtypes, tied-tensor aliases, paths of the target / base, the
-                            exchange folder
+                            published dtypes, tied-tensor aliases; mpu-server adds the layout, the paths of the
+                            target / base and the exchange folder
     theta_r{r}.safetensors  the exact θ_r in fp32 (θ_0 after init); the previous one is removed once the next is
                             committed in state.json
-    round_{r}.json          that round's secrets: the round seed (α, noise streams and transforms derive from it),
-                            σ per block (computed at publish from θ_{r-1} and the base), and the SHA-256 of each
-                            published copy
-    model_config/           config.json of the target (the layout)
+    round_{r}.json          the pending round's secrets: the round seed (α, noise streams and transforms derive
+                            from it), σ per block, and the SHA-256 of each published copy; removed at its commit
+    model_config/           config.json of the target (for reference)
     public.json             `MPUServer.public_info()` (no secret), refreshed by every command
     log.jsonl               one line per command: its name, round and seconds (imports excluded)
 
 Stages and markers (what a resume may rely on): init writes θ_0 then state.json (last). publish writes the m
 copies and their manifests, then round_{r}.json, then state.json (pending), then exchange/round_r/round.json
 (last). aggregate validates every returned copy first (nothing is aggregated from a bad file), then writes
-θ_r, then state.json (committed), then removes θ_{r-1}.
+θ_r, then state.json (committed), then removes θ_{r-1} and round_{r}.json.
 
 This module never imports the client (mpu_cli.unlearn) nor the data (mpu_cli.data): the server cannot open the
 forget set.
@@ -43,44 +43,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from mpu_cli.files import atomic_write_json, make_private
+from mpu_cli.run.server_state import STATE, ServerState, ServerStateError
 from mpu_cli.transport import exchange as ex
 from mpu_cli.transport.exchange import TransportError
 
-STATE_FORMAT = "mpu-server-state/1"
-STATE = "state.json"
 
 
 class ServerError(Exception):
     """Bad input or an inconsistent private state: one line, exit code 2."""
 
 
-# ---- private state --------------------------------------------------------------------------------------------
-
-
-def _theta_name(r: int) -> str:
-    return f"theta_r{r}.safetensors"
+# ---- private state (the format of run/server_state.py, shared with the in-process checkpoint) ---------------
 
 
 def _read_state(state_dir: Path) -> dict:
-    p = Path(state_dir) / STATE
-    if not p.exists():
+    store = ServerState(state_dir)
+    if not store.exists():
         raise ServerError(f"{state_dir}: no server state ({STATE} missing); run `mpu-server init` first")
-    st = json.loads(p.read_text())
-    if st.get("format") != STATE_FORMAT:
-        raise ServerError(f"{p}: format {st.get('format')!r}, expected {STATE_FORMAT!r}")
-    return st
-
-
-def _load_theta(state_dir: Path, st: dict) -> dict:
-    from safetensors.torch import load_file
-
-    path = Path(state_dir) / st["theta_file"]
-    if not path.exists():
-        raise ServerError(f"{path} is missing: the server's θ is gone")
-    digest, _ = ex.sha256_file(path)
-    if digest != st["theta_sha256"]:
-        raise ServerError(f"{path}: SHA-256 does not match state.json; the server's θ was altered")
-    return load_file(str(path))
+    return store.read()
 
 
 def _load_base(st: dict):
@@ -97,21 +77,9 @@ def _restore(state_dir: Path, st: dict, with_base: bool):
     from mpu_cli.mpu.layout import ModelLayout
     from mpu_cli.mpu.server import MPUServer
 
-    meta = {"round": st["round"], "pending": st["pending"], "round_seed": None, "sigmas": None,
-            "config": st["config"], "noise_reference": st["noise_reference"],
-            "dtypes": {n: ex.torch_dtype(c) for n, c in st["dtypes"].items()}, "aliases": st["aliases"]}
-    if st["pending"]:
-        secrets = _read_round_secrets(state_dir, st["round"])
-        meta["round_seed"], meta["sigmas"] = secrets["round_seed"], secrets["sigmas"]
-    return MPUServer.restore(_load_theta(state_dir, st), meta, ModelLayout(**st["layout"]),
+    store = ServerState(state_dir)
+    return MPUServer.restore(store.theta(st), store.restore_meta(st), ModelLayout(**st["layout"]),
                              base=_load_base(st) if with_base else None)
-
-
-def _read_round_secrets(state_dir: Path, r: int) -> dict:
-    p = Path(state_dir) / f"round_{r}.json"
-    if not p.exists():
-        raise ServerError(f"{p} is missing: the secrets of round {r} are gone; that round cannot be aggregated")
-    return json.loads(p.read_text())
 
 
 def _write_public(state_dir: Path, server) -> None:
@@ -168,15 +136,11 @@ def cmd_init(args) -> None:
     make_private(state_dir)  # θ and the round secrets: owner only (0700 folder, 0600 files)
     config.save_pretrained(str(state_dir / "model_config"))  # kept for reference; the layout is in state.json
 
-    theta32, meta = server.export_state()
-    info = ex.write_safetensors(state_dir / _theta_name(0), theta32)
-    st = {"format": STATE_FORMAT, "run_id": _secrets.token_hex(8), "exchange": str(exchange),
-          "target": args.target, "base": args.base, "dtype": args.dtype, "round": 0, "pending": False,
-          "theta_file": _theta_name(0), "theta_sha256": info["sha256"], "config": meta["config"],
-          "noise_reference": meta["noise_reference"], "layout": dict(layout.__dict__),
-          "dtypes": {n: ex.dtype_code(d) for n, d in meta["dtypes"].items()}, "aliases": meta["aliases"],
-          "torch": torch.__version__}
-    atomic_write_json(state_dir / STATE, st)  # last: the state exists only once θ_0 is on disk
+    store = ServerState(state_dir)
+    # θ_0 on disk first: the state exists only once its θ does
+    store.write(server, {"run_id": _secrets.token_hex(8), "exchange": str(exchange), "target": args.target,
+                         "base": args.base, "dtype": args.dtype, "layout": dict(layout.__dict__),
+                         "torch": torch.__version__}, **store.write_theta(0, server.theta))
     _write_public(state_dir, server)
     _log(state_dir, "init", 0, time.perf_counter() - t0)
     print(f"mpu-server: initialised {state_dir} (exchange {exchange}, arm={cfg.arm}, m={server.n_copies})")
@@ -212,12 +176,7 @@ def cmd_publish(args) -> None:
     for k, info in enumerate(infos):
         ex.write_manifest(ex.copy_dir(exchange, r, k) / ex.PUBLISHED_MANIFEST,
                           ex.published_manifest(st["run_id"], r, k, n, info, spec))
-    _, meta = server.export_state()
-    atomic_write_json(state_dir / f"round_{r}.json",
-                      {"round": r, "round_seed": meta["round_seed"], "sigmas": meta["sigmas"],
-                       "published_sha256": [i["sha256"] for i in infos]})
-    st |= {"round": r, "pending": True}
-    atomic_write_json(state_dir / STATE, st)
+    st = ServerState(state_dir).published(server, st, published_sha256=[i["sha256"] for i in infos])
     _write_round_marker(exchange, st["run_id"], r, n)  # last: clients may start
     _write_public(state_dir, server)
     _log(state_dir, "publish", r, time.perf_counter() - t0)
@@ -234,7 +193,7 @@ def _write_round_marker(exchange: Path, run_id: str, r: int, n: int) -> None:
 def _finish_marker(state_dir: Path, st: dict, exchange: Path) -> None:
     """publish crashed after committing state.json: the copies are on disk; check them and write the marker."""
     r = st["round"]
-    record = _read_round_secrets(state_dir, r)["published_sha256"]
+    record = ServerState(state_dir).round_secrets(r)["published_sha256"]
     for k, want in enumerate(record):
         digest, _ = ex.sha256_file(ex.copy_dir(exchange, r, k) / ex.PUBLISHED)
         if digest != want:
@@ -246,7 +205,7 @@ def _finish_marker(state_dir: Path, st: dict, exchange: Path) -> None:
 def validate_returned(state_dir: Path, st: dict, exchange: Path) -> list[Path]:
     """Every returned copy of the pending round, checked completely before anything is aggregated."""
     r = st["round"]
-    record = _read_round_secrets(state_dir, r)["published_sha256"]
+    record = ServerState(state_dir).round_secrets(r)["published_sha256"]
     accepted = {n: ("F32",) if c == "F32" else ("F32", c) for n, c in st["dtypes"].items()}
     shapes = _theta_shapes(state_dir, st)
     expected = {n: (shapes[n], accepted[n]) for n in st["dtypes"]}
@@ -292,14 +251,9 @@ def cmd_aggregate(args) -> None:
     paths = validate_returned(state_dir, st, exchange)
     server = _restore(state_dir, st, with_base=False)
     returned = [ex.LazyStateDict(p, st["dtypes"]) for p in paths]
-    theta = server.aggregate(returned)  # streams: one tensor name at a time across the m files
+    server.aggregate(returned)  # streams: one tensor name at a time across the m files
     del returned
-    old = st["theta_file"]
-    info = ex.write_safetensors(state_dir / _theta_name(r), theta)
-    st |= {"pending": False, "theta_file": _theta_name(r), "theta_sha256": info["sha256"]}
-    atomic_write_json(state_dir / STATE, st)  # the commit point of round r
-    if old != st["theta_file"]:
-        (state_dir / old).unlink(missing_ok=True)
+    ServerState(state_dir).commit(server, st)  # θ_r, then state.json: the commit point of round r
     _write_public(state_dir, server)
     _log(state_dir, "aggregate", r, time.perf_counter() - t0)
     print(f"mpu-server: aggregated round {r} from {len(paths)} copies")
@@ -349,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ServerError, TransportError, OSError) as e:  # OSError: a model path that cannot be opened
+    except (ServerError, ServerStateError, TransportError, OSError) as e:  # OSError: a model path that cannot be opened
         print(f"mpu-server: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # every stage commits atomically: the state is the last committed one

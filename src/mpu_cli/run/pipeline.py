@@ -148,7 +148,7 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
     st = ckpt.load()
     if st is not None:
         saved = ckpt.theta(st)
-        server = MPUServer.restore(saved if saved is not None else server.theta, Checkpoint.meta(st), layout,
+        server = MPUServer.restore(saved if saved is not None else server.theta, ckpt.meta(st), layout,
                                    base=base)
         log.info("resume: server at round %d%s", server.round, " (published, not aggregated)" if server.pending else "")
     atomic_write_json(out / "server_public.json", server.public_info())

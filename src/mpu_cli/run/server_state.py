@@ -1,0 +1,146 @@
+"""The server's private state on disk, in one format (`mpu-server-state/1`) written by both the in-process run's
+stage checkpoint (run/checkpoint.py) and the `mpu-server` process (cli/server.py):
+
+    state.json              format, round, pending, the current θ file and its SHA-256 (null: θ is still θ_0, the
+                            target the server was started from), the server config, the effective noise reference,
+                            the published dtypes and tied-tensor aliases; a writer may add its own facts (mpu-server:
+                            the exchange folder, the model paths, the layout)
+    theta_r{r}.safetensors  the exact θ_r (fp32) once round r is committed
+    round_{r}.json          the secrets of the pending round r: its round seed (α, noise streams and transforms derive
+                            from it) and σ per block, plus what the writer adds (mpu-server: the SHA-256 of each
+                            published copy); removed once round r is committed
+
+Order: publish → round_{r}.json → state.json (pending); aggregate → θ_r → state.json (the commit point) → θ_{r-1}
+and round_{r}.json are removed. Every file is written atomically, the folder is the owner's only (0700, 0600).
+This module imports the server (mpu/) but never the client or the data.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mpu_cli.files import PRIVATE_MARKER, atomic_write_json, make_private
+from mpu_cli.transport import exchange as ex
+
+FORMAT = "mpu-server-state/1"
+STATE = "state.json"
+
+
+class ServerStateError(ValueError):
+    """The private state is missing, of another format, or damaged: one line, exit code 2."""
+
+
+def theta_name(r: int) -> str:
+    return f"theta_r{r}.safetensors"
+
+
+class ServerState:
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
+        self.path = self.dir / STATE
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _private(self) -> None:
+        if not (self.dir / PRIVATE_MARKER).exists():
+            make_private(self.dir)  # θ and the round secrets: owner only
+
+    # ---- state.json -----------------------------------------------------------------------------------------
+
+    def read(self) -> dict:
+        if not self.path.exists():
+            raise ServerStateError(f"{self.dir}: no server state ({STATE} missing)")
+        st = json.loads(self.path.read_text(encoding="utf-8"))
+        if st.get("format") != FORMAT:
+            raise ServerStateError(f"{self.path}: format {st.get('format')!r}, expected {FORMAT!r}")
+        return st
+
+    def write(self, server, base: dict | None = None, **fields) -> dict:
+        """state.json from the server as it is now; `base` carries the previous state's facts (θ file, the
+        writer's own fields), `fields` overrides them."""
+        self._private()
+        _, meta = server.export_state()
+        secret = ("round_seed", "sigmas")  # the round's secrets live in round_{r}.json only
+        st = {k: v for k, v in (base or {}).items() if k not in secret} | {
+            "format": FORMAT, "round": meta["round"], "pending": meta["pending"], "config": meta["config"],
+            "noise_reference": meta["noise_reference"],
+            "dtypes": {n: ex.dtype_code(d) for n, d in meta["dtypes"].items()}, "aliases": meta["aliases"],
+        }
+        st.setdefault("theta_file", None)
+        st.setdefault("theta_sha256", None)
+        st |= fields
+        atomic_write_json(self.path, st)
+        return st
+
+    # ---- θ --------------------------------------------------------------------------------------------------
+
+    def theta(self, st: dict) -> dict | None:
+        """θ of the state, checked against its recorded SHA-256 (None: θ_0, the target)."""
+        from safetensors.torch import load_file
+
+        if not st.get("theta_file"):
+            return None
+        path = self.dir / st["theta_file"]
+        if not path.exists():
+            raise ServerStateError(f"{path} is missing: the server's θ is gone")
+        digest, _ = ex.sha256_file(path)
+        if digest != st["theta_sha256"]:
+            raise ServerStateError(f"{path}: SHA-256 does not match {self.path}; the server's θ was altered")
+        return load_file(str(path))
+
+    def write_theta(self, r: int, theta: dict) -> dict:
+        """θ_r to its file; returns the state fields that name it."""
+        from mpu_cli.faults import inject
+
+        self._private()
+        name = theta_name(r)
+        inject("save_tensors", self.dir / name)
+        info = ex.write_safetensors(self.dir / name, theta)
+        return {"theta_file": name, "theta_sha256": info["sha256"]}
+
+    # ---- rounds ---------------------------------------------------------------------------------------------
+
+    def round_secrets_path(self, r: int) -> Path:
+        return self.dir / f"round_{r}.json"
+
+    def write_round_secrets(self, server, **fields) -> dict:
+        """The pending round's secrets, written before the state says the round is pending."""
+        self._private()
+        _, meta = server.export_state()
+        secrets = {"round": meta["round"], "round_seed": meta["round_seed"], "sigmas": meta["sigmas"]} | fields
+        atomic_write_json(self.round_secrets_path(meta["round"]), secrets)
+        return secrets
+
+    def round_secrets(self, r: int) -> dict:
+        p = self.round_secrets_path(r)
+        if not p.exists():
+            raise ServerStateError(f"{p} is missing: the secrets of round {r} are gone; that round cannot be "
+                                   f"aggregated")
+        return json.loads(p.read_text(encoding="utf-8"))
+
+    def published(self, server, st: dict | None, **secret_fields) -> dict:
+        """Round r was just published: its secrets, then the state (pending), before any client sees a copy."""
+        self.write_round_secrets(server, **secret_fields)
+        return self.write(server, st)
+
+    def commit(self, server, st: dict) -> dict:
+        """Round r was aggregated: θ_r, then the state (the commit point), then θ_{r-1} and the round's secrets
+        go."""
+        r = server.round
+        new = self.write(server, st, **self.write_theta(r, server.theta))
+        old = st.get("theta_file")
+        if old and old != new["theta_file"]:
+            (self.dir / old).unlink(missing_ok=True)
+        self.round_secrets_path(r).unlink(missing_ok=True)
+        return new
+
+    def restore_meta(self, st: dict) -> dict:
+        """`MPUServer.restore` metadata of the state, the pending round's secrets included."""
+        meta = {"round": st["round"], "pending": st["pending"], "round_seed": None, "sigmas": None,
+                "config": st["config"], "noise_reference": st["noise_reference"],
+                "dtypes": {n: ex.torch_dtype(c) for n, c in st["dtypes"].items()}, "aliases": st["aliases"]}
+        if st["pending"]:
+            secrets = self.round_secrets(st["round"])
+            meta["round_seed"], meta["sigmas"] = secrets["round_seed"], secrets["sigmas"]
+        return meta
