@@ -70,6 +70,6 @@ def test_one_algorithm_forgets_fast(tmp_path, prepared_models):
 @pytest.mark.parametrize("arm", ["clean", "mpu"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_forgets(tmp_path, algorithm, arm):
-    row = _run(tmp_path, [f"experiment=tiny_{algorithm}", f"arm={arm}"])
+    row = _run(tmp_path, [f"algorithm={algorithm}", f"arm={arm}"])
     assert row["algorithm"] == algorithm
     _assert_forgets(row)

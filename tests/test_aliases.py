@@ -45,18 +45,47 @@ def test_an_unknown_algorithm_is_refused_with_a_suggestion():
         check_overrides(["algorithm=npoo"], CONF_DIR)
 
 
-@pytest.mark.parametrize("name", ["ga", "graddiff", "npo", "simnpo", "idkdpo", "undial", "wga", "satimp", "rmu"])
-def test_an_algorithm_named_alone_gets_the_models_preset(name):
-    """`mpu-run algorithm=<name>` on the default model runs the tuned tiny schedule (the one the slow tests show
-    forgetting for every algorithm), unless the user sets client.lr / client.epochs."""
+ALGORITHMS = ["ga", "graddiff", "npo", "simnpo", "idkdpo", "undial", "wga", "satimp", "rmu"]
+
+
+def _compose(*overrides, name="config"):
     from hydra import compose, initialize_config_dir
 
     from mpu_cli.config import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(CONF_DIR, version_base=None):
-        alone = compose("config", overrides=[f"algorithm={name}"])
-        preset = compose("config", overrides=[f"experiment=tiny_{name}"])
-        mine = compose("config", overrides=[f"algorithm={name}", "client.lr=0.5", "client.epochs=2"])
-    assert (alone.client.lr, alone.client.epochs, alone.rounds) == (preset.client.lr, preset.client.epochs, preset.rounds)
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_an_algorithm_named_alone_gets_the_models_preset(name):
+    """`mpu-run algorithm=<name>` on the default model runs the model's tuned schedule for it (the one the slow
+    tests show forgetting for every algorithm), unless the user sets client.lr / client.epochs."""
+    alone = _compose(f"algorithm={name}")
+    model = alone.model
+    want = (model.algorithm_lr.get(name, model.client_lr), model.algorithm_epochs.get(name, model.client_epochs), 1)
+    assert (alone.client.lr, alone.client.epochs, alone.rounds) == want
+    mine = _compose(f"algorithm={name}", "client.lr=0.5", "client.epochs=2")
     assert (mine.client.lr, mine.client.epochs) == (0.5, 2)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_the_papers_schedule_is_one_table(name):
+    """experiment=paper: R x E = 10 epochs at lr 1e-5 for every algorithm, read from the one table."""
+    cfg = _compose("experiment=paper", f"algorithm={name}")
+    assert cfg.rounds * cfg.client.epochs == 10 and cfg.client.lr == 1e-5
+    assert (cfg.rounds, cfg.client.epochs) == (cfg.schedule[name].rounds, cfg.schedule[name].epochs)
+    assert _compose("experiment=paper", f"algorithm={name}", "rounds=3").rounds == 3  # the command line wins
+
+
+def test_earlier_preset_names_are_read_as_todays():
+    from mpu_cli.cli.aliases import AliasError, rewrite
+
+    assert rewrite(["experiment=paper_npo"])[0] == ["experiment=paper", "algorithm=npo"]
+    assert rewrite(["experiment=paper_ga,paper_wga"])[0] == ["experiment=paper", "algorithm=ga,wga"]
+    out, notes = rewrite(["experiment=tiny_rmu", "seed=0"])
+    assert out == ["algorithm=rmu", "seed=0"] and notes == ["mpu-run: note: experiment=tiny_rmu is read as algorithm=rmu"]
+    assert rewrite(["experiment=paper"])[0] == ["experiment=paper"]
+    with pytest.raises(AliasError, match="mixes"):
+        rewrite(["experiment=paper_npo,tiny_npo"])

@@ -92,6 +92,8 @@ class MPUConfig:
     m: int = 2
     rounds: int = 1
     seed: int | None = None
+    # A preset's table, algorithm -> {rounds, epochs} (experiment=paper): read by `rounds` / `client.epochs`.
+    schedule: dict = field(default_factory=dict)
     save_model: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
     client: ClientConfig = field(default_factory=ClientConfig)  # one type: schema, client loop, CLIENT.json

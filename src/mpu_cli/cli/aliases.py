@@ -5,6 +5,9 @@ Each alias is rewritten to its key and said in one note line on stderr, so a use
 algorithm names as open-unlearning spells them (GradAscent, GradDiff, NPO, SimNPO, DPO / IdkDPO, UNDIAL, WGA,
 SatImp, RMU; any case), its model config names (`model=Llama-3.2-1B-Instruct`). `retain_split=` and
 `holdout_split=` follow from the forget split here: they are accepted when they agree with it.
+Earlier preset names of our own are read the same way: `experiment=paper_<alg>` → `experiment=paper
+algorithm=<alg>` (the paper's schedule is one table now), `experiment=tiny_<alg>` → `algorithm=<alg>` (the
+embedded model's presets apply to an algorithm named alone).
 """
 from __future__ import annotations
 
@@ -32,6 +35,19 @@ def _values(value: str, fn) -> str:
     return ",".join(fn(v) for v in value.split(","))
 
 
+def _preset(value: str) -> list[str] | None:
+    """experiment=paper_<alg>[,…] / tiny_<alg>[,…] as today's overrides, None when it is not such a name."""
+    families = {v.partition("_")[0] for v in value.split(",")}
+    algorithms = [v.partition("_")[2] for v in value.split(",")]
+    if not families <= {"paper", "tiny"} or not all(a in ALGORITHM_NAMES for a in algorithms):
+        return None
+    if len(families) > 1:
+        raise AliasError(f"experiment={value} mixes the paper and tiny presets; sweep them separately "
+                         f"(experiment=paper algorithm=… and algorithm=…)")
+    algorithm = f"algorithm={','.join(algorithms)}"
+    return ["experiment=paper", algorithm] if families == {"paper"} else [algorithm]
+
+
 def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
     """(argv with aliases replaced, one note per alias used); AliasError for a derived split that disagrees."""
     out, notes, derived = [], [], []
@@ -50,6 +66,10 @@ def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
             new_value = _values(value, lambda v: models.get(v.lower(), v))
         if bare in DERIVED:
             derived.append((bare, value))
+            continue
+        if bare == "experiment" and (preset := _preset(value)) is not None:
+            notes.append(f"mpu-run: note: {bare}={value} is read as {' '.join(preset)}")
+            out += preset
             continue
         if (new_key, new_value) != (bare, value):
             notes.append(f"mpu-run: note: {bare}={value} is read as {new_key}={new_value} (open-unlearning's name)")

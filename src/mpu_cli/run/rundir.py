@@ -33,6 +33,7 @@ LOCK = ".mpu-run.lock"
 MANIFEST = "MANIFEST.json"
 # Keys that may differ between the start of a run and its resumption.
 VOLATILE = ("resume", "run_id", "overwrite", "hydra")
+PRESET_TABLES = ("schedule",)  # read through rounds / client.epochs, which are recorded resolved
 # What a run writes into its directory: overwrite=true removes these when the run left no manifest (killed
 # outright); .hydra/ and the log stay.
 OUTPUTS = (COMPLETE, FAILED, MANIFEST, RUN_STATE, "results.csv", "TOFU_EVAL.json", "TOFU_SUMMARY.json", "server_public.json",
@@ -43,7 +44,7 @@ def run_config(cfg) -> dict:
     """The resolved configuration that determines a run's results (without resume / overwrite / hydra)."""
     out = {}
     for key in cfg:
-        if key in VOLATILE:  # hydra's own keys may not resolve outside a running job
+        if key in VOLATILE or key in PRESET_TABLES:  # hydra's own keys may not resolve outside a running job
             continue
         value = cfg[key]
         out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
