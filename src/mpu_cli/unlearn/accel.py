@@ -1,4 +1,4 @@
-"""The client loop for large models: the same training step as `client._train`, run under `accelerate`.
+"""The client loop for large models: the loop of unlearn/loop.py, run under `accelerate`.
 
 Used when `client.accelerate_config=<name>` (a shipped config in conf/accelerate/ or a path to an accelerate
 config file) or `client.mixed_precision` is set; with neither, the plain loop in client.py runs unchanged.
@@ -20,15 +20,12 @@ config file) or `client.mixed_precision` is set; with neither, the plain loop in
 from __future__ import annotations
 
 import os
-import random
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
-from mpu_cli.devices import batch_to
-from mpu_cli.finite import check_loss
-from mpu_cli.progress import tqdm
+from mpu_cli.unlearn.loop import new_optimizer, train_epochs
 from mpu_cli.unlearn.settings import MIXED_PRECISION
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "accelerate"
@@ -132,62 +129,57 @@ def gradient_checkpointing(model, on: bool):
             model.config.use_cache = use_cache
 
 
-def train_accelerated(model, algorithm, data, cfg, pad: int, ref, desc: str) -> dict[str, torch.Tensor]:
-    """`client._train` under accelerate; returns the full updated state (fp32, CPU) of the copy."""
-    from accelerate.utils import DistributedType
+class AcceleratedEngine:
+    """The loop's engine under accelerate. With several processes each micro-batch is split across them (a
+    process with no item of it runs a zero-weighted forward so every rank joins the collectives) and gradients
+    are synchronised once per optimizer step."""
 
-    from mpu_cli.data.formatting import collate_right
-    from mpu_cli.unlearn.batches import epoch_batches
+    def __init__(self, acc, wrapped):
+        from accelerate.utils import DistributedType
+
+        self.acc, self.wrapped = acc, wrapped
+        self.device, self.is_main = acc.device, acc.is_main_process
+        self.n_proc, self.rank = acc.num_processes, acc.process_index
+        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    def share(self, pairs: list, n_group: int) -> tuple[list, float]:
+        mine = pairs[self.rank :: self.n_proc] if self.n_proc > 1 else pairs
+        weight = len(mine) / n_group
+        if self.n_proc > 1:  # the processes' gradients are averaged: undo the mean
+            weight = weight * self.n_proc
+        if not mine:  # still join the forward/backward collectives, contributing nothing
+            mine, weight = pairs[:1], 0.0
+        return mine, weight
+
+    def accumulating(self, last: bool):
+        self.acc.sync_gradients = last  # DeepSpeed: reduce and step only at the group's end
+        return nullcontext() if last or self.sharded else self.acc.no_sync(self.wrapped)
+
+    def backward(self, loss) -> None:
+        self.acc.backward(loss)
+
+    def clip(self, max_norm: float) -> None:
+        self.acc.clip_grad_norm_(self.wrapped.parameters(), max_norm)
+
+
+def train_accelerated(model, algorithm, data, cfg, pad: int, ref, desc: str) -> dict[str, torch.Tensor]:
+    """The loop of unlearn/loop.py under accelerate; returns the full updated state (fp32, CPU) of the copy."""
+    from accelerate.utils import DistributedType
 
     acc = get_accelerator(getattr(cfg, "accelerate_config", None), getattr(cfg, "mixed_precision", None))
     dist = acc.distributed_type
-    forget, retain, idk = data.forget, data.retain, data.idk
-    needs_idk = getattr(algorithm, "needs_idk", False)
     if ref is not None:
         ref.to(acc.device)
 
-    def new_optimizer(module):
-        params = [p for p in module.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     saved_forward = model.__dict__.get("forward")  # prepare() patches model.forward (autocast): restored below
     if dist == DistributedType.DEEPSPEED:  # the engine is built from model and optimizer together
-        wrapped, opt = acc.prepare(model, new_optimizer(model))
+        wrapped, opt = acc.prepare(model, new_optimizer(model, cfg))
     else:  # FSDP replaces the parameters: build the optimizer on the prepared model
         wrapped = acc.prepare(model)
-        opt = acc.prepare(new_optimizer(wrapped))
-    n_proc, rank = acc.num_processes, acc.process_index
-    rng = random.Random(cfg.seed)
+        opt = acc.prepare(new_optimizer(wrapped, cfg))
     wrapped.train()
     try:
-        for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False, disable=not acc.is_main_process):
-            micro = epoch_batches(len(forget), len(retain), cfg.batch_size, rng)
-            for g in range(0, len(micro), cfg.grad_accum):
-                group = micro[g : g + cfg.grad_accum]
-                n_group = sum(len(b) for b in group)
-                opt.zero_grad(set_to_none=True)
-                for i, pairs in enumerate(group):
-                    last = i == len(group) - 1
-                    mine = pairs[rank::n_proc] if n_proc > 1 else pairs
-                    weight = len(mine) / n_group
-                    if n_proc > 1:  # the processes' gradients are averaged: undo the mean
-                        weight = weight * n_proc
-                    if not mine:  # still join the forward/backward collectives, contributing nothing
-                        mine, weight = pairs[:1], 0.0
-                    f = collate_right([forget[j] for j, _ in mine], pad)
-                    if needs_idk:
-                        f["idk"] = collate_right([idk[j] for j, _ in mine], pad)
-                    r = collate_right([retain[k] for _, k in mine], pad) if algorithm.uses_retain else None
-                    f, r = batch_to(f, acc.device), batch_to(r, acc.device)
-                    acc.sync_gradients = last  # DeepSpeed: reduce and step only at the group's end
-                    sync = nullcontext() if last or dist in (DistributedType.FSDP, DistributedType.DEEPSPEED) \
-                        else acc.no_sync(wrapped)
-                    with sync:
-                        loss = algorithm.loss(wrapped, f, r, ref) * weight
-                        check_loss(loss, desc)
-                        acc.backward(loss)
-                acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-                opt.step()
+        train_epochs(wrapped, algorithm, data, cfg, pad, ref, desc, opt, AcceleratedEngine(acc, wrapped))
     finally:
         acc.sync_gradients = True
     wrapped.eval()

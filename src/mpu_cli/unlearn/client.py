@@ -13,14 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa
+from mpu_cli.data.formatting import ChatFormat, encode_qa
 from mpu_cli.data.tofu import load_idk, load_split, split_names
-from mpu_cli.devices import batch_to, pick_device
-from mpu_cli.faults import scoped_kill_point
-from mpu_cli.finite import check_loss, check_state
+from mpu_cli.devices import pick_device
+from mpu_cli.finite import check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
-from mpu_cli.progress import tqdm
-from mpu_cli.unlearn.batches import epoch_batches
+from mpu_cli.unlearn.loop import PlainEngine, new_optimizer, train_epochs
 from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig  # noqa: F401 (the client's settings)
 
 @dataclass
@@ -64,7 +62,8 @@ def unlearn_copy(
     reference_state: dict[str, torch.Tensor] | None = None,
     desc: str = "client",
 ) -> dict[str, torch.Tensor]:
-    """AdamW with constant LR, gradient accumulation and clipping; a fresh optimizer per call (= per round).
+    """The loop of unlearn/loop.py (AdamW at a constant LR, gradient accumulation, clipping; a fresh optimizer
+    per call, i.e. per copy and round), plainly or under accelerate.
     Returns the updated weights as fp32 CPU tensors, wherever it trained."""
     from mpu_cli.unlearn import accel
 
@@ -113,28 +112,6 @@ def only_trainable(model, names: list[str] | None):
 
 
 def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref, desc: str) -> None:
-    forget, retain, idk = data.forget, data.retain, data.idk
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = random.Random(cfg.seed)
-    device = next(model.parameters()).device
+    opt = new_optimizer(model, cfg)
     model.train()
-    for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
-        micro = epoch_batches(len(forget), len(retain), cfg.batch_size, rng)
-        for g in range(0, len(micro), cfg.grad_accum):
-            group = micro[g : g + cfg.grad_accum]
-            n_group = sum(len(b) for b in group)
-            opt.zero_grad(set_to_none=True)
-            for pairs in group:
-                f = collate_right([forget[i] for i, _ in pairs], pad)
-                if getattr(algorithm, "needs_idk", False):
-                    f["idk"] = collate_right([idk[i] for i, _ in pairs], pad)
-                r = collate_right([retain[j] for _, j in pairs], pad) if algorithm.uses_retain else None
-                f, r = batch_to(f, device), batch_to(r, device)
-                # Weight each micro-batch by its size so the step equals one pass over the whole group.
-                loss = algorithm.loss(model, f, r, ref) * (len(pairs) / n_group)
-                check_loss(loss, desc)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            scoped_kill_point("mid")  # fault-injection tests only (MPU_KILL_AT=round<r>_copy<k>_mid)
+    train_epochs(model, algorithm, data, cfg, pad, ref, desc, opt, PlainEngine(model))
