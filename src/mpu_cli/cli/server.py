@@ -11,7 +11,7 @@ Private state (--state, e.g. RUN/server_private; never inside the exchange folde
 of run/server_state.py (the in-process run's checkpoint writes the same files):
 
     state.json              round, pending, the current θ file and its SHA-256, the server config (κ, m, seed …),
-                            published dtypes, tied-tensor aliases; mpu-server adds the layout, the paths of the
+                            the layout, published dtypes, tied-tensor aliases; mpu-server adds the paths of the
                             target / base and the exchange folder
     theta_r{r}.safetensors  the exact θ_r in fp32 (θ_0 after init); the previous one is removed once the next is
                             committed in state.json
@@ -139,8 +139,7 @@ def cmd_init(args) -> None:
     store = ServerState(state_dir)
     # θ_0 on disk first: the state exists only once its θ does
     store.write(server, {"run_id": _secrets.token_hex(8), "exchange": str(exchange), "target": args.target,
-                         "base": args.base, "dtype": args.dtype, "layout": dict(layout.__dict__),
-                         "torch": torch.__version__}, **store.write_theta(0, server.theta))
+                         "base": args.base, "dtype": args.dtype, "torch": torch.__version__}, **store.write_theta(0, server.theta))
     _write_public(state_dir, server)
     _log(state_dir, "init", 0, time.perf_counter() - t0)
     print(f"mpu-server: initialised {state_dir} (exchange {exchange}, arm={cfg.arm}, m={server.n_copies})")

@@ -127,6 +127,11 @@ class MPUServer:
         return self._cfg.m if self._cfg.arm == "mpu" else 1
 
     @property
+    def layout(self) -> ModelLayout:
+        """The public architecture facts the reparameterization follows."""
+        return self._layout
+
+    @property
     def noise_reference(self) -> str:
         """Effective reference: 'base' only when asked for and a base model was given."""
         return self._noise_reference

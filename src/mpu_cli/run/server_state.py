@@ -3,8 +3,8 @@ stage checkpoint (run/checkpoint.py) and the `mpu-server` process (cli/server.py
 
     state.json              format, round, pending, the current θ file and its SHA-256 (null: θ is still θ_0, the
                             target the server was started from), the server config, the effective noise reference,
-                            the published dtypes and tied-tensor aliases; a writer may add its own facts (mpu-server:
-                            the exchange folder, the model paths, the layout)
+                            the layout, the published dtypes and tied-tensor aliases; a writer may add its own facts
+                            (mpu-server: the exchange folder, the model paths)
     theta_r{r}.safetensors  the exact θ_r (fp32) once round r is committed
     round_{r}.json          the secrets of the pending round r: its round seed (α, noise streams and transforms derive
                             from it) and σ per block, plus what the writer adds (mpu-server: the SHA-256 of each
@@ -64,7 +64,7 @@ class ServerState:
         secret = ("round_seed", "sigmas")  # the round's secrets live in round_{r}.json only
         st = {k: v for k, v in (base or {}).items() if k not in secret} | {
             "format": FORMAT, "round": meta["round"], "pending": meta["pending"], "config": meta["config"],
-            "noise_reference": meta["noise_reference"],
+            "noise_reference": meta["noise_reference"], "layout": dict(server.layout.__dict__),
             "dtypes": {n: ex.dtype_code(d) for n, d in meta["dtypes"].items()}, "aliases": meta["aliases"],
         }
         st.setdefault("theta_file", None)
