@@ -193,17 +193,19 @@ _PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|x
 
 def _pytest_row(label: str, args: list[str], log_name: str) -> list[str]:
     log = OUT / f"{log_name}_{_stamp()}.log"
+    load = os.getloadavg()[0]  # a shared machine: how busy it was when the tests started
     seconds = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], log)
     last = [ln for ln in log.read_text().splitlines() if " in " in ln and "passed" in ln][-1:]
     counts = {kind.rstrip("s"): int(n) for n, kind in _PYTEST_SUMMARY.findall(last[0] if last else "")}
     ran = sum(v for k, v in counts.items() if k != "deselected")
-    return [label, str(ran), str(counts.get("passed", 0)), str(counts.get("skipped", 0)), _duration(seconds)]
+    return [label, str(ran), str(counts.get("passed", 0)), str(counts.get("skipped", 0)), _duration(seconds),
+            f"{load:.1f}"]
 
 
 def _tests_table(rows: list[list[str]]) -> str:
     cores = os.cpu_count()
     return (f"Measured on {cores} CPU cores with the embedded models already in `MPU_CACHE_DIR`:\n\n"
-            + markdown(["command", "tests", "passed", "skipped", "wall time"], rows))
+            + markdown(["command", "tests", "passed", "skipped", "wall time", "load average at start"], rows))
 
 
 @table("tests_unit", cost="~40 s (the unit layer)")
@@ -250,6 +252,19 @@ def aliases_table() -> str:
     rows.append(["`model=` their config name (e.g. `Llama-3.2-1B-Instruct`)",
                  "`model=` " + " · ".join(p.stem for p in sorted(MODEL_DIR.glob("*.yaml")))])
     return markdown(["open-unlearning", "read as"], rows)
+
+
+@table("options", cost="instant (read from conf/config.yaml's comments, as `mpu-run --help` is)")
+def options_table() -> str:
+    from mpu_cli.cli.help import group_options, parse
+    from mpu_cli.config import CONF_DIR
+
+    groups, keys = parse((Path(CONF_DIR) / "config.yaml").read_text())
+    rows = [[f"`{g.name}=`", f"{g.meaning}; options: {', '.join(group_options(Path(CONF_DIR), g.name))}",
+             "none" if g.default == "null" else f"`{g.default}`"] for g in groups]
+    rows += [[f"`{k.name}`", k.meaning, "see meaning" if k.default.startswith("${") else f"`{k.default}`"]
+             for k in keys]
+    return markdown(["key", "meaning", "default"], [[c.replace("|", "\\|") for c in r] for r in rows])
 
 
 # ---- the command -------------------------------------------------------------------------------------------------
