@@ -83,6 +83,16 @@ def test_groups_compose_without_a_plus(override, key, value):
         validate(cfg)
 
 
+@pytest.mark.parametrize(("override", "near"), [("variant=mpu_k01", "mpu_k0.1"), ("accelerate=dpp", "ddp"),
+                                              ("tofu_split=forget5", "forget05")])
+def test_an_unknown_option_of_a_new_group_is_refused_with_the_nearest(override, near):
+    from mpu_cli.cli.precheck import check_overrides
+    from mpu_cli.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"is not one of .*did you mean '{near}'"):
+        check_overrides([override], CONF_DIR)
+
+
 def test_presets_combine_and_the_command_line_wins():
     cfg = _compose(["experiment=tiny_ga", "variant=noised_k0.1", "tofu_split=forget01", "kappa=0.5"])
     assert (cfg.algorithm.name, cfg.arm, cfg.kappa, cfg.data.split) == ("ga", "noised", 0.5, "forget01")

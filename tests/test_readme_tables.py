@@ -66,3 +66,10 @@ def test_every_registered_table_has_its_markers_in_the_readme():
     assert set(rt.TABLES) <= set(marked), sorted(set(rt.TABLES) - set(marked))
     assert len(marked) == len(set(marked)), "a table is marked twice"
     assert sorted(set(marked) - set(rt.TABLES)) == [], "a marked table has no command"
+
+
+def test_bench_csv_becomes_a_table_of_the_columns_that_hold_values(tmp_path):
+    csv = tmp_path / "bench.csv"
+    csv.write_text("run,m,wall_s,server_pct,empty\nm-sweep,2,52.34,1.5812,\nm-sweep,4,80.0,2.25,\n")
+    assert rt.bench_markdown(csv) == ("| run | m | wall_s | server_pct |\n|---|---|---|---|\n"
+                                      "| m-sweep | 2 | 52.3 | 1.58 |\n| m-sweep | 4 | 80 | 2.25 |")

@@ -1,7 +1,7 @@
 """Render QA pairs as chats and tokenize them with answer-only labels.
 
 Loss and every probability cover the answer tokens only, end-of-turn token included
-(open-unlearning's TOFU formatting). Padding is masked by position, never by token id.
+(spec/tofu-eval.md "Formatting"). Padding is masked by position, never by token id.
 """
 from __future__ import annotations
 
