@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report
+.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report readme-tables
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,11 @@ lint: install  ## ruff
 
 bench-eval: install  ## items/s of the batched TOFU evaluator vs one item at a time (embedded target, smollm2-135m)
 	$(PY) scripts/bench_eval.py
+
+# Each table of measured numbers in README.md sits between `<!-- table: NAME -->` and `<!-- /table -->`;
+# scripts/readme_tables.py maps NAME to the command that measures it (`--list` shows them with their cost).
+readme-tables: install  ## rebuild README's measured tables (~20 min on 2 cores: audit 6, bench 5, tests 7); TABLES=a,b for some
+	$(PY) scripts/readme_tables.py $(if $(TABLES),--tables $(TABLES))
 
 clean:  ## remove outputs and caches (not the venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 8): one MPU round + evaluation of a Llama-3.2-1B-shaped model (random init, bf16; real
+# GPU check: one MPU round + evaluation of a Llama-3.2-1B-shaped model (random init, bf16; real
 # weights with --model DIR) on one GPU, within 5 minutes; prints timings and peak GPU memory.
 # Without a CUDA GPU it says so and exits 2. Extra arguments go to scripts/gpu_check.py (see --help there).
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Harmonic weights cancel the first-order noise term; what remains scales as κ² (spec §4)."""
+"""Harmonic weights cancel the first-order noise term; what remains scales as κ²."""
 
 import pytest
 import torch

@@ -20,7 +20,7 @@ def test_each_alias_maps_to_its_key_with_a_note(given, expected):
 
 
 def test_our_own_names_pass_unchanged_and_silently():
-    argv = ["-m", "algorithm=npo", "model=tiny", "data.split=forget01", "+variant=clean"]
+    argv = ["-m", "algorithm=npo", "model=tiny", "data.split=forget01", "variant=clean"]
     assert rewrite(argv) == (argv, [])
 
 

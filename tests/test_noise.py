@@ -1,4 +1,4 @@
-"""σ per block, zero-sum noise across copies, α schedules (spec §2)."""
+"""σ per block, zero-sum noise across copies, α schedules."""
 
 import math
 

@@ -228,7 +228,7 @@ def test_sweep_with_a_failing_job_still_writes_its_summary(mpu_run_cmd, tmp_path
     without COMPLETE, the others finish, summary.md lists the failure, the command exits 1."""
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [*mpu_run_cmd, "-m", "algorithm=ga", "+variant=clean,mpu_k0.1", "seed=0", "client.epochs=1",
+        [*mpu_run_cmd, "-m", "algorithm=ga", "variant=clean,mpu_k0.1", "seed=0", "client.epochs=1",
          "eval.metrics=quick", "eval.max_new_tokens=8", f"hydra.sweep.dir={sweep}"],
         check=False, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

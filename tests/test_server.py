@@ -1,4 +1,4 @@
-"""The server's arms, rounds, seeds, secrets and precision (spec §2, §4, §5, §6)."""
+"""The server's arms, rounds, seeds, secrets and precision."""
 
 import ast
 import json

@@ -214,7 +214,7 @@ def test_exchange_folder_holds_no_secret_and_no_theta(scenario):
             for key in keys:
                 assert not any(w in key.lower() for w in SECRET_WORDS) or key == "published_sha256", (f, key)
     # θ_0 (the target) vs the published copies: no transformer-block tensor goes out exact; the embeddings,
-    # final norm and LM head do (spec §6.4, reported as exposed_fraction).
+    # final norm and LM head do (reported as exposed_fraction).
     theta0 = load_file(str(Path(scenario["prepared"].target) / "model.safetensors"))
     for k in range(2):
         pub = load_file(str(ex.copy_dir(exchange, 1, k) / ex.PUBLISHED))

@@ -109,7 +109,7 @@ def test_reproduce_tiny_covers_the_papers_grid():
     grid = _grid("reproduce_tiny")
     algorithms = set(grid["algorithm"])
     assert algorithms == {"ga", "graddiff", "npo", "simnpo", "undial", "satimp", "wga"}
-    assert grid["+variant"] == ["clean", "noised_k0.1", "mpu_k0.01", "mpu_k0.1"]
+    assert grid["variant"] == ["clean", "noised_k0.1", "mpu_k0.01", "mpu_k0.1"]
     assert grid["seed"] == ["0", "1", "2"]
 
 

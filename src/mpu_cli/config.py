@@ -150,6 +150,13 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("mpu_arm_tag", arm_tag, replace=True)
     OmegaConf.register_new_resolver("mpu_seed_tag", lambda seed: "unseeded" if seed is None else f"s{seed}",
                                     replace=True)
+    OmegaConf.register_new_resolver("mpu_help", _help, replace=True)  # `--help` (conf/hydra/help/*.yaml)
+
+
+def _help(config_name: str) -> str:
+    from mpu_cli.cli.help import config_help
+
+    return config_help(config_name, CONF_DIR)
 
 
 def arm_tag(arm, kappa, m) -> str:

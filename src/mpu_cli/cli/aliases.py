@@ -4,22 +4,34 @@ Each alias is rewritten to its key and said in one note line on stderr, so a use
 `trainer=NPO` → `algorithm=npo`, `forget_split=forget05` → `data.split=forget05`, `task_name=x` → `run_id=x`,
 algorithm names as open-unlearning spells them (GradAscent, GradDiff, NPO, SimNPO, DPO / IdkDPO, UNDIAL, WGA,
 SatImp, RMU; any case), its model config names (`model=Llama-3.2-1B-Instruct`). `retain_split=` and
-`holdout_split=` follow from the forget split here: they are accepted when they agree with it.
+`holdout_split=` follow from the forget split here: they are accepted when they agree with it. A group of the
+root config's defaults list given with Hydra's append prefix (`+variant=clean`, the form these groups once
+needed) is read as `variant=clean`: Hydra itself would refuse to append a group that is already listed.
 Earlier preset names of our own are read the same way: `experiment=paper_<alg>` → `experiment=paper
 algorithm=<alg>` (the paper's schedule is one table now), `experiment=tiny_<alg>` → `algorithm=<alg>` (the
 embedded model's presets apply to an algorithm named alone).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-ALGORITHM_NAMES = {
-    "gradascent": "ga", "ga": "ga", "graddiff": "graddiff", "npo": "npo", "simnpo": "simnpo", "dpo": "idkdpo",
-    "idkdpo": "idkdpo", "undial": "undial", "wga": "wga", "satimp": "satimp", "rmu": "rmu",
+OPEN_UNLEARNING_ALGORITHMS = {  # their trainer names as they spell them -> ours
+    "GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo", "SimNPO": "simnpo", "DPO": "idkdpo",
+    "IdkDPO": "idkdpo", "UNDIAL": "undial", "WGA": "wga", "SatImp": "satimp", "RMU": "rmu",
 }
+ALGORITHM_NAMES = {k.lower(): v for k, v in OPEN_UNLEARNING_ALGORITHMS.items()} | {
+    v: v for v in OPEN_UNLEARNING_ALGORITHMS.values()}  # any case of theirs or ours
 KEYS = {"trainer": "algorithm", "forget_split": "data.split", "task_name": "run_id"}
 DERIVED = {"retain_split": "retain", "holdout_split": "holdout"}  # ours follow from data.split
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+ROOT_CONFIG = MODEL_DIR.parent / "config.yaml"
+
+
+def default_groups() -> set[str]:
+    """The groups of the root config's defaults list (`- [optional ]group: option`)."""
+    text = ROOT_CONFIG.read_text()
+    return set(re.findall(r"^\s+-\s+(?:optional\s+)?([a-z_]+):", text, re.MULTILINE))
 
 
 class AliasError(ValueError):
@@ -52,12 +64,17 @@ def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
     """(argv with aliases replaced, one note per alias used); AliasError for a derived split that disagrees."""
     out, notes, derived = [], [], []
     models = {p.stem.lower(): p.stem for p in MODEL_DIR.glob("*.yaml")}
+    groups = default_groups()
     for arg in argv:
         key, sep, value = arg.partition("=")
         bare = key.lstrip("+~")
         if not sep or arg.startswith("-"):
             out.append(arg)
             continue
+        if key == f"+{bare}" and bare in groups:
+            notes.append(f"mpu-run: note: {arg} is read as {bare}={value} ({bare} is a group of the defaults "
+                         "list: no + needed)")
+            key = bare
         new_key = KEYS.get(bare, bare)
         new_value = value
         if new_key == "algorithm":

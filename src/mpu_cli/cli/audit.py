@@ -1,10 +1,26 @@
-"""`mpu-audit`: what a curious client (A0–A5) and a curious server (B1) can learn in one MPU round.
+"""mpu-audit: what a curious client (A0–A5) and a curious server (B1) can learn in one MPU round.
+
+The server is built from the prepared target and base of the configuration and publishes one round; from the
+client's view only (the copies, the public base, the architecture) the audit mounts A0 (tensors published
+exactly), A1 (one copy taken as θ), A2 (each copy aligned to θ_base), A3 (copies aligned to copy 1), A4 (the
+aligned copies averaged), A5 (the point of their affine hull closest to θ_base); after one real round of
+unlearning, from the server's view, B1 (forget items ranked by their loss increase). The server's secrets are
+used only to score. Writes privacy_report.json / privacy_report.md, or for a sweep one folder per cell plus
+privacy_sweep.{json,csv,md}.
 
     mpu-audit kappa=0.1 m=2 seed=0 [model=tiny] [out=DIR] [b1=false] [any mpu-run override]
     mpu-audit sweep=true seed=0 [sweep_kappa=0.01,0.1] [sweep_m=2,4] [sweep_perturb=false,true] [out=DIR]
 
-Writes privacy_report.json / privacy_report.md (one audit) or, for a sweep, one folder per cell plus
-privacy_sweep.{json,csv,md}. The harness holds the server's secrets only to score; the attacks never see them.
+Keys (key=value):
+  out=DIR               the output folder (default: outputs/audit/<time>_<cell> or <time>_sweep); never
+                        overwritten
+  b1=true|false         also run one unlearning round and the server-side attack B1 (default: true)
+  sweep=true|false      audit every cell of sweep_kappa x sweep_m x sweep_perturb (default: false)
+  sweep_kappa=K1,K2     the sweep's noise levels (default: 0.01,0.1)
+  sweep_m=M1,M2         the sweep's numbers of copies (default: 2,4)
+  sweep_perturb=...     the sweep's server.perturb_unprotected values (default: false,true)
+  any other key=value   an mpu-run override (kappa, m, seed, model, algorithm, server.*, client.*, ...;
+                        `mpu-run --help` lists them)
 """
 from __future__ import annotations
 
@@ -54,7 +70,7 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     overrides = []
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(USAGE)
+            print(__doc__.rstrip())
             sys.exit(0)
         key, sep, value = arg.partition("=")
         if not sep:
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             cfgs = [compose_config(overrides)]
             out = Path(opts["out"] or f"outputs/audit/{stamp}_{_cell_name(cfgs[0])}")
             _check_out(out, ("privacy_report.json",))
-        from .run import audit, write_sweep
+        from mpu_cli.audit.run import audit, write_sweep
 
         if not opts["sweep"]:
             audit(cfgs[0], out, b1=opts["b1"])

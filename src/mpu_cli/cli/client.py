@@ -133,16 +133,30 @@ def cmd_unlearn(args) -> None:
         print(f"mpu-client: round {r} copy {k} returned ({time.perf_counter() - t0:.1f}s)", flush=True)
 
 
+DESCRIPTION = """The MPU client party as its own process (the file transport; `mpu-run transport=files` drives it).
+It reads the published copies of a round from the exchange folder, runs its unlearning algorithm on each with
+its own private data and returns the updated copies there; it never sees θ nor the server's secrets.
+
+  mpu-client unlearn --exchange RUN/exchange --config RUN/CLIENT.json            every copy not yet returned
+  mpu-client unlearn --exchange RUN/exchange --config RUN/CLIENT.json --copy 2   (re)do copy 2 only
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpu-client", description="The MPU client party (file transport).")
-    sub = p.add_subparsers(dest="command", required=True)
-    u = sub.add_parser("unlearn", help="run the unlearning algorithm on published copies")
+    p = argparse.ArgumentParser(prog="mpu-client", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{unlearn}")
+    u = sub.add_parser("unlearn", help="run the unlearning algorithm on published copies",
+                       description="Unlearn the published copies of a round and return each (returned.safetensors, "
+                       "then returned_manifest.json).")
     u.add_argument("--exchange", required=True, help="the exchange folder (published copies, public/ model)")
-    u.add_argument("--config", required=True, help="CLIENT.json: algorithm, client settings, data, format, dtype")
+    u.add_argument("--config", required=True,
+                   help=f"CLIENT.json with {', '.join(CLIENT_KEYS)}: the algorithm, the client settings "
+                   "(lr, epochs, batch size, …), its data, the chat format and the training dtype")
     u.add_argument("--round", type=int, default=None, help="default: the latest published round")
     u.add_argument("--copy", type=int, action="append", default=None,
                    help="copy index (repeatable); default: every copy not yet returned")
-    u.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process")
+    u.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process (default: torch's)")
     return p
 
 

@@ -268,30 +268,62 @@ def cmd_status(args) -> None:
 # ---- entry point ----------------------------------------------------------------------------------------------
 
 
+DESCRIPTION = """The MPU server party as its own process (the file transport; `mpu-run transport=files` drives it).
+It owns the exact model θ and the round secrets (--state, private) and exchanges only files with the client
+(--exchange): init, then per round publish (m perturbed copies) -> the client unlearns them -> aggregate.
+
+  mpu-server init --state RUN/server_private --exchange RUN/exchange --target MODEL --base BASE --m 2 --kappa 0.01
+  mpu-server publish --state RUN/server_private
+  mpu-client unlearn --exchange RUN/exchange --config CLIENT.json
+  mpu-server aggregate --state RUN/server_private
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpu-server", description="The MPU server party (file transport).")
-    sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("init", help="load θ_0 (the target) and start a private server state")
+    from mpu_cli.models.io import DTYPES
+    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
+    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="mpu-server", description=DESCRIPTION, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{init,publish,aggregate,status}")
+    i = sub.add_parser("init", help="load θ_0 (the target) and start a private server state",
+                       description="Load θ_0 (the target), write it and the server settings into a new private "
+                       "state folder, and put the public architecture and tokenizer (no weights) into the "
+                       "exchange folder.")
     i.add_argument("--state", required=True, help="private state folder (never shared)")
     i.add_argument("--exchange", required=True, help="exchange folder shared with the client")
     i.add_argument("--target", required=True, help="the server's model θ_0 (local folder or Hub name)")
     i.add_argument("--base", default=None, help="public base model θ_base (σ reference); omit for none")
     i.add_argument("--tokenizer", default=None, help="public tokenizer to hand to the client (default: --target)")
-    i.add_argument("--dtype", default="float32", help="training / publishing dtype: float32, bfloat16, float16")
-    i.add_argument("--arm", default="mpu", help="clean | noised | mpu")
-    i.add_argument("--kappa", type=float, default=0.01)
-    i.add_argument("--m", type=int, default=2)
+    # Accepted values are listed, not enforced by argparse: ServerConfig refuses a bad one in one line.
+    i.add_argument("--dtype", default="float32",
+                   help=f"training / publishing dtype: {' | '.join(DTYPES)} (default: %(default)s)")
+    i.add_argument("--arm", default="mpu",
+                   help=f"{' | '.join(ARMS)}: θ itself; one noisy copy; m reparameterized noisy copies "
+                   "(default: %(default)s)")
+    i.add_argument("--kappa", type=float, default=0.01,
+                   help="noise level κ: σ_l = κ·RMS(θ_l − θ_base,l) (default: %(default)s)")
+    i.add_argument("--m", type=int, default=2, help="number of perturbed copies (mpu: m ≥ 2; default: %(default)s)")
     i.add_argument("--seed", type=int, default=None, help="reproducible secrets (recorded); omit for a CSPRNG")
-    i.add_argument("--alpha-schedule", default="linear")
-    i.add_argument("--eta", type=float, default=1.0)
-    i.add_argument("--perturb-unprotected", action="store_true")
-    i.add_argument("--noise-reference", default="base")
-    for name in ("publish", "aggregate"):
-        c = sub.add_parser(name)
-        c.add_argument("--state", required=True)
+    i.add_argument("--alpha-schedule", default="linear",
+                   help=f"the copies' scale factors α_k: {' | '.join(ALPHA_SCHEDULES)} (linear: α_k = "
+                   "1+(k−1)/(m−1); default: %(default)s)")
+    i.add_argument("--eta", type=float, default=1.0,
+                   help="server step: θ_r = θ_{r−1} + η·(aggregate − θ_{r−1}) (default: %(default)s)")
+    i.add_argument("--perturb-unprotected", action="store_true",
+                   help="also perturb embeddings, LM head and final norm (default: published exactly)")
+    i.add_argument("--noise-reference", default="base",
+                   help=f"{' | '.join(NOISE_REFERENCES)}: σ from θ − θ_base, or from θ itself (a model "
+                   "without base) (default: %(default)s)")
+    for name, what in (("publish", "Pre-Process of the next round: the m copies -> exchange/round_r/"),
+                       ("aggregate", "validate every returned copy, then Post-Process -> θ_r")):
+        c = sub.add_parser(name, help=what, description=what)
+        c.add_argument("--state", required=True, help="the private state folder given to init")
         c.add_argument("--exchange", default=None, help="default: the folder given to init")
-    s = sub.add_parser("status")
-    s.add_argument("--state", required=True)
+    s = sub.add_parser("status", help="public facts: round, pending, m, κ, exposed fraction (JSON)",
+                       description="Print the server's public facts as JSON (no secret).")
+    s.add_argument("--state", required=True, help="the private state folder given to init")
     return p
 
 

@@ -1,4 +1,4 @@
-"""TOFU metric math on plain numbers (spec/tofu-eval.md "Per-example quantities" and "Reported metrics").
+"""TOFU metric math on plain numbers (open-unlearning's definitions; README: What the numbers mean).
 
 Everything here is model-free: inputs are per-answer average losses, token log-probabilities,
 argmax-correct flags or strings; outputs are Python floats. Probability ratios are computed in

@@ -1,4 +1,4 @@
-"""TOFU-style evaluation in open-unlearning's output shapes (spec/tofu-eval.md).
+"""TOFU-style evaluation in open-unlearning's output shapes (README: What the numbers mean).
 
 `evaluate` returns the TOFU_EVAL dict {metric: {"agg_value": float, "value_by_index": {str(idx): {...}}}}.
 Per-item records: Prob -> {"prob", "avg_loss"}; ROUGE -> {"rouge1_recall", "rougeL_f1", "rougeL_recall",
@@ -32,7 +32,7 @@ UTILITY_METRICS = (
     "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio",
 )
 
-# Every metric of the spec, in report order. "mia_min_k" is the AUC that privleak is computed from.
+# Every reported metric, in report order. "mia_min_k" is the AUC that privleak is computed from.
 ALL_METRICS = (
     "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_truth_ratio", "forget_quality",
     "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
@@ -56,7 +56,7 @@ _SPLITS = {"forget": "forget", "retain": "retain", "ra": "real_authors", "wf": "
 class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 200
-    metrics: tuple[str, ...] | None = None  # None = all metrics of the spec; else a subset by name
+    metrics: tuple[str, ...] | None = None  # None = every metric; else a subset by name
     # Generations are cut at these strings (after EOS / end-of-turn). None: the tag template's
     # next "Question:" when the tokenizer has no chat template, nothing otherwise.
     stop_strings: tuple[str, ...] | None = None

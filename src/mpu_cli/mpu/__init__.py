@@ -1,4 +1,4 @@
-"""The MPU server (spec §2, §4-§6). Works on plain state dicts; never imports the client or the data."""
+"""The MPU server (Pre-Process, Post-Process, the baselines' arms). Works on plain state dicts; never imports the client or the data."""
 
 from .aggregate import UpdateAccumulator, harmonic_weights
 from .layout import ModelLayout, block_of

@@ -1,4 +1,4 @@
-"""Harmonic weights and the streaming update accumulator (spec §4)."""
+"""Harmonic weights and the streaming update accumulator (Post-Process)."""
 
 from __future__ import annotations
 

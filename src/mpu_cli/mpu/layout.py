@@ -1,4 +1,4 @@
-"""Model shape facts the server needs, and the parameter-name -> block mapping (spec §2, parameter groups)."""
+"""Model shape facts the server needs, and the parameter-name -> block mapping (the protected parameter groups)."""
 
 from __future__ import annotations
 

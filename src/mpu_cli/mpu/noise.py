@@ -1,4 +1,4 @@
-"""Noise scales, zero-sum base noise across copies and the secret per-copy scalings α (spec §2)."""
+"""Noise scales, zero-sum base noise across copies and the secret per-copy scalings α (Pre-Process)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def gaussian(shape, sigma: float, seed: int) -> torch.Tensor:
 
 
 class ZeroSumNoise:
-    """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed (spec §2).
+    """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed.
 
     Any one copy is regenerated on its own from its seed and the mean, so a caller producing the copies one at
     a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean)."""
@@ -124,7 +124,7 @@ def alpha_schedule(m: int, kind: str = "linear", generator: torch.Generator | No
     """Per-copy scalings α_k ≥ 1, distinct.
 
     linear: 1 + (k−1)/(m−1) (the reference code); pow2: 2^(k−1) (its older version);
-    random: α_1 = 1, the others 1 + U(0, 1) drawn from `generator` (spec §6.2: α secret, not a public schedule).
+    random: α_1 = 1, the others 1 + U(0, 1) drawn from `generator` (α secret, not a public schedule).
     """
     if m < 1:
         raise ValueError(f"m must be >= 1, got {m}")

@@ -1,4 +1,4 @@
-"""Function-preserving reparameterization T (spec §2): MLP channel permutations and RoPE-plane rotations.
+"""Function-preserving reparameterization T (Pre-Process): MLP channel permutations and RoPE-plane rotations.
 
 Layout conventions: HF parameter names, PyTorch [out, in] weights. For KV head j, S_j is a block of 2×2
 rotations by angle φ on the planes (i, i + head_dim/2) — HF's rotate_half pairing, so S_j commutes with RoPE.

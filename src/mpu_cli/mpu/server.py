@@ -1,4 +1,4 @@
-"""The MPU server: rounds of Pre-Process (publish) and Post-Process (aggregate), spec §2, §4, §5, §6.
+"""The MPU server: rounds of Pre-Process (publish) and Post-Process (aggregate).
 
 Secrets (seeds, α, σ, transforms) live only in one `_RoundSecrets` object; published copies are plain dicts.
 The server never holds the published copies, the m noise tensors nor the m updates: every copy is a
@@ -44,7 +44,7 @@ class ServerConfig:
     alpha_schedule: str = "linear"
     eta: float = 1.0  # η_srv
     seed: int | None = None  # None -> CSPRNG seeds; int -> reproducible run, recorded as such
-    perturb_unprotected: bool = False  # spec §6.4 option: also noise embeddings / lm_head / final norm
+    perturb_unprotected: bool = False  # option: also noise embeddings / lm_head / final norm
     noise_reference: str = "base"  # "base": θ − θ_base | "raw": θ (also used when no base is given)
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""The exchange folder: the only thing the server and the client share (spec §1).
+"""The exchange folder: the only thing the server and the client share.
 
 Layout (format "mpu-exchange/1"); every file is written atomically, and in each stage the marker is written last:
 

@@ -1,7 +1,7 @@
 """The client loop for large models: the loop of unlearn/loop.py, run under `accelerate`.
 
-Used when `client.accelerate_config=<name>` (a shipped config in conf/accelerate/ or a path to an accelerate
-config file) or `client.mixed_precision` is set; with neither, the plain loop in client.py runs unchanged.
+Used when `client.accelerate_config=<name>` (or `accelerate=<name>`: a shipped config in accelerate_configs/,
+or a path to an accelerate config file) or `client.mixed_precision` is set; with neither, the plain loop in client.py runs unchanged.
 
 - One process (a plain `mpu-run`): the Accelerator places the model on the local device (the GPU if there is
   one) and applies the mixed precision of the config (or `client.mixed_precision`). Multi-process settings of
@@ -28,7 +28,7 @@ import torch
 from mpu_cli.unlearn.loop import new_optimizer, train_epochs
 from mpu_cli.unlearn.settings import MIXED_PRECISION
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "accelerate"
+CONFIG_DIR = Path(__file__).resolve().parent / "accelerate_configs"  # in accelerate's own format
 
 _cached: dict = {}  # the process's Accelerator: accelerate's state is a per-process singleton
 

@@ -22,7 +22,7 @@ class ClientConfig:
     # client_copy: the frozen reference model is the copy the client received; server_clean: the exact θ_0
     # (the paper's code; it leaks θ_0 to the client and is flagged in the results)
     reference: str = "client_copy"
-    # Large models (unlearn/accel.py): an accelerate config (conf/accelerate/<name>.yaml or a file path),
+    # Large models (unlearn/accel.py): an accelerate config (accelerate_configs/<name>.yaml or a file path),
     # mixed precision ("no" | "bf16" | "fp16"; None: the accelerate config's, else none) and activation
     # recomputation. With neither accelerate_config nor mixed_precision the plain client loop runs.
     accelerate_config: str | None = None

@@ -1,0 +1,327 @@
+"""`make readme-tables [TABLES=a,b]`: rebuild README.md's tables of measured numbers by measuring them again.
+
+Each table sits in README.md between a line `<!-- table: NAME -->` and a line `<!-- /table -->`. `TABLES` maps
+NAME to the function that measures and returns that markdown (register one with `@table(NAME, cost)`); only the
+text between a table's two markers is rewritten, everything else in README.md stays as it is.
+
+    python scripts/readme_tables.py [--tables a,b] [--readme README.md] [--print] [--list]
+
+A table whose command fails leaves its old text in place; the others are still written; the exit code is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+OUT = REPO / "outputs" / "readme_tables"  # what the measuring commands wrote, kept for inspection
+
+
+class Table:
+    def __init__(self, name: str, cost: str, build: Callable[[], str]):
+        self.name, self.cost, self.build = name, cost, build
+
+
+TABLES: dict[str, Table] = {}
+
+
+def table(name: str, cost: str):
+    """Register `fn() -> markdown` as the command that measures README's table NAME; cost: how long it runs."""
+    def register(fn):
+        TABLES[name] = Table(name, cost, fn)
+        return fn
+    return register
+
+
+# ---- the marker rewriter ---------------------------------------------------------------------------------------
+
+START = re.compile(r"^<!-- table: ([A-Za-z0-9_.-]+) -->[ \t]*$", re.MULTILINE)
+END = "<!-- /table -->"
+
+
+class MarkerError(ValueError):
+    pass
+
+
+def marked_names(text: str) -> list[str]:
+    """The table names marked in a README text, in order."""
+    return START.findall(text)
+
+
+def replace_tables(text: str, tables: dict[str, str]) -> str:
+    """`text` with the body between `<!-- table: NAME -->` and the next `<!-- /table -->` replaced by
+    tables[NAME] for each given NAME; MarkerError when a NAME has no markers or a start has no end."""
+    missing = sorted(set(tables) - set(marked_names(text)))
+    if missing:
+        raise MarkerError(f"no '<!-- table: {missing[0]} -->' ... '{END}' markers in the README")
+    out, pos = [], 0
+    for m in START.finditer(text):
+        end = text.find("\n" + END, m.end())
+        if end < 0:
+            raise MarkerError(f"'<!-- table: {m.group(1)} -->' has no '{END}' line after it")
+        nxt = START.search(text, m.end())
+        if nxt and nxt.start() < end:
+            raise MarkerError(f"'<!-- table: {m.group(1)} -->' is not closed before the next table starts")
+        name = m.group(1)
+        if name in tables:
+            out.append(text[pos:m.end()])
+            out.append("\n" + tables[name].strip("\n"))
+            pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1"}
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    """Run a command (its output into `log`); its wall time in seconds; RuntimeError when it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc} ({tail[0]}); log: {log}")
+    return seconds
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _g(x, digits: int = 3) -> str:
+    """A number to `digits` significant digits ("–" for a missing one)."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool) or not isinstance(x, float):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# ---- the privacy audit -----------------------------------------------------------------------------------------
+
+AUDIT_ARGS = ["sweep=true", "seed=0"]
+AUDIT_DIR: Path | None = None  # --audit-dir: format an existing sweep folder instead of running one
+
+
+@cache
+def audit_sweep() -> list[dict]:
+    """One `mpu-audit sweep=true seed=0` (κ ∈ {0.01, 0.1} × m ∈ {2, 4} × perturb_unprotected): its cells'
+    privacy_report.json, in sweep order. Both audit tables read the same sweep."""
+    out = AUDIT_DIR or OUT / f"audit_{_stamp()}"
+    if AUDIT_DIR is None:
+        _run([sys.executable, "-m", "mpu_cli.cli.audit", *AUDIT_ARGS, f"out={out}"], out.with_suffix(".log"))
+    elif not (out / "privacy_sweep.json").is_file():
+        raise RuntimeError(f"--audit-dir {out} holds no privacy_sweep.json (an `mpu-audit sweep=true` folder)")
+    cells = sorted((p for p in out.iterdir() if (p / "privacy_report.json").is_file()),
+                   key=lambda p: int(p.name.split("_", 1)[0]))
+    return [json.loads((p / "privacy_report.json").read_text()) for p in cells]
+
+
+def _audit_caption(r: dict) -> str:
+    c, p = r["config"], r["params"]
+    return (f"Measured on the embedded default ({p['total'] / 1e6:.2f} M parameters, {p['protected'] / 1e6:.2f} M "
+            f"in blocks;\n{c['algorithm'].upper()}, {c['client_epochs']} epochs, lr {c['client_lr']:g}, "
+            f"{c['split']}, seed {c['seed']}; `mpu-audit {' '.join(AUDIT_ARGS)}`):")
+
+
+@table("audit", cost="~6 min on 2 cores (mpu-audit sweep=true seed=0, one thread; shared with audit_all_params)")
+def audit_table() -> str:
+    reports = [r for r in audit_sweep() if not r["config"]["perturb_unprotected"]]
+    rows = []
+    for r in reports:
+        a, c = r["attacks"], r["config"]
+        b1 = a.get("B1", {})
+        rows.append([
+            _g(c["kappa"]), str(c["m"]), _g(a["A0"]["exposed_fraction"]),
+            f"{_g(a['A1']['rel_err_protected'])} ({_g(a['A1']['rel_err_protected_mod_T'])})",
+            f"{a['A2']['perm_accuracy']:.3f} / {_g(a['A2']['angle_err_mean_rad'], 2)} rad",
+            _g(a["A2"]["rel_err_protected"]), _g(a["A4"]["rel_err_protected"]), _g(a["A5"]["rel_err_protected"]),
+            _g(a["A5"]["rel_err_protected_mod_T"]), _g(a["A5"].get("weights_max_abs_err"), 2),
+            f"{_g(b1.get('auc'))} ({_g(b1.get('auc_vs_retain'))} / {_g(b1.get('auc_vs_holdout'))})",
+        ])
+    header = ["κ", "m", "A0 exposed", "A1 err (mod T)", "A2 perm acc / angle err", "A2 err", "A4 err", "A5 err",
+              "A5 err mod T", "A5 weights max err", "B1 AUC (vs retain / holdout)"]
+    return _audit_caption(reports[0]) + "\n\n" + markdown(header, rows)
+
+
+@table("audit_all_params", cost="the audit table's sweep (run once for both)")
+def audit_all_params_table() -> str:
+    rows = []
+    for r in audit_sweep():
+        a, c, u = r["attacks"], r["config"], r.get("utility") or {}
+        rows.append([
+            _g(c["kappa"]), str(c["m"]), str(c["perturb_unprotected"]).lower(), _g(a["A0"]["exposed_fraction"]),
+            _g(a["A1"].get("rel_err_all_mod_T")), _g(a["A5"].get("rel_err_all_mod_T")),
+            *(_g(u.get(model, {}).get("retain_prob"), 4) for model in ("theta_prev", "copy_1", "theta_next")),
+        ])
+    header = ["κ", "m", "perturb_unprotected", "A0 exposed", "A1 err all params mod T",
+              "A5 err all params mod T", "retain prob: θ_{r−1}", "copy 1", "θ_r"]
+    return markdown(header, rows)
+
+
+# ---- the test suite ----------------------------------------------------------------------------------------------
+
+_PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
+
+
+def _pytest_row(label: str, args: list[str], log_name: str) -> list[str]:
+    log = OUT / f"{log_name}_{_stamp()}.log"
+    load = os.getloadavg()[0]  # a shared machine: how busy it was when the tests started
+    seconds = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], log)
+    last = [ln for ln in log.read_text().splitlines() if " in " in ln and "passed" in ln][-1:]
+    counts = {kind.rstrip("s"): int(n) for n, kind in _PYTEST_SUMMARY.findall(last[0] if last else "")}
+    ran = sum(v for k, v in counts.items() if k != "deselected")
+    return [label, str(ran), str(counts.get("passed", 0)), str(counts.get("skipped", 0)), _duration(seconds),
+            f"{load:.1f}"]
+
+
+def _tests_table(rows: list[list[str]]) -> str:
+    cores = os.cpu_count()
+    return (f"Measured on {cores} CPU cores with the embedded models already in `MPU_CACHE_DIR`:\n\n"
+            + markdown(["command", "tests", "passed", "skipped", "wall time", "load average at start"], rows))
+
+
+@table("tests_unit", cost="~40 s (the unit layer)")
+def tests_unit_table() -> str:
+    return _tests_table([_pytest_row("`make test-unit`", ["-m", "not slow and not integration"], "tests_unit")])
+
+
+@table("tests_all", cost="~6 min on 2 cores (both layers, what CI runs)")
+def tests_all_table() -> str:
+    return _tests_table([_pytest_row("`make test`", ["-n", "2"], "tests_all")])
+
+
+# ---- cost: make bench --------------------------------------------------------------------------------------------
+
+
+@table("bench", cost="~5 min on an idle 2-core machine (scripts/bench.py on the embedded model)")
+def bench_table() -> str:
+    out = OUT / f"bench_{_stamp()}"
+    _run([sys.executable, str(REPO / "scripts" / "bench.py"), *BENCH_ARGS, "--out", str(out)], out.with_suffix(".log"))
+    return f"`python scripts/bench.py {' '.join(BENCH_ARGS)}` on {os.cpu_count()} CPU cores:\n\n" + \
+        bench_markdown(out / "bench.csv")
+
+
+BENCH_ARGS = ["--models", "tiny", "--no-goal-run"]
+
+
+def bench_markdown(csv: Path) -> str:
+    """bench.csv as a table: one row per run, the columns that hold a value."""
+    import pandas as pd
+
+    df = pd.read_csv(csv).dropna(axis=1, how="all")
+    rows = [[_g(v) if isinstance(v, float) else str(v) for v in r] for r in df.itertuples(index=False)]
+    return markdown(list(df.columns), rows)
+
+
+# ---- not measured, but generated so that it cannot drift: open-unlearning's names (cli/aliases.py) --------------
+
+
+@table("aliases", cost="instant (read from mpu_cli.cli.aliases)")
+def aliases_table() -> str:
+    from mpu_cli.cli.aliases import DERIVED, KEYS, MODEL_DIR, OPEN_UNLEARNING_ALGORITHMS
+
+    rows = [[f"`{theirs}=…`", f"`{ours}=…`"] for theirs, ours in KEYS.items()]
+    rows.append([", ".join(f"`{k}=…`" for k in DERIVED), "follows from `data.split` (accepted when it agrees)"])
+    by_ours: dict[str, list[str]] = {}
+    for theirs, ours in OPEN_UNLEARNING_ALGORITHMS.items():
+        by_ours.setdefault(ours, []).append(theirs)
+    rows.append(["`trainer=` or `algorithm=` " + " · ".join(" / ".join(t) for t in by_ours.values()),
+                 "`algorithm=` " + " · ".join(by_ours)])
+    rows.append(["`model=` their config name (e.g. `Llama-3.2-1B-Instruct`)",
+                 "`model=` " + " · ".join(p.stem for p in sorted(MODEL_DIR.glob("*.yaml")))])
+    return markdown(["open-unlearning", "read as"], rows)
+
+
+@table("options", cost="instant (read from conf/config.yaml's comments, as `mpu-run --help` is)")
+def options_table() -> str:
+    from mpu_cli.cli.help import group_options, parse
+    from mpu_cli.config import CONF_DIR
+
+    groups, keys = parse((Path(CONF_DIR) / "config.yaml").read_text())
+    rows = [[f"`{g.name}=`", f"{g.meaning}; options: {', '.join(group_options(Path(CONF_DIR), g.name))}",
+             "none" if g.default == "null" else f"`{g.default}`"] for g in groups]
+    rows += [[f"`{k.name}`", k.meaning, "see meaning" if k.default.startswith("${") else f"`{k.default}`"]
+             for k in keys]
+    return markdown(["key", "meaning", "default"], [[c.replace("|", "\\|") for c in r] for r in rows])
+
+
+# ---- the command -------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tables", default="", help="comma-separated names (default: every registered table)")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--print", action="store_true", help="print the tables instead of writing the README")
+    ap.add_argument("--list", action="store_true", help="list the registered tables and what each costs")
+    ap.add_argument("--audit-dir", type=Path, default=None,
+                    help="the audit tables from this finished `mpu-audit sweep=true seed=0` folder (no new sweep)")
+    args = ap.parse_args(argv)
+    global AUDIT_DIR
+    AUDIT_DIR = args.audit_dir
+    if args.list:
+        for t in TABLES.values():
+            print(f"{t.name:<18} {t.cost}")
+        return 0
+    names = [n.strip() for n in args.tables.split(",") if n.strip()] or list(TABLES)
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        print(f"readme_tables: error: TABLES={unknown[0]!r} is not one of {sorted(TABLES)}", file=sys.stderr)
+        return 2
+    text = args.readme.read_text()
+    if not args.print:
+        unmarked = [n for n in names if n not in marked_names(text)]
+        if unmarked:
+            print(f"readme_tables: error: {args.readme} has no markers for {unmarked}", file=sys.stderr)
+            return 2
+    built, failed = {}, []
+    for name in names:
+        print(f"readme_tables: {name} ({TABLES[name].cost}) ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            built[name] = TABLES[name].build()
+        except Exception as e:  # noqa: BLE001 (one failing command does not lose the other tables)
+            failed.append(name)
+            print(f"readme_tables: {name} failed: {e}", file=sys.stderr)
+            continue
+        print(f"readme_tables: {name} done in {_duration(time.perf_counter() - t0)}", flush=True)
+        if args.print:
+            print(built[name] + "\n")
+    if built and not args.print:
+        from mpu_cli.files import atomic_write_text
+
+        atomic_write_text(args.readme, replace_tables(args.readme.read_text(), built))
+        print(f"readme_tables: rewrote {sorted(built)} in {args.readme}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
