@@ -13,7 +13,6 @@ embedded model's presets apply to an algorithm named alone).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 OPEN_UNLEARNING_ALGORITHMS = {  # their trainer names as they spell them -> ours
@@ -29,9 +28,10 @@ ROOT_CONFIG = MODEL_DIR.parent / "config.yaml"
 
 
 def default_groups() -> set[str]:
-    """The groups of the root config's defaults list (`- [optional ]group: option`)."""
-    text = ROOT_CONFIG.read_text()
-    return set(re.findall(r"^\s+-\s+(?:optional\s+)?([a-z_]+):", text, re.MULTILINE))
+    """The groups of the root config's defaults list, as mpu-run's help reads them."""
+    from mpu_cli.cli.help import parse
+
+    return {g.name for g in parse(ROOT_CONFIG.read_text())[0]}
 
 
 class AliasError(ValueError):

@@ -87,8 +87,9 @@ def parse(text: str) -> tuple[list[Entry], list[Entry]]:
     return groups, keys
 
 
-def group_options(conf_dir: Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+def group_options(conf_dir: str | Path, group: str) -> list[str]:
+    """The options of a config group: the names of its YAML files."""
+    return sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml"))
 
 
 def _item(label: str, text: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from mpu_cli.cli.help import group_options
 from mpu_cli.config import ConfigError, did_you_mean, register_configs, validate
 
 # Flags with which Hydra does not run the task (help, info, printing the config, completion) or reads
@@ -105,10 +106,6 @@ def check_overrides(
 
                 check_run_dir(cfg, take_lock=take_lock)
     return len(jobs)
-
-
-def group_options(conf_dir: str, group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml"))
 
 
 def _check_choices(cfg, conf_dir: str) -> None:
