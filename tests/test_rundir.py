@@ -197,3 +197,27 @@ def test_an_unwritable_run_directory_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="cannot be written") as e:
         rundir.lock(blocker / "runs" / "x")
     assert "\n" not in str(e.value)
+
+
+def test_saved_models_honour_the_umask_and_stay_private_in_the_server_folder(tmp_path):
+    """safetensors writes its files 0600; a saved model (cache entry, a run's model/) follows the umask like
+    every other output, and stays 0600 inside the server's private folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mpu_cli.files import make_private
+    from mpu_cli.models.io import save_model
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    old = os.umask(0o022)
+    try:
+        save_model(model, None, tmp_path / "cache" / "entry")
+        save_model(model, None, make_private(tmp_path / "private") / "theta")
+    finally:
+        os.umask(old)
+    files = list((tmp_path / "cache" / "entry").iterdir())
+    assert any(f.suffix == ".safetensors" for f in files)
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    for f in (tmp_path / "private" / "theta").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f

@@ -145,6 +145,7 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
     import shutil
 
     from mpu_cli.faults import inject
+    from mpu_cli.files import file_mode
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
@@ -156,6 +157,8 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
         for f in tmp.iterdir():  # flushed to disk before the folder appears under its final name
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            # safetensors writes 0600: the umask decides, as for every other output (0600 when private)
+            os.chmod(f, file_mode(out_dir / f.name))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves nothing that looks like a model
         raise

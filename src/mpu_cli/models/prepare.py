@@ -1,6 +1,7 @@
 """Build (or reuse) the three models a run needs: public base, target, retain.
 
-`model.base` is a path/Hub name or "embedded" (the tiny Llama pretrained here on the public corpus);
+`model.base` is a path/Hub name or "embedded" (the tiny Llama pretrained on the public corpus: shipped in
+the package, or built here when the pretraining settings differ from the shipped one's);
 `model.target` / `model.retain` are a path/Hub name, "finetune" (base fine-tuned on `full` / on the
 retain split), or null (no retain model). Built models are cached under a content hash of everything
 that determines them, so equal inputs reuse the cache and any change rebuilds.
@@ -21,7 +22,7 @@ from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa, pad_id
 from mpu_cli.data.tofu import load_public_text, load_split, split_names
 from mpu_cli.logprobs import sequence_nll
 from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype, save_model
-from mpu_cli.models.tiny import EMBEDDED_TOKENIZER, init_tiny_llama, load_embedded_tokenizer
+from mpu_cli.models.tiny import EMBEDDED_TOKENIZER, SHIPPED_BASE, init_tiny_llama, load_embedded_tokenizer
 from mpu_cli.models.training import finetune
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 PREPARE_VERSION = "2"  # 2: entries record the content hash of their weights
 TARGET_CHECK_SPLIT = "forget10"
 COMPLETE = "COMPLETE"
+SHIPPED_RECIPE = "recipe.json"
 PREPARE_MODULES = ("mpu_cli.models.prepare", "mpu_cli.models.training", "mpu_cli.models.tiny",
                    "mpu_cli.data.formatting", "mpu_cli.logprobs")
 
@@ -99,11 +101,16 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
 
     base_key = {"v": PREPARE_VERSION, "code": _code_version(), "base": model_cfg.base, "dtype": model_cfg.dtype}
     if model_cfg.base == "embedded":
-        base_key |= {"tok": _file_digest(EMBEDDED_TOKENIZER), "public": _digest(load_public_text(data_cfg.source)),
-                     "qa": _digest(_public_rows(data_cfg.source)), "epochs": prep_cfg.base_epochs,
-                     "lr": prep_cfg.lr, "bs": prep_cfg.batch_size, "seed": prep_cfg.seed,
-                     "fmt": fmt.__dict__}
-        base = _cached(cache, "base", base_key, lambda out: _build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt, out))
+        recipe = embedded_base_recipe(data_cfg, prep_cfg, fmt)
+        shipped = shipped_base(recipe)
+        if shipped is not None:
+            base_key |= {"shipped": recipe, "weights": weights_digest(shipped)}
+            base = str(shipped)
+            log.info("prepare: using the shipped embedded base model %s", shipped)
+        else:  # another pretraining recipe than the shipped one (e.g. prepare.base_epochs=…): built and cached
+            base_key |= recipe
+            base = _cached(cache, "base", base_key,
+                           lambda out: build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt, out))
     elif model_cfg.base:
         base_key["src"] = _source_digest(model_cfg.base)
         base = model_cfg.base
@@ -230,7 +237,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt: ChatFormat, out: Path) -> dict:
+def embedded_base_recipe(data_cfg, prep_cfg, fmt: ChatFormat) -> dict:
+    """Everything the embedded base's pretraining depends on: tokenizer, corpus, schedule, chat format."""
+    return {"tok": _file_digest(EMBEDDED_TOKENIZER), "public": _digest(load_public_text(data_cfg.source)),
+            "qa": _digest(_public_rows(data_cfg.source)), "epochs": prep_cfg.base_epochs,
+            "lr": prep_cfg.lr, "bs": prep_cfg.batch_size, "seed": prep_cfg.seed, "fmt": fmt.__dict__}
+
+
+def shipped_base(recipe: dict) -> Path | None:
+    """The base model shipped in the package (pretrained by scripts/make_embedded_base.py, so no run spends
+    a minute and a half pretraining it) when it was made by `recipe` and its weights are intact; else None."""
+    try:
+        made = json.loads((SHIPPED_BASE / SHIPPED_RECIPE).read_text())
+    except (OSError, ValueError):
+        return None
+    if made.get("recipe") != json.loads(json.dumps(recipe)):
+        return None
+    if weights_digest(SHIPPED_BASE) != made.get("weights_sha256"):
+        log.warning("prepare: the shipped embedded base model %s is damaged (its weights do not match the hash "
+                    "recorded when it was made): building one instead; reinstalling the package restores it",
+                    SHIPPED_BASE)
+        return None
+    return SHIPPED_BASE
+
+
+def write_shipped_base(recipe: dict, folder: Path) -> None:
+    """Record the recipe and content hash of a base built into `folder` (what `shipped_base` checks)."""
+    from mpu_cli.files import atomic_write_json
+
+    atomic_write_json(folder / SHIPPED_RECIPE, {"recipe": recipe, "weights_sha256": weights_digest(folder)})
+
+
+def build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt: ChatFormat, out: Path) -> dict:
     model = init_tiny_llama(tokenizer, prep_cfg.seed)
     examples = [encode_text(tokenizer, t, fmt.max_length) for t in load_public_text(data_cfg.source)]
     examples += encode_rows(tokenizer, _public_rows(data_cfg.source), fmt)

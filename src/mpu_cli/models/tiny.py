@@ -6,6 +6,8 @@ from pathlib import Path
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 EMBEDDED_TOKENIZER = Path(__file__).parent / "embedded_tokenizer"
+# The public base, pretrained once by scripts/make_embedded_base.py (see models/prepare.shipped_base).
+SHIPPED_BASE = Path(__file__).parent / "embedded_base"
 
 
 def load_embedded_tokenizer():
