@@ -113,6 +113,29 @@ def test_noised_alpha_is_refused_when_bad(theta):
     ServerConfig(arm="noised", m=1)  # one copy at σ needs no m
 
 
+def test_noised_alpha_travels_to_mpu_server_init(tmp_path, capsys):
+    """transport=files: run/processes.py hands server_config(cfg)'s noised_alpha to `mpu-server init`, whose
+    parser reads it back and whose ServerConfig refuses a bad one before loading any model."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mpu_cli.cli.server import main, parser
+    from mpu_cli.config import MPUConfig
+    from mpu_cli.run.processes import server_init_args
+
+    cfg = OmegaConf.merge(OmegaConf.structured(MPUConfig),
+                          OmegaConf.from_dotlist(["arm=noised", "kappa=1.0", "server.noised_alpha=max"]))
+    prepared = SimpleNamespace(target="T", tokenizer="T", base=None)
+    args = parser().parse_args(server_init_args(cfg, prepared, tmp_path / "state", tmp_path / "exchange"))
+    assert (args.arm, args.kappa, args.noised_alpha) == ("noised", 1.0, "max")
+    with pytest.raises(SystemExit) as exit_:
+        main(["init", "--state", str(tmp_path / "s"), "--exchange", str(tmp_path / "x"), "--target", "T",
+              "--arm", "noised", "--noised-alpha", "median"])
+    assert exit_.value.code == 2
+    assert "noised_alpha='median' is not valid; accepted: one, mean, max" in capsys.readouterr().err
+
+
 def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):
     server = server_for(theta, arm="mpu", kappa=0.1, m=3, seed=0)
     copies = server.publish()

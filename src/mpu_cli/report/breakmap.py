@@ -97,7 +97,10 @@ def break_table(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     noisy = points[points.arm != "clean"] if len(points) else points
     clean = points[points.arm == "clean"].set_index(["panel", "metric"]) if len(points) else points
-    for (panel, arm, metric), g in noisy.groupby(["panel", "arm", "metric"], sort=False):
+    order = {a: i for i, a in enumerate(_order(noisy.arm))} if len(noisy) else {}
+    groups = sorted(noisy.groupby(["panel", "arm", "metric"], sort=False),
+                    key=lambda item: (item[0][0], order[item[0][1]], METRICS.index(item[0][2])))
+    for (panel, arm, metric), g in groups:
         g = g.sort_values("kappa")
         holds, leaves, leaves_mean, undecided = math.nan, math.nan, math.nan, False
         for r in g.itertuples():
@@ -120,10 +123,16 @@ def break_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+WARM = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "gold")  # one noisy copy
+COOL = ("tab:blue", "navy", "tab:cyan", "tab:purple", "tab:olive", "tab:gray")  # MPU
+
+
 def _order(arms) -> list[str]:
+    """clean, noised (σ, then α=mean, α=max), mpu by m, linear α before the other schedules."""
     def key(a):
         head = a.split()[0]
-        return ({"clean": 0, "noised": 1, "mpu": 2}.get(head, 9), a)
+        alpha = 1 if "α=mean" in a else 2 if "α=max" in a else 0
+        return ({"clean": 0, "noised": 1, "mpu": 2}.get(head, 9), alpha, len(a.split()), a)
     return sorted(set(arms), key=key)
 
 
@@ -146,10 +155,9 @@ def figure_break_map(points: pd.DataFrame):
         return None
     panels = sorted(points.panel.unique())
     arms = _order(noisy.arm)
-    reds = [a for a in arms if a.startswith("noised")]
-    blues = [a for a in arms if not a.startswith("noised")]
-    colors = {a: plt.cm.Reds(0.45 + 0.5 * i / max(1, len(reds) - 1)) for i, a in enumerate(reds)}
-    colors |= {a: plt.cm.Blues(0.45 + 0.5 * i / max(1, len(blues) - 1)) for i, a in enumerate(blues)}
+    warm = [a for a in arms if a.startswith("noised")]
+    cool = [a for a in arms if not a.startswith("noised")]
+    colors = {a: WARM[i % len(WARM)] for i, a in enumerate(warm)} | {a: COOL[i % len(COOL)] for i, a in enumerate(cool)}
     fig, axes = plt.subplots(len(panels), len(METRICS), figsize=(13.0, 3.1 * len(panels) + 0.9), squeeze=False)
     for row_axes, panel in zip(axes, panels):
         for ax, metric in zip(row_axes, METRICS):
@@ -160,6 +168,7 @@ def figure_break_map(points: pd.DataFrame):
                 ax.axhline(scale * c["mean"], color="tab:green", lw=1.2, label="clean (band: its 95 %\ninterval over seeds)")
                 if not math.isnan(c["low"]) and c["high"] > c["low"]:
                     ax.axhspan(scale * c["low"], scale * c["high"], color="tab:green", alpha=0.18, lw=0)
+            measured = sorted(noisy[noisy.panel == panel].kappa.unique())
             for i, arm in enumerate(arms):
                 g = noisy[(noisy.panel == panel) & (noisy.arm == arm) & (noisy.metric == metric)].sort_values("kappa")
                 if not len(g):
@@ -168,10 +177,11 @@ def figure_break_map(points: pd.DataFrame):
                 half_hi = (g["high"] - g["mean"]).fillna(0.0).clip(lower=0)
                 # arms side by side at one κ: a small multiplicative offset keeps their bars apart
                 shift = 1.0 + 0.035 * (i - (len(arms) - 1) / 2)
+                # an arm run at only some of the κ (an extra axis) gets points, not a line across the gaps
+                line = "-" if len(g) == len(measured) else "none"
                 ax.errorbar(g.kappa * shift, scale * g["mean"], yerr=[scale * half_lo, scale * half_hi], capsize=2.5,
-                            marker=MARKERS[i % len(MARKERS)], ms=4, lw=1.1, color=colors[arm], label=arm)
+                            marker=MARKERS[i % len(MARKERS)], ms=4.5, lw=1.1, ls=line, color=colors[arm], label=arm)
             ax.set_xscale("log")
-            measured = sorted(noisy[noisy.panel == panel].kappa.unique())
             ax.set_xticks(measured, [f"{k:g}" for k in measured])  # the κ measured, as plain numbers
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xlabel("κ (noise σ = κ·RMS(θ − θ_base) per block; log axis)", fontsize=8)
