@@ -9,36 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from helpers import BREAK_KEYS as KEYS
+from helpers import break_map_table as _table
 from mpu_cli.report.breakmap import applies, break_points, break_table, figure_break_map, write_break_map
-
-SEEDS = (0, 1, 2)
-# per-seed offsets of the arm against its clean run: centred on 0 ("= clean") or all well above it
-SAME, WORSE = (-0.01, 0.0, 0.01), (0.20, 0.21, 0.22)
-
-
-def _table(kappas=(0.1, 1.0)) -> pd.DataFrame:
-    """npo: noised matches clean at κ=0.1 and not at κ=1; mpu m=2 differs already at κ=0.1; noised α=mean
-    matches at every κ."""
-    rows = []
-    plan = {("noised", 2, "one"): {0.1: SAME, 1.0: WORSE}, ("mpu", 2, None): {0.1: WORSE, 1.0: WORSE},
-            ("noised", 2, "mean"): {0.1: SAME, 1.0: SAME}}
-    for seed in SEEDS:
-        clean = 0.45 + 0.01 * seed
-        rows.append({"run": f"clean_s{seed}", "algorithm": "npo", "arm": "clean", "kappa": 0.0, "m": 1,
-                     "seed": seed, "server.noised_alpha": None, "forget_Q_A_Prob": clean, "deg_avg": math.nan,
-                     "clean_run": ""})
-        for (arm, m, alpha), by_kappa in plan.items():
-            for kappa in kappas:
-                value = clean + by_kappa[kappa][seed]
-                rows.append({"run": f"{arm}{alpha}_k{kappa}_s{seed}", "algorithm": "npo", "arm": arm,
-                             "kappa": kappa, "m": m if (arm == "mpu" or alpha != "one") else 1, "seed": seed,
-                             "server.alpha_schedule": "linear" if arm == "mpu" or alpha != "one" else None,
-                             "server.noised_alpha": alpha, "forget_Q_A_Prob": value,
-                             "deg_avg": (value - clean) / clean, "clean_run": f"clean_s{seed}"})
-    return pd.DataFrame(rows)
-
-
-KEYS = ["algorithm", "arm", "kappa", "m", "server.noised_alpha"]
 
 
 def test_paired_intervals_and_the_largest_kappa_that_still_matches_clean():

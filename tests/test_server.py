@@ -95,6 +95,15 @@ def test_noised_alpha_gives_the_one_copy_the_noise_scale_of_mpus_copies(theta, n
     assert all(torch.allclose(new[n], theta[n] + 0.01, atol=1e-6) for n in theta)
 
 
+def test_noised_alpha_max_at_kappa_is_one_copy_at_twice_kappa(theta):
+    """Linear α_k run from 1 to 2: the noised copy at the largest α is the same draw as a plain noised copy at 2κ
+    (same seed), element for element."""
+    (at_max,) = server_for(theta, arm="noised", kappa=0.5, noised_alpha="max", seed=4).publish()
+    (at_2k,) = server_for(theta, arm="noised", kappa=1.0, seed=4).publish()
+    assert all(torch.allclose(at_max[n], at_2k[n], rtol=0, atol=1e-6) for n in theta)
+    assert not torch.equal(at_max["model.layers.0.mlp.up_proj.weight"], theta["model.layers.0.mlp.up_proj.weight"])
+
+
 def test_noised_alpha_random_takes_the_rounds_secret_alphas(theta):
     server = server_for(theta, arm="noised", kappa=0.1, m=4, alpha_schedule="random", noised_alpha="max", seed=3)
     server.publish()
