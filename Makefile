@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report readme-tables
+.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-break reproduce-tofu report readme-tables
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -44,6 +44,15 @@ reproduce-tiny: install  ## CPU: 7 algorithms x {clean, noised k=0.1, MPU k=0.01
 reproduce-m: install  ## CPU: MPU k=0.1 with m = 2, 3, 4 vs clean, 7 algorithms x 3 seeds, embedded default
 	.venv/bin/mpu-run -m --config-name reproduce_m
 
+# Two grids into one sweep folder: the map over κ (conf/reproduce_break.yaml, 171 runs), then NPO's α axis
+# (conf/reproduce_break_alpha.yaml, 24 runs); the second sweep's summary covers both (break_map.csv,
+# plot_break_map.png). BREAK_DIR=<folder> names the folder (default: one per start time).
+BREAK_TIME := $(shell date +%Y-%m-%d_%H-%M-%S)
+BREAK_DIR ?= outputs/reproduce/break/$(BREAK_TIME)
+reproduce-break: install  ## CPU: where MPU breaks: 3 algorithms x {noised, MPU m=2, m=4} x 6 kappa + NPO alpha axis, 3 seeds
+	.venv/bin/mpu-run -m --config-name reproduce_break hydra.sweep.dir=$(BREAK_DIR)
+	.venv/bin/mpu-run -m --config-name reproduce_break_alpha hydra.sweep.dir=$(BREAK_DIR)
+
 reproduce-tofu: install  ## GPU: Llama-3.2-1B-Instruct on TOFU forget01/05/10, paper schedule (needs the Hub)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_tofu
 
@@ -61,7 +70,7 @@ bench-eval: install  ## items/s of the batched TOFU evaluator vs one item at a t
 
 # Each table of measured numbers in README.md sits between `<!-- table: NAME -->` and `<!-- /table -->`;
 # scripts/readme_tables.py maps NAME to the command that measures it (`--list` shows them with their cost).
-readme-tables: install  ## rebuild README's measured tables (~20 min on 2 cores: audit 6, bench 5, tests 7); TABLES=a,b for some
+readme-tables: install  ## rebuild README's measured tables (~50 min on 2 cores: break_map 25-40, audit 6, bench 5, tests 7); TABLES=a,b for some
 	$(PY) scripts/readme_tables.py $(if $(TABLES),--tables $(TABLES))
 
 clean:  ## remove outputs and caches (not the venv)

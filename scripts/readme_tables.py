@@ -186,6 +186,69 @@ def audit_all_params_table() -> str:
     return markdown(header, rows)
 
 
+# ---- where MPU breaks: make reproduce-break -------------------------------------------------------------------
+
+BREAK_CONFIGS = ("reproduce_break", "reproduce_break_alpha")  # what `make reproduce-break` runs, in this order
+BREAK_DIR: Path | None = None  # --break-dir: format a finished `make reproduce-break` folder instead of running one
+
+
+@table("break_map", cost="~25 min of one core, ~40 min on a shared 2-core machine (make reproduce-break, 195 runs)")
+def break_map_table() -> str:
+    out, seconds = BREAK_DIR or OUT / f"break_{_stamp()}", None
+    if BREAK_DIR is None:
+        mpu_run = str(Path(sys.executable).parent / "mpu-run")
+        seconds = sum(_run([mpu_run, "-m", "--config-name", name, f"hydra.sweep.dir={out}"],
+                           out.parent / f"{out.name}_{name}.log") for name in BREAK_CONFIGS)
+    elif not (out / "break_map.csv").is_file():
+        raise RuntimeError(f"--break-dir {out} holds no break_map.csv (a `make reproduce-break` folder)")
+    return break_markdown(out, seconds)
+
+
+def break_markdown(folder: Path, seconds: float | None = None) -> str:
+    """A break-map sweep folder (break_map_points.csv, break_map.csv) as one table: per algorithm and arm the
+    forget_Q_A_Prob mean ± 95 % half-interval over seeds at each κ, bold where the paired interval against clean
+    excludes 0, and `holds to` for forget Prob / deg_avg."""
+    import math
+
+    import pandas as pd
+
+    points, table = pd.read_csv(folder / "break_map_points.csv"), pd.read_csv(folder / "break_map.csv")
+    forget = points[points.metric == "forget_Q_A_Prob"]
+    kappas = sorted(forget.kappa.dropna().unique())
+
+    def cell(r) -> str:
+        half = r["high"] - r["mean"] if not math.isnan(r["high"]) else None
+        text = f"{r['mean']:.3f}" + (f" ± {half:.2g}" if half is not None else "")
+        differs = r.get("verdict") in ("better", "worse")
+        return f"**{text}**" if differs else text
+
+    def held(r) -> str:
+        if isinstance(r.note, str) and r.note:
+            return "no interval"
+        return f"<{str(r.kappas).split()[0]}" if math.isnan(r.holds_to) else f"{r.holds_to:g}"
+
+    holds = {(r.panel, r.arm, r.metric): held(r) for r in table.itertuples()}
+    rows = []
+    for panel in sorted(forget.panel.unique()):
+        clean = forget[(forget.panel == panel) & (forget.arm == "clean")]
+        clean_text = cell(clean.iloc[0]) if len(clean) else "–"
+        arms = [a for a in dict.fromkeys(table[table.panel == panel].arm)]
+        for i, arm in enumerate(arms):
+            at = {r.kappa: cell(r._asdict()) for r in forget[(forget.panel == panel) & (forget.arm == arm)].itertuples()}
+            to = [holds.get((panel, arm, m)) for m in ("forget_Q_A_Prob", "deg_avg")]
+            rows.append([panel if i == 0 else "", clean_text if i == 0 else "", arm,
+                         *(at.get(k, "") for k in kappas),
+                         " / ".join(v or "–" for v in to)])
+    n = int(points.n.max())
+    where = f"`make reproduce-break` on {os.cpu_count()} CPU cores" + (f", {_duration(seconds)}" if seconds else "")
+    caption = (f"{where} (quick eval, {n} seed{'s' if n != 1 else ''}; the sweep folder's summary.md has every metric): forget_Q_A_Prob, "
+               "mean ± 95 % half-interval over seeds; **bold**: the paired interval against the clean run of the "
+               "same seed excludes 0; `holds to`: the largest κ up to which every κ measured still matches clean, "
+               "for forget Prob / deg_avg (<κ: not even the smallest κ measured).")
+    header = ["algorithm", "clean", "arm", *(f"κ={k:g}" for k in kappas), "holds to"]
+    return caption + "\n\n" + markdown(header, rows)
+
+
 # ---- the test suite ----------------------------------------------------------------------------------------------
 
 _PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
@@ -282,11 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", type=Path, default=README)
     ap.add_argument("--print", action="store_true", help="print the tables instead of writing the README")
     ap.add_argument("--list", action="store_true", help="list the registered tables and what each costs")
+    ap.add_argument("--break-dir", type=Path, default=None,
+                    help="the break_map table from this finished `make reproduce-break` folder (no new sweep)")
     ap.add_argument("--audit-dir", type=Path, default=None,
                     help="the audit tables from this finished `mpu-audit sweep=true seed=0` folder (no new sweep)")
     args = ap.parse_args(argv)
-    global AUDIT_DIR
-    AUDIT_DIR = args.audit_dir
+    global AUDIT_DIR, BREAK_DIR
+    AUDIT_DIR, BREAK_DIR = args.audit_dir, args.break_dir
     if args.list:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")

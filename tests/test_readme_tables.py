@@ -73,3 +73,20 @@ def test_bench_csv_becomes_a_table_of_the_columns_that_hold_values(tmp_path):
     csv.write_text("run,m,wall_s,server_pct,empty\nm-sweep,2,52.34,1.5812,\nm-sweep,4,80.0,2.25,\n")
     assert rt.bench_markdown(csv) == ("| run | m | wall_s | server_pct |\n|---|---|---|---|\n"
                                       "| m-sweep | 2 | 52.3 | 1.58 |\n| m-sweep | 4 | 80 | 2.25 |")
+
+
+def test_a_break_map_folder_becomes_one_table(tmp_path):
+    """The break map of a hand-made sweep (tests/test_breakmap.py's table): forget Prob per arm and κ, bold
+    where the paired interval excludes clean, and how far each arm holds."""
+    from helpers import BREAK_KEYS, break_map_table
+
+    from mpu_cli.report.breakmap import write_break_map
+
+    write_break_map(break_map_table(), tmp_path, BREAK_KEYS, plots=False)
+    text = rt.break_markdown(tmp_path, seconds=125.0)
+    assert text.startswith("`make reproduce-break` on ") and "2 min 5 s" in text and "3 seeds" in text
+    lines = text.splitlines()
+    assert lines[2] == "| algorithm | clean | arm | κ=0.1 | κ=1 | holds to |"
+    assert lines[4].startswith("| npo | 0.460 ± 0.025 | noised | 0.460 ± 0.05 | **0.670 ± 0.05** | 0.1 / 0.1 |")
+    assert "| mpu m=2 | **0.670 ± 0.05** | **0.670 ± 0.05** | <0.1 / <0.1 |" in text
+    assert "| noised α=mean(m=2) | 0.460 ± 0.05 | 0.460 ± 0.05 | 1 / 1 |" in text

@@ -76,6 +76,75 @@ def test_noised_publishes_one_copy_with_sigma_per_block(theta):
     assert (copies[0][q] - theta[q]).abs().max() < 6 * sigmas[0]
 
 
+@pytest.mark.parametrize(("noised_alpha", "m", "schedule", "alpha"), [
+    ("one", 2, "linear", 1.0), ("mean", 2, "linear", 1.5), ("max", 2, "linear", 2.0),
+    ("mean", 4, "pow2", 3.75), ("max", 4, "pow2", 8.0),
+])
+def test_noised_alpha_gives_the_one_copy_the_noise_scale_of_mpus_copies(theta, noised_alpha, m, schedule, alpha):
+    server = server_for(theta, arm="noised", kappa=0.1, m=m, alpha_schedule=schedule, noised_alpha=noised_alpha,
+                        seed=0)
+    (copy,) = server.publish()
+    secrets = server.private_state()
+    assert secrets["alphas"] == [alpha] and secrets["weights"] == [1.0]
+    for layer, sigma in secrets["sigmas"].items():
+        noise = torch.cat([(copy[n] - theta[n]).flatten() for n in theta if block_of(n) == layer])
+        assert abs(noise.std().item() / (alpha * sigma) - 1) < 0.05, (layer, noise.std().item(), alpha * sigma)
+    # the update is applied as for any one copy: θ + (returned − published)
+    returned = {n: t + 0.01 for n, t in copy.items()}
+    new = server.aggregate([returned])
+    assert all(torch.allclose(new[n], theta[n] + 0.01, atol=1e-6) for n in theta)
+
+
+def test_noised_alpha_max_at_kappa_is_one_copy_at_twice_kappa(theta):
+    """Linear α_k run from 1 to 2: the noised copy at the largest α is the same draw as a plain noised copy at 2κ
+    (same seed), element for element."""
+    (at_max,) = server_for(theta, arm="noised", kappa=0.5, noised_alpha="max", seed=4).publish()
+    (at_2k,) = server_for(theta, arm="noised", kappa=1.0, seed=4).publish()
+    assert all(torch.allclose(at_max[n], at_2k[n], rtol=0, atol=1e-6) for n in theta)
+    assert not torch.equal(at_max["model.layers.0.mlp.up_proj.weight"], theta["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_noised_alpha_random_takes_the_rounds_secret_alphas(theta):
+    server = server_for(theta, arm="noised", kappa=0.1, m=4, alpha_schedule="random", noised_alpha="max", seed=3)
+    server.publish()
+    (alpha,) = server.private_state()["alphas"]
+    assert 1.0 < alpha < 2.0
+    mpu = server_for(theta, arm="mpu", kappa=0.1, m=4, alpha_schedule="random", seed=3)
+    mpu.publish()
+    assert alpha == max(mpu.private_state()["alphas"])  # the α the MPU arm of the same seed draws
+
+
+def test_noised_alpha_is_refused_when_bad(theta):
+    with pytest.raises(ValueError, match="noised_alpha='median' is not valid; accepted: one, mean, max"):
+        ServerConfig(arm="noised", noised_alpha="median")
+    with pytest.raises(ValueError, match="m=1 .*noised_alpha=mean"):
+        ServerConfig(arm="noised", m=1, noised_alpha="mean")
+    ServerConfig(arm="noised", m=1)  # one copy at σ needs no m
+
+
+def test_noised_alpha_travels_to_mpu_server_init(tmp_path, capsys):
+    """transport=files: run/processes.py hands server_config(cfg)'s noised_alpha to `mpu-server init`, whose
+    parser reads it back and whose ServerConfig refuses a bad one before loading any model."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mpu_cli.cli.server import main, parser
+    from mpu_cli.config import MPUConfig
+    from mpu_cli.run.processes import server_init_args
+
+    cfg = OmegaConf.merge(OmegaConf.structured(MPUConfig),
+                          OmegaConf.from_dotlist(["arm=noised", "kappa=1.0", "server.noised_alpha=max"]))
+    prepared = SimpleNamespace(target="T", tokenizer="T", base=None)
+    args = parser().parse_args(server_init_args(cfg, prepared, tmp_path / "state", tmp_path / "exchange"))
+    assert (args.arm, args.kappa, args.noised_alpha) == ("noised", 1.0, "max")
+    with pytest.raises(SystemExit) as exit_:
+        main(["init", "--state", str(tmp_path / "s"), "--exchange", str(tmp_path / "x"), "--target", "T",
+              "--arm", "noised", "--noised-alpha", "median"])
+    assert exit_.value.code == 2
+    assert "noised_alpha='median' is not valid; accepted: one, mean, max" in capsys.readouterr().err
+
+
 def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):
     server = server_for(theta, arm="mpu", kappa=0.1, m=3, seed=0)
     copies = server.publish()

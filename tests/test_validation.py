@@ -46,6 +46,8 @@ MORE = [
     (["-m", "algorithm=npo,nope"], ["algorithm='nope'", "npo"]),
     (["device=gpu"], ["device='gpu'", "'auto', 'cpu', 'cuda', 'cuda:N'"]),
     (["client.device=cuda:x"], ["client.device='cuda:x'", "'auto', 'cpu'"]),
+    (["server.noised_alpha=median"], ["server.noised_alpha='median'", "['one', 'mean', 'max']"]),
+    (["arm=noised", "m=1", "server.noised_alpha=max"], ["m=1", "server.noised_alpha=max", "m must be >= 2"]),
 ]
 if not __import__("torch").cuda.is_available():  # here and in CI: asking for CUDA is bad input
     MORE.append((["device=cuda"], ["device='cuda'", "no CUDA device", "device=cpu"]))
@@ -124,3 +126,54 @@ def test_eval_options_are_checked_up_front():
 
     with pytest.raises(ConfigError, match=r"eval.max_new_tokens=0 must be >= 1"):
         check_overrides(["eval.max_new_tokens=0"], CONF_DIR)
+
+
+def _sweep_jobs(config_name: str) -> list[list[str]]:
+    """The jobs of a sweep config as Hydra's basic sweeper expands its composed hydra.sweeper.params (inherited
+    ones included), without running anything."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mpu_cli.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_break"):
+        params = compose(config_name, return_hydra_config=True).hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def test_break_map_grid_composes_with_the_stated_size_and_distinct_run_names():
+    """The map: 3 algorithms x (clean + {noised, mpu m=2, mpu m=4} x 6 κ) x 3 seeds = 171 runs; its α axis:
+    NPO x κ in {0.1, 1} x {mpu m=4 pow2 / random, noised α=mean / max} x 3 seeds = 24. Every variant composes
+    and validates, and no two runs of the two sweeps share a run folder name."""
+    from hydra import compose, initialize_config_dir
+
+    from mpu_cli.config import arm_tag, validate
+
+    main, alpha = _sweep_jobs("reproduce_break"), _sweep_jobs("reproduce_break_alpha")
+    assert (len(main), len(alpha)) == (171, 24)
+    arms = {}
+    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_break"):
+        for name, jobs in (("reproduce_break", main), ("reproduce_break_alpha", alpha)):
+            for variant in sorted({o for job in jobs for o in job if o.startswith("variant=")}):
+                cfg = compose(name, overrides=["algorithm=npo", "seed=0", variant])
+                validate(cfg)
+                assert cfg.eval.metrics == "quick" and cfg.client.seed == 0
+                s = cfg.server
+                arms[variant] = (cfg.arm, cfg.kappa, cfg.m, s.alpha_schedule, s.noised_alpha,
+                                 arm_tag(cfg.arm, cfg.kappa, cfg.m, s.alpha_schedule, s.noised_alpha))
+    kappas = (0.01, 0.03, 0.1, 0.3, 1.0, 2.0)
+    main_arms = {arms[o][:5] for job in main for o in job if o.startswith("variant=")}
+    assert main_arms == ({("clean", 0.01, 2, "linear", "one")} | {("noised", k, 2, "linear", "one") for k in kappas}
+                         | {("mpu", k, m, "linear", "one") for k in kappas for m in (2, 4)})
+    alpha_arms = {arms[o][:5] for job in alpha for o in job if o.startswith("variant=")}
+    assert alpha_arms == ({("mpu", k, 4, s, "one") for k in (0.1, 1.0) for s in ("pow2", "random")}
+                          | {("noised", k, 2, "linear", a) for k in (0.1, 1.0) for a in ("mean", "max")})
+    assert {tuple(o.split("=")[0] for o in job) for job in main + alpha} == {("algorithm", "variant", "seed")}
+    names = [(dict(o.split("=") for o in job)["algorithm"], arms[next(o for o in job if o.startswith("variant="))][5],
+              dict(o.split("=") for o in job)["seed"]) for job in main + alpha]
+    assert len(set(names)) == len(names) == 195
+    assert {a for a, _, _ in names} == {"graddiff", "npo", "simnpo"}
+    assert {a for a, _, _ in names[len(main):]} == {"npo"}

@@ -54,6 +54,7 @@ class ServerSettings:
     eta: float = 1.0
     perturb_unprotected: bool = False
     noise_reference: str = "base"
+    noised_alpha: str = "one"
 
 
 @dataclass
@@ -159,14 +160,17 @@ def _help(config_name: str) -> str:
     return config_help(config_name, CONF_DIR)
 
 
-def arm_tag(arm, kappa, m) -> str:
-    """`${mpu_arm_tag:${arm},${kappa},${m}}`: the arm as results.csv records it — clean (no κ, one copy),
-    noised_k<κ> (one copy), mpu_k<κ>_m<m> — for run folder names."""
+def arm_tag(arm, kappa, m, alpha_schedule="linear", noised_alpha="one") -> str:
+    """`${mpu_arm_tag:${arm},${kappa},${m},${server.alpha_schedule},${server.noised_alpha}}`: the arm for run
+    folder names — clean (no κ, one copy), noised_k<κ> (one copy at σ), noised_k<κ>_a<mean|max>_m<m> (one
+    copy at the mean / largest α of m MPU copies), mpu_k<κ>_m<m> — with _<schedule> when α_k are not linear.
+    The defaults name every run as before these options existed."""
     if arm == "clean":
         return "clean"
+    schedule = "" if alpha_schedule == "linear" else f"_{alpha_schedule}"
     if arm == "noised":
-        return f"noised_k{kappa}"
-    return f"{arm}_k{kappa}_m{m}"
+        return f"noised_k{kappa}" if noised_alpha == "one" else f"noised_k{kappa}_a{noised_alpha}_m{m}{schedule}"
+    return f"{arm}_k{kappa}_m{m}{schedule}"
 
 
 def _run_name(run_id, default) -> str:
@@ -196,7 +200,7 @@ def validate(cfg) -> None:
 
 def _validate(cfg) -> None:
     from mpu_cli.data.tofu import FORGET_SPLITS
-    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
+    from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
     from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES
     from mpu_cli.unlearn import ALGORITHMS
 
@@ -229,6 +233,12 @@ def _validate(cfg) -> None:
     _check_device("client.device", cfg.client.device)
     if cfg.server.alpha_schedule not in ALPHA_SCHEDULES:
         raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of {list(ALPHA_SCHEDULES)}")
+    if cfg.server.noised_alpha not in NOISED_ALPHAS:
+        raise ConfigError(f"server.noised_alpha={cfg.server.noised_alpha!r} is not one of {list(NOISED_ALPHAS)}"
+                          f"{did_you_mean(cfg.server.noised_alpha, NOISED_ALPHAS)}")
+    if cfg.arm == "noised" and cfg.server.noised_alpha != "one" and cfg.m < 2:
+        raise ConfigError(f"m={cfg.m} with arm=noised server.noised_alpha={cfg.server.noised_alpha}: the copy "
+                          "takes the α of m MPU copies, so m must be >= 2")
     if cfg.server.noise_reference not in NOISE_REFERENCES:
         raise ConfigError(f"server.noise_reference={cfg.server.noise_reference!r} is not one of "
                           f"{list(NOISE_REFERENCES)}")

@@ -2,7 +2,7 @@
 
     mpu-server init      --state DIR --exchange DIR --target MODEL [--base MODEL] [--tokenizer PATH] [--dtype D]
                          [--arm A] [--kappa K] [--m M] [--seed S] [--alpha-schedule S] [--eta E]
-                         [--perturb-unprotected] [--noise-reference base|raw]
+                         [--perturb-unprotected] [--noise-reference base|raw] [--noised-alpha one|mean|max]
     mpu-server publish   --state DIR [--exchange DIR]     Pre-Process of the next round -> exchange/round_r/
     mpu-server aggregate --state DIR [--exchange DIR]     validate every returned copy, then Post-Process -> θ_r
     mpu-server status    --state DIR                      public facts (round, pending, m, κ, exposed fraction)
@@ -115,7 +115,7 @@ def cmd_init(args) -> None:
     try:
         cfg = ServerConfig(arm=args.arm, kappa=args.kappa, m=args.m, alpha_schedule=args.alpha_schedule,
                            eta=args.eta, seed=args.seed, perturb_unprotected=args.perturb_unprotected,
-                           noise_reference=args.noise_reference)
+                           noise_reference=args.noise_reference, noised_alpha=args.noised_alpha)
         dtype = resolve_dtype(args.dtype)
     except ValueError as e:
         raise ServerError(str(e)) from None
@@ -281,7 +281,7 @@ It owns the exact model θ and the round secrets (--state, private) and exchange
 
 def parser() -> argparse.ArgumentParser:
     from mpu_cli.models.io import DTYPES
-    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
+    from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
     from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -316,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--noise-reference", default="base",
                    help=f"{' | '.join(NOISE_REFERENCES)}: σ from θ − θ_base, or from θ itself (a model "
                    "without base) (default: %(default)s)")
+    i.add_argument("--noised-alpha", default="one",
+                   help=f"arm=noised: the copy's noise scale α·σ, α = {' | '.join(NOISED_ALPHAS)}: 1, or the mean / "
+                   "largest α_k of m MPU copies under --alpha-schedule (default: %(default)s)")
     for name, what in (("publish", "Pre-Process of the next round: the m copies -> exchange/round_r/"),
                        ("aggregate", "validate every returned copy, then Post-Process -> θ_r")):
         c = sub.add_parser(name, help=what, description=what)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from mpu_cli.report.columns import DIRECTIONS
+from mpu_cli.report.compare import arm_label
 
 SHOWN = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "model_utility", "retain_Q_A_Prob",
          "retain_Q_A_ROUGE", "privleak", "extraction_strength")
@@ -33,8 +34,7 @@ def end_of_run(out: Path, row: dict) -> str:
         if retain:
             cells += f" {_num(retain.get(m)):>8}"
         lines.append(cells)
-    arm = row.get("arm")
-    what = f"{row.get('algorithm')} · {arm}" + (f" κ={row.get('kappa'):g} m={row.get('m')}" if arm != "clean" else "")
+    what = f"{row.get('algorithm')} · {arm_label(row)}"
     lines.insert(0, f"mpu-run: done: {what} · seed {row.get('seed')} · {row.get('time_total_s', 0):.1f} s")
     lines.append(f"results: {Path(out)}  (results.csv, TOFU_SUMMARY.json; `mpu-report {Path(out).parent}`"
                  " tabulates a folder of runs)")

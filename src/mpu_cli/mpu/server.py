@@ -24,10 +24,12 @@ from .aggregate import UpdateAccumulator, harmonic_weights
 from .layout import ModelLayout, block_of
 from .noise import (
     ALPHA_SCHEDULES,
+    NOISED_ALPHAS,
     IndependentNoise,
     ZeroSumNoise,
     alpha_schedule,
     block_sigmas,
+    noised_alpha,
     unprotected_sigma,
 )
 from .reparam import Transform, apply_transform, invert_transform, sample_transform
@@ -46,6 +48,7 @@ class ServerConfig:
     seed: int | None = None  # None -> CSPRNG seeds; int -> reproducible run, recorded as such
     perturb_unprotected: bool = False  # option: also noise embeddings / lm_head / final norm
     noise_reference: str = "base"  # "base": θ − θ_base | "raw": θ (also used when no base is given)
+    noised_alpha: str = "one"  # arm=noised: the copy's α: one | mean / max of the α_k of m MPU copies
 
     def __post_init__(self):
         self.validate()
@@ -66,6 +69,11 @@ class ServerConfig:
             bad("eta", self.eta, "a finite number")
         if self.arm == "mpu" and self.m < 2:
             bad("m", self.m, "an integer >= 2 for arm=mpu (zero-sum noise needs two copies)")
+        if self.noised_alpha not in NOISED_ALPHAS:
+            bad("noised_alpha", self.noised_alpha, ", ".join(NOISED_ALPHAS))
+        if self.arm == "noised" and self.noised_alpha != "one" and self.m < 2:
+            bad("m", self.m, f"an integer >= 2 with noised_alpha={self.noised_alpha} (the m of the MPU copies "
+                "whose α it takes)")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             bad("seed", self.seed, "an integer or null")
 
@@ -312,8 +320,10 @@ class MPUServer:
             round_seed = secrets.randbits(63) if cfg.seed is None else _derive_seed(cfg.seed, "round", r)
         ref = self._base if self.noise_reference == "base" else None
         alphas = [1.0]
-        if cfg.arm == "mpu":
+        if cfg.arm == "mpu" or (cfg.arm == "noised" and cfg.noised_alpha != "one"):
             alphas = alpha_schedule(cfg.m, cfg.alpha_schedule, _generator(_derive_seed(round_seed, "alpha")))
+        if cfg.arm == "noised":
+            alphas = [noised_alpha(cfg.noised_alpha, alphas)]
         s = _RoundSecrets(r, round_seed, self.noise_reference, alphas, harmonic_weights(alphas))
         if cfg.arm != "clean" and sigmas is not None:
             s.sigmas, s.sigma_unprotected = {int(k): float(v) for k, v in sigmas[0].items()}, float(sigmas[1])

@@ -3,7 +3,9 @@
 - **Settings** of a run: every leaf of its resolved configuration, except the seeds (they make the repeats),
   what does not change its numbers (where it ran, how it was named, cached or split into processes) and
   model.target, which is identified by the target's content hash instead. Keys that do not apply to the
-  run's arm are blanked: a clean run has no κ, m or server settings, one noisy copy has no α schedule.
+  run's arm are blanked: a clean run has no κ, m or server settings, one noisy copy has no α schedule (unless
+  server.noised_alpha gives it the mean / largest α of m MPU copies: then m and the schedule stay), MPU has no
+  server.noised_alpha.
 - **Grouping keys** of a folder: the settings whose values differ between its finished runs. Runs with equal
   grouping keys form a group; their repeats are told apart by the seed (seed, client.seed).
 - **Duplicates**: runs of one group with the same seed (and clean runs without a seed, which are
@@ -42,6 +44,35 @@ def is_arm_key(key: str) -> bool:
     return key in ("arm", "kappa", "m") or key.startswith("server.")
 
 
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def arm_name(row: dict) -> str:
+    """The arm without κ: clean | noised (one copy at σ) | noised α=mean(m=2) (one copy at the mean / largest α
+    of m MPU copies) | mpu m=2, each with the α schedule when it is not linear (e.g. "mpu m=4 pow2")."""
+    arm = row.get("arm")
+    if arm == "clean":
+        return "clean"
+    schedule = row.get("server.alpha_schedule")
+    schedule = "" if _blank(schedule) or schedule == "linear" else f" {schedule}"
+    if arm == "noised":
+        alpha = row.get("server.noised_alpha")
+        if _blank(alpha) or alpha == "one":
+            return "noised"
+        return f"noised α={alpha}(m={int(row['m'])}){schedule}"
+    return f"{arm} m={int(row['m'])}{schedule}"
+
+
+def arm_label(row: dict) -> str:
+    """The arm with its κ: "noised κ=0.1", "mpu κ=0.1 m=2", "noised κ=1 α=mean(m=2)"."""
+    name = arm_name(row)
+    if name == "clean":
+        return name
+    arm, _, rest = name.partition(" ")
+    return f"{arm} κ={float(row['kappa']):g}" + (f" {rest}" if rest else "")
+
+
 def _value(v):
     """A comparable, printable cell: None for missing / NaN, JSON text for lists and dicts."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -67,7 +98,12 @@ def settings(config: dict, results: dict, metric_names: set[str]) -> dict:
         out |= {"kappa": 0.0, "m": 1}
         out |= {k: None for k in out if k.startswith("server.")}
     elif arm == "noised":
-        out |= {"m": 1, "server.alpha_schedule": None}
+        # one copy: m and the α schedule matter only when the copy takes the α of m MPU copies
+        out["server.noised_alpha"] = out.get("server.noised_alpha") or "one"
+        if out["server.noised_alpha"] == "one":
+            out |= {"m": 1, "server.alpha_schedule": None}
+    elif arm == "mpu":
+        out["server.noised_alpha"] = None
     if out.get("kappa") is not None:
         out["kappa"] = float(out["kappa"])
     if results.get("target_hash") is not None:

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
-from mpu_cli.report.compare import is_arm_key
+from mpu_cli.report.compare import arm_label as _arm_label
+from mpu_cli.report.compare import arm_name, is_arm_key
 from mpu_cli.report.stats import t_interval
 
 ARM_COLORS = {"clean": "tab:green", "noised": "tab:red", "mpu": "tab:blue"}
@@ -59,13 +60,6 @@ def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     return label
 
 
-def _arm_label(row) -> str:
-    if row.arm == "clean":
-        return "clean"
-    label = f"{row.arm} κ={float(row.kappa):g}"
-    return label + (f" m={int(row.m)}" if row.arm == "mpu" else "")
-
-
 def _series_order(labels) -> list[str]:
     def key(lab):
         arm = lab.split()[0]
@@ -94,7 +88,7 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
         metrics.append("retain_Q_A_Prob")
     if not metrics or not len(used):
         return None
-    df = used.assign(fig_panel=_panels(used, keys), fig_arm=[_arm_label(r) for r in used.itertuples()])
+    df = used.assign(fig_panel=_panels(used, keys), fig_arm=[_arm_label(r) for r in used.to_dict("records")])
     groups = sorted(df["fig_panel"].unique())
     series = _series_order(df["fig_arm"])
     noisy = [s for s in series if s != "clean"]
@@ -135,8 +129,7 @@ def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
     if "deg_avg" not in noisy or noisy.deg_avg.notna().sum() == 0 or _num(noisy.kappa).nunique() < 2:
         return None
     df = noisy.assign(fig_panel=_panels(noisy, keys),
-                      fig_series=[_arm_label(r).split(" κ=")[0] + (f" m={int(r.m)}" if r.arm == "mpu" else "")
-                               for r in noisy.itertuples()])
+                      fig_series=[arm_name(r) for r in noisy.to_dict("records")])
     panels = sorted(df["fig_panel"].unique())
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
@@ -180,7 +173,7 @@ def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
         xcol = "retain_Q_A_Prob"
         if xcol not in used or used[xcol].isna().all():
             return None
-    df = used.assign(fig_arm=[_arm_label(r) for r in used.itertuples()])
+    df = used.assign(fig_arm=[_arm_label(r) for r in used.to_dict("records")])
     fig, ax = plt.subplots(figsize=(7.6, 4.8))
     algorithms = sorted(df.algorithm.astype(str).unique())
     series = _series_order(df["fig_arm"])

@@ -2,7 +2,8 @@
 noised/MPU run with its clean run, and write summary.csv, paired.csv and summary.md.
 
 How runs are read: report/runs.py. How they are grouped, deduplicated and matched with their clean baseline,
-and the relative degradation: report/compare.py. The paired statistics and verdicts: report/stats.py.
+and the relative degradation: report/compare.py. The paired statistics and verdicts: report/stats.py. Where
+each arm leaves clean over κ (break_map.csv, plot_break_map.png): report/breakmap.py.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def _constants(col: Collected) -> str:
     return ", ".join(f"{c}={_fmt(done[c].iloc[0])}" for c in shown)
 
 
-def render_markdown(col: Collected, plots: list[str] = ()) -> str:
+def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] = ()) -> str:
+    """sections: more markdown lines (the break map's) before the plots."""
     done, used = col.finished, col.used
     n_dup = int((done.duplicate_of != "").sum()) if len(done) else 0
     out = [
@@ -272,6 +274,7 @@ def render_markdown(col: Collected, plots: list[str] = ()) -> str:
         out += ["## Failed runs", ""] + [f"- `{run}`: {error}" for run, error in col.failed] + [""]
     if col.unfinished:
         out += ["## Unfinished runs", ""] + [f"- `{run}`: {missing}" for run, missing in col.unfinished] + [""]
+    out += list(sections)
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(out)
@@ -290,7 +293,12 @@ def write_summary(root: Path, out_dir: Path | None = None, plots: bool = True) -
         from mpu_cli.report.plots import write_plots
 
         written = write_plots(col.used, out_dir, col.keys)
+    sections = []
+    if len(col.used):  # a sweep over κ: where each arm leaves clean (report/breakmap.py)
+        from mpu_cli.report.breakmap import write_break_map
+
+        sections = write_break_map(col.used, out_dir, col.keys, plots=plots)
     atomic_write_text(out_dir / "summary.csv", col.table.to_csv(index=False))
     atomic_write_text(out_dir / "paired.csv", col.paired.to_csv(index=False))
-    atomic_write_text(out_dir / "summary.md", render_markdown(col, written))
+    atomic_write_text(out_dir / "summary.md", render_markdown(col, written, sections))
     return col

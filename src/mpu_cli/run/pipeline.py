@@ -188,7 +188,8 @@ def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> di
     row = {
         "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "algorithm": cfg.algorithm.name,
         "arm": cfg.arm, "kappa": cfg.kappa if cfg.arm != "clean" else 0.0,
-        "m": cfg.m if cfg.arm == "mpu" else 1, "seed": cfg.seed, "target_hash": target_hash,
+        "m": cfg.m if cfg.arm == "mpu" or (cfg.arm == "noised" and cfg.server.noised_alpha != "one") else 1,
+        "seed": cfg.seed, "target_hash": target_hash,
         "leaks_theta0": cfg.client.reference == "server_clean",
     }
     for key, value in rundir.flat(rundir.run_config(cfg)).items():

@@ -21,7 +21,8 @@ CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
 def server_config(cfg) -> ServerConfig:
     return ServerConfig(arm=cfg.arm, kappa=float(cfg.kappa), m=int(cfg.m), alpha_schedule=cfg.server.alpha_schedule,
                         eta=float(cfg.server.eta), seed=cfg.seed, perturb_unprotected=bool(cfg.server.perturb_unprotected),
-                        noise_reference=cfg.server.noise_reference)
+                        noise_reference=cfg.server.noise_reference,
+                        noised_alpha=cfg.server.noised_alpha)
 
 
 def client_config(cfg, round_: int) -> ClientConfig:
