@@ -25,6 +25,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    # The unit layer first (a stable sort keeps each layer's own order): on two workers both start with unit
+    # tests, and the first that reaches the integration layer builds the prepared models while the other is
+    # still busy, instead of waiting for it idle.
+    items.sort(key=lambda item: item.get_closest_marker("integration") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +42,12 @@ def prepared_models():
 
     register_configs()
     conf = str(REPO / "src" / "mpu_cli" / "conf")
+    # Both workers need the target first; then each builds a different split's retain model, side by side.
+    splits = ["forget01", "forget10"]
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        splits.reverse()
     with initialize_config_dir(config_dir=conf, version_base=None):
-        for split in ("forget01", "forget10"):
+        for split in splits:
             cfg = compose(config_name="config", overrides=[f"data.split={split}"])
             prepare_models(cfg.model, cfg.data, cfg.prepare)
 

@@ -1,7 +1,7 @@
 """Render QA pairs as chats and tokenize them with answer-only labels.
 
-Loss and every probability cover the answer tokens only, end-of-turn token included
-(spec/tofu-eval.md "Formatting"). Padding is masked by position, never by token id.
+Loss and every probability cover the answer tokens only, end-of-turn token included, as open-unlearning
+scores TOFU. Padding is masked by position, never by token id.
 """
 from __future__ import annotations
 
