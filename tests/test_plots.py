@@ -62,3 +62,24 @@ def test_one_kappa_draws_no_kappa_plot(tmp_path, seeds):
     assert figure_degradation_vs_kappa(df, ["algorithm", "arm"]) is None
     written = [p.split("/")[-1] for p in write_plots(df, tmp_path, ["algorithm", "arm"])]
     assert written == ["plot_arms.png", "plot_forget_vs_utility.png"]
+
+
+def test_legends_of_many_arms_cover_no_panel_and_name_every_series():
+    """Six κ values: twelve noisy arms. The legend gets a strip of its own under the panels, and the κ plot's
+    legend lists every series that any panel drew."""
+    df = _table(kappas=(0.01, 0.03, 0.1, 0.3, 1.0, 2.0))
+    keys = ["algorithm", "arm", "kappa", "m"]
+    for fig, n_series in ((figure_arms(df, keys), 13), (figure_degradation_vs_kappa(df, keys), 2)):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (legend,) = fig.legends
+        assert len(legend.get_texts()) == n_series
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+        plt.close(fig)
+    noisy = df[df.arm == "mpu"].assign(algorithm="npo")
+    only_in_second = noisy.assign(algorithm="graddiff", m=4)
+    deg = figure_degradation_vs_kappa(pd.concat([df[df.algorithm == "npo"], only_in_second]), keys)
+    assert {t.get_text() for t in deg.legends[0].get_texts()} >= {"mpu m=2", "mpu m=4"}
+    plt.close(deg)

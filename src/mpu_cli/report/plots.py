@@ -48,6 +48,28 @@ def _plain_axes(ax) -> None:
             axis.set_major_formatter(fmt)
 
 
+def _legend_below(fig, axes, height_in: float, ncol: int = 6) -> float:
+    """One legend under all panels (each label once, from whichever axes drew it), in a strip of its own so it
+    never covers data; the fraction of the figure's height the panels must leave free for it."""
+    handles: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if not handles:
+        return 0.02
+    rows = math.ceil(len(handles) / ncol)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), ncol),
+               fontsize=8, frameon=False)
+    return min(0.45, (0.22 * rows + 0.15) / height_in)
+
+
+def _kappa_ticks(ax, kappas) -> None:
+    """The κ values measured as the log axis' ticks, written as plain numbers (0.01, not 10⁻²)."""
+    measured = sorted(set(float(k) for k in kappas))
+    ax.set_xticks(measured, [f"{k:g}" for k in measured])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+
+
 def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     """One panel per algorithm and per value of every other setting that differs within it (never pooled)."""
     label = df.algorithm.astype(str)
@@ -92,8 +114,10 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
     groups = sorted(df["fig_panel"].unique())
     series = _series_order(df["fig_arm"])
     noisy = [s for s in series if s != "clean"]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(min(18.0, 2.5 + 0.32 * len(groups) * len(series)),
-                                                       2.4 * len(metrics) + 0.9), squeeze=False)
+    legend_in = 0.22 * math.ceil(len(series) / 6) + 0.15
+    height = 2.4 * len(metrics) + 0.9 + legend_in
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(min(18.0, 2.5 + 0.32 * len(groups) * len(series)), height),
+                             squeeze=False)
     width = 0.8 / len(series)
     x = np.arange(len(groups))
     for ax, metric in zip(axes[:, 0], metrics):
@@ -115,11 +139,10 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
         ax.grid(axis="y", alpha=0.3)
         ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     n_seeds = df.groupby(["fig_panel", "fig_arm"]).size()
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=min(len(series), 6), fontsize=8,
-               frameon=False)
+    bottom = _legend_below(fig, axes[:, 0], height)
     fig.suptitle(f"Clean vs noised vs MPU per algorithm: mean over seeds (n = {n_seeds.min()}–{n_seeds.max()}), "
                  "bars ± 95 % interval", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / height))
     return fig
 
 
@@ -133,8 +156,9 @@ def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
     panels = sorted(df["fig_panel"].unique())
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows + 0.6), squeeze=False)
     series = _series_order(df["fig_series"])
+    height = 3.0 * rows + 0.6 + 0.22 * math.ceil(len(series) / 4) + 0.15
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         d = df[df["fig_panel"] == panel]
         ax.axhspan(-1, 1, color="grey", alpha=0.15, lw=0)
@@ -147,8 +171,9 @@ def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
                 k, m, h = zip(*stats)
                 ax.errorbar(k, m, yerr=h, marker="o", capsize=3, label=s, color=_color(s, i, len(series)))
         ax.set_xscale("log")
+        _kappa_ticks(ax, _num(d.kappa).dropna())
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("κ", fontsize=8)
+        ax.set_xlabel("κ (log axis)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
         _plain_axes(ax)
@@ -156,11 +181,10 @@ def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("deg_avg vs clean, % (worse > 0)", fontsize=8)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
+    bottom = _legend_below(fig, list(axes.flat), height, ncol=4)
     fig.suptitle("Average degradation against κ: mean over seeds, 95 % interval; grey: the paper's ±1 %",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / height))
     return fig
 
 
