@@ -119,7 +119,7 @@ def server_init_args(cfg, prepared, state: Path, exchange: Path) -> list[str]:
             "--tokenizer", prepared.tokenizer, "--dtype", cfg.model.dtype, "--arm", sc.arm,
             "--kappa", repr(float(sc.kappa)), "--m", str(sc.m),
             "--alpha-schedule", sc.alpha_schedule, "--eta", repr(float(sc.eta)),
-            "--noise-reference", sc.noise_reference]
+            "--noise-reference", sc.noise_reference, "--publish-dtype", sc.publish_dtype]
     if prepared.base:
         args += ["--base", prepared.base]
     if sc.seed is not None:
