@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu report readme-tables
+.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-tofu reproduce-smollm2 report readme-tables
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ reproduce-tiny: install  ## CPU: 7 algorithms x {clean, noised k=0.1, MPU k=0.01
 
 reproduce-m: install  ## CPU: MPU k=0.1 with m = 2, 3, 4 vs clean, 7 algorithms x 3 seeds, embedded default
 	.venv/bin/mpu-run -m --config-name reproduce_m
+
+reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noised, MPU} x k in {0.1, 1} x 2 seeds, data subset
+	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
+	.venv/bin/mpu-run -m --config-name reproduce_smollm2
 
 reproduce-tofu: install  ## GPU: Llama-3.2-1B-Instruct on TOFU forget01/05/10, paper schedule (needs the Hub)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_tofu
