@@ -245,7 +245,7 @@ def bench_markdown(csv: Path) -> str:
 # ---- the noise that survives publication: scripts/noise_survival.py ------------------------------------------------
 
 
-@table("noise_survival", cost="~5 min on 2 cores with the SmolLM2 target cached (~10 min more to build it)")
+@table("noise_survival", cost="~2 min on 2 cores with the SmolLM2 target cached (~10 min more to build it)")
 def noise_survival_table() -> str:
     out = OUT / f"noise_survival_{_stamp()}"
     _run([sys.executable, str(REPO / "scripts" / "noise_survival.py"), "--out", str(out)], out.with_suffix(".log"))
@@ -356,20 +356,22 @@ def options_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tables", default="", help="comma-separated names (default: every registered table)")
+    ap.add_argument("--smollm2-dir", type=Path, default=None,
+                    help="the smollm2 table from this finished `make reproduce-smollm2` sweep folder (no new sweep)")
     ap.add_argument("--readme", type=Path, default=README)
     ap.add_argument("--print", action="store_true", help="print the tables instead of writing the README")
     ap.add_argument("--list", action="store_true", help="list the registered tables and what each costs")
     ap.add_argument("--audit-dir", type=Path, default=None,
                     help="the audit tables from this finished `mpu-audit sweep=true seed=0` folder (no new sweep)")
-    ap.add_argument("--smollm2-dir", type=Path, default=None,
-                    help="the smollm2 table from this finished `make reproduce-smollm2` sweep folder (no new sweep)")
     args = ap.parse_args(argv)
-    global AUDIT_DIR, SMOLLM2_DIR
-    AUDIT_DIR, SMOLLM2_DIR = args.audit_dir, args.smollm2_dir
+    global AUDIT_DIR
+    AUDIT_DIR = args.audit_dir
     if args.list:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")
         return 0
+    global SMOLLM2_DIR
+    SMOLLM2_DIR = args.smollm2_dir
     names = [n.strip() for n in args.tables.split(",") if n.strip()] or list(TABLES)
     unknown = [n for n in names if n not in TABLES]
     if unknown:

@@ -68,13 +68,6 @@ def test_every_registered_table_has_its_markers_in_the_readme():
     assert sorted(set(marked) - set(rt.TABLES)) == [], "a marked table has no command"
 
 
-def test_bench_csv_becomes_a_table_of_the_columns_that_hold_values(tmp_path):
-    csv = tmp_path / "bench.csv"
-    csv.write_text("run,m,wall_s,server_pct,empty\nm-sweep,2,52.34,1.5812,\nm-sweep,4,80.0,2.25,\n")
-    assert rt.bench_markdown(csv) == ("| run | m | wall_s | server_pct |\n|---|---|---|---|\n"
-                                      "| m-sweep | 2 | 52.3 | 1.58 |\n| m-sweep | 4 | 80 | 2.25 |")
-
-
 def test_smollm2_table_gives_means_intervals_and_the_paired_degradation(tmp_path):
     from test_report import _write_run
 
@@ -91,3 +84,10 @@ def test_smollm2_table_gives_means_intervals_and_the_paired_degradation(tmp_path
     assert "| 2 | 0.15 [-0.485, 0.785] |" in rows[("clean", "–")]
     # deg_avg per seed: mean of (0.12−0.10)/0.10 and (0.44−0.40)/0.40 = 15 %; of 0.1 and 0.2 = 15 %: no spread
     assert "+15.0 % [+15.0, +15.0] (worse)" in rows[("mpu", "0.1")]
+
+
+def test_bench_csv_becomes_a_table_of_the_columns_that_hold_values(tmp_path):
+    csv = tmp_path / "bench.csv"
+    csv.write_text("run,m,wall_s,server_pct,empty\nm-sweep,2,52.34,1.5812,\nm-sweep,4,80.0,2.25,\n")
+    assert rt.bench_markdown(csv) == ("| run | m | wall_s | server_pct |\n|---|---|---|---|\n"
+                                      "| m-sweep | 2 | 52.3 | 1.58 |\n| m-sweep | 4 | 80 | 2.25 |")

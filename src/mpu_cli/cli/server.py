@@ -303,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
     # Accepted values are listed, not enforced by argparse: ServerConfig refuses a bad one in one line.
     i.add_argument("--dtype", default="float32",
                    help=f"training / publishing dtype: {' | '.join(DTYPES)} (default: %(default)s)")
+    i.add_argument("--publish-dtype", default="model",
+                   help=f"{' | '.join(PUBLISH_DTYPES)}: the copies in --dtype, or in float32 whatever --dtype (the "
+                   "client then trains in float32) (default: %(default)s)")
     i.add_argument("--arm", default="mpu",
                    help=f"{' | '.join(ARMS)}: θ itself; one noisy copy; m reparameterized noisy copies "
                    "(default: %(default)s)")
@@ -320,9 +323,6 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--noise-reference", default="base",
                    help=f"{' | '.join(NOISE_REFERENCES)}: σ from θ − θ_base, or from θ itself (a model "
                    "without base) (default: %(default)s)")
-    i.add_argument("--publish-dtype", default="model",
-                   help=f"{' | '.join(PUBLISH_DTYPES)}: the copies in --dtype, or in float32 whatever --dtype (the "
-                   "client then trains in float32) (default: %(default)s)")
     for name, what in (("publish", "Pre-Process of the next round: the m copies -> exchange/round_r/"),
                        ("aggregate", "validate every returned copy, then Post-Process -> θ_r")):
         c = sub.add_parser(name, help=what, description=what)

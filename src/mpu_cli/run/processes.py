@@ -119,13 +119,14 @@ def server_init_args(cfg, prepared, state: Path, exchange: Path) -> list[str]:
             "--tokenizer", prepared.tokenizer, "--dtype", cfg.model.dtype, "--arm", sc.arm,
             "--kappa", repr(float(sc.kappa)), "--m", str(sc.m),
             "--alpha-schedule", sc.alpha_schedule, "--eta", repr(float(sc.eta)),
-            "--noise-reference", sc.noise_reference, "--publish-dtype", sc.publish_dtype]
+            "--noise-reference", sc.noise_reference]
     if prepared.base:
         args += ["--base", prepared.base]
     if sc.seed is not None:
         args += ["--seed", str(sc.seed)]
     if sc.perturb_unprotected:
         args += ["--perturb-unprotected"]
+    args += ["--publish-dtype", sc.publish_dtype]
     return args
 
 

@@ -25,13 +25,6 @@ def server_config(cfg) -> ServerConfig:
                         noise_reference=cfg.server.noise_reference, publish_dtype=cfg.server.publish_dtype)
 
 
-def client_dtype(cfg) -> str:
-    """The dtype the client trains in: that of the copies it receives (model.dtype, or server.publish_dtype)."""
-    from mpu_cli.models.io import resolve_dtype
-
-    return str(published_dtype(resolve_dtype(cfg.model.dtype), cfg.server.publish_dtype)).removeprefix("torch.")
-
-
 def client_config(cfg, round_: int) -> ClientConfig:
     client = ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True))
     client.seed = int(cfg.client.seed) + round_
@@ -40,6 +33,13 @@ def client_config(cfg, round_: int) -> ClientConfig:
 
 def chat_format(model_cfg) -> ChatFormat:
     return ChatFormat(model_cfg.system_prompt, model_cfg.date_string, model_cfg.max_length)
+
+
+def client_dtype(cfg) -> str:
+    """The dtype the client trains in: that of the copies it receives (model.dtype, or server.publish_dtype)."""
+    from mpu_cli.models.io import resolve_dtype
+
+    return str(published_dtype(resolve_dtype(cfg.model.dtype), cfg.server.publish_dtype)).removeprefix("torch.")
 
 
 def client_settings(cfg) -> dict:
