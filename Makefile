@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 .PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-break reproduce-tofu report readme-tables
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .venv/installed: pyproject.toml
 	python3 -m venv .venv
@@ -55,6 +55,11 @@ reproduce-break: install  ## CPU: where MPU breaks: 3 algorithms x {noised, MPU 
 
 reproduce-tofu: install  ## GPU: Llama-3.2-1B-Instruct on TOFU forget01/05/10, paper schedule (needs the Hub)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_tofu
+
+.PHONY: reproduce-smollm2
+reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noised, MPU} x k in {0.1, 1} x 2 seeds, data subset
+	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
+	.venv/bin/mpu-run -m --config-name reproduce_smollm2
 
 report: install  ## summary.csv, summary.md and plots for a folder of runs: make report DIR=outputs/sweeps/<time>
 	.venv/bin/mpu-report $(DIR)

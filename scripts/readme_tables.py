@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -331,6 +332,82 @@ def bench_markdown(csv: Path) -> str:
     return markdown(list(df.columns), rows)
 
 
+# ---- the noise that survives publication: scripts/noise_survival.py ------------------------------------------------
+
+
+@table("noise_survival", cost="~2 min on 2 cores with the SmolLM2 target cached (~10 min more to build it)")
+def noise_survival_table() -> str:
+    out = OUT / f"noise_survival_{_stamp()}"
+    _run([sys.executable, str(REPO / "scripts" / "noise_survival.py"), "--out", str(out)], out.with_suffix(".log"))
+    return ("`python scripts/noise_survival.py` (one round, seed 0, m = 2; changed: the fraction of published block "
+            "elements that differ from the noise-free published copy; effective κ: RMS(published − T(θ)) / "
+            "RMS(θ − θ_base), each copy divided by its α_k, against the noise-free copy cast to the published dtype "
+            "and, in brackets, against the exact one):\n\n" + (out / "noise_survival.md").read_text().strip())
+
+
+# ---- a real pretrained model on a CPU: make reproduce-smollm2 -----------------------------------------------------
+
+SMOLLM2_DIR: Path | None = None  # --smollm2-dir: format a finished sweep instead of running one
+SMOLLM2_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE")
+
+
+@table("smollm2", cost="~1 h on 2 cores (the sweep of make reproduce-smollm2; --smollm2-dir formats a finished one)")
+def smollm2_table() -> str:
+    root = SMOLLM2_DIR
+    if root is None:
+        root = OUT / f"smollm2_{_stamp()}"
+        _run([sys.executable, str(REPO / "scripts" / "make_tofu_subset.py"), "outputs/data/embedded-subset"],
+             root.with_suffix(".subset.log"))
+        _run([sys.executable, "-c", "from mpu_cli.cli.run import run_main; run_main()", "-m", "--config-name",
+              "reproduce_smollm2", f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
+    return smollm2_markdown(root)
+
+
+def smollm2_markdown(root: Path) -> str:
+    """Per algorithm and arm: each quick metric's mean over seeds with its 95 % t-interval, and deg_avg against
+    the clean run of the same seed (paired) with its interval and verdict."""
+    from mpu_cli.report.stats import t_interval
+    from mpu_cli.report.tables import collect
+
+    col = collect(root)
+    used = col.used
+    if not len(used):
+        raise RuntimeError(f"{root}: no finished runs")
+
+    def cell(values) -> str:
+        iv = t_interval(values)
+        return _g(iv.mean) if iv.n < 2 else f"{_g(iv.mean)} [{_g(iv.low)}, {_g(iv.high)}]"
+
+    deg = col.paired[col.paired.metric == "deg_avg"] if len(col.paired) else col.paired
+    rows = []
+    for (algorithm, arm, kappa), g in used.groupby(["algorithm", "arm", "kappa"], sort=False):
+        d = deg
+        for key, value in (("algorithm", algorithm), ("arm", arm), ("kappa", kappa)):
+            d = d[d[key] == value] if key in d else d  # paired carries the keys that vary in the sweep
+        degradation = "–"
+        if len(d) and math.isnan(d.iloc[0].diff_mean):
+            degradation = d.iloc[0].verdict
+        elif len(d):
+            r = d.iloc[0]
+            ci = "" if math.isnan(r.ci_low) else f" [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+            degradation = f"{100 * r.diff_mean:+.1f} %{ci} ({r.verdict})"
+        rows.append([algorithm, arm, "–" if arm == "clean" else _g(float(kappa)), str(len(g)),
+                     *(cell(g[m]) for m in SMOLLM2_METRICS), degradation])
+    order = {"clean": 0, "noised": 1, "mpu": 2}
+    rows.sort(key=lambda r: (r[0], float(r[2]) if r[2] != "–" else -1.0, order.get(r[1], 9)))
+    done = col.finished
+    target = {m: done[f"target_{m}"].iloc[0] for m in SMOLLM2_METRICS if f"target_{m}" in done}
+    retain = {m: done[f"retainmodel_{m}"].iloc[0] for m in SMOLLM2_METRICS if f"retainmodel_{m}" in done}
+    ref = "; ".join(f"{name}: " + " / ".join(_g(v.get(m)) for m in SMOLLM2_METRICS)
+                    for name, v in (("target", target), ("retain model", retain)) if v)
+    header = ["algorithm", "arm", "κ", "seeds", "forget Prob", "forget ROUGE", "retain Prob", "retain ROUGE",
+              "deg_avg vs clean [95 % CI]"]
+    ref = f" Reference points (forget Prob / ROUGE, retain Prob / ROUGE) — {ref}." if ref else ""
+    return (f"{len(done)} runs ({len(col.failed)} failed); mean over seeds [95 % t-interval]; deg_avg over "
+            f"forget Prob and ROUGE (quick evaluation: no model_utility), worse than clean > 0.{ref}\n\n"
+            + markdown(header, rows))
+
+
 # ---- not measured, but generated so that it cannot drift: open-unlearning's names (cli/aliases.py) --------------
 
 
@@ -369,6 +446,8 @@ def options_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tables", default="", help="comma-separated names (default: every registered table)")
+    ap.add_argument("--smollm2-dir", type=Path, default=None,
+                    help="the smollm2 table from this finished `make reproduce-smollm2` sweep folder (no new sweep)")
     ap.add_argument("--readme", type=Path, default=README)
     ap.add_argument("--print", action="store_true", help="print the tables instead of writing the README")
     ap.add_argument("--list", action="store_true", help="list the registered tables and what each costs")
@@ -383,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")
         return 0
+    global SMOLLM2_DIR
+    SMOLLM2_DIR = args.smollm2_dir
     names = [n.strip() for n in args.tables.split(",") if n.strip()] or list(TABLES)
     unknown = [n for n in names if n not in TABLES]
     if unknown:

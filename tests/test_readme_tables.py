@@ -68,6 +68,24 @@ def test_every_registered_table_has_its_markers_in_the_readme():
     assert sorted(set(marked) - set(rt.TABLES)) == [], "a marked table has no command"
 
 
+def test_smollm2_table_gives_means_intervals_and_the_paired_degradation(tmp_path):
+    from test_report import _write_run
+
+    def summary(fp, fr):
+        return {"forget_Q_A_Prob": fp, "forget_Q_A_ROUGE": fr, "retain_Q_A_Prob": 0.5, "retain_Q_A_ROUGE": 0.6}
+
+    for seed, (clean, mpu) in enumerate([((0.10, 0.40), (0.12, 0.44)), ((0.20, 0.40), (0.22, 0.48))]):
+        _write_run(tmp_path, f"clean_s{seed}", summary(*clean), arm="clean", seed=seed, algorithm__name="npo")
+        _write_run(tmp_path, f"mpu_s{seed}", summary(*mpu), arm="mpu", kappa=0.1, seed=seed, algorithm__name="npo")
+    text = rt.smollm2_markdown(tmp_path)
+    rows = {tuple(r.split(" | ")[1:3]): r for r in text.splitlines() if r.startswith("| npo")}
+    assert set(rows) == {("clean", "–"), ("mpu", "0.1")}
+    # forget Prob of the clean arm: mean 0.15 over 2 seeds, t-interval 0.15 ± 12.71·0.0707/√2
+    assert "| 2 | 0.15 [-0.485, 0.785] |" in rows[("clean", "–")]
+    # deg_avg per seed: mean of (0.12−0.10)/0.10 and (0.44−0.40)/0.40 = 15 %; of 0.1 and 0.2 = 15 %: no spread
+    assert "+15.0 % [+15.0, +15.0] (worse)" in rows[("mpu", "0.1")]
+
+
 def test_bench_csv_becomes_a_table_of_the_columns_that_hold_values(tmp_path):
     csv = tmp_path / "bench.csv"
     csv.write_text("run,m,wall_s,server_pct,empty\nm-sweep,2,52.34,1.5812,\nm-sweep,4,80.0,2.25,\n")

@@ -25,7 +25,7 @@ class ModelConfig:
     target: str = "finetune"  # "finetune" (base fine-tuned on `full`) | Hub name | local path
     retain: str | None = "finetune"  # "finetune" | Hub name | local path | null
     tokenizer: str | None = None
-    dtype: str = "float32"  # training / publishing dtype; server arithmetic is fp32 regardless
+    dtype: str = "float32"  # the model's dtype (published in it unless server.publish_dtype); server arithmetic: fp32
     system_prompt: str | None = "You are a helpful assistant."
     date_string: str | None = None
     max_length: int = 128
@@ -52,6 +52,7 @@ class AlgorithmConfig:
 class ServerSettings:
     alpha_schedule: str = "linear"
     eta: float = 1.0
+    publish_dtype: str = "model"  # model | float32 (mpu.server.PUBLISH_DTYPES)
     perturb_unprotected: bool = False
     noise_reference: str = "base"
     noised_alpha: str = "one"
@@ -201,7 +202,7 @@ def validate(cfg) -> None:
 def _validate(cfg) -> None:
     from mpu_cli.data.tofu import FORGET_SPLITS
     from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
-    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES
+    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES, PUBLISH_DTYPES
     from mpu_cli.unlearn import ALGORITHMS
 
     check_known_keys(cfg)
@@ -242,6 +243,9 @@ def _validate(cfg) -> None:
     if cfg.server.noise_reference not in NOISE_REFERENCES:
         raise ConfigError(f"server.noise_reference={cfg.server.noise_reference!r} is not one of "
                           f"{list(NOISE_REFERENCES)}")
+    if cfg.server.publish_dtype not in PUBLISH_DTYPES:
+        raise ConfigError(f"server.publish_dtype={cfg.server.publish_dtype!r} is not one of {list(PUBLISH_DTYPES)}"
+                          f"{did_you_mean(cfg.server.publish_dtype, PUBLISH_DTYPES)}")
     if cfg.eval.metrics not in ("all", "quick"):
         raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
     if cfg.data.split not in FORGET_SPLITS:

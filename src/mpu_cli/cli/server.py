@@ -3,6 +3,7 @@
     mpu-server init      --state DIR --exchange DIR --target MODEL [--base MODEL] [--tokenizer PATH] [--dtype D]
                          [--arm A] [--kappa K] [--m M] [--seed S] [--alpha-schedule S] [--eta E]
                          [--perturb-unprotected] [--noise-reference base|raw] [--noised-alpha one|mean|max]
+                         [--publish-dtype model|float32]
     mpu-server publish   --state DIR [--exchange DIR]     Pre-Process of the next round -> exchange/round_r/
     mpu-server aggregate --state DIR [--exchange DIR]     validate every returned copy, then Post-Process -> θ_r
     mpu-server status    --state DIR                      public facts (round, pending, m, κ, exposed fraction)
@@ -19,6 +20,7 @@ of run/server_state.py (the in-process run's checkpoint writes the same files):
                             from it), σ per block, and the SHA-256 of each published copy; removed at its commit
     model_config/           config.json of the target (for reference)
     public.json             `MPUServer.public_info()` (no secret), refreshed by every command
+    noise_survival.json     per round: how much of each copy's noise survived the cast to the published dtype
     log.jsonl               one line per command: its name, round and seconds (imports excluded)
 
 Stages and markers (what a resume may rely on): init writes θ_0 then state.json (last). publish writes the m
@@ -115,7 +117,8 @@ def cmd_init(args) -> None:
     try:
         cfg = ServerConfig(arm=args.arm, kappa=args.kappa, m=args.m, alpha_schedule=args.alpha_schedule,
                            eta=args.eta, seed=args.seed, perturb_unprotected=args.perturb_unprotected,
-                           noise_reference=args.noise_reference, noised_alpha=args.noised_alpha)
+                           noise_reference=args.noise_reference, noised_alpha=args.noised_alpha,
+                           publish_dtype=args.publish_dtype)
         dtype = resolve_dtype(args.dtype)
     except ValueError as e:
         raise ServerError(str(e)) from None
@@ -179,6 +182,9 @@ def cmd_publish(args) -> None:
     _write_round_marker(exchange, st["run_id"], r, n)  # last: clients may start
     _write_public(state_dir, server)
     _log(state_dir, "publish", r, time.perf_counter() - t0)
+    t0 = time.perf_counter()  # a measurement, not part of Pre-Process: logged on its own
+    ServerState(state_dir).record_survival(server)
+    _log(state_dir, "noise_survival", r, time.perf_counter() - t0)
     print(f"mpu-server: published round {r}: {n} copies in {ex.round_dir(exchange, r)}")
 
 
@@ -282,7 +288,7 @@ It owns the exact model θ and the round secrets (--state, private) and exchange
 def parser() -> argparse.ArgumentParser:
     from mpu_cli.models.io import DTYPES
     from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
-    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES
+    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES, PUBLISH_DTYPES
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="mpu-server", description=DESCRIPTION, formatter_class=fmt)
@@ -299,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     # Accepted values are listed, not enforced by argparse: ServerConfig refuses a bad one in one line.
     i.add_argument("--dtype", default="float32",
                    help=f"training / publishing dtype: {' | '.join(DTYPES)} (default: %(default)s)")
+    i.add_argument("--publish-dtype", default="model",
+                   help=f"{' | '.join(PUBLISH_DTYPES)}: the copies in --dtype, or in float32 whatever --dtype (the "
+                   "client then trains in float32) (default: %(default)s)")
     i.add_argument("--arm", default="mpu",
                    help=f"{' | '.join(ARMS)}: θ itself; one noisy copy; m reparameterized noisy copies "
                    "(default: %(default)s)")

@@ -36,6 +36,8 @@ from .reparam import Transform, apply_transform, invert_transform, sample_transf
 
 ARMS = ("clean", "noised", "mpu")
 NOISE_REFERENCES = ("base", "raw")
+# model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
+PUBLISH_DTYPES = ("model", "float32")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class ServerConfig:
     alpha_schedule: str = "linear"
     eta: float = 1.0  # η_srv
     seed: int | None = None  # None -> CSPRNG seeds; int -> reproducible run, recorded as such
+    publish_dtype: str = "model"  # one of PUBLISH_DTYPES; the client trains in the dtype it receives
     perturb_unprotected: bool = False  # option: also noise embeddings / lm_head / final norm
     noise_reference: str = "base"  # "base": θ − θ_base | "raw": θ (also used when no base is given)
     noised_alpha: str = "one"  # arm=noised: the copy's α: one | mean / max of the α_k of m MPU copies
@@ -61,6 +64,8 @@ class ServerConfig:
             bad("arm", self.arm, ", ".join(ARMS))
         if self.noise_reference not in NOISE_REFERENCES:
             bad("noise_reference", self.noise_reference, ", ".join(NOISE_REFERENCES))
+        if self.publish_dtype not in PUBLISH_DTYPES:
+            bad("publish_dtype", self.publish_dtype, ", ".join(PUBLISH_DTYPES))
         if self.alpha_schedule not in ALPHA_SCHEDULES:
             bad("alpha_schedule", self.alpha_schedule, ", ".join(ALPHA_SCHEDULES))
         if not (math.isfinite(self.kappa) and self.kappa >= 0):
@@ -76,6 +81,11 @@ class ServerConfig:
                 "whose α it takes)")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             bad("seed", self.seed, "an integer or null")
+
+
+def published_dtype(model_dtype: torch.dtype, publish_dtype: str) -> torch.dtype:
+    """The dtype a tensor of `model_dtype` is published in under server.publish_dtype."""
+    return torch.float32 if publish_dtype == "float32" else model_dtype
 
 
 def _derive_seed(root: int, *parts) -> int:
@@ -114,7 +124,7 @@ class MPUServer:
         self._layout = layout
         self._cfg = cfg
         self._base = base
-        self._dtypes = {n: t.dtype for n, t in theta.items()}
+        self._dtypes = {n: published_dtype(t.dtype, cfg.publish_dtype) for n, t in theta.items()}  # as published
         self._canonical = _alias_map(theta)
         # The exact model: private, fp32, never aliasing the caller's tensors.
         self._theta = {n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
@@ -299,6 +309,27 @@ class MPUServer:
             "sigma_unprotected": s.sigma_unprotected,
             "transforms": list(s.transforms),
         }
+
+    def noise_survival(self) -> dict:
+        """How much of the pending round's noise survives publication in the published dtype (mpu/survival.py),
+        per copy and block; the copies are rebuilt one tensor at a time. Private: it involves θ and α."""
+        from .survival import UNPROTECTED, SurvivalMeter
+
+        if not self._pending:
+            raise RuntimeError("no published round is pending; call publish()")
+        s, ref = self._secrets, self._base if self.noise_reference == "base" else None
+        meter = SurvivalMeter(self.n_copies)
+        for name, x in self._theta.items():
+            layer = block_of(name)
+            if self._canonical[name] != name or (layer is None and not self._cfg.perturb_unprotected):
+                continue  # a tied tensor counts once; unprotected tensors are published exactly
+            group = UNPROTECTED if layer is None else layer
+            meter.add_reference(group, x, None if ref is None else ref[name])
+            noise = self._noise_source(name)
+            for k in range(self.n_copies):
+                exact = x if self._cfg.arm != "mpu" else apply_transform({name: x}, self._layout, s.transforms[k])[name]
+                meter.add(k, group, self._published_tensor(name, k, noise), exact)
+        return meter.result(self._round, self._cfg.kappa if self._cfg.arm != "clean" else 0.0, s.alphas)
 
     def exposed_fraction(self) -> float:
         """Fraction of (unique) parameters published without noise."""

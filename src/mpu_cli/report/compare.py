@@ -26,6 +26,7 @@ import math
 
 import pandas as pd
 
+from mpu_cli.mpu.survival import RESULT_COLUMNS
 from mpu_cli.report.columns import ABS, AVG_METRICS, DIRECTIONS, HIGHER, LOWER
 
 SEED_KEYS = ("seed", "client.seed")
@@ -90,7 +91,7 @@ def settings(config: dict, results: dict, metric_names: set[str]) -> dict:
     for key, value in config.items():
         if key in NOT_SETTINGS or key in metric_names or key.startswith(_NOT_CONFIG_PREFIXES):
             continue
-        if key in ("target_hash", "leaks_theta0", "non_finite"):
+        if key in ("target_hash", "leaks_theta0", "non_finite", *RESULT_COLUMNS):
             continue
         out[SHORT_NAMES.get(key, key)] = _value(value)
     arm = out.get("arm")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpu_cli.mpu.survival import RESULT_COLUMNS
 from mpu_cli.report.columns import AVG_METRICS, DIRECTION_WORDS, DIRECTIONS, HEADLINE
 from mpu_cli.report.compare import (
     ORDER,
@@ -33,6 +34,8 @@ from mpu_cli.report.runs import FAILED, FINISHED, UNFINISHED, find_runs, read_ru
 from mpu_cli.report.stats import paired_differences
 
 _PRIVATE = ("_group", "_base", "_replicate", "_seeded")
+# the noise that survived publication, per run (results.csv); the per-block lists stay in results.csv
+SURVIVAL_SCALARS = tuple(c for c in RESULT_COLUMNS if not c.endswith("_blocks"))
 
 
 @dataclass
@@ -66,7 +69,8 @@ def collect(root: Path) -> Collected:
     rows, setting_rows = [], []
     for rec in records:
         st = settings(rec["config"], rec["results"], metric_names)
-        extra = {k: v for k, v in rec["results"].items() if str(k).startswith(("target_", "time_", "retainmodel_"))}
+        extra = {k: v for k, v in rec["results"].items()
+                 if str(k).startswith(("target_", "time_", "retainmodel_")) or k in SURVIVAL_SCALARS}
         rows.append({"run": rec["run"], "status": rec["status"], "error": rec["error"]} | st
                     | {"seeded": "yes" if seeded(st) else "no"} | rec["metrics"] | extra)
         setting_rows.append((rec["status"], st))

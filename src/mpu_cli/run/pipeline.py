@@ -24,6 +24,7 @@ from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resol
 from mpu_cli.models.prepare import prepare_models
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer
+from mpu_cli.mpu.survival import result_columns
 from mpu_cli.run import rundir
 from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.run.evaluation import (
@@ -35,7 +36,8 @@ from mpu_cli.run.evaluation import (
 )
 from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_sources
 from mpu_cli.run.rounds import InProcessRounds, drive
-from mpu_cli.run.settings import chat_format, client_config, server_config
+from mpu_cli.run.server_state import ServerState
+from mpu_cli.run.settings import chat_format, client_config, client_dtype, server_config
 from mpu_cli.run.slots import forked_slots, uses_file_transport
 from mpu_cli.run.stage import set_stage
 from mpu_cli.unlearn import build_algorithm
@@ -113,7 +115,9 @@ def run(cfg, out: Path) -> dict:
     # 6. results.csv, then COMPLETE
     set_stage("writing the results")
     summary = summarize(result)
-    row = result_row(cfg, summary, summarize(target_eval), target_hash) | {
+    # how much noise survived publication: measured by the server (either transport) into its private state
+    survival = result_columns(ServerState(out / "server_private").survival())
+    row = result_row(cfg, summary, summarize(target_eval), target_hash) | survival | {
         "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),
         "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
         "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
@@ -153,10 +157,10 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
         log.info("resume: server at round %d%s", server.round, " (published, not aggregated)" if server.pending else "")
     atomic_write_json(out / "server_public.json", server.public_info())
 
-    # Client side: its own data, its algorithm, a public model skeleton.
+    # Client side: its own data, its algorithm, a public model skeleton in the dtype of the copies it receives.
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
     client_data = encode_client_data(tokenizer, chat_format(cfg.model), cfg.data.source, cfg.data.split, algorithm)
-    client_model = public_skeleton(prepared.target, dtype)
+    client_model = public_skeleton(prepared.target, resolve_dtype(client_dtype(cfg)))
     # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
     reference_state = ({n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
                        if cfg.client.reference == "server_clean" else None)

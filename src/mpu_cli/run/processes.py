@@ -126,6 +126,7 @@ def server_init_args(cfg, prepared, state: Path, exchange: Path) -> list[str]:
         args += ["--seed", str(sc.seed)]
     if sc.perturb_unprotected:
         args += ["--perturb-unprotected"]
+    args += ["--publish-dtype", sc.publish_dtype]
     return args
 
 

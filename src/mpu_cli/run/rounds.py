@@ -67,6 +67,8 @@ class InProcessRounds:
             if self.ckpt is not None:
                 self.state = self.ckpt.published(self.server, self.state)  # the secrets, before any client work
         self.timings["server"] += time.perf_counter() - t
+        if self.ckpt is not None:  # a measurement, not part of Pre-Process: outside the server's time
+            self.ckpt.store.record_survival(self.server)
 
     def _task(self, r: int, k: int, total: int) -> dict:
         """Build copy k (server time), unlearn it (client time), hand it back to the checkpoint."""

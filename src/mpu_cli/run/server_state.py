@@ -9,6 +9,8 @@ stage checkpoint (run/checkpoint.py) and the `mpu-server` process (cli/server.py
     round_{r}.json          the secrets of the pending round r: its round seed (α, noise streams and transforms derive
                             from it) and σ per block, plus what the writer adds (mpu-server: the SHA-256 of each
                             published copy); removed once round r is committed
+    noise_survival.json     per published round: how much of each copy's noise survived the cast to the published
+                            dtype (mpu/survival.py), per block and overall; kept for the run's results.csv
 
 Order: publish → round_{r}.json → state.json (pending); aggregate → θ_r → state.json (the commit point) → θ_{r-1}
 and round_{r}.json are removed. Every file is written atomically, the folder is the owner's only (0700, 0600).
@@ -24,6 +26,7 @@ from mpu_cli.transport import exchange as ex
 
 FORMAT = "mpu-server-state/1"
 STATE = "state.json"
+SURVIVAL = "noise_survival.json"
 
 
 class ServerStateError(ValueError):
@@ -134,6 +137,25 @@ class ServerState:
             (self.dir / old).unlink(missing_ok=True)
         self.round_secrets_path(r).unlink(missing_ok=True)
         return new
+
+    # ---- the noise that survives publication ------------------------------------------------------------------
+
+    def survival(self) -> list[dict]:
+        """The published rounds' survival records (mpu/survival.py), in round order; [] when there is none."""
+        path = self.dir / SURVIVAL
+        if not path.exists():
+            return []
+        rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"]
+        return [rounds[r] for r in sorted(rounds, key=int)]
+
+    def record_survival(self, server) -> None:
+        """The pending round's survival record, measured once (a resumed round has the same copies)."""
+        self._private()
+        path = self.dir / SURVIVAL
+        rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"] if path.exists() else {}
+        if str(server.round) not in rounds:
+            rounds[str(server.round)] = server.noise_survival()
+            atomic_write_json(path, {"rounds": rounds})
 
     def restore_meta(self, st: dict) -> dict:
         """`MPUServer.restore` metadata of the state, the pending round's secrets included."""

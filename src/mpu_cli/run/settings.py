@@ -3,6 +3,7 @@
 - `server_config(cfg)`: the server's ServerConfig (arm, κ, m, seed, α schedule, η, noise options);
 - `client_config(cfg, r)`: the client's ClientConfig for round r (its data order is seeded with client.seed + r);
 - `chat_format(model_cfg)`: how questions and answers are rendered;
+- `client_dtype(cfg)`: the dtype the client trains in (that of the published copies);
 - `client_settings(cfg)`: CLIENT.json, all that a separate mpu-client process is told about itself.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from omegaconf import OmegaConf
 
 from mpu_cli.data.formatting import ChatFormat
-from mpu_cli.mpu.server import ServerConfig
+from mpu_cli.mpu.server import ServerConfig, published_dtype
 from mpu_cli.unlearn.settings import ClientConfig
 
 CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
@@ -21,8 +22,8 @@ CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
 def server_config(cfg) -> ServerConfig:
     return ServerConfig(arm=cfg.arm, kappa=float(cfg.kappa), m=int(cfg.m), alpha_schedule=cfg.server.alpha_schedule,
                         eta=float(cfg.server.eta), seed=cfg.seed, perturb_unprotected=bool(cfg.server.perturb_unprotected),
-                        noise_reference=cfg.server.noise_reference,
-                        noised_alpha=cfg.server.noised_alpha)
+                        noise_reference=cfg.server.noise_reference, noised_alpha=cfg.server.noised_alpha,
+                        publish_dtype=cfg.server.publish_dtype)
 
 
 def client_config(cfg, round_: int) -> ClientConfig:
@@ -35,13 +36,20 @@ def chat_format(model_cfg) -> ChatFormat:
     return ChatFormat(model_cfg.system_prompt, model_cfg.date_string, model_cfg.max_length)
 
 
+def client_dtype(cfg) -> str:
+    """The dtype the client trains in: that of the copies it receives (model.dtype, or server.publish_dtype)."""
+    from mpu_cli.models.io import resolve_dtype
+
+    return str(published_dtype(resolve_dtype(cfg.model.dtype), cfg.server.publish_dtype)).removeprefix("torch.")
+
+
 def client_settings(cfg) -> dict:
     """CLIENT.json: the algorithm, the client settings (round 0: the client adds r itself), its data, the chat
-    format and the training dtype."""
+    format and the training dtype (client_dtype)."""
     return {
         "algorithm": {"name": cfg.algorithm.name, "params": OmegaConf.to_container(cfg.algorithm.params, resolve=True)},
         "client": asdict(client_config(cfg, 0)),
         "data": {"source": cfg.data.source, "split": cfg.data.split},
         "format": dict(chat_format(cfg.model).__dict__),
-        "dtype": cfg.model.dtype,
+        "dtype": client_dtype(cfg),
     }
