@@ -47,7 +47,8 @@ def test_mpu_run_writes_every_output_and_forgets(mpu_run_cmd, tmp_path):
 
 
 def test_multirun_sweep_writes_one_run_per_job(mpu_run_cmd, tmp_path):
-    _run(mpu_run_cmd, "-m", "arm=clean,mpu", "algorithm=ga", "client.epochs=1", "eval.max_new_tokens=8",
+    _run(mpu_run_cmd, "-m", "arm=clean,mpu", "algorithm=ga", "client.epochs=1", "data.split=forget01",
+         "eval.max_new_tokens=8",
          "eval.metrics=quick", "seed=0", f"hydra.sweep.dir={tmp_path}")
     rows = pd.concat([pd.read_csv(p) for p in sorted(tmp_path.glob("*/results.csv"))])
     assert sorted(rows.arm) == ["clean", "mpu"]

@@ -95,6 +95,8 @@ def test_a_signal_stops_the_run_with_one_line_and_resume_finishes_it(mpu_run_cmd
     assert lines[0].startswith(f"mpu-run: error: interrupted (SIG{sig}) at round 1/1: the client unlearning copy 2/2")
     assert "resume=true" in lines[0]
     assert not (out / "COMPLETE").exists() and (out / rundir.MANIFEST).exists()
+    if sig != "INT":
+        return  # both signals stop through one handler: resuming once (after SIGINT) covers the resume
     env.pop("MPU_KILL_AT")
     proc = subprocess.run([*mpu_run_cmd, *FAST, "resume=true", f"hydra.run.dir={out}"], capture_output=True,
                           text=True, timeout=600, env=env)
