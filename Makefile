@@ -26,8 +26,10 @@ install: .venv/installed  ## create .venv with CPU torch (no GPU) and the packag
 demo: install  ## run MPU (NPO, kappa=0.01, m=2) end to end on the embedded default
 	.venv/bin/mpu-run algorithm=npo kappa=0.01 m=2 seed=0
 
-test: install  ## run the test suite: both layers, two workers (`make test-slow` for the long end-to-end runs)
-	$(PY) -m pytest -q -n 2
+test: install  ## run the test suite: both layers, three workers (`make test-slow` for the long end-to-end runs)
+	# 3 workers on 2 cores: the tests wait on their processes and on the disk; loadgroup keeps each module that
+	# shares a module fixture's processes on one worker.
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 test-unit: install  ## the unit layer only: no process started, no model built
 	$(PY) -m pytest -q -m 'not slow and not integration'

@@ -25,9 +25,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-    # The unit layer first (a stable sort keeps each layer's own order): on two workers both start with unit
-    # tests, and the first that reaches the integration layer builds the prepared models while the other is
-    # still busy, instead of waiting for it idle.
+    # The unit layer first (a stable sort keeps each layer's own order): every worker starts with unit tests,
+    # and the first that reaches the integration layer builds the prepared models while the others are still
+    # busy, instead of all waiting for it idle.
     items.sort(key=lambda item: item.get_closest_marker("integration") is not None)
 
 
