@@ -27,9 +27,9 @@ demo: install  ## run MPU (NPO, kappa=0.01, m=2) end to end on the embedded defa
 	.venv/bin/mpu-run algorithm=npo kappa=0.01 m=2 seed=0
 
 test: install  ## run the test suite: both layers, three workers (`make test-slow` for the long end-to-end runs)
-	# 3 workers on 2 cores: the tests wait on their processes and on the disk; loadgroup keeps each module that
-	# shares a module fixture's processes on one worker.
-	$(PY) -m pytest -q -n 3 --dist loadgroup
+	# 3 workers on 2 cores: the tests wait on their processes and on the disk. loadfile: each test file on one
+	# worker, so a module fixture that starts processes (the fault chain, the bad-input runs) runs once.
+	$(PY) -m pytest -q -n 3 --dist loadfile
 
 test-unit: install  ## the unit layer only: no process started, no model built
 	$(PY) -m pytest -q -m 'not slow and not integration'

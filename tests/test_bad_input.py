@@ -14,9 +14,7 @@ import pytest
 
 from mpu_cli.data.tofu import embedded_dir
 
-# real processes / the prepared models; one worker runs the whole module (make test: --dist loadgroup), or
-# every worker that got one of its tests would start the module fixture's processes again
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_bad_input")]
+pytestmark = pytest.mark.integration  # real processes / the prepared models
 
 FAST = ["data.split=forget01", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "m=2",
         "rounds=1", "seed=0"]

@@ -21,9 +21,7 @@ from transformers import LlamaConfig
 from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig
 
-# real processes / the prepared models; one worker runs the whole module (make test: --dist loadgroup), or
-# every worker that got one of its tests would start the module fixture's processes again
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_faults")]
+pytestmark = pytest.mark.integration  # real processes / the prepared models
 
 FAST = ["data.split=forget01", "client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "m=2",
         "rounds=2", "seed=0"]

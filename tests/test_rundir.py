@@ -55,7 +55,6 @@ def finished_run(mpu_run_cmd, tmp_path_factory):
     return out
 
 
-@pytest.mark.xdist_group("rundir_finished_run")  # one worker: the fixture's run is made once
 def test_overwrite_removes_only_what_the_run_wrote(mpu_run_cmd, finished_run):
     manifest = json.loads((finished_run / rundir.MANIFEST).read_text())["files"]
     assert "results.csv" in manifest and "target/TOFU_EVAL.json" in manifest and "COMPLETE" in manifest
@@ -71,7 +70,6 @@ def test_overwrite_removes_only_what_the_run_wrote(mpu_run_cmd, finished_run):
     assert (finished_run / "COMPLETE").exists()
 
 
-@pytest.mark.xdist_group("rundir_finished_run")  # one worker: the fixture's run is made once
 def test_private_state_is_owner_only_and_outputs_honour_the_umask(finished_run):
     private = finished_run / "server_private"
     assert stat.S_IMODE(private.stat().st_mode) == 0o700

@@ -24,9 +24,7 @@ from mpu_cli.transport.errors import TransportError
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "mpu_cli"
 
-# real processes / the prepared models; one worker runs the whole module (make test: --dist loadgroup), or
-# every worker that got one of its tests would start the module fixture's processes again
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("test_transport")]
+pytestmark = pytest.mark.integration  # real processes / the prepared models
 SEED = 0
 FAST = ["client.epochs=1", "eval.metrics=quick", "eval.max_new_tokens=8", "data.split=forget01",
         f"seed={SEED}", "save_model=true", "algorithm=npo", "kappa=0.01", "m=2"]
