@@ -39,7 +39,10 @@ class ModelConfig:
 class DataConfig:
     name: str = "embedded"
     source: str = "embedded"  # "embedded" | Hub dataset name | local folder laid out like locuslab/TOFU
-    split: str = "forget10"
+    split: str = "forget10"  # TOFU: forget01 | forget05 | forget10; MUSE: forget
+    benchmark: str = "tofu"  # tofu (QA pairs) | muse (raw text: data.muse)
+    retain_split: str | None = None  # MUSE: the client's retain corpus, retain1 | retain2 (None: retain1)
+    knowmem_chat_template: bool = False  # MUSE: knowmem questions in the model's chat template (else plain tags)
 
 
 @dataclass
@@ -200,7 +203,6 @@ def validate(cfg) -> None:
 
 
 def _validate(cfg) -> None:
-    from mpu_cli.data.tofu import FORGET_SPLITS
     from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
     from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES, PUBLISH_DTYPES
     from mpu_cli.unlearn import ALGORITHMS
@@ -248,17 +250,35 @@ def _validate(cfg) -> None:
                           f"{did_you_mean(cfg.server.publish_dtype, PUBLISH_DTYPES)}")
     if cfg.eval.metrics not in ("all", "quick"):
         raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
-    if cfg.data.split not in FORGET_SPLITS:
-        raise ConfigError(f"data.split={cfg.data.split!r} is not one of {list(FORGET_SPLITS)}")
+    check_data_config(cfg.data)
     _check_transport(cfg)
     _check_run_id(cfg.get("run_id"))
     _check_dtype(cfg.model.dtype)
     model = "model folder or .gguf file"
-    _check_source("data.source", cfg.data.source, ("embedded",), "folder laid out like locuslab/TOFU", folder=True)
+    layout = "muse-bench/MUSE-News" if cfg.data.benchmark == "muse" else "locuslab/TOFU"
+    _check_source("data.source", cfg.data.source, ("embedded",), f"folder laid out like {layout}", folder=True)
     _check_source("model.base", cfg.model.base, ("embedded", None), model)
     _check_source("model.target", cfg.model.target, ("finetune",), model)
     _check_source("model.retain", cfg.model.retain, ("finetune", None), model)
     _check_source("model.tokenizer", cfg.model.tokenizer, (None,), "tokenizer folder or .gguf file")
+
+
+def check_data_config(data_cfg) -> None:
+    """The benchmark and its splits: TOFU's forget01|05|10, MUSE's forget with retain1|retain2."""
+    from mpu_cli.data import muse, tofu
+    from mpu_cli.evals.benchmarks import BENCHMARKS
+
+    bench = data_cfg.get("benchmark") or "tofu"
+    if bench not in BENCHMARKS:
+        raise ConfigError(f"data.benchmark={bench!r} is not one of {list(BENCHMARKS)}{did_you_mean(bench, BENCHMARKS)}")
+    splits = muse.FORGET_SPLITS if bench == "muse" else tofu.FORGET_SPLITS
+    if data_cfg.split not in splits:
+        raise ConfigError(f"data.split={data_cfg.split!r} is not one of {list(splits)} (data.benchmark={bench})"
+                          f"{did_you_mean(str(data_cfg.split), splits)}")
+    retain = data_cfg.get("retain_split")
+    if retain is not None and (bench != "muse" or retain not in muse.RETAIN_SPLITS):
+        accepted = list(muse.RETAIN_SPLITS) if bench == "muse" else "null (TOFU's retain split follows data.split)"
+        raise ConfigError(f"data.retain_split={retain!r} is not accepted; accepted: {accepted}")
 
 
 def check_finite(cfg) -> None:

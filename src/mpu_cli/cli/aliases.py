@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mpu_cli.data.muse import RETAIN_SPLITS as MUSE_RETAIN_SPLITS  # standard library only, like this module
+
 OPEN_UNLEARNING_ALGORITHMS = {  # their trainer names as they spell them -> ours
     "GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo", "SimNPO": "simnpo", "DPO": "idkdpo",
     "IdkDPO": "idkdpo", "UNDIAL": "undial", "WGA": "wga", "SatImp": "satimp", "RMU": "rmu",
@@ -22,7 +24,8 @@ OPEN_UNLEARNING_ALGORITHMS = {  # their trainer names as they spell them -> ours
 ALGORITHM_NAMES = {k.lower(): v for k, v in OPEN_UNLEARNING_ALGORITHMS.items()} | {
     v: v for v in OPEN_UNLEARNING_ALGORITHMS.values()}  # any case of theirs or ours
 KEYS = {"trainer": "algorithm", "forget_split": "data.split", "task_name": "run_id"}
-DERIVED = {"retain_split": "retain", "holdout_split": "holdout"}  # ours follow from data.split
+DERIVED = {"retain_split": "retain", "holdout_split": "holdout"}  # TOFU: ours follow from data.split
+
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 ROOT_CONFIG = MODEL_DIR.parent / "config.yaml"
 
@@ -81,6 +84,10 @@ def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
             new_value = _values(value, lambda v: ALGORITHM_NAMES.get(v.lower(), v))
         elif new_key == "model":
             new_value = _values(value, lambda v: models.get(v.lower(), v))
+        if bare == "retain_split" and value in MUSE_RETAIN_SPLITS:  # MUSE's retain corpus is a choice of its own
+            notes.append(f"mpu-run: note: {bare}={value} is read as data.retain_split={value} (open-unlearning's name)")
+            out.append(f"data.retain_split={value}")
+            continue
         if bare in DERIVED:
             derived.append((bare, value))
             continue

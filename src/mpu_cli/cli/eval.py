@@ -1,11 +1,12 @@
-"""`mpu-eval model_path=...`: TOFU evaluation of any saved model, in open-unlearning's output shapes.
+"""`mpu-eval model_path=...`: TOFU or MUSE evaluation of any saved model, in open-unlearning's output shapes.
 
 A small Hydra app (conf/eval.yaml) reusing the model/ and data/ groups of `mpu-run`:
 
     mpu-eval model_path=outputs/runs/<run>/model [model=...] [data=tofu data.source=...] [data.split=forget05]
              [retain_logs_path=.../TOFU_EVAL.json] [eval.batch_size=32] [eval.metrics=quick] [output_dir=...]
 
-Writes TOFU_EVAL.json, TOFU_SUMMARY.json and eval_info.json (paths, device, timings) into the output folder.
+Writes TOFU_EVAL.json, TOFU_SUMMARY.json (MUSE_EVAL.json, MUSE_SUMMARY.json with data=muse) and eval_info.json
+(paths, device, timings) into the output folder.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def validate(cfg) -> None:
     """Checks that need no model or data."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from mpu_cli.data.tofu import FORGET_SPLITS
+    from mpu_cli.config import check_data_config
     from mpu_cli.models.io import DTYPES
 
     try:
@@ -54,8 +55,7 @@ def validate(cfg) -> None:
         for key in ("eval.batch_size", "eval.max_new_tokens"):
             if OmegaConf.select(cfg, key) < 1:
                 raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
-        if cfg.data.split not in FORGET_SPLITS:
-            raise ConfigError(f"data.split={cfg.data.split!r} is not one of {list(FORGET_SPLITS)}")
+        check_data_config(cfg.data)
         if cfg.model.dtype not in DTYPES:
             raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not one of {sorted(DTYPES)}")
     except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
@@ -143,7 +143,9 @@ def output_folder(cfg) -> Path:
     if not cfg.output_dir:
         return Path(HydraConfig.get().runtime.output_dir)
     out = Path(cfg.output_dir).expanduser()
-    existing = [f for f in ("TOFU_EVAL.json", "TOFU_SUMMARY.json") if (out / f).exists()]
+    from mpu_cli.evals.benchmarks import EVAL_FILES, SUMMARY_FILES
+
+    existing = [f for f in (*EVAL_FILES, *SUMMARY_FILES) if (out / f).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"output_dir={cfg.output_dir!r} already holds {existing[0]}: choose another folder "
                           "or pass overwrite=true")
@@ -151,17 +153,17 @@ def output_folder(cfg) -> Path:
 
 
 def run_eval(cfg, out: Path) -> dict:
-    """Load, evaluate, write TOFU_EVAL.json / TOFU_SUMMARY.json / eval_info.json; returns the summary."""
-    from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, summarize, write_eval
+    """Load, evaluate, write the benchmark's EVAL / SUMMARY files and eval_info.json; returns the summary."""
+    from mpu_cli.evals import benchmarks
     from mpu_cli.files import atomic_write_json
     from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype
-    from mpu_cli.run.evaluation import eval_data, retain_reference_from_logs
+    from mpu_cli.run.evaluation import eval_config, eval_data, retain_reference_from_logs
     from mpu_cli.run.settings import chat_format
 
     t0 = time.perf_counter()
-    retain_ref = retain_reference_from_logs(cfg.retain_logs_path) if cfg.retain_logs_path else None
+    retain_ref = retain_reference_from_logs(cfg.retain_logs_path, cfg.data) if cfg.retain_logs_path else None
     try:
-        data = eval_data(cfg.data.source, cfg.data.split)
+        data = eval_data(cfg.data)
     except ValueError as e:  # a bad data source or a missing config in a local folder
         raise ConfigError(str(e)) from None
     device = pick_device(str(cfg.device))
@@ -176,12 +178,12 @@ def run_eval(cfg, out: Path) -> dict:
              cfg.data.split, device)
 
     t1 = time.perf_counter()
-    eval_cfg = EvalConfig(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                          metrics=QUICK_METRICS if cfg.eval.metrics == "quick" else None)
-    result = evaluate(model, tokenizer, data, chat_format(cfg.model), eval_cfg, retain_reference=retain_ref)
+    bench = benchmarks.of(cfg.data)
+    result = bench.evaluate(model, tokenizer, data, chat_format(cfg.model), eval_config(cfg),
+                            retain_reference=retain_ref)
     t_eval = time.perf_counter() - t1
-    write_eval(out, result)
-    summary = summarize(result)
+    bench.write_eval(out, result)
+    summary = bench.summarize(result)
     atomic_write_json(out / "eval_info.json", {
         "model_path": str(cfg.model_path), "model": model_path, "tokenizer": tok_path,
         "model_config": cfg.model.name, "dtype": cfg.model.dtype, "device": str(device),
@@ -191,7 +193,7 @@ def run_eval(cfg, out: Path) -> dict:
         "items": {k: len(v) for k, v in data.items()},
         "time_load_s": round(t_load, 2), "time_eval_s": round(t_eval, 2),
     })
-    log.info("TOFU_SUMMARY (%s, eval %.1f s): %s", out, t_eval,
+    log.info("%s (%s, eval %.1f s): %s", bench.summary_file.removesuffix(".json"), out, t_eval,
              ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
     return summary
 
@@ -204,7 +206,7 @@ def _eval(cfg) -> float | None:
         summary = run_eval(cfg, out)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
-    return summary.get("forget_Q_A_Prob")
+    return summary.get("forget_Q_A_Prob", summary.get("forget_verbmem_ROUGE"))
 
 
 def main() -> None:

@@ -93,12 +93,13 @@ def _run(cfg) -> float | None:
         fail(message, code)
     from mpu_cli.cli.summary import end_of_run
 
+    first = "forget_Q_A_Prob" if "forget_Q_A_Prob" in row else "forget_verbmem_ROUGE"  # TOFU | MUSE
     if sweep:
-        print(f"job done: {out}: forget_Q_A_Prob {row.get('target_forget_Q_A_Prob', float('nan')):.3f} → "
-              f"{row.get('forget_Q_A_Prob', float('nan')):.3f}", flush=True)
+        print(f"job done: {out}: {first} {row.get(f'target_{first}', float('nan')):.3f} → "
+              f"{row.get(first, float('nan')):.3f}", flush=True)
     else:
         print(end_of_run(out, row), flush=True)
-    return row.get("forget_Q_A_Prob")
+    return row.get(first)
 
 
 def quiet_libraries() -> None:

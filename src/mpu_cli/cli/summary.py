@@ -6,11 +6,13 @@ import json
 import math
 from pathlib import Path
 
+from mpu_cli.evals.benchmarks import SUMMARY_FILES
 from mpu_cli.report.columns import DIRECTIONS
 from mpu_cli.report.compare import arm_label
 
 SHOWN = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "model_utility", "retain_Q_A_Prob",
-         "retain_Q_A_ROUGE", "privleak", "extraction_strength")
+         "retain_Q_A_ROUGE", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak",
+         "extraction_strength")
 ARROWS = {"lower": "↓ lower", "higher": "↑ higher", "abs": "→ 0"}
 
 
@@ -23,9 +25,10 @@ def _num(v) -> str:
 
 def end_of_run(out: Path, row: dict) -> str:
     """The compact table (plain text, fixed width) for a finished run directory and its results row."""
+    summary_file = next((f for f in SUMMARY_FILES if (Path(out) / f).is_file()), SUMMARY_FILES[0])
     retain = {}
-    if (Path(out) / "retain" / "TOFU_SUMMARY.json").is_file():
-        retain = json.loads((Path(out) / "retain" / "TOFU_SUMMARY.json").read_text())
+    if (Path(out) / "retain" / summary_file).is_file():
+        retain = json.loads((Path(out) / "retain" / summary_file).read_text())
     metrics = [m for m in SHOWN if row.get(m) is not None]
     head = f"{'metric':<20} {'better':<9} {'target':>8} {'→ unlearned':>12}" + (f" {'retain':>8}" if retain else "")
     lines = [head, "-" * len(head)]
@@ -36,6 +39,6 @@ def end_of_run(out: Path, row: dict) -> str:
         lines.append(cells)
     what = f"{row.get('algorithm')} · {arm_label(row)}"
     lines.insert(0, f"mpu-run: done: {what} · seed {row.get('seed')} · {row.get('time_total_s', 0):.1f} s")
-    lines.append(f"results: {Path(out)}  (results.csv, TOFU_SUMMARY.json; `mpu-report {Path(out).parent}`"
+    lines.append(f"results: {Path(out)}  (results.csv, {summary_file}; `mpu-report {Path(out).parent}`"
                  " tabulates a folder of runs)")
     return "\n".join(lines)

@@ -25,13 +25,15 @@ def _short(text, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def validate_rows(config: str, rows: list, where: str) -> list[dict]:
-    """`rows` unchanged when valid; DataError otherwise. `where`: the file or data source, for the message."""
+def validate_rows(config: str, rows: list, where: str,
+                  fields: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> list[dict]:
+    """`rows` unchanged when valid; DataError otherwise. `where`: the file or data source, for the message.
+    `fields`: (string fields, list fields) when they are not TOFU's for `config` (e.g. MUSE's)."""
+    strings, lists = fields or required_fields(config)
     if not rows:
         what = "forget set" if config.startswith("forget") else "config"
         raise DataError(f"{where}: the {what} {config!r} is empty; accepted: at least one row with "
-                        f"{', '.join(required_fields(config)[0])}")
-    strings, lists = required_fields(config)
+                        f"{', '.join(strings)}")
     seen: dict = {}
     for i, row in enumerate(rows):
         at = f"{where}: {config} row {i + 1}"

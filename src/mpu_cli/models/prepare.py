@@ -2,8 +2,9 @@
 
 `model.base` is a path/Hub name or "embedded" (the tiny Llama pretrained on the public corpus: shipped in
 the package, or built here when the pretraining settings differ from the shipped one's);
-`model.target` / `model.retain` are a path/Hub name, "finetune" (base fine-tuned on `full` / on the
-retain split), or null (no retain model). Built models are cached under a content hash of everything
+`model.target` / `model.retain` are a path/Hub name, "finetune" (base fine-tuned on TOFU's `full` / on the
+retain split; for MUSE on the forget + retain documents / on the retain documents only, the retrained
+model), or null (no retain model). Built models are cached under a content hash of everything
 that determines them, so equal inputs reuse the cache and any change rebuilds.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -100,8 +102,11 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
     tokenizer = load_embedded_tokenizer() if model_cfg.base == "embedded" else load_tokenizer(tok_path)
 
     base_key = {"v": PREPARE_VERSION, "code": _code_version(), "base": model_cfg.base, "dtype": model_cfg.dtype}
+    muse = data_cfg.get("benchmark", "tofu") == "muse"
     if model_cfg.base == "embedded":
-        recipe = embedded_base_recipe(data_cfg, prep_cfg, fmt)
+        # The embedded base is pretrained on the embedded TOFU world's public text, whatever the benchmark.
+        public = SimpleNamespace(source="embedded") if muse else data_cfg
+        recipe = embedded_base_recipe(public, prep_cfg, fmt)
         shipped = shipped_base(recipe)
         if shipped is not None:
             base_key |= {"shipped": recipe, "weights": weights_digest(shipped)}
@@ -110,7 +115,7 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
         else:  # another pretraining recipe than the shipped one (e.g. prepare.base_epochs=…): built and cached
             base_key |= recipe
             base = _cached(cache, "base", base_key,
-                           lambda out: build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt, out))
+                           lambda out: build_embedded_base(tokenizer, public, prep_cfg, fmt, out))
     elif model_cfg.base:
         base_key["src"] = _source_digest(model_cfg.base)
         base = model_cfg.base
@@ -128,16 +133,48 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
         return _cached(cache, kind, key, lambda out: _build_finetuned(
             base, tokenizer, rows, data_cfg, prep_cfg, fmt, dtype, out, epochs, kind))
 
-    names = split_names(data_cfg.split)
-    target = finetuned("target", "full", None) if model_cfg.target == "finetune" else model_cfg.target
+    if muse:
+        return _prepare_muse(model_cfg, data_cfg, prep_cfg, cache, base, base_key, tokenizer, fmt, dtype, tok_path)
+    return _target_and_retain(model_cfg, prep_cfg, finetuned, "full", split_names(data_cfg.split)["retain"], base,
+                              tok_path)
+
+
+def _target_and_retain(model_cfg, prep_cfg, finetuned, target_data, retain_data, base, tok_path) -> Prepared:
+    """The given or fine-tuned target and retain models; `finetuned(kind, data, epochs)` builds one."""
+    target = finetuned("target", target_data, None) if model_cfg.target == "finetune" else model_cfg.target
     if model_cfg.retain == "finetune":
         # The retain model gets the target's training budget, so the two differ only in the forget data.
         epochs = prep_cfg.retain_epochs or _built_info(target).get("epochs") or prep_cfg.target_max_epochs
-        retain = finetuned("retain", names["retain"], epochs)
+        retain = finetuned("retain", retain_data, epochs)
     else:
         retain = model_cfg.retain
     return Prepared(base=str(base) if base else None, target=str(target), retain=retain and str(retain),
                     tokenizer=str(target) if model_cfg.target == "finetune" else tok_path)
+
+
+def _prepare_muse(model_cfg, data_cfg, prep_cfg, cache: Path, base, base_key: dict, tokenizer, fmt, dtype,
+                  tok_path) -> Prepared:
+    """MUSE: the target is the base fine-tuned on the forget and retain documents until its forget chunks reach
+    mean Prob >= prepare.target_min_prob (at most target_max_epochs); the retrained model gets the same number
+    of epochs on the retain documents only."""
+    from mpu_cli.data.muse import load_muse, texts, training_corpora
+    from mpu_cli.data.text import corpus_chunks
+
+    corpora = training_corpora(data_cfg.source, data_cfg.split)
+    forget = texts(load_muse(data_cfg.source, "raw", data_cfg.split))
+
+    def finetuned(kind: str, docs: list[str], epochs: int | None) -> str:
+        if base is None:
+            raise ValueError(f"model.{kind}=finetune needs model.base")
+        key = base_key | {"kind": f"muse-{kind}", "docs": _digest(docs), "check": _digest(forget),
+                          "max_epochs": prep_cfg.target_max_epochs, "min_prob": prep_cfg.target_min_prob,
+                          "lr": prep_cfg.lr, "bs": prep_cfg.batch_size, "seed": prep_cfg.seed,
+                          "max_length": fmt.max_length, "epochs": epochs}
+        return _cached(cache, kind, key, lambda out: _finetune_examples(
+            base, tokenizer, corpus_chunks(tokenizer, docs, fmt.max_length),
+            corpus_chunks(tokenizer, forget, fmt.max_length), prep_cfg, dtype, out, epochs, kind))
+
+    return _target_and_retain(model_cfg, prep_cfg, finetuned, corpora["target"], corpora["retain"], base, tok_path)
 
 
 def _built_info(path: str) -> dict:
@@ -280,11 +317,17 @@ def build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt: ChatFormat, out: Pat
 
 def _build_finetuned(base, tokenizer, rows, data_cfg, prep_cfg, fmt, dtype, out: Path, epochs: int | None,
                      kind: str) -> dict:
-    model = load_model(str(base), dtype=torch.float32)  # fine-tune in fp32 on CPU; cast on save
-    pad = pad_id(tokenizer)
     examples = encode_rows(tokenizer, rows, fmt)
     # The stop criterion uses the largest forget split, so one target serves forget01/05/10 alike.
     forget = encode_rows(tokenizer, load_split(data_cfg.source, TARGET_CHECK_SPLIT), fmt)
+    return _finetune_examples(base, tokenizer, examples, forget, prep_cfg, dtype, out, epochs, kind)
+
+
+def _finetune_examples(base, tokenizer, examples: list[dict], forget: list[dict], prep_cfg, dtype, out: Path,
+                       epochs: int | None, kind: str) -> dict:
+    """The base fine-tuned on `examples`: epochs=None until mean Prob of `forget` >= target_min_prob."""
+    model = load_model(str(base), dtype=torch.float32)  # fine-tune in fp32 on CPU; cast on save
+    pad = pad_id(tokenizer)
     reached = {}
 
     def forget_prob_reached(m) -> bool:

@@ -13,9 +13,14 @@ HEADLINE = (
     "privleak",
     "extraction_strength",
     "exact_memorization",
+    # MUSE
+    "forget_verbmem_ROUGE",
+    "forget_knowmem_ROUGE",
+    "retain_knowmem_ROUGE",
 )
-# The paper's "average degradation".
+# The paper's "average degradation" on TOFU; on MUSE the mean over its three ROUGE metrics.
 AVG_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
+MUSE_AVG_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
 
 LOWER, HIGHER, ABS = "lower", "higher", "abs"  # lower is better | higher is better | closer to 0 is better
 DIRECTIONS = {
@@ -35,5 +40,8 @@ DIRECTIONS = {
     "wf_Q_A_ROUGE": HIGHER,
     "wf_Truth_Ratio": HIGHER,
     "privleak": ABS,
+    "forget_verbmem_ROUGE": LOWER,
+    "forget_knowmem_ROUGE": LOWER,
+    "retain_knowmem_ROUGE": HIGHER,
 }
 DIRECTION_WORDS = {LOWER: "lower is better", HIGHER: "higher is better", ABS: "closer to 0 is better"}

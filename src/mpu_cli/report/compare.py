@@ -16,7 +16,8 @@
 - **Relative degradation** against that clean run, signed so that worse is positive:
   lower is better: (row − clean)/|clean|; higher is better: (clean − row)/|clean|; closer to 0 is better
   (privleak): (|row| − |clean|)/|clean|. ``deg_avg`` is the mean over forget_Q_A_Prob, forget_Q_A_ROUGE and
-  model_utility (the paper's average degradation), over what is present (``deg_avg_over`` says which).
+  model_utility (the paper's average degradation), over what is present (``deg_avg_over`` says which); for
+  MUSE runs over forget_verbmem_ROUGE, forget_knowmem_ROUGE and retain_knowmem_ROUGE.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 import pandas as pd
 
 from mpu_cli.mpu.survival import RESULT_COLUMNS
-from mpu_cli.report.columns import ABS, AVG_METRICS, DIRECTIONS, HIGHER, LOWER
+from mpu_cli.report.columns import ABS, AVG_METRICS, DIRECTIONS, HIGHER, LOWER, MUSE_AVG_METRICS
 
 SEED_KEYS = ("seed", "client.seed")
 # Settings that do not change a run's numbers, or that another column identifies (model.target: target_hash).
@@ -161,12 +162,14 @@ def relative_degradation(row_value: float, clean_value: float, direction: str) -
 
 
 def deg_average(degs: dict[str, float]) -> tuple[float, str]:
-    """deg_avg over the AVG_METRICS present, and the note saying which."""
-    used = [m for m in AVG_METRICS if m in degs and not math.isnan(degs[m])]
+    """deg_avg over the AVG_METRICS present (MUSE_AVG_METRICS for a MUSE run), and the note saying which."""
+    present = lambda names: [m for m in names if m in degs and not math.isnan(degs[m])]  # noqa: E731
+    names = AVG_METRICS if present(AVG_METRICS) or not present(MUSE_AVG_METRICS) else MUSE_AVG_METRICS
+    used = present(names)
     if not used:
         return math.nan, ""
     note = ", ".join(used)
-    absent = [m for m in AVG_METRICS if m not in used]
+    absent = [m for m in names if m not in used]
     if absent:
         note += f" ({', '.join(absent)} not available)"
     return sum(degs[m] for m in used) / len(used), note

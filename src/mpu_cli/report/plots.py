@@ -114,10 +114,12 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
     groups = sorted(df["fig_panel"].unique())
     series = _series_order(df["fig_arm"])
     noisy = [s for s in series if s != "clean"]
-    legend_in = 0.22 * math.ceil(len(series) / 6) + 0.15
+    # at least wide enough for the title and a legend row of five arms, whatever the number of bars
+    fig_width = min(18.0, max(8.5, 2.5 + 0.32 * len(groups) * len(series)))
+    legend_cols = max(1, int(fig_width / 1.7))
+    legend_in = 0.22 * math.ceil(len(series) / legend_cols) + 0.15
     height = 2.4 * len(metrics) + 0.9 + legend_in
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(min(18.0, 2.5 + 0.32 * len(groups) * len(series)), height),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(fig_width, height), squeeze=False)
     width = 0.8 / len(series)
     x = np.arange(len(groups))
     for ax, metric in zip(axes[:, 0], metrics):
@@ -139,7 +141,7 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
         ax.grid(axis="y", alpha=0.3)
         ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     n_seeds = df.groupby(["fig_panel", "fig_arm"]).size()
-    bottom = _legend_below(fig, axes[:, 0], height)
+    bottom = _legend_below(fig, axes[:, 0], height, ncol=legend_cols)
     fig.suptitle(f"Clean vs noised vs MPU per algorithm: mean over seeds (n = {n_seeds.min()}–{n_seeds.max()}), "
                  "bars ± 95 % interval", fontsize=10)
     fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / height))

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpu_cli.evals.benchmarks import SUMMARY_FILES
 from mpu_cli.run import rundir
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
-REQUIRED = ("results.csv", "TOFU_SUMMARY.json")
+REQUIRED = ("results.csv",)  # and the benchmark's summary: TOFU_SUMMARY.json or MUSE_SUMMARY.json
 RETAIN_PREFIX = "retainmodel_"  # columns of the retain model's metrics (target_ holds the target's)
 
 
@@ -61,14 +62,15 @@ def read_run(run: Path, root: Path) -> dict:
               "metrics": {}}
     complete = (run / rundir.COMPLETE).is_file() or (
         (run / "results.csv").is_file() and not (run / rundir.RUN_STATE).is_file())
-    missing = [f for f in REQUIRED if not (run / f).is_file()]
+    summary_file = next((run / f for f in SUMMARY_FILES if (run / f).is_file()), None)
+    missing = [f for f in REQUIRED if not (run / f).is_file()] + ([] if summary_file else [SUMMARY_FILES[0]])
     if complete and not missing:
         try:
             table = pd.read_csv(run / "results.csv")
             record["results"] = table.iloc[0].to_dict() if len(table) else {}
-            summary = json.loads((run / "TOFU_SUMMARY.json").read_text(encoding="utf-8"))
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
             record["metrics"] = {k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None}
-            retain = run / "retain" / "TOFU_SUMMARY.json"  # the retain model's evaluation: a reference point
+            retain = run / "retain" / summary_file.name  # the retain model's evaluation: a reference point
             if retain.is_file():
                 record["results"] |= {f"{RETAIN_PREFIX}{k}": v for k, v in json.loads(retain.read_text()).items()
                                       if isinstance(v, (int, float))}

@@ -1,4 +1,4 @@
-"""Evaluation as a run does it: the TOFU data of a split, the evaluator's settings from the config, the
+"""Evaluation as a run does it: the benchmark's data of a split, the evaluator's settings from the config, the
 retain reference, and a cache for the models that are fixed across a sweep (target, retain)."""
 from __future__ import annotations
 
@@ -9,31 +9,24 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mpu_cli.config import ConfigError
-from mpu_cli.data.tofu import load_split, split_names
-from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, load_retain_reference, write_eval
+from mpu_cli.evals import benchmarks
 from mpu_cli.files import atomic_write_text
 from mpu_cli.models.io import load_model
 
 EVAL_VERSION = "2"  # bump when metric code changes: cached evaluations then stop matching
 # Cached evaluations are also keyed by the package version and a digest of the evaluation code.
 EVAL_MODULES = ("mpu_cli.evals.tofu", "mpu_cli.evals.metrics", "mpu_cli.evals.batched", "mpu_cli.data.formatting",
-                "mpu_cli.logprobs")
+                "mpu_cli.logprobs", "mpu_cli.evals.muse", "mpu_cli.data.text")
 
 
-def eval_data(source: str, split: str) -> dict[str, list[dict]]:
-    names = split_names(split)
-    return {
-        "forget": load_split(source, names["forget_perturbed"]),
-        "retain": load_split(source, names["retain_perturbed"]),
-        "real_authors": load_split(source, names["real_authors"]),
-        "world_facts": load_split(source, names["world_facts"]),
-        "holdout": load_split(source, names["holdout"]),
-    }
+def eval_data(data_cfg) -> dict[str, list[dict]]:
+    """Every row the evaluation of the run's benchmark and split reads."""
+    return benchmarks.of(data_cfg).load_eval_data(data_cfg.source, data_cfg.split)
 
 
-def eval_config(cfg) -> EvalConfig:
-    metrics = QUICK_METRICS if cfg.eval.metrics == "quick" else None
-    return EvalConfig(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, metrics=metrics)
+def eval_config(cfg):
+    return benchmarks.of(cfg.data).eval_settings(cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                                  quick=cfg.eval.metrics == "quick", data_cfg=cfg.data)
 
 
 def model_digest(path: str) -> str:
@@ -59,15 +52,16 @@ def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data:
                       "eval": OmegaConf.to_container(cfg.eval, resolve=True), "fmt": fmt.__dict__, "ref": retain_ref},
                      sort_keys=True, default=str)
     cache = Path(cfg.prepare.cache_dir).expanduser() / "evals" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    marker, cached = cache / "COMPLETE", cache / "TOFU_EVAL.json"
+    bench = benchmarks.of(cfg.data)
+    marker, cached = cache / "COMPLETE", cache / bench.eval_file
     if marker.is_file() and cached.is_file():  # never without its marker, never altered since
         text = cached.read_bytes()
         if marker.read_text().strip() == hashlib.sha256(text).hexdigest():
             return json.loads(text)
     model = load_model(model_path, dtype).to(device or "cpu")
-    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref, label=label)
-    write_eval(cache, result)
-    atomic_write_text(marker, _file_sha(cache / "TOFU_EVAL.json") + "\n")  # marker last: the file's hash
+    result = bench.evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref, label=label)
+    bench.write_eval(cache, result)
+    atomic_write_text(marker, _file_sha(cached) + "\n")  # marker last: the file's hash
     return result
 
 
@@ -75,9 +69,10 @@ def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
-def retain_reference_from_logs(path: str) -> dict:
-    """The forget_quality / privleak reference from a retain model's TOFU_EVAL.json (ours or open-unlearning's)."""
+def retain_reference_from_logs(path: str, data_cfg) -> dict:
+    """The retain model's reference (TOFU: forget_quality and privleak; MUSE: privleak) from its TOFU_EVAL.json /
+    MUSE_EVAL.json (ours or open-unlearning's)."""
     try:
-        return load_retain_reference(path)
+        return benchmarks.of(data_cfg).load_retain_reference(path)
     except ValueError as e:
         raise ConfigError(f"retain_logs_path={path!r}: {e}") from None

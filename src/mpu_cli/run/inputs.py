@@ -17,6 +17,14 @@ def check_model_sources(model_cfg) -> None:
 
 def check_data(data_cfg) -> None:
     """Load (and so validate, data.validate) every data config the run reads, before anything is written."""
+    if data_cfg.get("benchmark", "tofu") == "muse":
+        from mpu_cli.data.muse import LAYOUT, load_muse
+
+        for config, splits in LAYOUT.items():
+            for split in splits:
+                if config != "privleak" or split != "retain":  # privleak/retain: not read by any metric
+                    load_muse(data_cfg.source, config, split)
+        return
     names = split_names(data_cfg.split)
     for name in dict.fromkeys(["full", *names.values()]):
         load_split(data_cfg.source, name)

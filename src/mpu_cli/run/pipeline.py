@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from mpu_cli.data.formatting import pad_id
 from mpu_cli.devices import pick_device
-from mpu_cli.evals.tofu import evaluate, load_retain_reference, summarize, write_eval
+from mpu_cli.evals import benchmarks
 from mpu_cli.faults import kill_point, set_scope
 from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.models.check import check_models
@@ -41,7 +41,7 @@ from mpu_cli.run.settings import chat_format, client_config, client_dtype, serve
 from mpu_cli.run.slots import forked_slots, uses_file_transport
 from mpu_cli.run.stage import set_stage
 from mpu_cli.unlearn import build_algorithm
-from mpu_cli.unlearn.client import encode_client_data, unlearn_copy
+from mpu_cli.unlearn.client import load_client_data, unlearn_copy
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run(cfg, out: Path) -> dict:
     check_model_sources(cfg.model)
     check_data(cfg.data)
     retain_logs = cfg.get("retain_logs_path")  # a given retain log replaces the retain model
-    retain_ref = retain_reference_from_logs(retain_logs) if retain_logs else None
+    retain_ref = retain_reference_from_logs(retain_logs, cfg.data) if retain_logs else None
     model_cfg = OmegaConf.merge(cfg.model, {"retain": None}) if retain_logs else cfg.model
 
     # 2. prepare: base, target and retain models (built once, cached by content of their inputs)
@@ -74,21 +74,21 @@ def run(cfg, out: Path) -> dict:
     kill_point("after_prepare")
     t_prepare = time.perf_counter() - t0
     tokenizer, fmt, device = load_tokenizer(prepared.tokenizer), chat_format(cfg.model), pick_device(cfg.device)
-    data = eval_data(cfg.data.source, cfg.data.split)
+    bench = benchmarks.of(cfg.data)
+    data = eval_data(cfg.data)
 
     # 3. the fixed models' evaluations: retain (the reference of forget_quality / privleak), then target
     set_stage("the evaluation of the target and retain models")
     if retain_ref is not None:
-        log.info("retain reference: %s (%d forget truth ratios)", retain_logs, len(retain_ref["forget_tr"]))
+        log.info("retain reference: %s", retain_logs)
     elif prepared.retain:
         retain_eval = cached_evaluation(cfg, prepared.retain, tokenizer, fmt, dtype, device, data, None, "retain")
-        write_eval(out / "retain", retain_eval)
-        if "forget_truth_ratio" in retain_eval:  # absent under eval.metrics=quick
-            retain_ref = load_retain_reference(retain_eval)
+        bench.write_eval(out / "retain", retain_eval)
+        retain_ref = bench.reference_from(retain_eval)  # None under eval.metrics=quick
     target_hash = model_digest(prepared.target)  # once: the evaluation cache key and results.csv both use it
     target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref, "target",
                                     digest=target_hash)
-    write_eval(out / "target", target_eval)
+    bench.write_eval(out / "target", target_eval)
     kill_point("after_target_eval")
 
     # 4. R rounds of publish → unlearn each copy → aggregate
@@ -103,9 +103,10 @@ def run(cfg, out: Path) -> dict:
     load_state_into(model, theta)
     model.eval()
     set_scope("final")
-    result = evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref, label="unlearned")
+    result = bench.evaluate(model, tokenizer, data, fmt, eval_config(cfg), retain_reference=retain_ref,
+                            label="unlearned")
     set_scope(None)
-    write_eval(out, result)
+    bench.write_eval(out, result)
     if cfg.save_model:
         from mpu_cli.models.io import save_model
 
@@ -114,10 +115,10 @@ def run(cfg, out: Path) -> dict:
 
     # 6. results.csv, then COMPLETE
     set_stage("writing the results")
-    summary = summarize(result)
+    summary = bench.summarize(result)
     # how much noise survived publication: measured by the server (either transport) into its private state
     survival = result_columns(ServerState(out / "server_private").survival())
-    row = result_row(cfg, summary, summarize(target_eval), target_hash) | survival | {
+    row = result_row(cfg, summary, bench.summarize(target_eval), target_hash) | survival | {
         "time_prepare_s": round(t_prepare, 2), "time_unlearn_s": round(t_unlearn, 2),
         "time_server_s": round(timings["server"], 3), "time_client_s": round(timings["client"], 2),
         "time_eval_s": round(t_eval, 2), "time_total_s": round(time.perf_counter() - t0, 2)}
@@ -159,7 +160,7 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
 
     # Client side: its own data, its algorithm, a public model skeleton in the dtype of the copies it receives.
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
-    client_data = encode_client_data(tokenizer, chat_format(cfg.model), cfg.data.source, cfg.data.split, algorithm)
+    client_data = load_client_data(tokenizer, chat_format(cfg.model), cfg.data, algorithm)
     client_model = public_skeleton(prepared.target, resolve_dtype(client_dtype(cfg)))
     # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
     reference_state = ({n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
@@ -180,7 +181,8 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
 
 
 HEADLINE = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE", "model_utility",
-            "forget_quality", "forget_truth_ratio", "privleak", "extraction_strength", "exact_memorization")
+            "forget_quality", "forget_truth_ratio", "privleak", "extraction_strength", "exact_memorization",
+            "forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
 # results.csv names these config leaves by short names; every other leaf keeps its dotted key.
 SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split", "algorithm.name": "algorithm"}
 

@@ -36,7 +36,8 @@ VOLATILE = ("resume", "run_id", "overwrite", "hydra")
 PRESET_TABLES = ("schedule",)  # read through rounds / client.epochs, which are recorded resolved
 # What a run writes into its directory: overwrite=true removes these when the run left no manifest (killed
 # outright); .hydra/ and the log stay.
-OUTPUTS = (COMPLETE, FAILED, MANIFEST, RUN_STATE, "results.csv", "TOFU_EVAL.json", "TOFU_SUMMARY.json", "server_public.json",
+OUTPUTS = (COMPLETE, FAILED, MANIFEST, RUN_STATE, "results.csv", "TOFU_EVAL.json", "TOFU_SUMMARY.json",
+           "MUSE_EVAL.json", "MUSE_SUMMARY.json", "server_public.json",
            "target", "retain", "model", "server_private", "exchange", "client", "logs")
 
 
@@ -171,7 +172,7 @@ def remove_outputs(out: Path) -> None:
 
 def _run_file(p: Path) -> bool:
     """A file of the kind the run writes into target/, retain/, model/, logs/ (for a run without a manifest)."""
-    return (p.name in ("TOFU_EVAL.json", "TOFU_SUMMARY.json", "config.json", "generation_config.json",
+    return (p.name in ("TOFU_EVAL.json", "TOFU_SUMMARY.json", "MUSE_EVAL.json", "MUSE_SUMMARY.json", "config.json", "generation_config.json",
                        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
             or p.suffix == ".safetensors" or (p.parent.name == "logs" and p.name.startswith(("server", "client_"))))
 

@@ -49,7 +49,8 @@ def client_settings(cfg) -> dict:
     return {
         "algorithm": {"name": cfg.algorithm.name, "params": OmegaConf.to_container(cfg.algorithm.params, resolve=True)},
         "client": asdict(client_config(cfg, 0)),
-        "data": {"source": cfg.data.source, "split": cfg.data.split},
+        "data": {"benchmark": cfg.data.benchmark, "source": cfg.data.source, "split": cfg.data.split,
+                 "retain_split": cfg.data.retain_split},
         "format": dict(chat_format(cfg.model).__dict__),
         "dtype": client_dtype(cfg),
     }

@@ -31,6 +31,30 @@ class ClientData:
     idk: list[dict] | None = None
 
 
+def load_client_data(tokenizer, fmt: ChatFormat, data_cfg, algorithm) -> ClientData:
+    """The client's data for the run's benchmark (`data.benchmark`): TOFU QA pairs or MUSE documents."""
+    if data_cfg.get("benchmark", "tofu") == "muse":
+        return encode_text_client_data(tokenizer, fmt.max_length, data_cfg["source"], data_cfg["split"],
+                                       data_cfg.get("retain_split") or "retain1", algorithm)
+    return encode_client_data(tokenizer, fmt, data_cfg["source"], data_cfg["split"], algorithm)
+
+
+def encode_text_client_data(tokenizer, max_length: int, source: str, split: str, retain_split: str,
+                            algorithm) -> ClientData:
+    """MUSE: the forget corpus and (for algorithms with a retain term) the retain corpus, cut into chunks of
+    max_length tokens whose every token is a label."""
+    from mpu_cli.data.muse import load_muse, texts
+    from mpu_cli.data.text import corpus_chunks
+
+    if getattr(algorithm, "needs_idk", False):
+        raise ValueError(f"algorithm={algorithm.name!r} answers questions with refusals; MUSE's forget set is raw "
+                         "text without questions (accepted there: every algorithm but idkdpo)")
+    forget = corpus_chunks(tokenizer, texts(load_muse(source, "raw", split)), max_length)
+    retain = (corpus_chunks(tokenizer, texts(load_muse(source, "raw", retain_split)), max_length)
+              if algorithm.uses_retain else [])
+    return ClientData(forget, retain)
+
+
 def encode_client_data(tokenizer, fmt: ChatFormat, source: str, split: str, algorithm, seed: int = 0) -> ClientData:
     names = split_names(split)
     encode = lambda rows: [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in rows]

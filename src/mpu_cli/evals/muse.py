@@ -1,0 +1,167 @@
+"""MUSE evaluation in open-unlearning's names and output shapes (README: What the numbers mean).
+
+- forget_verbmem_ROUGE: ROUGE-L F1 between the greedy continuation (up to 128 new tokens) of a forget
+  document's opening and its true continuation (verbmem/forget);
+- forget_knowmem_ROUGE / retain_knowmem_ROUGE: ROUGE-L F1 of the greedy answer (up to 32 new tokens) to a
+  question about the forget / retain corpus, asked after the split's few-shot examples (knowmem/*_qa_icl);
+- mia_min_k: AUC of the min-k % attack (k = 0.4) on privleak forget vs holdout documents; privleak: that AUC
+  relative to the retrained model's (100 · ((1−AUC) − (1−AUC_ref)) / (1−AUC_ref); AUC_ref = 0.5 without one);
+- extraction_strength: on the verbmem forget continuations, teacher-forced.
+
+`evaluate` returns the MUSE_EVAL dict {metric: {"agg_value", "value_by_index"}} that `write_eval` writes with
+MUSE_SUMMARY.json ({metric: agg_value}).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpu_cli.data.formatting import ChatFormat, pad_id
+from mpu_cli.data.text import (
+    FEW_SHOT_STOP_STRINGS,
+    encode_completion,
+    encode_document,
+    encode_few_shot_prompt,
+    encode_text_prompt,
+)
+from mpu_cli.evals import metrics as M
+from mpu_cli.evals.batched import generate_greedy, score_sequences
+from mpu_cli.faults import scoped_kill_point
+from mpu_cli.files import atomic_write_json
+
+EVAL_FILE, SUMMARY_FILE = "MUSE_EVAL.json", "MUSE_SUMMARY.json"  # as evals.benchmarks names them
+VERBMEM_NEW_TOKENS, KNOWMEM_NEW_TOKENS = 128, 32  # open-unlearning's MUSE generation lengths
+ALL_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "mia_min_k", "privleak",
+               "extraction_strength")
+QUICK_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # caps both generation lengths (None: 128 for verbmem, 32 for knowmem)
+    metrics: tuple[str, ...] | None = None  # None: every metric
+    chat_template: bool = False  # knowmem questions in the model's chat template (else plain Question/Answer tags)
+
+
+def _rouge_entry(rows: list[tuple[str, str]], generations: list[str]) -> dict:
+    by_index = {}
+    for i, ((prompt, truth), gen) in enumerate(zip(rows, generations, strict=True)):
+        s = M.rouge_scores(truth, gen)
+        by_index[str(i)] = {"rougeL_f1": s["rougeL_f1"], "rougeL_recall": s["rougeL_recall"], "input": prompt,
+                            "ground_truth": truth, "generation": gen}
+    return _entry(M.mean([v["rougeL_f1"] for v in by_index.values()]), by_index)
+
+
+def _entry(agg, by_index=None) -> dict:
+    return {"agg_value": float(agg), "value_by_index": by_index or {}}
+
+
+def _cap(n: int, cfg: EvalConfig) -> int:
+    return n if cfg.max_new_tokens is None else min(n, cfg.max_new_tokens)
+
+
+def knowmem_answers(model, tokenizer, qa: list[dict], icl: list[dict], fmt: ChatFormat, cfg: EvalConfig,
+                    progress: bool = False, desc: str = "knowmem") -> list[str]:
+    examples = [(r["question"], r["answer"]) for r in icl]
+    prompts = [encode_few_shot_prompt(tokenizer, examples, r["question"], fmt, cfg.chat_template) for r in qa]
+    stops = () if cfg.chat_template else FEW_SHOT_STOP_STRINGS
+    return generate_greedy(model, tokenizer, prompts, cfg.batch_size, _cap(KNOWMEM_NEW_TOKENS, cfg), stops,
+                           progress, desc=desc)
+
+
+def verbmem_continuations(model, tokenizer, rows: list[dict], cfg: EvalConfig, progress: bool = False,
+                          desc: str = "verbmem") -> list[str]:
+    prompts = [encode_text_prompt(tokenizer, r["prompt"]) for r in rows]
+    return generate_greedy(model, tokenizer, prompts, cfg.batch_size, _cap(VERBMEM_NEW_TOKENS, cfg), (), progress,
+                           desc=desc)
+
+
+def evaluate(model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | None = None,
+             cfg: EvalConfig | None = None, retain_reference: dict | None = None, progress: bool = True,
+             label: str = "model") -> dict:
+    """The MUSE metrics of `model` on `data` (data.muse.eval_sets); `retain_reference`: {"mia_auc": AUC} of
+    the retrained model (load_retain_reference), the privleak reference."""
+    fmt, cfg = fmt or ChatFormat(), cfg or EvalConfig()
+    wanted = ALL_METRICS if cfg.metrics is None else tuple(cfg.metrics)
+    unknown = [m for m in wanted if m not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown MUSE metric {unknown[0]!r}; accepted: {', '.join(ALL_METRICS)}")
+    if "privleak" in wanted and "mia_min_k" not in wanted:
+        wanted = (*wanted, "mia_min_k")
+    pad, res = pad_id(tokenizer), {}
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        if "forget_verbmem_ROUGE" in wanted:
+            rows = data["verbmem"]
+            gens = verbmem_continuations(model, tokenizer, rows, cfg, progress, f"eval {label} verbmem")
+            res["forget_verbmem_ROUGE"] = _rouge_entry([(r["prompt"], r["gt"]) for r in rows], gens)
+        for side in ("forget", "retain"):
+            if f"{side}_knowmem_ROUGE" in wanted:
+                qa = data[f"{side}_qa"]
+                gens = knowmem_answers(model, tokenizer, qa, data[f"{side}_qa_icl"], fmt, cfg, progress,
+                                       f"eval {label} {side} knowmem")
+                res[f"{side}_knowmem_ROUGE"] = _rouge_entry([(r["question"], r["answer"]) for r in qa], gens)
+            scoped_kill_point("eval_mid")  # fault-injection tests only (MPU_KILL_AT=final_eval_mid)
+        if "mia_min_k" in wanted:
+            res["mia_min_k"] = _min_k_entry(model, tokenizer, data, fmt.max_length, cfg, pad, progress, label)
+        if "privleak" in wanted:
+            ref = (retain_reference or {}).get("mia_auc")
+            res["privleak"] = _entry(M.privleak(res["mia_min_k"]["agg_value"], 0.5 if ref is None else ref))
+        if "extraction_strength" in wanted:
+            seqs = [encode_completion(tokenizer, r["prompt"], r["gt"], fmt.max_length) for r in data["verbmem"]]
+            scores = score_sequences(model, seqs, cfg.batch_size, pad, progress, desc=f"eval {label} verbmem ES")
+            es = [M.extraction_strength(M.without_final_prediction(s.correct)) for s in scores]
+            res["extraction_strength"] = _entry(M.mean(es), {str(i): {"score": v} for i, v in enumerate(es)})
+    finally:
+        model.train(was_training)
+    return {m: res[m] for m in ALL_METRICS if m in res}
+
+
+def _min_k_entry(model, tokenizer, data, max_length: int, cfg: EvalConfig, pad: int, progress: bool,
+                 label: str) -> dict:
+    """min-k % scores of privleak forget (members) and holdout documents; their AUC as agg_value."""
+    scores = {}
+    for side in ("forget", "holdout"):
+        seqs = [encode_document(tokenizer, r["text"], max_length) for r in data[f"privleak_{side}"]]
+        scored = score_sequences(model, seqs, cfg.batch_size, pad, progress, desc=f"eval {label} privleak {side}")
+        scores[side] = [M.min_k_score(M.without_final_prediction(s.logprobs)) for s in scored]
+    entry = _entry(M.mia_auc(scores["forget"], scores["holdout"]))
+    for side, values in scores.items():
+        entry[side] = _entry(M.nanmean(values), {str(i): {"score": v} for i, v in enumerate(values)})
+    return entry
+
+
+def summarize(muse_eval: dict) -> dict:
+    """MUSE_SUMMARY: {metric: agg_value}."""
+    return {m: v["agg_value"] for m, v in muse_eval.items() if isinstance(v, dict) and "agg_value" in v}
+
+
+def write_eval(out_dir, muse_eval: dict) -> None:
+    """Write MUSE_EVAL.json and MUSE_SUMMARY.json into out_dir, each atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / EVAL_FILE, muse_eval)
+    atomic_write_json(out / SUMMARY_FILE, summarize(muse_eval))
+
+
+def load_retain_reference(path_or_eval) -> dict:
+    """The retrained model's min-k AUC ({"mia_auc"}) from its MUSE_EVAL.json (ours or open-unlearning's), a
+    folder holding one, or an in-memory MUSE_EVAL dict: the privleak reference."""
+    if isinstance(path_or_eval, dict):
+        ev, src = path_or_eval, "the given evaluation"
+    else:
+        p = Path(path_or_eval)
+        if p.is_dir():
+            p = p / EVAL_FILE
+        if not p.is_file():
+            raise FileNotFoundError(f"retain reference {str(p)!r} not found (expected a {EVAL_FILE})")
+        ev, src = json.loads(p.read_text(encoding="utf-8")), str(p)
+    mia = ev.get("mia_min_k") if isinstance(ev, dict) else None
+    auc = mia.get("agg_value") if isinstance(mia, dict) else mia
+    if not isinstance(auc, (int, float)) or not math.isfinite(auc):
+        raise ValueError(f"retain reference {src}: no finite mia_min_k.agg_value (the min-k AUC privleak needs)")
+    return {"mia_auc": float(auc)}
