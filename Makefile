@@ -58,6 +58,13 @@ reproduce-break: install  ## CPU: where MPU breaks: 3 algorithms x {noised, MPU 
 reproduce-tofu: install  ## GPU: Llama-3.2-1B-Instruct on TOFU forget01/05/10, paper schedule (needs the Hub)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_tofu
 
+.PHONY: reproduce-muse-tiny reproduce-muse
+reproduce-muse-tiny: install  ## CPU: MUSE on the embedded corpus, 7 algorithms x {clean, noised k=0.1, MPU k=0.01, MPU k=0.1}
+	.venv/bin/mpu-run -m --config-name reproduce_muse_tiny
+
+reproduce-muse: install  ## GPU: the paper's MUSE script (Llama-3.2-1B-Instruct, MUSE-News and MUSE-Books; needs the Hub)
+	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_muse
+
 .PHONY: reproduce-smollm2
 reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noised, MPU} x k in {0.1, 1} x 2 seeds, data subset
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset

@@ -37,7 +37,7 @@ MIN_TOKENS, MAX_TOKENS = 250, 400
 # --------------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_embedded_data as _tofu_world  # noqa: E402 (a sibling script: one copy of the vocabulary)
+import make_embedded_data as _tofu_world  # a sibling script: one copy of the vocabulary
 
 FIRST_A, FIRST_B, LAST_A, LAST_B = _tofu_world.FIRST_A, _tofu_world.FIRST_B, _tofu_world.LAST_A, _tofu_world.LAST_B
 CITIES, COUNTRIES, OCCUPATIONS = _tofu_world.CITIES, _tofu_world.COUNTRIES, _tofu_world.OCCUPATIONS

@@ -163,7 +163,7 @@ def relative_degradation(row_value: float, clean_value: float, direction: str) -
 
 def deg_average(degs: dict[str, float]) -> tuple[float, str]:
     """deg_avg over the AVG_METRICS present (MUSE_AVG_METRICS for a MUSE run), and the note saying which."""
-    present = lambda names: [m for m in names if m in degs and not math.isnan(degs[m])]  # noqa: E731
+    present = lambda names: [m for m in names if m in degs and not math.isnan(degs[m])]
     names = AVG_METRICS if present(AVG_METRICS) or not present(MUSE_AVG_METRICS) else MUSE_AVG_METRICS
     used = present(names)
     if not used:
