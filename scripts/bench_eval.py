@@ -51,7 +51,7 @@ def load(name: str):
 def bench(name: str, batch_sizes: list[int], rows: int | None, max_new_tokens: int | None) -> list[dict]:
     spec = MODELS[name]
     cfg, model, tokenizer = load(name)
-    data = eval_data(cfg.data.source, cfg.data.split)
+    data = eval_data(cfg.data)
     rows = rows if rows is not None else spec["rows"]
     if rows:
         data = {k: v[:rows] for k, v in data.items()}

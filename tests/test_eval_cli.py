@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
 from scipy.stats import ks_2samp
 
@@ -26,6 +27,8 @@ QUICK = ["eval.metrics=quick", "eval.max_new_tokens=16"]
 QUICK_KEYS = {"forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE"}
 
 register_configs()
+
+TOFU_DATA = OmegaConf.create({"benchmark": "tofu", "source": "embedded", "split": "forget10"})
 
 
 def _smollm2_installed() -> bool:
@@ -184,7 +187,7 @@ def test_mpu_eval_saved_folder_on_local_tofu_layout(prepared, tofu_folder, tmp_p
 
     cfg = _compose("eval", "model_path=x")
     embedded = summarize(evaluate(
-        load_model(prepared.target), load_tokenizer(prepared.target), eval_data("embedded", "forget10"),
+        load_model(prepared.target), load_tokenizer(prepared.target), eval_data(OmegaConf.create({"source": "embedded", "split": "forget10"})),
         chat_format(cfg.model), EvalConfig(batch_size=8, max_new_tokens=16, metrics=QUICK_METRICS),
         progress=False))
     assert local == pytest.approx(embedded, abs=1e-9)
@@ -213,9 +216,9 @@ def test_bad_retain_logs_fail_in_one_line(tmp_path):
     bad = tmp_path / "TOFU_EVAL.json"
     bad.write_text(json.dumps({"forget_Q_A_Prob": {"agg_value": 0.1}}))
     with pytest.raises(ConfigError, match="forget_truth_ratio"):
-        retain_reference_from_logs(str(bad))
+        retain_reference_from_logs(str(bad), TOFU_DATA)
     with pytest.raises(FileNotFoundError, match="not found"):
-        retain_reference_from_logs(str(tmp_path / "missing.json"))
+        retain_reference_from_logs(str(tmp_path / "missing.json"), TOFU_DATA)
     proc = _run("mpu-eval", "model_path=target", *QUICK, f"retain_logs_path={bad}",
                 f"output_dir={tmp_path / 'out'}", expect=2)
     assert "forget_truth_ratio" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
