@@ -24,8 +24,14 @@ import pandas as pd
 from mpu_cli.report.compare import arm_name
 from mpu_cli.report.stats import t_interval, verdict
 
-METRICS = ("forget_Q_A_Prob", "deg_avg")
-BETTER = {"forget_Q_A_Prob": "lower is better", "deg_avg": "worse > 0"}
+METRICS = ("forget_Q_A_Prob", "deg_avg")  # on MUSE runs forget_verbmem_ROUGE takes forget_Q_A_Prob's place
+BETTER = {"forget_Q_A_Prob": "lower is better", "forget_verbmem_ROUGE": "lower is better", "deg_avg": "worse > 0"}
+
+
+def map_metrics(df: pd.DataFrame) -> tuple[str, str]:
+    """(the forget metric, deg_avg): forget_Q_A_Prob for TOFU runs, forget_verbmem_ROUGE for MUSE runs."""
+    tofu = "forget_Q_A_Prob" in df and _num(df["forget_Q_A_Prob"]).notna().any()
+    return METRICS if tofu or "forget_verbmem_ROUGE" not in df else ("forget_verbmem_ROUGE", "deg_avg")
 
 
 def _num(s) -> pd.Series:
@@ -55,10 +61,11 @@ def break_points(used: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     `used`: finished runs, duplicates left out, with clean_run and deg_avg filled in (tables.collect)."""
     df = used.assign(_panel=_panel_labels(used, keys), _arm=[arm_name(r) for r in used.to_dict("records")])
     by_run = df.set_index("run")
+    metrics = map_metrics(df)
     rows = []
     for (panel, arm), g in df.groupby(["_panel", "_arm"], sort=False):
         if arm == "clean":
-            for metric in METRICS:
+            for metric in metrics:
                 values = [0.0] * len(g) if metric == "deg_avg" else _num(g[metric]).tolist() if metric in g else []
                 iv = t_interval(values)
                 rows.append({"panel": panel, "arm": arm, "kappa": math.nan, "metric": metric, "n": iv.n,
@@ -66,7 +73,7 @@ def break_points(used: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             continue
         for kappa, gk in g.groupby(_num(g.kappa)):
             paired = gk[gk.clean_run.isin(by_run.index)]
-            for metric in METRICS:
+            for metric in metrics:
                 if metric not in gk or _num(gk[metric]).isna().all():
                     continue
                 iv = t_interval(_num(gk[metric]).tolist())
@@ -99,7 +106,7 @@ def break_table(points: pd.DataFrame) -> pd.DataFrame:
     clean = points[points.arm == "clean"].set_index(["panel", "metric"]) if len(points) else points
     order = {a: i for i, a in enumerate(_order(noisy.arm))} if len(noisy) else {}
     groups = sorted(noisy.groupby(["panel", "arm", "metric"], sort=False),
-                    key=lambda item: (item[0][0], order[item[0][1]], METRICS.index(item[0][2])))
+                    key=lambda item: (item[0][0], order[item[0][1]], item[0][2] == "deg_avg"))
     for (panel, arm, metric), g in groups:
         g = g.sort_values("kappa")
         holds, leaves, leaves_mean, undecided = math.nan, math.nan, math.nan, False
@@ -158,9 +165,10 @@ def figure_break_map(points: pd.DataFrame):
     warm = [a for a in arms if a.startswith("noised")]
     cool = [a for a in arms if not a.startswith("noised")]
     colors = {a: WARM[i % len(WARM)] for i, a in enumerate(warm)} | {a: COOL[i % len(COOL)] for i, a in enumerate(cool)}
-    fig, axes = plt.subplots(len(panels), len(METRICS), figsize=(13.0, 3.1 * len(panels) + 0.9), squeeze=False)
+    metrics = sorted(points.metric.unique(), key=lambda m: m == "deg_avg")  # the forget metric, then deg_avg
+    fig, axes = plt.subplots(len(panels), len(metrics), figsize=(13.0, 3.1 * len(panels) + 0.9), squeeze=False)
     for row_axes, panel in zip(axes, panels):
-        for ax, metric in zip(row_axes, METRICS):
+        for ax, metric in zip(row_axes, metrics):
             scale = 100.0 if metric == "deg_avg" else 1.0
             clean = points[(points.panel == panel) & (points.arm == "clean") & (points.metric == metric)]
             if len(clean):
@@ -185,9 +193,9 @@ def figure_break_map(points: pd.DataFrame):
             ax.set_xticks(measured, [f"{k:g}" for k in measured])  # the κ measured, as plain numbers
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xlabel("κ (noise σ = κ·RMS(θ − θ_base) per block; log axis)", fontsize=8)
-            if metric == "forget_Q_A_Prob":
+            if metric != "deg_avg":
                 ax.set_ylim(0, 1)
-                ax.set_ylabel("forget_Q_A_Prob (lower is better)", fontsize=8)
+                ax.set_ylabel(f"{metric} (lower is better)", fontsize=8)
             else:
                 ax.axhline(0, color="grey", lw=0.8)
                 ax.set_ylabel("deg_avg vs clean, % (worse > 0)", fontsize=8)
