@@ -16,7 +16,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from mpu_cli.data.tofu import EMBEDDED, _looks_like_path, _read_json_rows, _read_parquet_rows
+from mpu_cli.data.tofu import EMBEDDED, _read_json_rows, _read_parquet_rows, _resolve_local
 from mpu_cli.data.validate import DataError, validate_rows
 
 LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
@@ -56,20 +56,6 @@ def _local_rows(folder: Path, config: str, split: str) -> list[dict] | None:
     return _read_parquet_rows(shards) if shards else None
 
 
-def _folder(source: str) -> Path | None:
-    """The local folder `source` names; None for a Hub name; DataError for a missing path or a file."""
-    p = Path(source).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise DataError(f"data source {source!r} is a file, not a folder laid out like muse-bench/MUSE-News")
-    if _looks_like_path(source):
-        raise DataError(f"data source {source!r} not found: expected {EMBEDDED!r}, an existing local folder laid "
-                        f"out like muse-bench/MUSE-News (raw/, knowmem/, verbmem/, privleak/), or a Hub dataset "
-                        f"name ({', '.join(HUB_DATASETS)})")
-    return None
-
-
 def load_muse(source: str, config: str, split: str) -> list[dict]:
     """Rows of one MUSE split, each with the fields `LAYOUT` names as non-empty strings (DataError otherwise).
 
@@ -81,7 +67,8 @@ def load_muse(source: str, config: str, split: str) -> list[dict]:
     if not isinstance(source, str) or not source:
         raise DataError(f"data source must be {EMBEDDED!r}, a local folder or a Hub dataset name, got {source!r}")
     name = f"{config}/{split}"
-    folder = embedded_dir() if source == EMBEDDED else _folder(source)
+    folder = embedded_dir() if source == EMBEDDED else _resolve_local(
+        source, "muse-bench/MUSE-News (raw/, knowmem/, verbmem/, privleak/)", f"({', '.join(HUB_DATASETS)})")
     if folder is not None:
         rows = _local_rows(folder, config, split)
         if rows is None:
@@ -121,6 +108,8 @@ def eval_sets(source: str, split: str = "forget") -> dict[str, list[dict]]:
 
 def training_corpora(source: str, forget_split: str = "forget") -> dict[str, list[str]]:
     """The documents the prepare stage fine-tunes on: the target on forget + retain, the retrained model on
-    retain only (retain = retain1 + retain2, the documents the target saw besides the forget set)."""
+    retain only (retain = retain1 + retain2, the documents the target saw besides the forget set); and the
+    forget documents alone (the target's stop criterion)."""
+    forget = texts(load_muse(source, "raw", forget_split))
     retain = texts(load_muse(source, "raw", "retain1")) + texts(load_muse(source, "raw", "retain2"))
-    return {"target": texts(load_muse(source, "raw", forget_split)) + retain, "retain": retain}
+    return {"target": forget + retain, "retain": retain, "forget": forget}

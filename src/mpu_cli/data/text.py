@@ -9,16 +9,12 @@ the question itself.
 """
 from __future__ import annotations
 
-from mpu_cli.data.formatting import _TAG_ASSISTANT, _TAG_USER, IGNORE, ChatFormat, _messages, _template_kwargs
+from mpu_cli.data.formatting import _TAG_ASSISTANT, _TAG_USER, IGNORE, ChatFormat, _ids, _messages, _template_kwargs
 
 # A few-shot example's answer ends with a blank line in the tag format (open-unlearning's MUSE template).
 FEW_SHOT_SEPARATOR = "\n\n"
 # Generated answers are cut where the model starts the next example.
 FEW_SHOT_STOP_STRINGS = ("\n\n", "\nQuestion", _TAG_USER.strip())
-
-
-def _tokens(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _bos(tokenizer) -> list[int]:
@@ -31,7 +27,7 @@ def corpus_chunks(tokenizer, documents: list[str], max_length: int) -> list[dict
     dataset does the same)."""
     if max_length < 2:
         raise ValueError(f"max_length={max_length} must be >= 2 for text chunks")
-    ids = _tokens(tokenizer, "\n\n".join(documents))
+    ids = _ids(tokenizer, "\n\n".join(documents))
     bos = _bos(tokenizer)
     step = max_length - len(bos)
     chunks = []
@@ -43,21 +39,21 @@ def corpus_chunks(tokenizer, documents: list[str], max_length: int) -> list[dict
 
 def encode_document(tokenizer, text: str, max_length: int) -> dict:
     """One document scored over all its tokens (up to max_length): the membership attack's input."""
-    ids = (_bos(tokenizer) + _tokens(tokenizer, text))[:max_length]
+    ids = (_bos(tokenizer) + _ids(tokenizer, text))[:max_length]
     return {"input_ids": ids, "labels": [IGNORE] + ids[1:]}
 
 
 def encode_completion(tokenizer, prompt: str, continuation: str, max_length: int) -> dict:
     """A prefix and its continuation, joined by a space, with labels on the continuation only."""
-    prefix = _bos(tokenizer) + _tokens(tokenizer, prompt)
-    ids = (_bos(tokenizer) + _tokens(tokenizer, prompt + " " + continuation))[:max_length]
+    prefix = _bos(tokenizer) + _ids(tokenizer, prompt)
+    ids = (_bos(tokenizer) + _ids(tokenizer, prompt + " " + continuation))[:max_length]
     n = min(len(prefix), len(ids))
     return {"input_ids": ids, "labels": [IGNORE] * n + ids[n:]}
 
 
 def encode_text_prompt(tokenizer, prompt: str) -> list[int]:
     """A raw-text prefix to continue (verbatim memorization)."""
-    return _bos(tokenizer) + _tokens(tokenizer, prompt)
+    return _bos(tokenizer) + _ids(tokenizer, prompt)
 
 
 def few_shot_prompt_text(tokenizer, examples: list[tuple[str, str]], question: str, fmt: ChatFormat,
@@ -83,4 +79,4 @@ def encode_few_shot_prompt(tokenizer, examples: list[tuple[str, str]], question:
                            chat: bool = False) -> list[int]:
     # Chat templates contain BOS where the model wants one (as data.formatting renders TOFU); plain text gets it.
     text = few_shot_prompt_text(tokenizer, examples, question, fmt, chat)
-    return _tokens(tokenizer, text) if chat else _bos(tokenizer) + _tokens(tokenizer, text)
+    return _ids(tokenizer, text) if chat else _bos(tokenizer) + _ids(tokenizer, text)

@@ -157,11 +157,11 @@ def _prepare_muse(model_cfg, data_cfg, prep_cfg, cache: Path, base, base_key: di
     """MUSE: the target is the base fine-tuned on the forget and retain documents until its forget chunks reach
     mean Prob >= prepare.target_min_prob (at most target_max_epochs); the retrained model gets the same number
     of epochs on the retain documents only."""
-    from mpu_cli.data.muse import load_muse, texts, training_corpora
+    from mpu_cli.data.muse import training_corpora
     from mpu_cli.data.text import corpus_chunks
 
     corpora = training_corpora(data_cfg.source, data_cfg.split)
-    forget = texts(load_muse(data_cfg.source, "raw", data_cfg.split))
+    forget = corpora["forget"]
 
     def finetuned(kind: str, docs: list[str], epochs: int | None) -> str:
         if base is None:
