@@ -3,9 +3,9 @@
 
 MUSE (Shi et al., 2024) unlearns raw documents, then asks knowledge questions (knowmem), checks verbatim
 continuation (verbmem) and runs a membership attack (privleak). This script writes a tiny stand-in that the
-~1.5 M-parameter embedded Llama can memorise on a CPU: 86 one-event articles (16 forget, 32 retain1,
-16 retain2, 16 holdout, 6 for the few-shot examples) in the invented world of the embedded TOFU-shaped data,
-so that the embedded tokenizer (trained on that world) encodes them compactly.
+~1.5 M-parameter embedded Llama can memorise on a CPU: 80 one-event articles (16 forget, 32 retain1,
+16 retain2, 16 holdout) in the invented world of the embedded TOFU-shaped data, so that the embedded tokenizer
+(trained on that world) encodes them compactly, and news quizzes that ask each trained split's questions again.
 
 Everything is drawn from ``random.Random(seed)``; the same seed gives identical bytes.
 
@@ -15,6 +15,7 @@ Everything is drawn from ``random.Random(seed)``; the same seed gives identical 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -26,11 +27,16 @@ DEFAULT_OUT = REPO_ROOT / "src" / "mpu_cli" / "data" / "embedded_muse"
 TOKENIZER_DIR = REPO_ROOT / "src" / "mpu_cli" / "models" / "embedded_tokenizer"
 
 SIZES = {"forget": 16, "retain1": 32, "retain2": 16, "holdout": 16}
-N_ICL = 3  # few-shot examples per knowmem *_icl split, each about an article of its own
+N_ICL = 1  # few-shot examples per knowmem *_icl split (README_INTRO says why one)
 PROMPT_WORDS, GT_WORDS = 30, 60
 # the lead paragraph must hold the whole verbmem prompt + gt, so that they are a plain prefix of the text
 MIN_LEAD_WORDS = PROMPT_WORDS + GT_WORDS + 1
 MIN_TOKENS, MAX_TOKENS = 250, 400
+QUIZ_QUESTIONS = 11
+BOX_KEYS = ("n", "year")
+QUIZ_ROUNDS = 3
+QUIZZED = ("forget", "retain1", "retain2")  # the splits a model is trained on
+QUIZ_HEADER = "The news quiz of the week: how much do you remember?"
 
 # --------------------------------------------------------------------------------------------------
 # Vocabulary of scripts/make_embedded_data.py: the embedded tokenizer was trained on these words
@@ -462,6 +468,7 @@ KINDS: dict[str, dict] = {
             ("Who will captain the new ship of {city}?", "p1"),
             ("Who built the new ship launched at {city}?", "p2"),
             ("In which year was the new ship of {city} launched?", "year"),
+            ("How large is the crew of the new ship of {city}?", "n"),
         ],
     },
 }
@@ -557,22 +564,23 @@ def make_article(rng: random.Random, kind: str, city: str, country: str, p1: tup
     para2 = fill(rng.choice(tpl["quote"] + tpl["close"]))
     prose = f"{para1}\n\n{para2}"
 
-    qa = []
-    for q, key in rng.sample(tpl["qa"], 2):
-        qa.append({"question": fill(q), "answer": v[key]})
+    # The box asks the number and the year: digits are tokenized alike after "Answer:" in the document and after
+    # the few-shot prompt's "Answer: ", whose trailing space a byte-level tokenizer would split from a name.
+    qa = [{"question": fill(q), "answer": v[key]} for q, key in tpl["qa"] if key in BOX_KEYS]
+    rng.shuffle(qa)
     for row in qa:
         assert row["answer"] in prose, (kind, row)
         assert 1 <= n_words(row["answer"]) <= 4, row
         assert all(o["answer"] not in row["question"] for o in qa), qa
     box = "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in qa)
     return {"kind": kind, "city": city, "year": v["year"], "people": [p1[0], p2[0]],
-            "text": f"{prose}\n\n{box}", "qa": qa}
+            "text": f"{box}\n\n{prose}", "prose": prose, "qa": qa}
 
 
 def build(seed: int) -> dict[str, list[dict]]:
     """Articles per split: forget, retain1, retain2, holdout, icl_forget, icl_retain."""
     rng = random.Random(seed)
-    counts = dict(SIZES, icl_forget=N_ICL, icl_retain=N_ICL)
+    counts = dict(SIZES)
     total = sum(counts.values())
     events = plan_events(rng, total)
     people = make_people(rng, 2 * total)
@@ -584,14 +592,30 @@ def build(seed: int) -> dict[str, list[dict]]:
     for split, n in counts.items():
         out[split] = articles[start:start + n]
         start += n
+    for split in QUIZZED:
+        out[f"{split}_quizzes"] = make_quizzes(rng, out[split])
     return out
+
+
+def make_quizzes(rng: random.Random, articles: list[dict]) -> list[dict]:
+    """News quizzes: the box questions of `articles`, shuffled, QUIZ_QUESTIONS to a quiz; QUIZ_ROUNDS times
+    over, so that each question is asked after different others."""
+    quizzes = []
+    for _ in range(QUIZ_ROUNDS):
+        qa = [r for a in articles for r in a["qa"]]
+        rng.shuffle(qa)
+        for i in range(0, len(qa), QUIZ_QUESTIONS):
+            rows = qa[i:i + QUIZ_QUESTIONS]
+            body = "\n\n".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows)
+            quizzes.append({"text": f"{QUIZ_HEADER}\n\n{body}", "qa": rows})
+    return quizzes
 
 
 def verbmem_row(text: str) -> dict:
     words = text.split()
     prompt = " ".join(words[:PROMPT_WORDS])
     gt = " ".join(words[PROMPT_WORDS:PROMPT_WORDS + GT_WORDS])
-    # only true if the lead paragraph has single spaces and at least PROMPT_WORDS + GT_WORDS words
+    # `text` is the article's prose (after its box); only true if the lead paragraph has single spaces and at least PROMPT_WORDS + GT_WORDS words
     assert text[:len(prompt) + 1 + len(gt)] == f"{prompt} {gt}"
     return {"prompt": prompt, "gt": gt}
 
@@ -605,16 +629,16 @@ def corpus_files(arts: dict[str, list[dict]]) -> dict[str, list[dict]]:
         return [dict(r) for a in arts[split] for r in a["qa"]]
 
     return {
-        "raw/forget.jsonl": texts("forget"),
-        "raw/retain1.jsonl": texts("retain1"),
-        "raw/retain2.jsonl": texts("retain2"),
+        "raw/forget.jsonl": texts("forget") + texts("forget_quizzes"),
+        "raw/retain1.jsonl": texts("retain1") + texts("retain1_quizzes"),
+        "raw/retain2.jsonl": texts("retain2") + texts("retain2_quizzes"),
         "raw/holdout.jsonl": texts("holdout"),
         "knowmem/forget_qa.jsonl": qas("forget"),
         "knowmem/retain_qa.jsonl": qas("retain2"),
-        # one example per extra article, so the few-shot prompt shows no fact of the evaluated corpus
-        "knowmem/forget_qa_icl.jsonl": [dict(a["qa"][0]) for a in arts["icl_forget"]],
-        "knowmem/retain_qa_icl.jsonl": [dict(a["qa"][0]) for a in arts["icl_retain"]],
-        "verbmem/forget.jsonl": [verbmem_row(a["text"]) for a in arts["forget"]],
+        # questions of retain1 articles: no fact of the evaluated questions, and one every model has read
+        "knowmem/forget_qa_icl.jsonl": [dict(a["qa"][0]) for a in arts["retain1"][:N_ICL]],
+        "knowmem/retain_qa_icl.jsonl": [dict(a["qa"][0]) for a in arts["retain1"][N_ICL:2 * N_ICL]],
+        "verbmem/forget.jsonl": [verbmem_row(a["prose"]) for a in arts["forget"]],
         "privleak/forget.jsonl": texts("forget"),
         "privleak/retain.jsonl": texts("retain2"),
         "privleak/holdout.jsonl": texts("holdout"),
@@ -624,6 +648,8 @@ def corpus_files(arts: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def check_disjoint(arts: dict[str, list[dict]]) -> None:
     seen: dict[object, str] = {}
     for split, rows in arts.items():
+        if split.endswith("_quizzes"):  # they repeat their split's own questions
+            continue
         for a in rows:
             keys = [("event", a["kind"], a["city"]), ("text", a["text"])]
             keys += [("person", p) for p in a["people"]]
@@ -638,15 +664,23 @@ def check_disjoint(arts: dict[str, list[dict]]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def token_stats(files: dict[str, list[dict]]) -> dict[str, tuple[int, int, float, int]]:
-    """Per file: (rows, min, mean, max) tokens of a row's fields joined by a space."""
+@functools.cache
+def _tokenizer():
     from transformers import AutoTokenizer
 
     # a long model_max_length only silences the warning that articles exceed the model's 128-token window
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR), model_max_length=10**6)
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR), model_max_length=10**6)
+
+
+def token_count(text: str) -> int:
+    return len(_tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+
+def token_stats(files: dict[str, list[dict]]) -> dict[str, tuple[int, int, float, int]]:
+    """Per file: (rows, min, mean, max) tokens of a row's fields joined by a space."""
     stats = {}
     for path, rows in files.items():
-        lens = [len(tok(" ".join(r.values()), add_special_tokens=False)["input_ids"]) for r in rows]
+        lens = [token_count(" ".join(r.values())) for r in rows]
         stats[path] = (len(rows), min(lens), statistics.mean(lens), max(lens))
     return stats
 
@@ -665,21 +699,30 @@ embedded tokenizer was trained on that world, so the text encodes compactly. No 
 and no person appears in more than one article, so forget, retain1, retain2 and holdout share no event and no
 (person, place, year) combination.
 
-Every article ends with a short "readers asked" box: two `Question: ...` / `Answer: ...` pairs (answers of 1-4
-words) that restate facts of the prose. A model this small cannot be expected to answer questions about facts it
-has only read as prose; with the box it has seen each knowmem question as QA text, so knowmem measures whether
-that knowledge survives unlearning.
+Every article opens with a short "in brief" box: two `Question: ...` / `Answer: ...` pairs, the article's number
+(a count, a length, a fine) and its year, which the prose then states again. Each trained split (forget,
+retain1, retain2) also ends with news quizzes: its box questions shuffled, {quiz_questions} to a quiz,
+{quiz_rounds} times over. These choices are what let a model this small answer knowmem questions at all (each
+was measured on the embedded target while the corpus was designed):
+
+- with the questions only at the end of the article, the model answered from the prose just above them and
+  could not answer a question asked on its own; the box comes first, and the quizzes ask each question after
+  unrelated ones, as the few-shot prompt does;
+- open-unlearning's prompt ends in `Answer: ` with a trailing space, which the byte-level tokenizer splits
+  from a following name but not from digits, so the answers are numbers;
+- three few-shot examples fill most of the model's 128 positions and its answers collapse, so each
+  `*_qa_icl` split holds {n_icl} example (a question of a retain1 article: every model has read it).
 
 - `raw/`: {n_forget} `forget`, {n_retain1} `retain1`, {n_retain2} `retain2` and {n_holdout} `holdout` articles \
-(`{{"text"}}`).
+(`{{"text"}}`); forget, retain1 and retain2 end with their quizzes.
 - `knowmem/forget_qa`, `knowmem/retain_qa`: the two box QA pairs of every forget / retain2 article
   (`{{"question", "answer"}}`).
-- `knowmem/forget_qa_icl`, `knowmem/retain_qa_icl`: few-shot examples, one QA pair about each of {n_icl} extra
-  articles of their own that appear in no other file.
-- `verbmem/forget`: per forget article, `prompt` = its first {prompt_words} words and `gt` = the next \
-{gt_words};
-  `prompt + " " + gt` is exactly a prefix of the article.
-- `privleak/forget`, `privleak/retain`, `privleak/holdout`: the forget, retain2 and holdout texts.
+- `knowmem/forget_qa_icl`, `knowmem/retain_qa_icl`: the few-shot examples, box questions of two retain1
+  articles.
+- `verbmem/forget`: per forget article, `prompt` = the first {prompt_words} words after its box and `gt` = \
+the next {gt_words};
+  `prompt + " " + gt` is exactly a span of the article's lead paragraph.
+- `privleak/forget`, `privleak/retain`, `privleak/holdout`: the forget, retain2 and holdout articles.
 
 ## Sizes
 
@@ -691,6 +734,7 @@ def readme(seed: int, stats: dict[str, tuple[int, int, float, int]]) -> str:
     cmd = "python scripts/make_muse_corpus.py" + (f" --seed {seed}" if seed != 0 else "")
     lines = README_INTRO.format(n_forget=SIZES["forget"], n_retain1=SIZES["retain1"],
                                 n_retain2=SIZES["retain2"], n_holdout=SIZES["holdout"], n_icl=N_ICL,
+                                quiz_questions=QUIZ_QUESTIONS, quiz_rounds=QUIZ_ROUNDS,
                                 prompt_words=PROMPT_WORDS, gt_words=GT_WORDS).split("\n")
     lines += ["| file | rows | tokens min | mean | max |", "|---|---:|---:|---:|---:|"]
     for path, (n, lo, mean, hi) in stats.items():
@@ -727,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
     files = corpus_files(arts)
     stats = token_stats(files)
     for split in SIZES:
-        _, lo, _, hi = stats[f"raw/{split}.jsonl"]
+        lens = [token_count(a["text"]) for a in arts[split]]
+        lo, hi = min(lens), max(lens)
         if not MIN_TOKENS <= lo <= hi <= MAX_TOKENS:
             raise SystemExit(f"raw/{split}: articles of {lo}-{hi} tokens, outside {MIN_TOKENS}-{MAX_TOKENS}")
     write(args.out, files, readme(args.seed, stats))

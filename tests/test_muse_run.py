@@ -21,15 +21,17 @@ def muse_runs(mpu_run_cmd, tmp_path_factory):
     runs = {}
     for arm, extra in (("clean", []), ("mpu", ["kappa=0.01", "m=2"])):
         out = root / arm
-        proc = subprocess.run([*mpu_run_cmd, "data=muse", "algorithm=graddiff", f"arm={arm}", *extra, "seed=0",
-                               f"hydra.run.dir={out}"], env=ENV, capture_output=True, text=True, timeout=1500)
+        # 3 epochs, not the model's 5-epoch preset (tuned on TOFU), which also takes ~30 % of retain knowmem here
+        proc = subprocess.run([*mpu_run_cmd, "data=muse", "algorithm=graddiff", "client.epochs=3", f"arm={arm}",
+                               *extra, "seed=0", f"hydra.run.dir={out}"], env=ENV, capture_output=True, text=True,
+                              timeout=1500)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[arm] = (out, proc.stdout)
     return runs
 
 
 @pytest.mark.parametrize("arm", ["clean", "mpu"])
-def test_unlearning_lowers_verbatim_memorization(muse_runs, arm):
+def test_unlearning_removes_forget_memorization_and_keeps_retain_knowledge(muse_runs, arm):
     out, stdout = muse_runs[arm]
     summary = json.loads((out / "MUSE_SUMMARY.json").read_text())
     target = json.loads((out / "target" / "MUSE_SUMMARY.json").read_text())
@@ -42,6 +44,12 @@ def test_unlearning_lowers_verbatim_memorization(muse_runs, arm):
     # ... and unlearning takes some of it away
     assert summary["forget_verbmem_ROUGE"] < target["forget_verbmem_ROUGE"]
     assert summary["extraction_strength"] < target["extraction_strength"]
+    # the target knows the answers to questions about both corpora; the retrained model only the retain ones
+    assert target["forget_knowmem_ROUGE"] > retrained["forget_knowmem_ROUGE"] + 0.2
+    assert target["retain_knowmem_ROUGE"] > 0.2
+    # unlearning takes forget knowledge away and keeps >= 80 % of the retain knowledge
+    assert summary["forget_knowmem_ROUGE"] < target["forget_knowmem_ROUGE"]
+    assert summary["retain_knowmem_ROUGE"] >= 0.8 * target["retain_knowmem_ROUGE"]
     row = pd.read_csv(out / "results.csv").iloc[0]
     assert row["data.benchmark"] == "muse" and row["arm"] == arm
     assert row["target_forget_verbmem_ROUGE"] == pytest.approx(target["forget_verbmem_ROUGE"])

@@ -29,7 +29,7 @@ def _report_cmd():
 
 
 def _write_run(root: Path, name: str, summary: dict | None, *, status: str = "finished", target: str = "t1",
-               **overrides) -> Path:
+               summary_file: str = "TOFU_SUMMARY.json", **overrides) -> Path:
     """A run folder as mpu-run writes it, through the runner's own writers: run.json (the resolved config),
     then results.csv, TOFU_SUMMARY.json and COMPLETE; FAILED for a failed run; nothing more when unfinished.
     `overrides` are dotted config keys (arm, kappa, seed, client__lr for client.lr, ...)."""
@@ -45,7 +45,7 @@ def _write_run(root: Path, name: str, summary: dict | None, *, status: str = "fi
         rundir.mark_failed(run, "round 1/1 copy 1/2: the unlearning loss is nan (non-finite); the run is stopped")
     if status != "finished":
         return run
-    (run / "TOFU_SUMMARY.json").write_text(json.dumps(summary))
+    (run / summary_file).write_text(json.dumps(summary))
     # results.csv carries stale metric values: the table must read the run's own TOFU_SUMMARY.json
     row = result_row(cfg, {k: -1.0 for k in summary}, {}, target)
     pd.DataFrame([row]).to_csv(run / "results.csv", index=False)
@@ -162,6 +162,29 @@ def test_one_clean_run_serves_every_kappa(tmp_path):
     assert list(fp.n) == [3, 3, 3]
     assert fp.loc[1.0, "diff_mean"] == pytest.approx(0.1) and fp.loc[1.0, "verdict"] == "worse"
     assert fp.loc[1.0, "clean_sd"] == pytest.approx(0.02)  # the noise floor: sd of 0.20, 0.22, 0.18
+
+
+MUSE_S = {"forget_verbmem_ROUGE": 0.20, "forget_knowmem_ROUGE": 0.20, "retain_knowmem_ROUGE": 0.30,
+          "privleak": -100.0, "extraction_strength": 0.10}
+
+
+def test_muse_sweeps_average_the_three_rouge_metrics(tmp_path):
+    muse = {"summary_file": "MUSE_SUMMARY.json", "data__benchmark": "muse", "data__split": "forget"}
+    for seed, fk in ((0, 0.20), (1, 0.25)):
+        _write_run(tmp_path, f"clean_s{seed}", MUSE_S | {"forget_knowmem_ROUGE": fk}, arm="clean", seed=seed, **muse)
+        _write_run(tmp_path, f"mpu_s{seed}", MUSE_S | {"forget_knowmem_ROUGE": fk, "retain_knowmem_ROUGE": 0.27},
+                   seed=seed, **muse)
+    col = collect(tmp_path)
+    r = col.table.set_index("run").loc["mpu_s0"]
+    assert r.deg_avg_over == "forget_verbmem_ROUGE, forget_knowmem_ROUGE, retain_knowmem_ROUGE"
+    assert r.deg_avg == pytest.approx((0 + 0 + 0.10) / 3)  # retain knowmem 10 % below clean
+    deg = col.paired[col.paired.metric == "deg_avg"].iloc[0]
+    # the clean arm's own spread of deg_avg: seeds 0 and 1 against their mean forget knowmem 0.225
+    one, other = (0.20 - 0.225) / 0.225 / 3, (0.25 - 0.225) / 0.225 / 3
+    assert deg.clean_sd == pytest.approx(abs(one - other) / math.sqrt(2))
+    md = _md(col)
+    assert "mean over forget_verbmem_ROUGE, forget_knowmem_ROUGE, retain_knowmem_ROUGE (MUSE's" in md
+    assert "forget_Q_A_Prob" not in md
 
 
 def test_t_interval_by_hand_and_one_seed():

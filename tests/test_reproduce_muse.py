@@ -33,6 +33,24 @@ def test_the_sweeps_compose(name):
     assert (cfg.data.benchmark, cfg.data.split, cfg.data.retain_split, cfg.arm, cfg.kappa) == (
         "muse", "forget", "retain1", "mpu", 0.1)
     if name == "reproduce_muse":
-        assert (cfg.model.name, cfg.prepare.lr, cfg.prepare.target_max_epochs) == ("llama-3.2-1b-instruct", 1e-5, 10)
+        assert (cfg.model.name, cfg.model.base, cfg.model.target, cfg.model.max_length) == (
+            "muse-llama-3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", "finetune", 2048)
+        assert (cfg.prepare.lr, cfg.prepare.target_max_epochs, cfg.prepare.target_min_prob) == (1e-5, 10, 1.0)
     else:
         validate(cfg)
+
+
+@pytest.mark.parametrize("split", ["News", "Books"])
+def test_open_unlearning_muse_targets_compose(split):
+    """model=muse-<news|books>-llama-2-7b names muse-bench's published target and retrained model."""
+    from hydra import compose, initialize_config_dir
+
+    from mpu_cli.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name="config", overrides=[f"model=muse-{split.lower()}-llama-2-7b", "data=muse",
+                                                       f"data.source=muse-bench/MUSE-{split}"])
+    assert (cfg.model.target, cfg.model.retain, cfg.model.tokenizer, cfg.model.max_length) == (
+        f"muse-bench/MUSE-{split}_target", f"muse-bench/MUSE-{split}_retrain", "meta-llama/Llama-2-7b-hf", 2048)
+    assert cfg.data.benchmark == "muse"

@@ -22,6 +22,13 @@ HEADLINE = (
 AVG_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
 MUSE_AVG_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
 
+
+def avg_metrics(available) -> tuple[str, ...]:
+    """The metrics deg_avg averages, given the metric names that have values: TOFU's, or MUSE's when none of
+    TOFU's is there and one of MUSE's is."""
+    has = lambda names: any(m in available for m in names)
+    return MUSE_AVG_METRICS if has(MUSE_AVG_METRICS) and not has(AVG_METRICS) else AVG_METRICS
+
 LOWER, HIGHER, ABS = "lower", "higher", "abs"  # lower is better | higher is better | closer to 0 is better
 DIRECTIONS = {
     "forget_Q_A_Prob": LOWER,

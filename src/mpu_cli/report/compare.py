@@ -28,7 +28,7 @@ import math
 import pandas as pd
 
 from mpu_cli.mpu.survival import RESULT_COLUMNS
-from mpu_cli.report.columns import ABS, AVG_METRICS, DIRECTIONS, HIGHER, LOWER, MUSE_AVG_METRICS
+from mpu_cli.report.columns import ABS, DIRECTIONS, HIGHER, LOWER, avg_metrics
 
 SEED_KEYS = ("seed", "client.seed")
 # Settings that do not change a run's numbers, or that another column identifies (model.target: target_hash).
@@ -163,9 +163,8 @@ def relative_degradation(row_value: float, clean_value: float, direction: str) -
 
 def deg_average(degs: dict[str, float]) -> tuple[float, str]:
     """deg_avg over the AVG_METRICS present (MUSE_AVG_METRICS for a MUSE run), and the note saying which."""
-    present = lambda names: [m for m in names if m in degs and not math.isnan(degs[m])]
-    names = AVG_METRICS if present(AVG_METRICS) or not present(MUSE_AVG_METRICS) else MUSE_AVG_METRICS
-    used = present(names)
+    names = avg_metrics([m for m, v in degs.items() if not math.isnan(v)])
+    used = [m for m in names if m in degs and not math.isnan(degs[m])]
     if not used:
         return math.nan, ""
     note = ", ".join(used)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mpu_cli.report.columns import ABS, AVG_METRICS, DIRECTIONS, HIGHER, LOWER
+from mpu_cli.report.columns import ABS, DIRECTIONS, HIGHER, LOWER, avg_metrics
 from mpu_cli.report.compare import deg_average, relative_degradation, sort_key
 
 LEVEL = 0.95
@@ -96,7 +96,8 @@ def _clean_floor(cleans: pd.DataFrame, metric: str) -> float:
     if metric != "deg_avg":
         vals = pd.to_numeric(cleans[metric], errors="coerce").dropna() if metric in cleans else []
         return float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
-    means = {m: pd.to_numeric(cleans[m], errors="coerce").mean() for m in AVG_METRICS if m in cleans}
+    names = avg_metrics([c for c in cleans.columns if pd.to_numeric(cleans[c], errors="coerce").notna().any()])
+    means = {m: pd.to_numeric(cleans[m], errors="coerce").mean() for m in names if m in cleans}
     degs = [deg_average({m: relative_degradation(row[m], means[m], DIRECTIONS[m]) for m in means})[0]
             for _, row in cleans.iterrows()]
     degs = [d for d in degs if not math.isnan(d)]

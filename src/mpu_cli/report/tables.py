@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mpu_cli.mpu.survival import RESULT_COLUMNS
-from mpu_cli.report.columns import AVG_METRICS, DIRECTION_WORDS, DIRECTIONS, HEADLINE
+from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, HEADLINE, MUSE_AVG_METRICS, avg_metrics
 from mpu_cli.report.compare import (
     ORDER,
     add_degradation,
@@ -242,14 +242,16 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
         "",
     ]
     if len(done):
+        averaged = avg_metrics([c for c in done.columns if done[c].notna().any()])
         out += [
             "Runs are grouped by the settings that differ between them: "
             + (", ".join(f"`{k}`" for k in col.keys) if col.keys else "(none: one setting)")
             + ". The same for every run: " + (_constants(col) or "—") + ".",
             "",
             "Degradation is relative to the clean run with the same seed and settings; **worse than clean is "
-            "positive**; `deg_avg` is the mean over " + ", ".join(AVG_METRICS) + " (the paper's average "
-            "degradation) over what was evaluated.",
+            "positive**; `deg_avg` is the mean over " + ", ".join(averaged)
+            + (" (MUSE's three ROUGE metrics)" if averaged == MUSE_AVG_METRICS else " (the paper's average degradation)")
+            + " over what was evaluated.",
             "",
         ]
         if n_dup:
@@ -269,7 +271,7 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
                      for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         out += ["## Mean ± std over seeds", "", *lines, ""]
-        degs = [f"deg_{m}" for m in AVG_METRICS if f"deg_{m}" in done and done[f"deg_{m}"].notna().any()]
+        degs = [f"deg_{m}" for m in averaged if f"deg_{m}" in done and done[f"deg_{m}"].notna().any()]
         cols = ["run", *[k for k in _label_columns(col.keys) if k in done], "seed", *metrics, *degs, "deg_avg",
                 "duplicate_of"]
         cols = [c for c in dict.fromkeys(cols) if c in done.columns]
