@@ -83,3 +83,36 @@ def test_legends_of_many_arms_cover_no_panel_and_name_every_series():
     deg = figure_degradation_vs_kappa(pd.concat([df[df.algorithm == "npo"], only_in_second]), keys)
     assert {t.get_text() for t in deg.legends[0].get_texts()} >= {"mpu m=2", "mpu m=4"}
     plt.close(deg)
+
+
+def _muse_table() -> pd.DataFrame:
+    rows = []
+    for alg, seed in itertools.product(("npo", "graddiff"), (0, 1)):
+        base = {"algorithm": alg, "seed": seed, "target_forget_knowmem_ROUGE": 0.34,
+                "target_retain_knowmem_ROUGE": 0.31, "retainmodel_forget_knowmem_ROUGE": 0.0,
+                "retainmodel_retain_knowmem_ROUGE": 0.31}
+        for arm, kappa in (("clean", 0.0), ("noised", 0.1), ("mpu", 0.01), ("mpu", 0.1)):
+            rows.append(base | {"arm": arm, "kappa": kappa, "m": 2 if arm == "mpu" else 1,
+                                "forget_verbmem_ROUGE": 0.2, "forget_knowmem_ROUGE": 0.2 + 0.01 * seed,
+                                "retain_knowmem_ROUGE": 0.28, "privleak": -99.0, "deg_avg": kappa / 5})
+    return pd.DataFrame(rows)
+
+
+def test_muse_sweeps_draw_their_rouge_metrics(tmp_path):
+    df = _muse_table()
+    keys = ["algorithm", "arm", "kappa", "m"]
+    arms = figure_arms(df, keys)
+    assert [ax.get_title() for ax in arms.axes] == ["forget_verbmem_ROUGE (lower is better)",
+                                                    "forget_knowmem_ROUGE (lower is better)",
+                                                    "retain_knowmem_ROUGE (higher is better)"]
+    fvu = figure_forget_vs_utility(df, keys)
+    ax = fvu.axes[0]
+    assert ax.get_ylabel() == "forget_knowmem_ROUGE (lower is better)"
+    assert ax.get_xlabel().startswith("retain_knowmem_ROUGE (higher is better)")
+    # the runs and the two reference models: target at (0.31, 0.34), retain model at (0.31, 0.0)
+    points = [tuple(p) for c in ax.collections for p in c.get_offsets()]
+    assert (0.31, 0.34) in points and (0.31, 0.0) in points
+    for fig in (arms, fvu):
+        plt.close(fig)
+    written = write_plots(df, tmp_path, keys)
+    assert sorted(p.split("/")[-1] for p in written) == sorted(FIGURES)

@@ -1,12 +1,13 @@
 """The figures of a sweep (matplotlib, Agg backend), drawn only from data that can carry them:
 
 - plot_arms.png — the paper's Figure 2 view: per algorithm, bars for clean / noised / MPU side by side for
-  forget_Q_A_Prob, forget_Q_A_ROUGE and model_utility (retain_Q_A_Prob when utility was not evaluated), mean over
-  seeds with the 95 % t-interval when there are two or more. Axes 0–1.
+  forget_Q_A_Prob, forget_Q_A_ROUGE and model_utility (retain_Q_A_Prob when utility was not evaluated; on MUSE
+  its three ROUGE metrics), mean over seeds with the 95 % t-interval when there are two or more. Axes 0–1.
 - plot_degradation_vs_kappa.png — deg_avg (%, worse > 0) against κ per algorithm and arm, with 95 % intervals
   over seeds and the paper's ±1 % band; only when the sweep has two or more κ values.
-- plot_forget_vs_utility.png — forget_Q_A_Prob against model_utility (or retain_Q_A_Prob), one point per run,
-  with the target and the retain model as reference points; the legend outside the axes.
+- plot_forget_vs_utility.png — forget_Q_A_Prob against model_utility (or retain_Q_A_Prob; on MUSE
+  forget_knowmem_ROUGE against retain_knowmem_ROUGE), one point per run, with the target and the retain model as
+  reference points; the legend outside the axes.
 
 Panels are split by every setting that varies within an algorithm (never pooled); no axis uses offset notation.
 """
@@ -25,14 +26,24 @@ import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
 from mpu_cli.report.compare import arm_label as _arm_label
+from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, MUSE_AVG_METRICS
 from mpu_cli.report.compare import arm_name, is_arm_key
 from mpu_cli.report.stats import t_interval
 
 ARM_COLORS = {"clean": "tab:green", "noised": "tab:red", "mpu": "tab:blue"}
 MARKERS = "osD^v<>pPX*h"
 BAR_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
-BETTER = {"forget_Q_A_Prob": "lower is better", "forget_Q_A_ROUGE": "lower is better",
-          "model_utility": "higher is better", "retain_Q_A_Prob": "higher is better"}
+# (forgetting, utility) axes of plot_forget_vs_utility, the first pair with values is drawn
+FORGET_UTILITY_AXES = (("forget_Q_A_Prob", "model_utility"), ("forget_Q_A_Prob", "retain_Q_A_Prob"),
+                       ("forget_knowmem_ROUGE", "retain_knowmem_ROUGE"))
+
+
+def _better(metric: str) -> str:
+    return DIRECTION_WORDS.get(DIRECTIONS.get(metric), "")
+
+
+def _has(df: pd.DataFrame, metric: str) -> bool:
+    return metric in df and df[metric].notna().any()
 
 
 def _num(s: pd.Series) -> pd.Series:
@@ -105,9 +116,11 @@ def _mean_ci(values) -> tuple[float, float]:
 
 def figure_arms(used: pd.DataFrame, keys: list[str]):
     """The paper's Figure 2 view (see the module docstring); None without a metric to show."""
-    metrics = [m for m in BAR_METRICS if m in used and used[m].notna().any()]
-    if "model_utility" not in metrics and "retain_Q_A_Prob" in used and used.retain_Q_A_Prob.notna().any():
+    metrics = [m for m in BAR_METRICS if _has(used, m)]
+    if "model_utility" not in metrics and _has(used, "retain_Q_A_Prob"):
         metrics.append("retain_Q_A_Prob")
+    if not metrics:
+        metrics = [m for m in MUSE_AVG_METRICS if _has(used, m)]
     if not metrics or not len(used):
         return None
     df = used.assign(fig_panel=_panels(used, keys), fig_arm=[_arm_label(r) for r in used.to_dict("records")])
@@ -137,7 +150,7 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
         ax.set_xticklabels(groups, fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel(metric, fontsize=8)
-        ax.set_title(f"{metric} ({BETTER.get(metric, '')})", fontsize=9)
+        ax.set_title(f"{metric} ({_better(metric)})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     n_seeds = df.groupby(["fig_panel", "fig_arm"]).size()
@@ -192,13 +205,10 @@ def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
 
 def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
     """Forgetting against utility, one point per run, the target and the retain model as references."""
-    if "forget_Q_A_Prob" not in used or used.forget_Q_A_Prob.isna().all():
+    axes_with_values = [(y, x) for y, x in FORGET_UTILITY_AXES if _has(used, y) and _has(used, x)]
+    if not axes_with_values:
         return None
-    xcol = "model_utility"
-    if xcol not in used or used[xcol].isna().all():
-        xcol = "retain_Q_A_Prob"
-        if xcol not in used or used[xcol].isna().all():
-            return None
+    ycol, xcol = axes_with_values[0]
     df = used.assign(fig_arm=[_arm_label(r) for r in used.to_dict("records")])
     fig, ax = plt.subplots(figsize=(7.6, 4.8))
     algorithms = sorted(df.algorithm.astype(str).unique())
@@ -208,7 +218,7 @@ def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
         for s in series:
             g = df[(df.algorithm.astype(str) == alg) & (df["fig_arm"] == s)]
             if len(g):
-                ax.scatter(_num(g[xcol]), _num(g.forget_Q_A_Prob), marker=MARKERS[a_i % len(MARKERS)], alpha=0.8,
+                ax.scatter(_num(g[xcol]), _num(g[ycol]), marker=MARKERS[a_i % len(MARKERS)], alpha=0.8,
                            color=_color(s, noisy.index(s) if s in noisy else 0, len(noisy)))
     # two short legends instead of one entry per (algorithm, arm): colour = arm, marker = algorithm
     from matplotlib.lines import Line2D
@@ -219,12 +229,12 @@ def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
                 for i, a in enumerate(algorithms)]
     for prefix, name, marker in (("target_", "target (before unlearning)", "*"),
                                  ("retainmodel_", "retain model (never saw D_f)", "D")):
-        tx, ty = f"{prefix}{xcol}", f"{prefix}forget_Q_A_Prob"
+        tx, ty = f"{prefix}{xcol}", f"{prefix}{ycol}"
         if tx in df and ty in df and _num(df[tx]).notna().any():
             ax.scatter([_num(df[tx]).mean()], [_num(df[ty]).mean()], color="black", marker=marker, s=140)
             handles.append(Line2D([], [], ls="", marker=marker, color="black", markersize=10, label=name))
-    ax.set_xlabel(f"{xcol} (higher is better)" + ("" if xcol == "model_utility" else "; model_utility not evaluated"))
-    ax.set_ylabel("forget_Q_A_Prob (lower is better)")
+    ax.set_xlabel(f"{xcol} ({_better(xcol)})" + ("; model_utility not evaluated" if xcol == "retain_Q_A_Prob" else ""))
+    ax.set_ylabel(f"{ycol} ({_better(ycol)})")
     ax.set_ylim(0, 1)
     lo, hi = ax.get_xlim()
     if hi - lo < 0.5:  # the utility axis is zoomed to the runs: say so, a 0.01 gap looks large here
