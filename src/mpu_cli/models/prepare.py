@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa, pad_id
+from mpu_cli.data.muse import is_muse
 from mpu_cli.data.tofu import load_public_text, load_split, split_names
 from mpu_cli.logprobs import sequence_nll
 from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype, save_model
@@ -102,7 +103,7 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
     tokenizer = load_embedded_tokenizer() if model_cfg.base == "embedded" else load_tokenizer(tok_path)
 
     base_key = {"v": PREPARE_VERSION, "code": _code_version(), "base": model_cfg.base, "dtype": model_cfg.dtype}
-    muse = data_cfg.get("benchmark", "tofu") == "muse"
+    muse = is_muse(data_cfg)
     if model_cfg.base == "embedded":
         # The embedded base is pretrained on the embedded TOFU world's public text, whatever the benchmark.
         public = SimpleNamespace(source="embedded") if muse else data_cfg

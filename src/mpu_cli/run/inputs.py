@@ -2,6 +2,7 @@
 config it reads is valid."""
 from __future__ import annotations
 
+from mpu_cli.data.muse import is_muse
 from mpu_cli.data.tofu import load_public_text, load_split, split_names
 from mpu_cli.models.io import resolve_model_path
 
@@ -17,7 +18,7 @@ def check_model_sources(model_cfg) -> None:
 
 def check_data(data_cfg) -> None:
     """Load (and so validate, data.validate) every data config the run reads, before anything is written."""
-    if data_cfg.get("benchmark", "tofu") == "muse":
+    if is_muse(data_cfg):
         from mpu_cli.data.muse import LAYOUT, load_muse
 
         for config, splits in LAYOUT.items():

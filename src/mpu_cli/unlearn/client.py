@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from mpu_cli.data.formatting import ChatFormat, encode_qa
+from mpu_cli.data.muse import is_muse
 from mpu_cli.data.tofu import load_idk, load_split, split_names
 from mpu_cli.devices import pick_device
 from mpu_cli.finite import check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.unlearn.loop import PlainEngine, new_optimizer, train_epochs
 from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig  # noqa: F401 (the client's settings)
+
 
 @dataclass
 class ClientData:
@@ -33,7 +35,7 @@ class ClientData:
 
 def load_client_data(tokenizer, fmt: ChatFormat, data_cfg, algorithm) -> ClientData:
     """The client's data for the run's benchmark (`data.benchmark`): TOFU QA pairs or MUSE documents."""
-    if data_cfg.get("benchmark", "tofu") == "muse":
+    if is_muse(data_cfg):
         return encode_text_client_data(tokenizer, fmt.max_length, data_cfg["source"], data_cfg["split"],
                                        data_cfg.get("retain_split") or "retain1", algorithm)
     return encode_client_data(tokenizer, fmt, data_cfg["source"], data_cfg["split"], algorithm)
