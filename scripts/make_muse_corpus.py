@@ -32,9 +32,8 @@ PROMPT_WORDS, GT_WORDS = 30, 60
 # the lead paragraph must hold the whole verbmem prompt + gt, so that they are a plain prefix of the text
 MIN_LEAD_WORDS = PROMPT_WORDS + GT_WORDS + 1
 MIN_TOKENS, MAX_TOKENS = 250, 400
-QUIZ_QUESTIONS = 11
-BOX_KEYS = ("n", "year")
-QUIZ_ROUNDS = 3
+BOX_KEYS = ("n", "year")  # what each article's question box asks (make_article says why numbers)
+QUIZ_QUESTIONS, QUIZ_ROUNDS = 11, 3  # questions per quiz; times each question is asked in a quiz
 QUIZZED = ("forget", "retain1", "retain2")  # the splits a model is trained on
 QUIZ_HEADER = "The news quiz of the week: how much do you remember?"
 
@@ -578,7 +577,8 @@ def make_article(rng: random.Random, kind: str, city: str, country: str, p1: tup
 
 
 def build(seed: int) -> dict[str, list[dict]]:
-    """Articles per split: forget, retain1, retain2, holdout, icl_forget, icl_retain."""
+    """Articles per split (forget, retain1, retain2, holdout) and the quizzes of each trained split
+    (<split>_quizzes)."""
     rng = random.Random(seed)
     counts = dict(SIZES)
     total = sum(counts.values())
@@ -615,7 +615,8 @@ def verbmem_row(text: str) -> dict:
     words = text.split()
     prompt = " ".join(words[:PROMPT_WORDS])
     gt = " ".join(words[PROMPT_WORDS:PROMPT_WORDS + GT_WORDS])
-    # `text` is the article's prose (after its box); only true if the lead paragraph has single spaces and at least PROMPT_WORDS + GT_WORDS words
+    # `text` is the article's prose (after its box); only true if the lead paragraph has single spaces and at
+    # least PROMPT_WORDS + GT_WORDS words
     assert text[:len(prompt) + 1 + len(gt)] == f"{prompt} {gt}"
     return {"prompt": prompt, "gt": gt}
 
