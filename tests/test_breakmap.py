@@ -74,3 +74,17 @@ def test_one_kappa_draws_no_break_map(tmp_path):
     assert list(tmp_path.iterdir()) == []
     two = _table()
     assert applies(two) and not applies(two[two.arm != "clean"])  # two κ, but no clean run
+
+
+def test_muse_runs_map_their_verbatim_memorization():
+    """A MUSE table (its ROUGE metrics, no forget_Q_A_Prob) maps forget_verbmem_ROUGE and deg_avg."""
+    tofu = _table()
+    muse = tofu.drop(columns=["forget_Q_A_Prob"]).assign(
+        forget_verbmem_ROUGE=tofu.forget_Q_A_Prob, forget_knowmem_ROUGE=0.2, retain_knowmem_ROUGE=0.3)
+    for col in ("forget_Q_A_ROUGE", "model_utility"):
+        muse = muse.drop(columns=[col], errors="ignore")
+    points = break_points(muse, KEYS)
+    assert set(points.metric) == {"forget_verbmem_ROUGE", "deg_avg"}
+    fig = figure_break_map(points)
+    assert "forget_verbmem_ROUGE (lower is better)" in fig.axes[0].get_title()
+    plt.close(fig)

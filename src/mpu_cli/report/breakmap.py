@@ -21,17 +21,22 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, MUSE_AVG_METRICS, avg_metrics
 from mpu_cli.report.compare import arm_name
 from mpu_cli.report.stats import t_interval, verdict
 
-METRICS = ("forget_Q_A_Prob", "deg_avg")  # on MUSE runs forget_verbmem_ROUGE takes forget_Q_A_Prob's place
-BETTER = {"forget_Q_A_Prob": "lower is better", "forget_verbmem_ROUGE": "lower is better", "deg_avg": "worse > 0"}
+METRICS = ("forget_Q_A_Prob", "deg_avg")
+MUSE_METRICS = ("forget_verbmem_ROUGE", "deg_avg")  # MUSE runs: its verbatim memorization in forget Prob's place
 
 
 def map_metrics(df: pd.DataFrame) -> tuple[str, str]:
-    """(the forget metric, deg_avg): forget_Q_A_Prob for TOFU runs, forget_verbmem_ROUGE for MUSE runs."""
-    tofu = "forget_Q_A_Prob" in df and _num(df["forget_Q_A_Prob"]).notna().any()
-    return METRICS if tofu or "forget_verbmem_ROUGE" not in df else ("forget_verbmem_ROUGE", "deg_avg")
+    """(the forget metric, deg_avg), for the benchmark whose metrics deg_avg averages."""
+    with_values = [c for c in df.columns if _num(df[c]).notna().any()]
+    return MUSE_METRICS if avg_metrics(with_values) == MUSE_AVG_METRICS else METRICS
+
+
+def _better(metric: str) -> str:
+    return "worse > 0" if metric == "deg_avg" else DIRECTION_WORDS[DIRECTIONS[metric]]
 
 
 def _num(s) -> pd.Series:
@@ -195,11 +200,11 @@ def figure_break_map(points: pd.DataFrame):
             ax.set_xlabel("κ (noise σ = κ·RMS(θ − θ_base) per block; log axis)", fontsize=8)
             if metric != "deg_avg":
                 ax.set_ylim(0, 1)
-                ax.set_ylabel(f"{metric} (lower is better)", fontsize=8)
+                ax.set_ylabel(f"{metric} ({_better(metric)})", fontsize=8)
             else:
                 ax.axhline(0, color="grey", lw=0.8)
                 ax.set_ylabel("deg_avg vs clean, % (worse > 0)", fontsize=8)
-            ax.set_title(f"{panel}: {metric} ({BETTER[metric]})", fontsize=9)
+            ax.set_title(f"{panel}: {metric} ({_better(metric)})", fontsize=9)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
             _plain_axes(ax)
