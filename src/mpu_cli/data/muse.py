@@ -73,7 +73,7 @@ def load_muse(source: str, config: str, split: str) -> list[dict]:
         raise DataError(f"data source must be {EMBEDDED!r}, a local folder or a Hub dataset name, got {source!r}")
     name = f"{config}/{split}"
     folder = embedded_dir() if source == EMBEDDED else _resolve_local(
-        source, "muse-bench/MUSE-News (raw/, knowmem/, verbmem/, privleak/)", f"({', '.join(HUB_DATASETS)})")
+        source, "muse-bench/MUSE-News", " (raw/, knowmem/, verbmem/, privleak/)", f"({', '.join(HUB_DATASETS)})")
     if folder is not None:
         rows = _local_rows(folder, config, split)
         if rows is None:

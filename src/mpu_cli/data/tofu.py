@@ -105,18 +105,19 @@ def _local_config_rows(folder: Path, config: str) -> list[dict] | None:
     return None
 
 
-def _resolve_local(source: str, layout: str = "locuslab/TOFU", hub: str = "such as 'locuslab/TOFU'") -> Path | None:
+def _resolve_local(source: str, layout: str = "locuslab/TOFU", contents: str = "",
+                   hub: str = "such as 'locuslab/TOFU'") -> Path | None:
     """The folder ``source`` names, None when it is a Hub name; DataError for a missing folder or a file.
-    `layout` / `hub`: how the message names the expected folder layout and Hub names."""
+    `layout`, `contents`, `hub`: how the message names the expected layout, its folders and the Hub names."""
     p = Path(source).expanduser()
     if p.is_dir():
         return p
     if p.exists():
-        raise DataError(f"data source {source!r} is a file, not a folder laid out like {layout.split(' (')[0]}")
+        raise DataError(f"data source {source!r} is a file, not a folder laid out like {layout}")
     if _looks_like_path(source):
         raise DataError(
             f"data source {source!r} not found: expected {EMBEDDED!r}, an existing local folder laid out like "
-            f"{layout}, or a Hub dataset name {hub}"
+            f"{layout}{contents}, or a Hub dataset name {hub}"
         )
     return None
 
