@@ -15,7 +15,8 @@ from mpu_cli.mpu import (
 torch.set_num_threads(1)
 
 LAYOUT = ModelLayout(
-    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, hidden_size=32, intermediate_size=64
+    num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, hidden_size=32, intermediate_size=64,
+    model_type="qwen2",
 )
 
 

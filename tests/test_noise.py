@@ -17,7 +17,8 @@ from mpu_cli.mpu import (
 torch.set_num_threads(1)
 
 LAYOUT = ModelLayout(
-    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16
+    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16,
+    model_type="llama",
 )
 
 
@@ -113,7 +114,8 @@ def test_block_sigmas_reject_bad_base_and_layers():
     with pytest.raises(ValueError, match="base model has no tensor"):
         block_sigmas(theta, {}, 0.1, LAYOUT)
     one_layer = ModelLayout(
-        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=16,
+        model_type="llama",
     )
     with pytest.raises(ValueError, match="block 1"):
         block_sigmas(theta, None, 0.1, one_layer)

@@ -5,16 +5,29 @@ import math
 import pytest
 import torch
 from torch.func import functional_call
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from mpu_cli.mpu import (
+    SUPPORTED,
     ModelLayout,
+    UnsupportedModel,
     apply_transform,
     block_of,
     identity_transform,
+    invert_lora,
     invert_transform,
     sample_transform,
 )
+from mpu_cli.models.family import KEEP, split_block
 
 torch.set_num_threads(1)
 
@@ -27,7 +40,20 @@ SMALL = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 64,
 }
-MODELS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+MODELS = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),  # q/k/v biases
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),  # per-head q_norm / k_norm: not supported
+}
+# Every supported family at random init, with the options that add tensors (GQA 4:2 throughout).
+FAMILY_CASES = {
+    "llama": ("llama", {}),
+    "llama-hd8": ("llama", {"head_dim": 8}),
+    "llama-biases": ("llama", {"attention_bias": True, "mlp_bias": True}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+}
 
 
 def tiny_model(kind="llama", **overrides):
@@ -100,34 +126,31 @@ def test_layout_from_hf_config():
     assert qwen.head_dim == 16 and qwen.num_kv_heads == 4
 
 
-@pytest.mark.parametrize(
-    "kind,overrides",
-    [("llama", {}), ("llama", {"head_dim": 8}), ("qwen2", {})],
-    ids=["llama", "llama-hd8", "qwen2"],
-)
-def test_transform_preserves_logits(kind, overrides):
+def test_every_supported_family_is_proven():
+    assert {kind for kind, _ in FAMILY_CASES.values()} == set(SUPPORTED)
+
+
+@pytest.mark.parametrize("case", list(FAMILY_CASES))
+def test_transform_preserves_logits(case):
+    kind, overrides = FAMILY_CASES[case]
     model = tiny_model(kind, **overrides)
     layout = ModelLayout.from_hf_config(model.config)
+    assert layout.model_type == kind and layout.num_kv_heads < layout.num_heads
     state = model.state_dict()
     t = sample_transform(layout, torch.Generator().manual_seed(2))
     new = apply_transform(state, layout, t)
-    for suffix in (
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.o_proj.weight",
-        "mlp.gate_proj.weight",
-        "mlp.down_proj.weight",
-    ):
-        name = f"model.layers.1.{suffix}"
-        assert not torch.allclose(new[name], state[name], atol=1e-3), f"T left {name} unchanged"
-    if kind == "qwen2":
-        assert not torch.allclose(
-            new["model.layers.0.self_attn.k_proj.bias"], state["model.layers.0.self_attn.k_proj.bias"]
-        )
+    moved = {n for n in state if not torch.allclose(new[n], state[n], atol=1e-3)}
+    # every tensor T should move does (weights and biases), and nothing else
+    family = layout.family
+    expected = {n for n in state if block_of(n) is not None and family.role(split_block(n)[1]).op != KEEP}
+    assert moved == expected and any(n.endswith("q_proj.weight") for n in moved)
+    if kind == "qwen2" or overrides.get("attention_bias"):
+        assert "model.layers.0.self_attn.k_proj.bias" in moved
     ids = input_ids()
     ref = logits(model, state, ids)
-    assert ref.abs().max() > 0.5  # the model is not trivially flat
-    assert (logits(model, new, ids) - ref).abs().max() <= 1e-5
+    scale = ref.abs().max()
+    assert scale > 0.5  # the model is not trivially flat
+    assert (logits(model, new, ids) - ref).abs().max() <= 1e-5 * scale  # fp32 rounding
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -198,14 +221,18 @@ def test_identity_transform_is_identity_and_outside_tensors_pass_through():
         assert torch.equal(moved[name], state[name])
 
 
-def test_unknown_attention_tensor_is_refused():
-    """A per-head q_norm (Qwen3) does not commute with the rotations: refuse rather than break the model."""
+@pytest.mark.parametrize("suffix", ["self_attn.q_norm.weight", "pre_feedforward_layernorm.weight"])
+def test_unknown_block_tensor_is_refused(suffix):
+    """A per-head q_norm (Qwen3) does not commute with the rotations, and a tensor the adapter does not know is
+    never passed through: refuse rather than break the model or publish it unprotected."""
     layout = ModelLayout(
-        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=8
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, hidden_size=8, intermediate_size=8,
+        model_type="llama",
     )
-    state = {"model.layers.0.self_attn.q_norm.weight": torch.ones(4)}
-    with pytest.raises(NotImplementedError, match="q_norm"):
-        apply_transform(state, layout, identity_transform(layout))
+    state = {f"model.layers.0.{suffix}": torch.ones(4)}
+    for transform in (apply_transform, invert_transform):
+        with pytest.raises(UnsupportedModel, match=f"block tensor '{suffix}' has no declared role"):
+            transform(state, layout, identity_transform(layout))
 
 
 def test_transform_preserves_logits_of_the_embedded_model():

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from mpu_cli.mpu.layout import _BLOCK_RE, ModelLayout
+from mpu_cli.models.family import COLUMNS, KV, PERMUTE, QUERY, ROTATE, ROWS, Family, split_block
+from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.reparam import Transform, invert_transform
 
 
@@ -27,24 +28,29 @@ def block_tensors(state: dict, layer: int) -> dict[str, torch.Tensor]:
     """{suffix: tensor} of block `layer` (suffix = the name after "layers.{l}.")."""
     out = {}
     for name, t in state.items():
-        match = _BLOCK_RE.match(name)
-        if match is not None and int(match.group(1)) == layer:
-            out[name[match.end():]] = t
+        split = split_block(name)
+        if split is not None and split[0] == layer:
+            out[split[1]] = t
     return out
 
 
-def _mlp_features(block: dict) -> torch.Tensor:
-    """[d_ff, F] float64: one row per hidden channel (gate row, up row, down column, biases if any)."""
-    parts = [block["mlp.gate_proj.weight"], block["mlp.up_proj.weight"], block["mlp.down_proj.weight"].T]
-    for bias in ("mlp.gate_proj.bias", "mlp.up_proj.bias"):
-        if bias in block:
-            parts.append(block[bias].unsqueeze(1))
-    return torch.cat([p.double() for p in parts], dim=1)
+def _mlp_features(block: dict, family: Family) -> torch.Tensor:
+    """[d_ff, F] float64: one row per hidden channel (gate row, up row, down column, then biases if any)."""
+    weights, biases = [], []
+    for suffix in family.members(PERMUTE):
+        t = block.get(suffix)
+        if t is None:
+            continue
+        if t.dim() == 1:
+            biases.append(t.unsqueeze(1))
+        else:
+            weights.append(t.T if family.role(suffix).axis == COLUMNS else t)
+    return torch.cat([p.double() for p in weights + biases], dim=1)
 
 
-def match_mlp_channels(copy_block: dict, base_block: dict) -> torch.Tensor:
+def match_mlp_channels(copy_block: dict, base_block: dict, family: Family) -> torch.Tensor:
     """Estimated perm (LongTensor[d_ff]): copy channel i is base channel perm[i] (reparam.py's convention)."""
-    fc, fb = _mlp_features(copy_block), _mlp_features(base_block)
+    fc, fb = _mlp_features(copy_block, family), _mlp_features(base_block, family)
     # squared Euclidean distance, in float64; the constant ‖fc_i‖² does not change the assignment but keeps
     # the cost a distance (non-negative, interpretable)
     cost = (fc.square().sum(1, keepdim=True) + fb.square().sum(1) - 2.0 * fc @ fb.T).numpy()
@@ -68,17 +74,14 @@ def _head_points(block: dict, layout: ModelLayout) -> torch.Tensor:
         q = per_head(x, layout.num_heads)
         return q.reshape(kv, g, hd, -1).permute(0, 2, 1, 3).reshape(kv, hd, -1)
 
-    parts = []
-    for proj in ("k_proj", "v_proj"):
-        for kind in ("weight", "bias"):
-            t = block.get(f"self_attn.{proj}.{kind}")
+    family, parts = layout.family, []
+    # KV rows, then query rows, then o_proj's query columns (as [hd, rows] blocks)
+    for heads, axis, split in ((KV, ROWS, lambda t: per_head(t, kv)), (QUERY, ROWS, group_q),
+                               (QUERY, COLUMNS, lambda t: group_q(t.T))):
+        for suffix in family.members(ROTATE, heads, axis):
+            t = block.get(suffix)
             if t is not None:
-                parts.append(per_head(t, kv))
-    for kind in ("weight", "bias"):
-        t = block.get(f"self_attn.q_proj.{kind}")
-        if t is not None:
-            parts.append(group_q(t))
-    parts.append(group_q(block["self_attn.o_proj.weight"].T))
+                parts.append(split(t))
     return torch.cat(parts, dim=2)
 
 
@@ -99,7 +102,7 @@ def estimate_transform(copy: dict, base: dict, layout: ModelLayout) -> Transform
     perms, angles = {}, {}
     for layer in range(layout.num_layers):
         cb, bb = block_tensors(copy, layer), block_tensors(base, layer)
-        perms[layer] = match_mlp_channels(cb, bb)
+        perms[layer] = match_mlp_channels(cb, bb, layout.family)
         angles[layer] = match_plane_angles(cb, bb, layout)
     return Transform(perms, angles)
 

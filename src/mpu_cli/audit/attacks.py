@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from mpu_cli.mpu.layout import ModelLayout, block_of
+from mpu_cli.models.family import block_of
+from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.reparam import Transform
 
 from .align import align_copy, align_to_reference

@@ -8,8 +8,9 @@ import math
 
 import torch
 
+from mpu_cli.models.family import block_of
 from mpu_cli.mpu.aggregate import UpdateAccumulator
-from mpu_cli.mpu.layout import ModelLayout, block_of
+from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.reparam import Transform, invert_transform
 
 from .align import align_to_reference

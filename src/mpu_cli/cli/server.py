@@ -104,6 +104,7 @@ def cmd_init(args) -> None:
     import torch
     from transformers import AutoConfig
 
+    from mpu_cli.models.family import UnsupportedModel
     from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype, state_dict_fp32
     from mpu_cli.mpu.layout import ModelLayout
     from mpu_cli.mpu.server import MPUServer, ServerConfig
@@ -125,7 +126,10 @@ def cmd_init(args) -> None:
     t0 = time.perf_counter()
     target = load_model(args.target, dtype)
     theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
-    layout = ModelLayout.from_hf_config(target.config)
+    try:
+        layout = ModelLayout.from_hf_config(target.config)
+    except UnsupportedModel as e:
+        raise ServerError(f"--target {args.target}: {e}") from None
     del target
     base = state_dict_fp32(load_model(args.base, dtype)) if args.base else None
     server = MPUServer(theta, layout, cfg, base=base)

@@ -1,12 +1,14 @@
-"""Input checks on the models of a run: each model folder holds a loadable model, the target (and the
-retain model) have the base's architecture, and their tensors have the base's / target's shapes. A mismatch is a
-ConfigError (one line, exit code 2) raised before any unlearning or evaluation starts."""
+"""Input checks on the models of a run: each model is of a family the reparameterization supports (every tensor
+of its blocks with a declared role, models/family.py), each model folder holds a loadable model, the target (and
+the retain model) have the base's architecture, and their tensors have the base's / target's shapes. A mismatch is
+a ConfigError (one line, exit code 2) raised before any unlearning or evaluation starts."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from mpu_cli.config import ConfigError
+from mpu_cli.models.family import Family, UnsupportedModel, family_of
 
 
 def _local_folder(path: str | None) -> Path | None:
@@ -52,14 +54,39 @@ def _arch(cfg: dict) -> str:
     return f"{cfg.get('model_type')} ({', '.join(cfg.get('architectures') or []) or 'no architectures'})"
 
 
+def model_family(where: str, key: str, shown) -> Family:
+    """The adapter of the model at `where` (a local folder or a Hub name); ConfigError naming the supported
+    families for any other model_type."""
+    folder = _local_folder(where)
+    if folder is not None:
+        cfg = _config(folder, key)
+    else:
+        from transformers import PretrainedConfig
+
+        cfg, _ = PretrainedConfig.get_config_dict(where)
+    try:
+        return family_of(cfg.get("model_type"))
+    except UnsupportedModel as e:
+        raise ConfigError(f"{key}={shown!r}: {e}") from None
+
+
+def _check_roles(family: Family, shapes: dict, key: str, shown) -> None:
+    try:
+        family.check_names(shapes)
+    except UnsupportedModel as e:
+        raise ConfigError(f"{key}={shown!r}: {e}") from None
+
+
 def check_models(prepared, model_cfg) -> None:
-    """Base, target and retain must share one architecture and the same tensor shapes."""
+    """Base, target and retain must share one supported architecture and the same tensor shapes."""
     ref_key = "model.base" if _local_folder(prepared.base) else "model.target"
     ref = _local_folder(prepared.base) or _local_folder(prepared.target)
     if ref is None:
         return  # Hub names: checked by transformers when loaded
     ref_value = model_cfg.get("base") if ref_key == "model.base" else model_cfg.get("target")
     ref_cfg, ref_shapes = _config(ref, ref_key), _shapes(ref, ref_key)
+    family = model_family(str(ref), ref_key, ref_value)
+    _check_roles(family, ref_shapes, ref_key, ref_value)
     for key, path in (("model.target", prepared.target), ("model.retain", prepared.retain)):
         folder = _local_folder(path)
         if folder is None or folder == ref:
@@ -71,6 +98,7 @@ def check_models(prepared, model_cfg) -> None:
             raise ConfigError(f"{key}={shown!r} is a {_arch(cfg)} model but {ref_key}={ref_value!r} is "
                               f"{_arch(ref_cfg)}; accepted: a model of the base's architecture")
         shapes = _shapes(folder, key)
+        _check_roles(family, shapes, key, shown)
         if not shapes or not ref_shapes:
             continue
         for name, shape in ref_shapes.items():

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .layout import block_of
+from mpu_cli.models.family import block_of
 
 ALPHA_SCHEDULES = ("linear", "pow2", "random")
 # The noised baseline's one copy carries α·σ: one (α = 1), or the mean / largest α_k that MPU's m copies would

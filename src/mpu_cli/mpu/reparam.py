@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import _BLOCK_RE, ModelLayout
+from mpu_cli.models.family import COLUMNS, KEEP, PERMUTE, QUERY, split_block
 
-_ROW_PERMUTED = ("mlp.gate_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.weight", "mlp.up_proj.bias")
-_PASS_THROUGH = ("mlp.down_proj.bias", "self_attn.o_proj.bias", "self_attn.rotary_emb.inv_freq")
+from .layout import ModelLayout
 
 
 @dataclass
@@ -57,44 +56,38 @@ def _rotate_rows(x: torch.Tensor, angles: torch.Tensor, sign: float) -> torch.Te
     return torch.cat((cos * a - sin * b, sin * a + cos * b), dim=1).reshape(x.shape).to(x.dtype)
 
 
+def _angles(layout: ModelLayout, t: Transform, layer: int, heads: str) -> torch.Tensor:
+    kv_angles = t.angles[layer]
+    # query head h uses S of kv head h // group
+    return kv_angles.repeat_interleave(layout.group_size, dim=0) if heads == QUERY else kv_angles
+
+
 def _transform_tensor(
     suffix: str, x: torch.Tensor, layout: ModelLayout, t: Transform, layer: int, inverse: bool
 ):
-    perm = t.perms[layer].to(x.device)
-    if inverse:
-        perm = torch.argsort(perm)
-    kv_angles = t.angles[layer]
-    q_angles = kv_angles.repeat_interleave(
-        layout.group_size, dim=0
-    )  # query head h uses S of kv head h // group
-    sign = 1.0 if inverse else -1.0
-    if suffix in _ROW_PERMUTED:
-        return x.index_select(0, perm)
-    if suffix == "mlp.down_proj.weight":
-        return x.index_select(1, perm)
-    if suffix.startswith("self_attn.q_proj."):
-        return _rotate_rows(x, q_angles, sign)
-    if suffix.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
-        return _rotate_rows(x, kv_angles, sign)
-    if suffix == "self_attn.o_proj.weight":
-        return _rotate_rows(x.T, q_angles, sign).T.contiguous()
-    if suffix in _PASS_THROUGH or not suffix.startswith(("self_attn.", "mlp.")):
-        return x  # norms and output biases live in hidden space, which T does not touch
-    # e.g. fused qkv or per-head q_norm/k_norm: T would silently break the function
-    raise NotImplementedError(f"reparameterization does not know how to transform {suffix!r}")
+    role = layout.family.role(suffix)  # an undeclared block tensor is refused, never passed through
+    if role.op == KEEP:
+        return x
+    if role.op == PERMUTE:
+        perm = t.perms[layer].to(x.device)
+        return x.index_select(role.axis, torch.argsort(perm) if inverse else perm)
+    angles, sign = _angles(layout, t, layer, role.heads), 1.0 if inverse else -1.0
+    if role.axis == COLUMNS:
+        return _rotate_rows(x.T, angles, sign).T.contiguous()
+    return _rotate_rows(x, angles, sign)
 
 
 def _map(state: dict, layout: ModelLayout, t: Transform, inverse: bool) -> dict:
     out = {}
     for name, x in state.items():
-        match = _BLOCK_RE.match(name)
-        if match is None:
+        split = split_block(name)
+        if split is None:
             out[name] = x
             continue
-        layer = int(match.group(1))
+        layer, suffix = split
         if layer not in t.perms:
             raise KeyError(f"transform has no entry for block {layer} (tensor {name!r})")
-        out[name] = _transform_tensor(name[match.end() :], x, layout, t, layer, inverse)
+        out[name] = _transform_tensor(suffix, x, layout, t, layer, inverse)
     return out
 
 
@@ -106,3 +99,19 @@ def apply_transform(state: dict, layout: ModelLayout, t: Transform) -> dict:
 def invert_transform(state: dict, layout: ModelLayout, t: Transform) -> dict:
     """T⁻¹(state); T is linear, so this undoes T on weights and on updates alike."""
     return _map(state, layout, t, inverse=True)
+
+
+def invert_lora(name: str, a: torch.Tensor, b: torch.Tensor, layout: ModelLayout, t: Transform):
+    """T⁻¹ on the LoRA factors (A [r, in], B [out, r]) of an update B·A to the tensor `name`, as (A', B') with
+    B'·A' = T⁻¹(B·A): a role on the rows (output side) acts on B's rows, one on the columns on A's columns; kept
+    tensors and tensors outside every block keep both factors."""
+    split = split_block(name)
+    if split is None:
+        return a, b
+    layer, suffix = split
+    role = layout.family.role(suffix)
+    if role.op == KEEP:
+        return a, b
+    if role.axis == COLUMNS:
+        return _transform_tensor(suffix, a, layout, t, layer, inverse=True), b
+    return a, _transform_tensor(suffix, b, layout, t, layer, inverse=True)

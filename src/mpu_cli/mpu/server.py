@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from mpu_cli.finite import check_state, check_tensor
+from mpu_cli.models.family import block_of
 
 from .aggregate import UpdateAccumulator, harmonic_weights
-from .layout import ModelLayout, block_of
+from .layout import ModelLayout
 from .noise import (
     ALPHA_SCHEDULES,
     NOISED_ALPHAS,
@@ -121,6 +122,7 @@ class MPUServer:
                 raise ValueError(
                     f"tensor {name!r} has dtype {t.dtype}; the server handles floating-point tensors only"
                 )
+        layout.family.check_names(theta)  # no block tensor is ever published without a declared role
         self._layout = layout
         self._cfg = cfg
         self._base = base

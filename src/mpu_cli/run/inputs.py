@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mpu_cli.data.muse import is_muse
 from mpu_cli.data.tofu import load_public_text, load_split, split_names
+from mpu_cli.models.check import model_family
 from mpu_cli.models.io import resolve_model_path
 
 
@@ -14,6 +15,18 @@ def check_model_sources(model_cfg) -> None:
         value = model_cfg.get(key)
         if value and value not in ("embedded", "finetune"):
             resolve_model_path(value, f"model.{key}")
+
+
+def check_model_families(model_cfg) -> None:
+    """Fail fast, before any building, on a model of a family the reparameterization does not support:
+    ConfigError naming the supported ones. The embedded base and a .gguf model (its family is read once it
+    is converted) are checked with the prepared models (models/check.check_models)."""
+    for key in ("base", "target", "retain"):
+        value = model_cfg.get(key)
+        if value and value not in ("embedded", "finetune"):
+            where = resolve_model_path(value, f"model.{key}")
+            if not where.endswith(".gguf"):
+                model_family(where, f"model.{key}", value)
 
 
 def check_data(data_cfg) -> None:

@@ -34,7 +34,7 @@ from mpu_cli.run.evaluation import (
     model_digest,
     retain_reference_from_logs,
 )
-from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_sources
+from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_families, check_model_sources
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.server_state import ServerState
 from mpu_cli.run.settings import chat_format, client_config, client_dtype, server_config
@@ -55,6 +55,7 @@ def run(cfg, out: Path) -> dict:
     # 1. inputs: every model reference opens, every data config is valid — before anything is written
     set_stage("the input checks")
     check_model_sources(cfg.model)
+    check_model_families(cfg.model)  # a family the reparameterization supports
     check_data(cfg.data)
     retain_logs = cfg.get("retain_logs_path")  # a given retain log replaces the retain model
     retain_ref = retain_reference_from_logs(retain_logs, cfg.data) if retain_logs else None

@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from mpu_cli.models.family import family_of
 from mpu_cli.unlearn.base import (
     RetainTerm,
     UnlearningAlgorithm,
@@ -49,10 +50,8 @@ class RMU(UnlearningAlgorithm, RetainTerm):
     def trainable_parameters(self, model) -> list[str]:
         pattern = self.trainable_params_regex
         if pattern is None:
-            prefix, _ = decoder_layers(model)
-            L = self.layer(model)
-            blocks = "|".join(str(i) for i in range(max(0, L - 2), L + 1))
-            pattern = rf"{re.escape(prefix)}\.({blocks})\.mlp\.down_proj\.weight"
+            family, L = family_of(model.config.model_type), self.layer(model)
+            pattern = "|".join(re.escape(family.mlp_output_weight(i)) for i in range(max(0, L - 2), L + 1))
         names = params_matching(model, pattern)
         if not names:
             raise ValueError(f"rmu: trainable_params_regex={pattern!r} matches no parameter of this model")
