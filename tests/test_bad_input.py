@@ -74,6 +74,14 @@ DATA_CASES = {
 
 
 def _other_architecture(path: Path) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=1, hidden_size=16, intermediate_size=24, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=64)).save_pretrained(path)
+    return path
+
+
+def _unsupported_family(path: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(path)
@@ -103,8 +111,10 @@ def cases(tmp_path_factory, mpu_run_cmd):
     for name, (corrupt, expect) in DATA_CASES.items():
         jobs[name] = ([f"data.source={_data_folder(root / 'data', name, corrupt)}"], env, expect)
     jobs["missing_model"] = ([f"model.target={root / 'no' / 'such' / 'model'}"], env, "does not exist")
-    jobs["other_architecture"] = ([f"model.target={_other_architecture(root / 'gpt2')}"], env,
-                                  "is a gpt2 (GPT2LMHeadModel) model but model.base='embedded' is llama")
+    jobs["other_architecture"] = ([f"model.target={_other_architecture(root / 'qwen2')}"], env,
+                                  "is a qwen2 (Qwen2ForCausalLM) model but model.base='embedded' is llama")
+    unsupported = "model_type='gpt2' is not supported by the reparameterization; accepted: llama, mistral, qwen2"
+    jobs["unsupported_family"] = ([f"model.target={_unsupported_family(root / 'gpt2')}"], env, unsupported)
     jobs["shape_mismatch"] = ([f"model.target={_other_shape(root / 'llama_wide')}"], env,
                               "has shape")
     jobs["full_disk"] = ([], env | {"MPU_FAULT_INJECT": "save_tensors:ENOSPC"}, "No space left on device")
@@ -150,6 +160,12 @@ def test_model_of_another_architecture(cases):
     line, files = _check(cases, "other_architecture")
     assert "accepted: a model of the base's architecture" in line
     assert not [p for p in files if p.name == "run.json"]
+
+
+def test_model_of_an_unsupported_family(cases):
+    line, files = _check(cases, "unsupported_family")
+    assert "model.target=" in line
+    assert not [p for p in files if p.name == "run.json"]  # refused before the run started
 
 
 def test_base_target_shape_mismatch(cases):

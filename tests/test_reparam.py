@@ -16,10 +16,21 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from mpu_cli.mpu import (
+from mpu_cli.models.family import (
+    COLUMNS,
+    KEEP,
+    PERMUTE_COLUMNS,
+    PERMUTE_ROWS,
+    ROTATE_KV_ROWS,
+    ROTATE_QUERY_COLUMNS,
+    ROTATE_QUERY_ROWS,
+    ROWS,
     SUPPORTED,
-    ModelLayout,
     UnsupportedModel,
+    split_block,
+)
+from mpu_cli.mpu import (
+    ModelLayout,
     apply_transform,
     block_of,
     identity_transform,
@@ -27,7 +38,6 @@ from mpu_cli.mpu import (
     invert_transform,
     sample_transform,
 )
-from mpu_cli.models.family import KEEP, split_block
 
 torch.set_num_threads(1)
 
@@ -248,3 +258,46 @@ def test_transform_preserves_logits_of_the_embedded_model():
     ids = torch.tensor([tok("Where was Talia Morven born? She was born in Quarnel.")["input_ids"]])
     ref = logits(model, state, ids)
     assert (logits(model, new, ids) - ref).abs().max() <= 1e-5
+
+
+def test_passing_qwen3_q_norm_through_would_break_the_function():
+    """Why an undeclared block tensor is refused: T with Qwen3's per-head q_norm / k_norm left as they are (the
+    old pass-through) changes the logits — the norm's per-dimension weights do not commute with the rotations."""
+    model = tiny_model("qwen3", head_dim=16)
+    layout = ModelLayout.from_hf_config(Qwen2Config(**SMALL))  # the same shapes, without the norms
+    assert layout.head_dim == model.config.head_dim
+    state = model.state_dict()
+    norms = {n: x for n, x in state.items() if n.endswith(("q_norm.weight", "k_norm.weight"))}
+    assert norms
+    with pytest.raises(UnsupportedModel, match="q_norm"):
+        layout.family.check_names(state)
+    t = sample_transform(layout, torch.Generator().manual_seed(7))
+    rest = apply_transform({n: x for n, x in state.items() if n not in norms}, layout, t)
+    ids = input_ids()
+    assert (logits(model, {**rest, **norms}, ids) - logits(model, state, ids)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_inverse_on_lora_factors_equals_inverse_on_their_product(kind):
+    """For every role of a matrix: T⁻¹ on (A, B) of an update B·A equals T⁻¹ on the dense B·A (fp32 rounding)."""
+    overrides = {"attention_bias": True, "mlp_bias": True} if kind == "llama" else {}
+    model = tiny_model(kind, **overrides)
+    layout = ModelLayout.from_hf_config(model.config)
+    g = torch.Generator().manual_seed(8)
+    t = sample_transform(layout, g)
+    roles = set()
+    for name, w in model.state_dict().items():
+        if w.dim() != 2:
+            continue
+        b = torch.randn(w.shape[0], 3, generator=g)
+        a = torch.randn(3, w.shape[1], generator=g)
+        dense = invert_transform({name: b @ a}, layout, t)[name]
+        a2, b2 = invert_lora(name, a, b, layout, t)
+        torch.testing.assert_close(b2 @ a2, dense, atol=1e-5 * dense.abs().max().item(), rtol=0)
+        if block_of(name) is not None:
+            role = layout.family.role(split_block(name)[1])
+            roles.add(role)
+            # the factor on the other side is left as it is
+            assert (a2 is a) if role.axis == ROWS else (b2 is b) if role.axis == COLUMNS else (a2 is a and b2 is b)
+    assert {r for r in roles if r.op != KEEP} == {ROTATE_QUERY_ROWS, ROTATE_KV_ROWS, ROTATE_QUERY_COLUMNS,
+                                                  PERMUTE_ROWS, PERMUTE_COLUMNS}

@@ -1,6 +1,6 @@
 """The MPU server (Pre-Process, Post-Process, the baselines' arms). Works on plain state dicts; never imports the client or the data."""
 
-from mpu_cli.models.family import SUPPORTED, UnsupportedModel, block_of, family_of
+from mpu_cli.models.family import block_of
 
 from .aggregate import UpdateAccumulator, harmonic_weights
 from .layout import ModelLayout
@@ -16,19 +16,16 @@ from .reparam import (
 from .server import MPUServer, ServerConfig
 
 __all__ = [
-    "SUPPORTED",
     "MPUServer",
     "ModelLayout",
     "ServerConfig",
     "Transform",
-    "UnsupportedModel",
     "UpdateAccumulator",
     "ZeroSumNoise",
     "alpha_schedule",
     "apply_transform",
     "block_of",
     "block_sigmas",
-    "family_of",
     "harmonic_weights",
     "identity_transform",
     "invert_lora",
