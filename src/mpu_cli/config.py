@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from mpu_cli.mpu.arms import ALPHA_ONE, ARMS, NOISED_ALPHAS, PLAIN_SCHEDULE, arm_of
 from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig
 
 CONF_DIR = str(Path(__file__).parent / "conf")
@@ -164,17 +165,11 @@ def _help(config_name: str) -> str:
     return config_help(config_name, CONF_DIR)
 
 
-def arm_tag(arm, kappa, m, alpha_schedule="linear", noised_alpha="one") -> str:
+def arm_tag(arm, kappa, m, alpha_schedule=PLAIN_SCHEDULE, noised_alpha=ALPHA_ONE) -> str:
     """`${mpu_arm_tag:${arm},${kappa},${m},${server.alpha_schedule},${server.noised_alpha}}`: the arm for run
-    folder names — clean (no κ, one copy), noised_k<κ> (one copy at σ), noised_k<κ>_a<mean|max>_m<m> (one
-    copy at the mean / largest α of m MPU copies), mpu_k<κ>_m<m> — with _<schedule> when α_k are not linear.
-    The defaults name every run as before these options existed."""
-    if arm == "clean":
-        return "clean"
-    schedule = "" if alpha_schedule == "linear" else f"_{alpha_schedule}"
-    if arm == "noised":
-        return f"noised_k{kappa}" if noised_alpha == "one" else f"noised_k{kappa}_a{noised_alpha}_m{m}{schedule}"
-    return f"{arm}_k{kappa}_m{m}{schedule}"
+    folder names (mpu.arms: clean, noised_k<κ>, noised_k<κ>_a<mean|max>_m<m>, mpu_k<κ>_m<m>, with _<schedule>
+    when α_k are not linear). The defaults name every run as before these options existed."""
+    return arm_of(arm).tag(kappa, m, alpha_schedule, noised_alpha)
 
 
 def _run_name(run_id, default) -> str:
@@ -203,8 +198,8 @@ def validate(cfg) -> None:
 
 
 def _validate(cfg) -> None:
-    from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
-    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES, PUBLISH_DTYPES
+    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
+    from mpu_cli.mpu.server import NOISE_REFERENCES, PUBLISH_DTYPES
     from mpu_cli.unlearn import ALGORITHMS
 
     check_known_keys(cfg)
@@ -219,8 +214,10 @@ def _validate(cfg) -> None:
         raise ConfigError(f"kappa={cfg.kappa} must be >= 0")
     if cfg.m < 1:
         raise ConfigError(f"m={cfg.m} must be >= 1")
-    if cfg.arm == "mpu" and cfg.m < 2:
-        raise ConfigError(f"m={cfg.m} with arm=mpu: MPU needs m >= 2 copies (use arm=noised for one)")
+    try:
+        arm_of(cfg.arm).check(cfg.m, cfg.server.noised_alpha)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds} must be >= 1")
     for key in ("client.epochs", "client.batch_size", "client.grad_accum", "eval.batch_size", "eval.max_new_tokens"):
@@ -239,9 +236,6 @@ def _validate(cfg) -> None:
     if cfg.server.noised_alpha not in NOISED_ALPHAS:
         raise ConfigError(f"server.noised_alpha={cfg.server.noised_alpha!r} is not one of {list(NOISED_ALPHAS)}"
                           f"{did_you_mean(cfg.server.noised_alpha, NOISED_ALPHAS)}")
-    if cfg.arm == "noised" and cfg.server.noised_alpha != "one" and cfg.m < 2:
-        raise ConfigError(f"m={cfg.m} with arm=noised server.noised_alpha={cfg.server.noised_alpha}: the copy "
-                          "takes the α of m MPU copies, so m must be >= 2")
     if cfg.server.noise_reference not in NOISE_REFERENCES:
         raise ConfigError(f"server.noise_reference={cfg.server.noise_reference!r} is not one of "
                           f"{list(NOISE_REFERENCES)}")

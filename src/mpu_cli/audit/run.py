@@ -19,7 +19,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mpu_cli.files import atomic_write_json, atomic_write_text
-from mpu_cli.mpu import ModelLayout, MPUServer
+from mpu_cli.mpu.arms import arm_of
+from mpu_cli.mpu.layout import ModelLayout
+from mpu_cli.mpu.server import MPUServer
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.settings import chat_format, client_config, server_config
 
@@ -78,7 +80,7 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
     # 2. client-side attacks: copies, public base, public architecture — nothing else -------------------------
     t1 = time.perf_counter()
     estimates = client_attacks(ClientView(copies=copies, base=base, layout=layout),
-                               align_copies=cfg.arm == "mpu")
+                               align_copies=arm_of(cfg.arm).reparameterized)
     t_attacks = time.perf_counter() - t1
 
     # 3. scorer: ground truth (θ_{r-1} and the round's secrets) ----------------------------------------------

@@ -291,8 +291,9 @@ It owns the exact model θ and the round secrets (--state, private) and exchange
 
 def parser() -> argparse.ArgumentParser:
     from mpu_cli.models.io import DTYPES
-    from mpu_cli.mpu.noise import ALPHA_SCHEDULES, NOISED_ALPHAS
-    from mpu_cli.mpu.server import ARMS, NOISE_REFERENCES, PUBLISH_DTYPES
+    from mpu_cli.mpu.arms import ARMS, NOISED_ALPHAS
+    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
+    from mpu_cli.mpu.server import NOISE_REFERENCES, PUBLISH_DTYPES
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="mpu-server", description=DESCRIPTION, formatter_class=fmt)

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 from mpu_cli.evals.benchmarks import SUMMARY_FILES
+from mpu_cli.mpu.arms import arm_label
 from mpu_cli.report.columns import DIRECTIONS
-from mpu_cli.report.compare import arm_label
 
 SHOWN = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "model_utility", "retain_Q_A_Prob",
          "retain_Q_A_ROUGE", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak",

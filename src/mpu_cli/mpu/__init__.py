@@ -1,36 +1,33 @@
-"""The MPU server (Pre-Process, Post-Process, the baselines' arms). Works on plain state dicts; never imports the client or the data."""
+"""The MPU server (Pre-Process, Post-Process, the baselines' arms). Works on plain state dicts; never imports the client or the data.
 
-from mpu_cli.models.family import block_of
+The names below load their module (and torch) when first used, so `mpu_cli.mpu.arms` stays light to import.
+"""
 
-from .aggregate import UpdateAccumulator, harmonic_weights
-from .layout import ModelLayout
-from .noise import ZeroSumNoise, alpha_schedule, block_sigmas, unprotected_sigma, zero_sum_noise
-from .reparam import (
-    Transform,
-    apply_transform,
-    identity_transform,
-    invert_lora,
-    invert_transform,
-    sample_transform,
-)
-from .server import MPUServer, ServerConfig
+from importlib import import_module
 
-__all__ = [
-    "MPUServer",
-    "ModelLayout",
-    "ServerConfig",
-    "Transform",
-    "UpdateAccumulator",
-    "ZeroSumNoise",
-    "alpha_schedule",
-    "apply_transform",
-    "block_of",
-    "block_sigmas",
-    "harmonic_weights",
-    "identity_transform",
-    "invert_lora",
-    "invert_transform",
-    "sample_transform",
-    "unprotected_sigma",
-    "zero_sum_noise",
-]
+_EXPORTS = {
+    "MPUServer": "mpu_cli.mpu.server",
+    "ModelLayout": "mpu_cli.mpu.layout",
+    "ServerConfig": "mpu_cli.mpu.server",
+    "Transform": "mpu_cli.mpu.reparam",
+    "UpdateAccumulator": "mpu_cli.mpu.aggregate",
+    "ZeroSumNoise": "mpu_cli.mpu.noise",
+    "alpha_schedule": "mpu_cli.mpu.noise",
+    "apply_transform": "mpu_cli.mpu.reparam",
+    "block_of": "mpu_cli.models.family",
+    "block_sigmas": "mpu_cli.mpu.noise",
+    "harmonic_weights": "mpu_cli.mpu.aggregate",
+    "identity_transform": "mpu_cli.mpu.reparam",
+    "invert_lora": "mpu_cli.mpu.reparam",
+    "invert_transform": "mpu_cli.mpu.reparam",
+    "sample_transform": "mpu_cli.mpu.reparam",
+    "unprotected_sigma": "mpu_cli.mpu.noise",
+    "zero_sum_noise": "mpu_cli.mpu.noise",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

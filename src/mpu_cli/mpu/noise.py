@@ -9,9 +9,6 @@ import torch
 from mpu_cli.models.family import block_of
 
 ALPHA_SCHEDULES = ("linear", "pow2", "random")
-# The noised baseline's one copy carries α·σ: one (α = 1), or the mean / largest α_k that MPU's m copies would
-# carry under the same schedule and m, so that one noisy copy can be compared like for like with MPU.
-NOISED_ALPHAS = ("one", "mean", "max")
 _CHUNK = 1 << 22  # elements per float64 chunk: bounds the temporary memory of a reduction on a large tensor
 
 
@@ -142,14 +139,3 @@ def alpha_schedule(m: int, kind: str = "linear", generator: torch.Generator | No
         draws = torch.rand(m - 1, generator=generator, dtype=torch.float64).sort().values
         return [1.0] + [1.0 + float(u) for u in draws]
     raise ValueError(f"alpha_schedule={kind!r} is not one of {', '.join(ALPHA_SCHEDULES)}")
-
-
-def noised_alpha(kind: str, alphas: list[float]) -> float:
-    """The noised copy's α from the α_k of MPU's copies (`alpha_schedule`): one → 1, mean, max."""
-    if kind == "one":
-        return 1.0
-    if kind == "mean":
-        return sum(alphas) / len(alphas)
-    if kind == "max":
-        return max(alphas)
-    raise ValueError(f"noised_alpha={kind!r} is not one of {', '.join(NOISED_ALPHAS)}")

@@ -22,20 +22,18 @@ from mpu_cli.finite import check_state, check_tensor
 from mpu_cli.models.family import block_of
 
 from .aggregate import UpdateAccumulator, harmonic_weights
+from .arms import ARMS, NOISED_ALPHAS, arm_of
 from .layout import ModelLayout
 from .noise import (
     ALPHA_SCHEDULES,
-    NOISED_ALPHAS,
     IndependentNoise,
     ZeroSumNoise,
     alpha_schedule,
     block_sigmas,
-    noised_alpha,
     unprotected_sigma,
 )
 from .reparam import Transform, apply_transform, invert_transform, sample_transform
 
-ARMS = ("clean", "noised", "mpu")
 NOISE_REFERENCES = ("base", "raw")
 # model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
 PUBLISH_DTYPES = ("model", "float32")
@@ -43,7 +41,7 @@ PUBLISH_DTYPES = ("model", "float32")
 
 @dataclass
 class ServerConfig:
-    arm: str = "mpu"  # "clean" | "noised" | "mpu"
+    arm: str = "mpu"  # one of mpu.arms.ARMS
     kappa: float = 0.01
     m: int = 2
     alpha_schedule: str = "linear"
@@ -73,13 +71,9 @@ class ServerConfig:
             bad("kappa", self.kappa, "a finite number >= 0")
         if not math.isfinite(self.eta):
             bad("eta", self.eta, "a finite number")
-        if self.arm == "mpu" and self.m < 2:
-            bad("m", self.m, "an integer >= 2 for arm=mpu (zero-sum noise needs two copies)")
         if self.noised_alpha not in NOISED_ALPHAS:
             bad("noised_alpha", self.noised_alpha, ", ".join(NOISED_ALPHAS))
-        if self.arm == "noised" and self.noised_alpha != "one" and self.m < 2:
-            bad("m", self.m, f"an integer >= 2 with noised_alpha={self.noised_alpha} (the m of the MPU copies "
-                "whose α it takes)")
+        arm_of(self.arm).check(self.m, self.noised_alpha)
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             bad("seed", self.seed, "an integer or null")
 
@@ -125,6 +119,7 @@ class MPUServer:
         layout.family.check_names(theta)  # no block tensor is ever published without a declared role
         self._layout = layout
         self._cfg = cfg
+        self._arm = arm_of(cfg.arm)
         self._base = base
         self._dtypes = {n: published_dtype(t.dtype, cfg.publish_dtype) for n, t in theta.items()}  # as published
         self._canonical = _alias_map(theta)
@@ -144,7 +139,7 @@ class MPUServer:
 
     @property
     def n_copies(self) -> int:
-        return self._cfg.m if self._cfg.arm == "mpu" else 1
+        return self._arm.copies(self._cfg.m)
 
     @property
     def layout(self) -> ModelLayout:
@@ -247,7 +242,7 @@ class MPUServer:
         returned = list(returned)
         self._check_returned(returned)
         where = f"round {self._round}"
-        if self._cfg.arm == "clean" and self._cfg.eta == 1.0:
+        if not self._arm.noisy and self._cfg.eta == 1.0:
             # θ + (θ̃ − θ) can differ from θ̃ in the last bit; the clean baseline must equal plain unlearning.
             theta = {n: returned[0][n].detach().to(torch.float32, copy=True) for n in self._theta}
             check_state(theta, f"{where}, returned copy 1", "the returned weight")
@@ -268,7 +263,7 @@ class MPUServer:
                 # not in place: the returned tensor may be the caller's own fp32 tensor
                 delta = {name: got.to(x.device, torch.float32) - pub.float()}  # Δ'_k
                 del pub
-                if self._cfg.arm == "mpu":
+                if self._arm.reparameterized:
                     delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
                 acc.add(delta, s.weights[k])
                 del delta
@@ -329,13 +324,13 @@ class MPUServer:
             meter.add_reference(group, x, None if ref is None else ref[name])
             noise = self._noise_source(name)
             for k in range(self.n_copies):
-                exact = x if self._cfg.arm != "mpu" else apply_transform({name: x}, self._layout, s.transforms[k])[name]
+                exact = apply_transform({name: x}, self._layout, s.transforms[k])[name] if self._arm.reparameterized else x
                 meter.add(k, group, self._published_tensor(name, k, noise), exact)
-        return meter.result(self._round, self._cfg.kappa if self._cfg.arm != "clean" else 0.0, s.alphas)
+        return meter.result(self._round, self._arm.effective_kappa(self._cfg.kappa), s.alphas)
 
     def exposed_fraction(self) -> float:
         """Fraction of (unique) parameters published without noise."""
-        if self._cfg.arm == "clean" or self._cfg.kappa == 0:
+        if not self._arm.noisy or self._cfg.kappa == 0:
             return 1.0
         unique = {self._canonical[n]: t.numel() for n, t in self._theta.items()}
         total = sum(unique.values())
@@ -348,26 +343,25 @@ class MPUServer:
     def _new_secrets(self, round_seed: int | None = None, sigmas: tuple[dict, float] | None = None) -> _RoundSecrets:
         """sigmas: (σ per block, σ of the unprotected tensors) recorded when the round was published; None
         recomputes them from θ_{r-1} (and the base)."""
-        cfg, r = self._cfg, self._round
+        cfg, arm, r = self._cfg, self._arm, self._round
         if round_seed is None:
             round_seed = secrets.randbits(63) if cfg.seed is None else _derive_seed(cfg.seed, "round", r)
         ref = self._base if self.noise_reference == "base" else None
         alphas = [1.0]
-        if cfg.arm == "mpu" or (cfg.arm == "noised" and cfg.noised_alpha != "one"):
+        if arm.draws_alphas(cfg.noised_alpha):
             alphas = alpha_schedule(cfg.m, cfg.alpha_schedule, _generator(_derive_seed(round_seed, "alpha")))
-        if cfg.arm == "noised":
-            alphas = [noised_alpha(cfg.noised_alpha, alphas)]
+        alphas = arm.copy_alphas(alphas, cfg.noised_alpha)
         s = _RoundSecrets(r, round_seed, self.noise_reference, alphas, harmonic_weights(alphas))
-        if cfg.arm != "clean" and sigmas is not None:
+        if arm.noisy and sigmas is not None:
             s.sigmas, s.sigma_unprotected = {int(k): float(v) for k, v in sigmas[0].items()}, float(sigmas[1])
-        elif cfg.arm != "clean":
+        elif arm.noisy:
             s.sigmas = block_sigmas(self._theta, ref, cfg.kappa, self._layout)
             if cfg.perturb_unprotected:
                 s.sigma_unprotected = unprotected_sigma(self._theta, ref, cfg.kappa)
-        if cfg.arm == "mpu":
+        if arm.reparameterized:
             s.transforms = [
                 sample_transform(self._layout, _generator(_derive_seed(round_seed, "transform", k)))
-                for k in range(cfg.m)
+                for k in range(self.n_copies)
             ]
         return s
 
@@ -375,18 +369,19 @@ class MPUServer:
         """The round's fp32 noise of one tensor (before α); each copy's part has its own seed, so it is
         regenerated identically, copy by copy, on every call. cache: keep it for the round (whole copies are
         built name by name, one copy after another)."""
-        s, cfg = self._secrets, self._cfg
+        s = self._secrets
         layer = block_of(name)
         sigma = s.sigma_unprotected if layer is None else s.sigmas.get(layer, 0.0)
-        if cfg.arm == "clean" or sigma == 0.0:
+        if not self._arm.noisy or sigma == 0.0:
             return None
         key = self._canonical[name]  # tied tensors (embed / lm_head) get the same noise
         if key in s.noise_cache:
             return s.noise_cache[key]
         shape = self._theta[name].shape
-        if cfg.arm == "noised":
+        if not self._arm.zero_sum:
             return IndependentNoise(shape, sigma, _derive_seed(s.round_seed, "noise", key, 0))
-        noise = ZeroSumNoise(shape, sigma, [_derive_seed(s.round_seed, "noise", key, k) for k in range(cfg.m)])
+        seeds = [_derive_seed(s.round_seed, "noise", key, k) for k in range(self.n_copies)]
+        noise = ZeroSumNoise(shape, sigma, seeds)
         if cache:
             s.noise_cache[key] = noise
         return noise
@@ -400,7 +395,7 @@ class MPUServer:
         """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] in the published dtype."""
         s, x = self._secrets, self._theta[name]
         y = x if noise is None else noise.copy(k, scale=s.alphas[k]).to(x.device).add_(x)
-        if self._cfg.arm == "mpu":
+        if self._arm.reparameterized:
             y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
         # a copy when y still is θ's own tensor: a client training in place must never touch θ
         return y.to(self._dtypes[name], copy=y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpu_cli.mpu.arms import ARMS, BASELINE, NOISY, arm_name, arm_of_label, name_order
 from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, MUSE_AVG_METRICS, avg_metrics
-from mpu_cli.report.compare import arm_name
 from mpu_cli.report.stats import t_interval, verdict
 
 METRICS = ("forget_Q_A_Prob", "deg_avg")
@@ -51,9 +51,9 @@ def _panel_labels(used: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def applies(used: pd.DataFrame) -> bool:
     """A break map needs clean runs and one noised/MPU arm at two or more κ."""
-    if not len(used) or "arm" not in used or not (used.arm == "clean").any():
+    if not len(used) or "arm" not in used or not (used.arm == BASELINE).any():
         return False
-    noisy = used[used.arm.isin(["noised", "mpu"])]
+    noisy = used[used.arm.isin(NOISY)]
     if not len(noisy):
         return False
     arms = pd.Series([arm_name(r) for r in noisy.to_dict("records")], index=noisy.index)
@@ -69,7 +69,7 @@ def break_points(used: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     metrics = map_metrics(df)
     rows = []
     for (panel, arm), g in df.groupby(["_panel", "_arm"], sort=False):
-        if arm == "clean":
+        if arm == BASELINE:
             for metric in metrics:
                 values = [0.0] * len(g) if metric == "deg_avg" else _num(g[metric]).tolist() if metric in g else []
                 iv = t_interval(values)
@@ -107,8 +107,8 @@ def break_table(points: pd.DataFrame) -> pd.DataFrame:
     measured κ the paired interval contains 0 (empty when already the smallest does not) — and `leaves_at`,
     the first κ where it does not (empty when none does), with the arm's mean there."""
     rows = []
-    noisy = points[points.arm != "clean"] if len(points) else points
-    clean = points[points.arm == "clean"].set_index(["panel", "metric"]) if len(points) else points
+    noisy = points[points.arm != BASELINE] if len(points) else points
+    clean = points[points.arm == BASELINE].set_index(["panel", "metric"]) if len(points) else points
     order = {a: i for i, a in enumerate(_order(noisy.arm))} if len(noisy) else {}
     groups = sorted(noisy.groupby(["panel", "arm", "metric"], sort=False),
                     key=lambda item: (item[0][0], order[item[0][1]], item[0][2] == "deg_avg"))
@@ -135,17 +135,20 @@ def break_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-WARM = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "gold")  # one noisy copy
-COOL = ("tab:blue", "navy", "tab:cyan", "tab:purple", "tab:olive", "tab:gray")  # MPU
-
-
 def _order(arms) -> list[str]:
     """clean, noised (σ, then α=mean, α=max), mpu by m, linear α before the other schedules."""
-    def key(a):
-        head = a.split()[0]
-        alpha = 1 if "α=mean" in a else 2 if "α=max" in a else 0
-        return ({"clean": 0, "noised": 1, "mpu": 2}.get(head, 9), alpha, len(a.split()), a)
-    return sorted(set(arms), key=key)
+    return sorted(set(arms), key=name_order)
+
+
+def _colors(arms: list[str]) -> dict[str, str]:
+    """Each arm's series in turn from its own palette (mpu.arms: warm for one noisy copy, cool for MPU)."""
+    seen = {name: 0 for name in ARMS}
+    out = {}
+    for a in arms:
+        arm = arm_of_label(a)
+        out[a] = arm.palette[seen[arm.name] % len(arm.palette)]
+        seen[arm.name] += 1
+    return out
 
 
 def figure_break_map(points: pd.DataFrame):
@@ -162,25 +165,23 @@ def figure_break_map(points: pd.DataFrame):
 
     if not len(points):
         return None
-    noisy = points[points.arm != "clean"]
+    noisy = points[points.arm != BASELINE]
     if not len(noisy) or noisy.groupby(["panel", "arm"]).kappa.nunique().max() < 2:
         return None
     panels = sorted(points.panel.unique())
     arms = _order(noisy.arm)
-    warm = [a for a in arms if a.startswith("noised")]
-    cool = [a for a in arms if not a.startswith("noised")]
-    colors = {a: WARM[i % len(WARM)] for i, a in enumerate(warm)} | {a: COOL[i % len(COOL)] for i, a in enumerate(cool)}
+    colors = _colors(arms)
     metrics = sorted(points.metric.unique(), key=lambda m: m == "deg_avg")  # the forget metric, then deg_avg
     fig, axes = plt.subplots(len(panels), len(metrics), figsize=(13.0, 3.1 * len(panels) + 0.9), squeeze=False)
     for row_axes, panel in zip(axes, panels):
         for ax, metric in zip(row_axes, metrics):
             scale = 100.0 if metric == "deg_avg" else 1.0
-            clean = points[(points.panel == panel) & (points.arm == "clean") & (points.metric == metric)]
+            clean = points[(points.panel == panel) & (points.arm == BASELINE) & (points.metric == metric)]
             if len(clean):
-                c = clean.iloc[0]
-                ax.axhline(scale * c["mean"], color="tab:green", lw=1.2, label="clean (band: its 95 %\ninterval over seeds)")
+                c, colour = clean.iloc[0], ARMS[BASELINE].colour
+                ax.axhline(scale * c["mean"], color=colour, lw=1.2, label="clean (band: its 95 %\ninterval over seeds)")
                 if not math.isnan(c["low"]) and c["high"] > c["low"]:
-                    ax.axhspan(scale * c["low"], scale * c["high"], color="tab:green", alpha=0.18, lw=0)
+                    ax.axhspan(scale * c["low"], scale * c["high"], color=colour, alpha=0.18, lw=0)
             measured = sorted(noisy[noisy.panel == panel].kappa.unique())
             for i, arm in enumerate(arms):
                 g = noisy[(noisy.panel == panel) & (noisy.arm == arm) & (noisy.metric == metric)].sort_values("kappa")

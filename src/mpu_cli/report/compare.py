@@ -27,6 +27,7 @@ import math
 
 import pandas as pd
 
+from mpu_cli.mpu.arms import ARMS, BASELINE, NOISY, is_arm_key, order
 from mpu_cli.mpu.survival import RESULT_COLUMNS
 from mpu_cli.report.columns import ABS, DIRECTIONS, HIGHER, LOWER, avg_metrics
 
@@ -40,39 +41,6 @@ SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split"
 ORDER = ("model", "data", "split", "algorithm", "arm", "kappa", "m")
 # results.csv columns that are not configuration (runs from before run.json carry their config there)
 _NOT_CONFIG_PREFIXES = ("target_", "time_", "deg_", "retainmodel_")
-
-
-def is_arm_key(key: str) -> bool:
-    return key in ("arm", "kappa", "m") or key.startswith("server.")
-
-
-def _blank(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def arm_name(row: dict) -> str:
-    """The arm without κ: clean | noised (one copy at σ) | noised α=mean(m=2) (one copy at the mean / largest α
-    of m MPU copies) | mpu m=2, each with the α schedule when it is not linear (e.g. "mpu m=4 pow2")."""
-    arm = row.get("arm")
-    if arm == "clean":
-        return "clean"
-    schedule = row.get("server.alpha_schedule")
-    schedule = "" if _blank(schedule) or schedule == "linear" else f" {schedule}"
-    if arm == "noised":
-        alpha = row.get("server.noised_alpha")
-        if _blank(alpha) or alpha == "one":
-            return "noised"
-        return f"noised α={alpha}(m={int(row['m'])}){schedule}"
-    return f"{arm} m={int(row['m'])}{schedule}"
-
-
-def arm_label(row: dict) -> str:
-    """The arm with its κ: "noised κ=0.1", "mpu κ=0.1 m=2", "noised κ=1 α=mean(m=2)"."""
-    name = arm_name(row)
-    if name == "clean":
-        return name
-    arm, _, rest = name.partition(" ")
-    return f"{arm} κ={float(row['kappa']):g}" + (f" {rest}" if rest else "")
 
 
 def _value(v):
@@ -95,17 +63,8 @@ def settings(config: dict, results: dict, metric_names: set[str]) -> dict:
         if key in ("target_hash", "leaks_theta0", "non_finite", *RESULT_COLUMNS):
             continue
         out[SHORT_NAMES.get(key, key)] = _value(value)
-    arm = out.get("arm")
-    if arm == "clean":
-        out |= {"kappa": 0.0, "m": 1}
-        out |= {k: None for k in out if k.startswith("server.")}
-    elif arm == "noised":
-        # one copy: m and the α schedule matter only when the copy takes the α of m MPU copies
-        out["server.noised_alpha"] = out.get("server.noised_alpha") or "one"
-        if out["server.noised_alpha"] == "one":
-            out |= {"m": 1, "server.alpha_schedule": None}
-    elif arm == "mpu":
-        out["server.noised_alpha"] = None
+    if out.get("arm") in ARMS:
+        out = ARMS[out["arm"]].settings(out)
     if out.get("kappa") is not None:
         out["kappa"] = float(out["kappa"])
     if results.get("target_hash") is not None:
@@ -180,7 +139,7 @@ def mark_duplicates(df: pd.DataFrame) -> pd.Series:
     first: dict[tuple, str] = {}
     for i in sorted(df.index, key=lambda i: df.at[i, "run"]):
         row = df.loc[i]
-        if row.get("arm") != "clean" and row.get("seed") is None:
+        if row.get("arm") != BASELINE and row.get("seed") is None:
             continue  # unseeded noisy runs are independent draws, never duplicates
         ident = (row["_group"], row["_replicate"])
         if ident in first:
@@ -199,8 +158,8 @@ def add_degradation(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     df["deg_avg"], df["deg_avg_over"], df["clean_run"] = math.nan, "", ""
     used = df[df.duplicate_of == ""]
     # unseeded: the clean run is deterministic (no secrets): it pairs with every unseeded draw of its client.seed
-    cleans = {(r._base, r._replicate): i for i, r in used[used.arm == "clean"].iterrows()}
-    for i, row in used[used.arm.isin(["noised", "mpu"])].iterrows():
+    cleans = {(r._base, r._replicate): i for i, r in used[used.arm == BASELINE].iterrows()}
+    for i, row in used[used.arm.isin(NOISY)].iterrows():
         j = cleans.get((row._base, row._replicate))
         if j is None:
             df.at[i, "clean_run"] = "(no clean run)"
@@ -213,13 +172,10 @@ def add_degradation(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return df
 
 
-ARM_ORDER = {"clean": 0, "noised": 1, "mpu": 2}
-
-
 def sort_key(s: pd.Series) -> pd.Series:
     """Table order: arms clean → noised → mpu, numbers by value, the rest as text."""
     if s.name == "arm":
-        return s.map(lambda a: ARM_ORDER.get(a, 9))
+        return s.map(order)
     numeric = pd.to_numeric(s, errors="coerce")
     if numeric.notna().sum() == s.notna().sum():
         return numeric

@@ -25,12 +25,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
-from mpu_cli.report.compare import arm_label as _arm_label
+from mpu_cli.mpu.arms import NOISY, arm_label, arm_name, arm_of_label, is_arm_key, label_order
 from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, MUSE_AVG_METRICS
-from mpu_cli.report.compare import arm_name, is_arm_key
 from mpu_cli.report.stats import t_interval
 
-ARM_COLORS = {"clean": "tab:green", "noised": "tab:red", "mpu": "tab:blue"}
 MARKERS = "osD^v<>pPX*h"
 BAR_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
 # (forgetting, utility) axes of plot_forget_vs_utility, the first pair with values is drawn
@@ -94,18 +92,19 @@ def _panels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def _series_order(labels) -> list[str]:
-    def key(lab):
-        arm = lab.split()[0]
-        return ({"clean": 0, "noised": 1, "mpu": 2}.get(arm, 9), lab)
-    return sorted(set(labels), key=key)
+    return sorted(set(labels), key=label_order)
 
 
 def _color(label: str, i: int, n: int):
-    arm = label.split()[0]
-    if arm == "clean":
-        return ARM_COLORS["clean"]
-    cmap = plt.cm.Reds if arm == "noised" else plt.cm.Blues
-    return cmap(0.45 + 0.5 * i / max(1, n - 1))
+    """The arm's colour, or the i-th of n shades of it when the arm has several series."""
+    arm = arm_of_label(label)
+    if arm.shades is None:
+        return arm.colour
+    return matplotlib.colormaps[arm.shades](0.45 + 0.5 * i / max(1, n - 1))
+
+
+def _noisy(series: list[str]) -> list[str]:
+    return [s for s in series if arm_of_label(s).noisy]
 
 
 def _mean_ci(values) -> tuple[float, float]:
@@ -123,10 +122,10 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
         metrics = [m for m in MUSE_AVG_METRICS if _has(used, m)]
     if not metrics or not len(used):
         return None
-    df = used.assign(fig_panel=_panels(used, keys), fig_arm=[_arm_label(r) for r in used.to_dict("records")])
+    df = used.assign(fig_panel=_panels(used, keys), fig_arm=[arm_label(r) for r in used.to_dict("records")])
     groups = sorted(df["fig_panel"].unique())
     series = _series_order(df["fig_arm"])
-    noisy = [s for s in series if s != "clean"]
+    noisy = _noisy(series)
     # at least wide enough for the title and a legend row of five arms, whatever the number of bars
     fig_width = min(18.0, max(8.5, 2.5 + 0.32 * len(groups) * len(series)))
     legend_cols = max(1, int(fig_width / 1.7))
@@ -163,7 +162,7 @@ def figure_arms(used: pd.DataFrame, keys: list[str]):
 
 def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
     """deg_avg in % against κ; None unless the noised/MPU runs have two or more κ values and a deg_avg."""
-    noisy = used[used.arm.isin(["noised", "mpu"])]
+    noisy = used[used.arm.isin(NOISY)]
     if "deg_avg" not in noisy or noisy.deg_avg.notna().sum() == 0 or _num(noisy.kappa).nunique() < 2:
         return None
     df = noisy.assign(fig_panel=_panels(noisy, keys),
@@ -209,11 +208,11 @@ def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
     if not axes_with_values:
         return None
     ycol, xcol = axes_with_values[0]
-    df = used.assign(fig_arm=[_arm_label(r) for r in used.to_dict("records")])
+    df = used.assign(fig_arm=[arm_label(r) for r in used.to_dict("records")])
     fig, ax = plt.subplots(figsize=(7.6, 4.8))
     algorithms = sorted(df.algorithm.astype(str).unique())
     series = _series_order(df["fig_arm"])
-    noisy = [s for s in series if s != "clean"]
+    noisy = _noisy(series)
     for a_i, alg in enumerate(algorithms):
         for s in series:
             g = df[(df.algorithm.astype(str) == alg) & (df["fig_arm"] == s)]

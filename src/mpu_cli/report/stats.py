@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mpu_cli.mpu.arms import BASELINE, NOISY
 from mpu_cli.report.columns import ABS, DIRECTIONS, HIGHER, LOWER, avg_metrics
 from mpu_cli.report.compare import deg_average, relative_degradation, sort_key
 
@@ -110,13 +111,13 @@ def paired_differences(used: pd.DataFrame, keys: list[str], metrics: list[str]) 
     `used` holds the finished, non-duplicate runs with clean_run and deg_avg filled in."""
     rows = []
     by_run = used.set_index("run")
-    noisy = used[used.arm.isin(["noised", "mpu"])]
+    noisy = used[used.arm.isin(NOISY)]
     for _, group in noisy.groupby("_group", sort=False):
         first = group.iloc[0]
         label = {k: first.get(k) for k in keys}
         paired = group[group.clean_run.isin(by_run.index)]
         cleans_paired = by_run.loc[paired.clean_run] if len(paired) else by_run.iloc[:0]
-        all_cleans = used[(used.arm == "clean") & (used._base == first._base)]
+        all_cleans = used[(used.arm == BASELINE) & (used._base == first._base)]
         for metric in [*metrics, "deg_avg"]:
             if metric == "deg_avg":
                 diffs = pd.to_numeric(paired.deg_avg, errors="coerce").tolist()

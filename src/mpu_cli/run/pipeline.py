@@ -22,6 +22,7 @@ from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.models.check import check_models
 from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype, state_dict_fp32
 from mpu_cli.models.prepare import prepare_models
+from mpu_cli.mpu.arms import arm_of
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer
 from mpu_cli.mpu.survival import result_columns
@@ -192,10 +193,11 @@ def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> di
     """results.csv's one row: what identifies the run (short names, the arm's effective κ and m, the target's
     content hash), every other leaf of the resolved configuration under its dotted key, then the metrics.
     Non-finite metric values are left empty and named in `non_finite`."""
+    arm = arm_of(cfg.arm)
     row = {
         "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "algorithm": cfg.algorithm.name,
-        "arm": cfg.arm, "kappa": cfg.kappa if cfg.arm != "clean" else 0.0,
-        "m": cfg.m if cfg.arm == "mpu" or (cfg.arm == "noised" and cfg.server.noised_alpha != "one") else 1,
+        "arm": cfg.arm, "kappa": arm.effective_kappa(cfg.kappa),
+        "m": arm.effective_m(cfg.m, cfg.server.noised_alpha),
         "seed": cfg.seed, "target_hash": target_hash,
         "leaks_theta0": cfg.client.reference == "server_clean",
     }
