@@ -3,7 +3,7 @@
 
 Writes ``src/mpu_cli/models/embedded_base/`` (a Hugging Face model folder: safetensors weights, config, the
 embedded tokenizer) and ``recipe.json`` there: the pretraining recipe (tokenizer, corpus and chat-format
-digests, epochs, lr, batch size, seed of the default ``prepare`` settings) and the weights' SHA-256. The
+digests, epochs, lr, batch size, seed of the default ``prepare`` settings) and the SHA-256 of each file. The
 prepare stage uses the shipped folder whenever a run asks for that recipe, and pretrains a base itself (into
 the cache) when it asks for another. Rerun this after changing how the base is pretrained; one thread, so the
 bytes do not depend on the machine's core count.
@@ -21,7 +21,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mpu_cli.config import CONF_DIR, register_configs
-from mpu_cli.models.prepare import build_embedded_base, embedded_base_recipe, weights_digest, write_shipped_base
+from mpu_cli.models.identity import model_identity
+from mpu_cli.models.prepare import build_embedded_base, embedded_base_recipe, write_shipped_base
 from mpu_cli.models.tiny import SHIPPED_BASE, load_embedded_tokenizer
 from mpu_cli.run.settings import chat_format
 
@@ -40,7 +41,7 @@ def main() -> None:
         shutil.rmtree(SHIPPED_BASE, ignore_errors=True)
         shutil.copytree(built, SHIPPED_BASE)
     write_shipped_base(recipe, SHIPPED_BASE)
-    print(f"{SHIPPED_BASE}: pretrained in {time.perf_counter() - t:.0f} s, weights sha256 {weights_digest(SHIPPED_BASE)}")
+    print(f"{SHIPPED_BASE}: pretrained in {time.perf_counter() - t:.0f} s, identity {model_identity(SHIPPED_BASE).digest}")
 
 
 if __name__ == "__main__":

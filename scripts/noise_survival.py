@@ -51,8 +51,9 @@ def _prepared_bf16(config_name: str) -> tuple[dict, dict, object, dict]:
     """(θ bf16, θ_base fp32 of the bf16 base, HF config, facts) of a config's prepared target and base."""
     import torch
 
+    from mpu_cli.cache import built_info
     from mpu_cli.models.io import load_model, state_dict_fp32
-    from mpu_cli.models.prepare import _built_info, prepare_models
+    from mpu_cli.models.prepare import prepare_models
 
     cfg = _compose(config_name)
     if config_name == "reproduce_smollm2" and not (REPO / cfg.data.source).exists():
@@ -65,7 +66,7 @@ def _prepared_bf16(config_name: str) -> tuple[dict, dict, object, dict]:
     fp32_target, config = state_dict_fp32(target), target.config
     del target
     fp32_base = state_dict_fp32(load_model(prepared.base, torch.float32))
-    facts = {"target": prepared.target, "prepare": _built_info(prepared.target),
+    facts = {"target": prepared.target, "prepare": built_info(prepared.target),
              "relative_task_vector_fp32": _relative(fp32_target, fp32_base)}
     # bf16 as `model.dtype=bfloat16` loads both (the prepare stage fine-tunes in fp32 and casts on save)
     theta = {n: t.to(torch.bfloat16) for n, t in fp32_target.items()}

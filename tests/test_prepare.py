@@ -5,7 +5,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mpu_cli.config import DataConfig, ModelConfig, PrepareSettings
-from mpu_cli.models.prepare import COMPLETE, prepare_models
+from mpu_cli.cache import MARKER as COMPLETE
+from mpu_cli.models.prepare import prepare_models
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_cache_is_reused_when_inputs_are_equal_and_rebuilt_when_not(tmp_path):
 
     changed = _prepare(tmp_path, lr=1e-3)
     assert changed.base != first.base and changed.target != first.target
-    info = json.loads((Path(changed.target) / "prepare_key.json").read_text())
+    info = json.loads((Path(changed.target) / COMPLETE).read_text())
     assert info["key"]["lr"] == 1e-3
 
 

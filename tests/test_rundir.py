@@ -139,7 +139,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path, caplog):
 
     calls: list = []
     entry = Path(_cached(tmp_path, "target", {"k": 1}, _fake_build(calls)))
-    assert len(calls) == 1 and json.loads((entry / "prepare_key.json").read_text())["weights_sha256"]
+    assert len(calls) == 1 and json.loads((entry / "COMPLETE").read_text())["files"]["model.safetensors"]
     assert _cached(tmp_path, "target", {"k": 1}, _fake_build(calls)) == str(entry) and len(calls) == 1  # reused
     weights = entry / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -148,9 +148,9 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert _cached(tmp_path, "target", {"k": 1}, _fake_build(calls)) == str(entry)
     assert len(calls) == 2 and "is damaged" in caplog.text and "rebuilding" in caplog.text
-    from mpu_cli.models.prepare import weights_digest
+    from mpu_cli.cache import damaged
 
-    assert weights_digest(entry) == json.loads((entry / "prepare_key.json").read_text())["weights_sha256"]
+    assert damaged(entry) is None
 
 
 def test_temporary_folders_of_killed_builds_are_removed(tmp_path):

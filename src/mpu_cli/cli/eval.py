@@ -171,8 +171,8 @@ def run_eval(cfg, out: Path) -> dict:
     dtype = resolve_dtype(cfg.model.dtype)
     if device.type == "cpu" and dtype != resolve_dtype("float32"):
         log.warning("evaluating in %s on CPU (slow); model.dtype=float32 is faster there", cfg.model.dtype)
-    tokenizer = load_tokenizer(tok_path)
-    model = load_model(model_path, dtype).to(device)
+    tokenizer = load_tokenizer(tok_path, cfg.prepare.cache_dir)  # a GGUF file: converted into the cache
+    model = load_model(model_path, dtype, cfg.prepare.cache_dir).to(device)
     t_load = time.perf_counter() - t0
     log.info("evaluating %s (tokenizer %s) on %s/%s, device %s", model_path, tok_path, cfg.data.name,
              cfg.data.split, device)

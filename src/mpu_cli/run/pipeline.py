@@ -26,13 +26,12 @@ from mpu_cli.mpu.arms import arm_of
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer
 from mpu_cli.mpu.survival import result_columns
-from mpu_cli.run import rundir
+from mpu_cli.run import identity, rundir
 from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.run.evaluation import (
     cached_evaluation,
     eval_config,
     eval_data,
-    model_digest,
     retain_reference_from_logs,
 )
 from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_families, check_model_sources
@@ -70,7 +69,11 @@ def run(cfg, out: Path) -> dict:
         check_models(prepare_models(OmegaConf.merge(model_cfg, {"retain": None}), cfg.data, cfg.prepare), model_cfg)
     prepared = prepare_models(model_cfg, cfg.data, cfg.prepare)
     check_models(prepared, model_cfg)  # architectures and shapes agree
+    models = identity.run_models(prepared)  # by content: weights, config, tokenizer
+    if mode == "resume":
+        identity.check_unchanged(out, models)  # never continue a run on other models than it started with
     rundir.start(cfg, out, mode)
+    identity.record(out, models)
     if mode == "resume":
         log.info("resuming the unfinished run in %s", out)
     kill_point("after_prepare")
@@ -84,12 +87,13 @@ def run(cfg, out: Path) -> dict:
     if retain_ref is not None:
         log.info("retain reference: %s", retain_logs)
     elif prepared.retain:
-        retain_eval = cached_evaluation(cfg, prepared.retain, tokenizer, fmt, dtype, device, data, None, "retain")
+        retain_eval = cached_evaluation(cfg, prepared.retain, tokenizer, fmt, dtype, device, data, None, "retain",
+                                        identity.evaluated_digest(models, "retain"))
         bench.write_eval(out / "retain", retain_eval)
         retain_ref = bench.reference_from(retain_eval)  # None under eval.metrics=quick
-    target_hash = model_digest(prepared.target)  # once: the evaluation cache key and results.csv both use it
+    target_hash = models["target"].digest  # results.csv: the target's content
     target_eval = cached_evaluation(cfg, prepared.target, tokenizer, fmt, dtype, device, data, retain_ref, "target",
-                                    digest=target_hash)
+                                    identity.evaluated_digest(models, "target"))
     bench.write_eval(out / "target", target_eval)
     kill_point("after_target_eval")
 
