@@ -174,3 +174,37 @@ def test_a_gguf_model_is_converted_into_prepare_cache_dir(tmp_path, monkeypatch)
     stamp = (converted / cache.MARKER).stat().st_mtime_ns
     assert prepare_models(model, OmegaConf.structured(DataConfig(split="forget01")), prep) == prepared
     assert (converted / cache.MARKER).stat().st_mtime_ns == stamp  # converted once
+
+
+def test_an_edited_config_is_never_evaluated_from_a_stale_cache(tmp_path):
+    """The fixed-model evaluation is keyed by the model's identity: after its config.json changed (same weights),
+    the evaluation is computed again, not read from the entry of the old config."""
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+
+    from mpu_cli.config import CONF_DIR, register_configs
+    from mpu_cli.models.io import load_tokenizer, resolve_dtype
+    from mpu_cli.run.evaluation import cached_evaluation, eval_data
+    from mpu_cli.run.settings import chat_format
+
+    folder = _copy_of_a_model(tmp_path)
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=["data.split=forget01", "eval.metrics=quick",
+                                                       "eval.max_new_tokens=4", f"prepare.cache_dir={tmp_path / 'c'}"])
+    prepared = SimpleNamespace(base=None, target=str(folder), retain=None, tokenizer=str(folder))
+    data = {k: v[:4] for k, v in eval_data(cfg.data).items()}
+
+    def evaluate() -> dict:
+        models = identity.run_models(prepared)
+        return cached_evaluation(cfg, str(folder), load_tokenizer(str(folder)), chat_format(cfg.model),
+                                 resolve_dtype("float32"), None, data, None, "target",
+                                 identity.evaluated_digest(models, "target"))
+
+    before = evaluate()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"rms_norm_eps": 0.5}))
+    after = evaluate()
+    assert after["forget_Q_A_Prob"] != before["forget_Q_A_Prob"]
+    assert len(list((tmp_path / "c" / "evals").glob("eval-*"))) == 2
