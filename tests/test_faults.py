@@ -97,7 +97,7 @@ def test_resumed_run_equals_uninterrupted(fault_runs):
     assert json.loads((run / "TOFU_EVAL.json").read_text()) == json.loads((ref / "TOFU_EVAL.json").read_text())
     # Checkpoints of finished rounds are cleaned up: only θ_R (and the noise measurement) remains; no temporary file.
     assert sorted(p.name for p in (run / "server_private").iterdir()) == [
-        ".private", "noise_survival.json", "state.json", "theta_r2.safetensors"]
+        ".private", "models.json", "noise_survival.json", "state.json", "theta_r2.safetensors"]
     survival = json.loads((run / "server_private" / "noise_survival.json").read_text())["rounds"]
     assert survival == json.loads((ref / "server_private" / "noise_survival.json").read_text())["rounds"]
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
