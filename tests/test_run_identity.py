@@ -38,7 +38,7 @@ def test_resume_refuses_a_target_changed_since_the_run_started(mpu_run_cmd, tmp_
     shutil.copytree(_prepared_target(), target)
     out = tmp_path / "run"
     args = [*mpu_run_cmd, *FAST, f"model.target={target}", f"hydra.run.dir={out}"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False,
                           env=dict(os.environ, MPU_KILL_AT="after_prepare"))
     assert proc.returncode == -9, proc.stderr[-3000:]
     if name == "config.json":
@@ -47,7 +47,7 @@ def test_resume_refuses_a_target_changed_since_the_run_started(mpu_run_cmd, tmp_
     else:
         _flip_a_byte(target / name)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    proc = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, lines
