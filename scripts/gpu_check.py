@@ -53,8 +53,8 @@ def run_check(tiny: bool = False, m: int = 2, model_path: str | None = None, spl
     from mpu_cli.evals.tofu import QUICK_METRICS, EvalConfig, evaluate, summarize
     from mpu_cli.models.io import load_state_into, load_tokenizer
     from mpu_cli.models.tiny import load_embedded_tokenizer
-    from mpu_cli.mpu.layout import ModelLayout
-    from mpu_cli.mpu.server import MPUServer, ServerConfig
+    from mpu_cli.mpu.build import build_server
+    from mpu_cli.mpu.settings import ServerConfig
     from mpu_cli.unlearn import build_algorithm
     from mpu_cli.run.rounds import InProcessRounds, drive
     from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
@@ -77,14 +77,11 @@ def run_check(tiny: bool = False, m: int = 2, model_path: str | None = None, spl
             model = AutoModelForCausalLM.from_config(llama_config(tiny, len(tokenizer), tokenizer), dtype=dtype)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    theta, seen = {}, {}  # the server's θ: fp32 on the host, tied tensors (embed / lm_head) kept as one
-    for k, v in model.state_dict().items():
-        key = (v.data_ptr(), tuple(v.shape))
-        theta[k] = seen[key] if key in seen else seen.setdefault(key, v.detach().to("cpu", torch.float32))
-    layout = ModelLayout.from_hf_config(model.config)
+    # the server: θ_0 copied to the host (fp32 there), copies published in the model's bf16
+    server = build_server(model, ServerConfig(arm="mpu", kappa=0.01, m=m, seed=seed, noise_reference="raw"))
+    theta = {k: v.clone() for k, v in server.theta.items()}  # θ_0: aggregate updates the server's θ in place
     times["build_s"] = time.perf_counter() - t
 
-    server = MPUServer(theta, layout, ServerConfig(arm="mpu", kappa=0.01, m=m, seed=seed, noise_reference="raw"))
     fmt = ChatFormat(max_length=128)
     algo = build_algorithm(algorithm, {})
     data = encode_client_data(tokenizer, fmt, "embedded", split, algo)
@@ -92,7 +89,6 @@ def run_check(tiny: bool = False, m: int = 2, model_path: str | None = None, spl
                               mixed_precision="no", gradient_checkpointing=gradient_checkpointing)
 
     def unlearn_fn(r: int, k: int, published: dict) -> dict:
-        published = {name: v.to(dtype) for name, v in published.items()}  # published in bf16
         return unlearn_copy(model, published, algo, data, client_cfg, pad_id(tokenizer), desc=f"copy {k + 1}/{m}")
 
     # the project's one round loop; its timings split Pre/Post-Process (server) from the client's work

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mpu_cli.cli.aliases import rewrite
-from mpu_cli.cli.help import config_help, parse
-from mpu_cli.config import CONF_DIR, register_configs, validate
+from mpu_cli.cli.help import config_help, parse, schema_entries
+from mpu_cli.config import CONF_DIR, MPUConfig, register_configs, validate
 
 CONF = Path(CONF_DIR)
 RUN_ONLY_GROUPS = ("algorithm", "experiment", "variant", "tofu_split", "accelerate")
@@ -52,14 +52,14 @@ def test_comments_become_meanings_with_continuation_lines_and_dotted_keys():
 
 
 def test_run_help_lists_every_group_and_main_key_and_each_key_exists():
-    text = config_help("config", CONF_DIR)
+    text = config_help("config", CONF_DIR, schema_entries(MPUConfig))
     assert set(_group_lines(text)) == {"model", "data", "algorithm", *RUN_ONLY_GROUPS}
     for key in ("arm=mpu", "kappa=0.01", "m=2", "rounds=1", "seed=null", "client.lr", "client.epochs",
                 "server.alpha_schedule=linear", "eval.metrics=all", "prepare.cache_dir", "save_model=false"):
         assert f"  {key}" in text, key
     assert "mpu_k0.1_m3" in text and "forget05" in text and "deepspeed_zero3" in text
     cfg = _compose([])
-    for k in parse((CONF / "config.yaml").read_text())[1]:
+    for k in parse((CONF / "config.yaml").read_text())[1] + schema_entries(MPUConfig):
         assert OmegaConf.select(cfg, k.name, default="<absent>") != "<absent>", k.name
         assert k.meaning, f"{k.name} has no comment in conf/config.yaml"
 

@@ -122,27 +122,40 @@ def test_noised_alpha_is_refused_when_bad(theta):
     ServerConfig(arm="noised", m=1)  # one copy at σ needs no m
 
 
-def test_noised_alpha_travels_to_mpu_server_init(tmp_path, capsys):
-    """transport=files: run/processes.py hands server_config(cfg)'s noised_alpha to `mpu-server init`, whose
-    parser reads it back and whose ServerConfig refuses a bad one before loading any model."""
-    from types import SimpleNamespace
-
+def test_the_server_settings_travel_to_mpu_server_init_in_server_json(tmp_path, capsys):
+    """transport=files: run/processes.py writes ServerConfig.from_config(cfg) as SERVER.json into the private state
+    folder; `mpu-server init --config` reads it back whole (the seed included, which is never an option), its
+    options override it, and a bad value is refused in one line before any model is loaded."""
     from omegaconf import OmegaConf
 
     from mpu_cli.cli.server import main, parser
     from mpu_cli.config import MPUConfig
-    from mpu_cli.run.processes import server_init_args
+    from mpu_cli.run.processes import write_server_settings
 
-    cfg = OmegaConf.merge(OmegaConf.structured(MPUConfig),
-                          OmegaConf.from_dotlist(["arm=noised", "kappa=1.0", "server.noised_alpha=max"]))
-    prepared = SimpleNamespace(target="T", tokenizer="T", base=None)
-    args = parser().parse_args(server_init_args(cfg, prepared, tmp_path / "state", tmp_path / "exchange"))
-    assert (args.arm, args.kappa, args.noised_alpha) == ("noised", 1.0, "max")
-    with pytest.raises(SystemExit) as exit_:
-        main(["init", "--state", str(tmp_path / "s"), "--exchange", str(tmp_path / "x"), "--target", "T",
-              "--arm", "noised", "--noised-alpha", "median"])
-    assert exit_.value.code == 2
-    assert "noised_alpha='median' is not valid; accepted: one, mean, max" in capsys.readouterr().err
+    cfg = OmegaConf.merge(OmegaConf.structured(MPUConfig), OmegaConf.from_dotlist(
+        ["arm=noised", "kappa=1", "seed=7", "server.noised_alpha=max", "server.perturb_unprotected=true"]))
+    path = write_server_settings(cfg, tmp_path / "state")
+    sent = ServerConfig.from_config(cfg)
+    assert ServerConfig.read(path) == sent and (sent.arm, sent.kappa, sent.seed, sent.noised_alpha) == (
+        "noised", 1.0, 7, "max") and isinstance(sent.kappa, float)
+    args = parser().parse_args(["init", "--state", "s", "--exchange", "x", "--target", "T", "--config", str(path),
+                                "--m", "3", "--no-perturb-unprotected"])
+    given = ServerConfig.read(args.config, {name: getattr(args, name) for name in args.settings})
+    assert (given.m, given.perturb_unprotected, given.seed, given.noised_alpha) == (3, False, 7, "max")
+    with pytest.raises(SystemExit):  # the seed is a secret: no option for it
+        parser().parse_args(["init", "--state", "s", "--exchange", "x", "--target", "T", "--seed", "1"])
+    capsys.readouterr()
+    for argv, message in (
+            (["--arm", "noised", "--noised-alpha", "median"], "noised_alpha='median' is not valid; accepted: one, mean, max"),
+            (["--config", str(tmp_path / "none.json")], "none.json: not a readable SERVER.json"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["init", "--state", str(tmp_path / "s"), "--exchange", str(tmp_path / "x"), "--target", "T", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and message in err[0], err
+    (tmp_path / "extra.json").write_text(json.dumps({"kappa": 0.1, "sigma": 2}))
+    with pytest.raises(ValueError, match=r"unknown keys \['sigma'\]; accepted: \['alpha_schedule'"):
+        ServerConfig.read(tmp_path / "extra.json")
 
 
 def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):

@@ -25,7 +25,7 @@ def server():
 
 
 def test_a_checkpointed_round_is_restored_by_mpu_server(server, tmp_path):
-    from mpu_cli.cli import server as server_cli
+    from mpu_cli.transport import server as server_party
 
     ckpt = Checkpoint(tmp_path)
     copies = server.publish()
@@ -35,7 +35,7 @@ def test_a_checkpointed_round_is_restored_by_mpu_server(server, tmp_path):
     assert "round_seed" not in st and "sigmas" not in st  # the secrets live in round_1.json only
     # mpu-server's own restore (θ_0: no θ file yet, so the caller's θ) gives back the very same copies
     st_mpu = st | {"theta_file": "theta_r0.safetensors"} | ServerState(ckpt.dir).write_theta(0, server.theta)
-    again = server_cli._restore(ckpt.dir, st_mpu, with_base=False)
+    again = server_party.restore(ckpt.dir, st_mpu, with_base=False)
     assert again.pending and again.round == 1
     for a, b in zip(again.pending_copies(), copies):
         assert all(torch.equal(a[n], b[n]) for n in b)

@@ -184,8 +184,10 @@ def test_the_survival_record_stays_in_the_private_state_of_both_servers(tmp_path
             p.add_(0.01)
     target.save_pretrained(str(base))
     state, exchange = tmp_path / "server_private", tmp_path / "exchange"
+    settings = tmp_path / "server.json"
+    ServerConfig(seed=0).write(settings)
     server_cli.main(["init", "--state", str(state), "--exchange", str(exchange), "--target", str(tmp_path / "target"),
-                     "--base", str(base), "--kappa", "0.1", "--seed", "0"])
+                     "--base", str(base), "--config", str(settings), "--kappa", "0.1"])
     server_cli.main(["publish", "--state", str(state)])
     record = json.loads((state / "noise_survival.json").read_text())["rounds"]["1"]
     assert [c["copy"] for c in record["copies"]] == [1, 2]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -116,13 +117,17 @@ def inprocess_theta(cfg, prepared, tmp_path_factory):
 def scenario(tmp_path_factory, cfg, prepared):
     """init + publish by the server; the client, isolated, unlearns both copies (one process, sequentially)."""
     from mpu_cli.run.settings import client_settings
-    from mpu_cli.run.processes import server_init_args
+    from mpu_cli.run.processes import server_init_args, write_server_settings
 
     root = tmp_path_factory.mktemp("scenario")
     state, exchange, recs = root / "run" / "server_private", root / "run" / "exchange", root / "records"
     recs.mkdir()
-    init = server_init_args(cfg, prepared, state, exchange)
-    assert init[:5] == ["init", "--state", str(state), "--exchange", str(exchange)] and "--seed" in init
+    settings = write_server_settings(cfg, state)
+    init = server_init_args(prepared, cfg.model.dtype, state, exchange, settings)
+    assert init[:5] == ["init", "--state", str(state), "--exchange", str(exchange)]
+    # the seed travels in the private SERVER.json, never on the command line
+    assert "--seed" not in init and cfg.seed is not None and json.loads(settings.read_text())["seed"] == cfg.seed
+    assert stat.S_IMODE(os.stat(settings).st_mode) == 0o600
     _server(init, recs / "init")
     _server(["publish", "--state", state], recs / "publish")
 
@@ -174,8 +179,8 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_server_cli_source_imports_neither_client_nor_data():
-    server_side = {"cli/server.py": True, "transport/exchange.py": False, "transport/errors.py": False,
-                   "run/processes.py": True}  # path -> may it import the server (mpu)?
+    server_side = {"cli/server.py": True, "transport/server.py": True, "transport/exchange.py": False,
+                   "transport/errors.py": False, "run/processes.py": True}  # path -> may it import the server (mpu)?
     for name, may_import_server in server_side.items():
         for mod in _imports(SRC / name):
             parts = mod.split(".")
@@ -187,11 +192,11 @@ def test_server_cli_source_imports_neither_client_nor_data():
 
 
 def test_exchange_folder_holds_no_secret_and_no_theta(scenario):
-    from mpu_cli.cli import server as server_cli
+    from mpu_cli.transport import server as server_party
 
     state, exchange = scenario["state"], scenario["exchange"]
     st = json.loads((state / "state.json").read_text())
-    secrets = server_cli._restore(state, st, with_base=False).private_state()
+    secrets = server_party.restore(state, st, with_base=False).private_state()
     assert secrets["alphas"] == [1.0, 2.0] and secrets["sigmas"]  # the secrets exist, server side
     files = sorted(str(p.relative_to(exchange)) for p in exchange.rglob("*") if p.is_file())
     public = [f for f in files if f.startswith("public/")]
@@ -247,6 +252,7 @@ def test_tampered_or_truncated_update_is_rejected_and_the_copy_can_be_redone(sce
     good1 = returned1.read_bytes()
     returned1.write_bytes(good1[: len(good1) // 2])
     from mpu_cli.cli import server as server_cli
+    from mpu_cli.transport import server as server_party
 
     m1_path = ex.copy_dir(exchange, 1, 1) / ex.RETURNED_MANIFEST
     m1 = json.loads(m1_path.read_text())
@@ -254,7 +260,7 @@ def test_tampered_or_truncated_update_is_rejected_and_the_copy_can_be_redone(sce
     m1_path.write_text(json.dumps(m1))
     st = json.loads((state / "state.json").read_text())
     with pytest.raises(TransportError, match=r"round 1 copy 1: returned.safetensors is truncated"):
-        server_cli.validate_returned(state, st, exchange)
+        server_party.validate_returned(state, st, exchange)
     returned1.write_bytes(good1)
     m1["files"][ex.RETURNED] = {"sha256": _sha(returned1), "bytes": len(good1)}
     m1_path.write_text(json.dumps(m1))

@@ -9,6 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from mpu_cli.mpu.arms import ALPHA_ONE, ARMS, NOISED_ALPHAS, PLAIN_SCHEDULE, arm_of
+from mpu_cli.mpu.settings import ServerConfig, ServerOptions
 from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig
 
 CONF_DIR = str(Path(__file__).parent / "conf")
@@ -53,16 +54,6 @@ class AlgorithmConfig:
 
 
 @dataclass
-class ServerSettings:
-    alpha_schedule: str = "linear"
-    eta: float = 1.0
-    publish_dtype: str = "model"  # model | float32 (mpu.server.PUBLISH_DTYPES)
-    perturb_unprotected: bool = False
-    noise_reference: str = "base"
-    noised_alpha: str = "one"
-
-
-@dataclass
 class EvalSettings:
     batch_size: int = 16
     max_new_tokens: int = 200
@@ -93,15 +84,16 @@ class MPUConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    arm: str = "mpu"
-    kappa: float = 0.01
-    m: int = 2
+    # the server's settings with mpu-run's own keys (mpu/settings.ServerConfig, where their defaults live)
+    arm: str = ServerConfig.arm
+    kappa: float = ServerConfig.kappa
+    m: int = ServerConfig.m
     rounds: int = 1
-    seed: int | None = None
+    seed: int | None = ServerConfig.seed
     # A preset's table, algorithm -> {rounds, epochs} (experiment=paper): read by `rounds` / `client.epochs`.
     schedule: dict = field(default_factory=dict)
     save_model: bool = False
-    server: ServerSettings = field(default_factory=ServerSettings)
+    server: ServerOptions = field(default_factory=ServerOptions)  # one type: schema, MPUServer, SERVER.json
     client: ClientConfig = field(default_factory=ClientConfig)  # one type: schema, client loop, CLIENT.json
     eval: EvalSettings = field(default_factory=EvalSettings)
     prepare: PrepareSettings = field(default_factory=PrepareSettings)
@@ -160,9 +152,10 @@ def register_configs() -> None:
 
 
 def _help(config_name: str) -> str:
-    from mpu_cli.cli.help import config_help
+    from mpu_cli.cli.help import config_help, schema_entries
 
-    return config_help(config_name, CONF_DIR)
+    schema = {"config": MPUConfig, "eval": EvalAppConfig}[config_name]
+    return config_help(config_name, CONF_DIR, schema_entries(schema))
 
 
 def arm_tag(arm, kappa, m, alpha_schedule=PLAIN_SCHEDULE, noised_alpha=ALPHA_ONE) -> str:
@@ -198,8 +191,7 @@ def validate(cfg) -> None:
 
 
 def _validate(cfg) -> None:
-    from mpu_cli.mpu.noise import ALPHA_SCHEDULES
-    from mpu_cli.mpu.server import NOISE_REFERENCES, PUBLISH_DTYPES
+    from mpu_cli.mpu.settings import ALPHA_SCHEDULES, NOISE_REFERENCES, PUBLISH_DTYPES
     from mpu_cli.unlearn import ALGORITHMS
 
     check_known_keys(cfg)

@@ -20,10 +20,11 @@ from omegaconf import OmegaConf
 
 from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.mpu.arms import arm_of
-from mpu_cli.mpu.layout import ModelLayout
+from mpu_cli.mpu.build import build_server
 from mpu_cli.mpu.server import MPUServer
+from mpu_cli.mpu.settings import ServerConfig
 from mpu_cli.run.rounds import InProcessRounds, drive
-from mpu_cli.run.settings import chat_format, client_config, server_config
+from mpu_cli.run.settings import chat_format, client_config
 
 from .attacks import ClientView, b1_rank_forget_items, client_attacks, item_losses, unique_names
 from .score import Scorer, score_client_attacks
@@ -69,12 +70,11 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
         raise ValueError("the audit needs a public base model (model.base)")
     dtype = resolve_dtype(cfg.model.dtype)
     target = load_model(prepared.target, dtype)
-    theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
     base = state_dict_fp32(load_model(prepared.base, dtype))
-    layout = ModelLayout.from_hf_config(target.config)
 
     # 1. server ------------------------------------------------------------------------------------------------
-    server = MPUServer(theta, layout, server_config(cfg), base=base)
+    server = build_server(target, ServerConfig.from_config(cfg), base=base)
+    layout = server.layout
     copies = server.publish()
 
     # 2. client-side attacks: copies, public base, public architecture — nothing else -------------------------
@@ -92,7 +92,7 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
     if b1:
         b1_result, utility = _server_side_round(cfg, prepared, target, server, copies)
         attacks["B1"] = b1_result
-    names = unique_names(theta)
+    names = unique_names(server.theta)
     n_protected = scorer.numel(scorer.protected)
     report = _clean({
         "config": {"model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "arm": cfg.arm,

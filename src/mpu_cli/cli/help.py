@@ -1,7 +1,8 @@
 """The groups and keys part of `mpu-run --help` / `mpu-eval --help`, read from the root config's own comments.
 
 A key's meaning is written once, as the comment next to its default in conf/<config>.yaml (a comment-only line
-indented under it continues it); a group's, as the comment on its line of the defaults list. Hydra prints
+indented under it continues it), or, for a key whose default lives in the schema only, as its field's "help"
+metadata (`schema_entries`); a group's, as the comment on its line of the defaults list. Hydra prints
 `hydra.help.template` (conf/hydra/help/<app>.yaml), whose `${mpu_help:<config>}` resolves to `config_help`.
 Only the groups of that config's own defaults list are shown: mpu-eval's help lists model and data, not
 mpu-run's algorithm or presets.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
 
 WIDTH = 110
@@ -87,6 +88,19 @@ def parse(text: str) -> tuple[list[Entry], list[Entry]]:
     return groups, keys
 
 
+def schema_entries(schema, prefix: str = "") -> list[Entry]:
+    """The keys whose meaning is written in the schema instead (a field's metadata "help"), with their defaults."""
+    out = []
+    for f in fields(schema):
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            out += schema_entries(f.default_factory, f"{prefix}{f.name}.")
+        elif "help" in f.metadata:
+            default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) \
+                else str(f.default)
+            out.append(Entry(f"{prefix}{f.name}", default, f.metadata["help"]))
+    return out
+
+
 def group_options(conf_dir: str | Path, group: str) -> list[str]:
     """The options of a config group: the names of its YAML files."""
     return sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml"))
@@ -102,10 +116,12 @@ def _item(label: str, text: str) -> str:
                          break_on_hyphens=False)
 
 
-def config_help(config_name: str, conf_dir: str | Path) -> str:
-    """The "Groups" and "Keys" sections of the help of the root config <conf_dir>/<config_name>.yaml."""
+def config_help(config_name: str, conf_dir: str | Path, schema_keys: list[Entry] = ()) -> str:
+    """The "Groups" and "Keys" sections of the help of the root config <conf_dir>/<config_name>.yaml; schema_keys
+    (`schema_entries`) add the keys the YAML does not set."""
     conf = Path(conf_dir)
     groups, keys = parse((conf / f"{config_name}.yaml").read_text())
+    keys += [k for k in schema_keys if k.name not in {y.name for y in keys}]
     lines = ["== Groups: group=option ==", ""]
     for g in groups:
         options = group_options(conf, g.name)

@@ -1,6 +1,6 @@
 """The MPU server (Pre-Process, Post-Process, the baselines' arms). Works on plain state dicts; never imports the client or the data.
 
-The names below load their module (and torch) when first used, so `mpu_cli.mpu.arms` stays light to import.
+The names below load their module (and torch) when first used, so `mpu_cli.mpu.arms` and `mpu_cli.mpu.settings` stay light to import.
 """
 
 from importlib import import_module
@@ -8,7 +8,7 @@ from importlib import import_module
 _EXPORTS = {
     "MPUServer": "mpu_cli.mpu.server",
     "ModelLayout": "mpu_cli.mpu.layout",
-    "ServerConfig": "mpu_cli.mpu.server",
+    "ServerConfig": "mpu_cli.mpu.settings",
     "Transform": "mpu_cli.mpu.reparam",
     "UpdateAccumulator": "mpu_cli.mpu.aggregate",
     "ZeroSumNoise": "mpu_cli.mpu.noise",

@@ -8,7 +8,8 @@ import torch
 
 from mpu_cli.models.family import block_of
 
-ALPHA_SCHEDULES = ("linear", "pow2", "random")
+from .settings import ALPHA_SCHEDULES
+
 _CHUNK = 1 << 22  # elements per float64 chunk: bounds the temporary memory of a reduction on a large tensor
 
 

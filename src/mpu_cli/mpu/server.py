@@ -11,7 +11,6 @@ whole copies one at a time (`publish_copies`) also keeps the zero-sum means for 
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +21,9 @@ from mpu_cli.finite import check_state, check_tensor
 from mpu_cli.models.family import block_of
 
 from .aggregate import UpdateAccumulator, harmonic_weights
-from .arms import ARMS, NOISED_ALPHAS, arm_of
+from .arms import arm_of
 from .layout import ModelLayout
 from .noise import (
-    ALPHA_SCHEDULES,
     IndependentNoise,
     ZeroSumNoise,
     alpha_schedule,
@@ -33,49 +31,7 @@ from .noise import (
     unprotected_sigma,
 )
 from .reparam import Transform, apply_transform, invert_transform, sample_transform
-
-NOISE_REFERENCES = ("base", "raw")
-# model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
-PUBLISH_DTYPES = ("model", "float32")
-
-
-@dataclass
-class ServerConfig:
-    arm: str = "mpu"  # one of mpu.arms.ARMS
-    kappa: float = 0.01
-    m: int = 2
-    alpha_schedule: str = "linear"
-    eta: float = 1.0  # η_srv
-    seed: int | None = None  # None -> CSPRNG seeds; int -> reproducible run, recorded as such
-    publish_dtype: str = "model"  # one of PUBLISH_DTYPES; the client trains in the dtype it receives
-    perturb_unprotected: bool = False  # option: also noise embeddings / lm_head / final norm
-    noise_reference: str = "base"  # "base": θ − θ_base | "raw": θ (also used when no base is given)
-    noised_alpha: str = "one"  # arm=noised: the copy's α: one | mean / max of the α_k of m MPU copies
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        def bad(field_name, value, accepted):
-            raise ValueError(f"{field_name}={value!r} is not valid; accepted: {accepted}")
-
-        if self.arm not in ARMS:
-            bad("arm", self.arm, ", ".join(ARMS))
-        if self.noise_reference not in NOISE_REFERENCES:
-            bad("noise_reference", self.noise_reference, ", ".join(NOISE_REFERENCES))
-        if self.publish_dtype not in PUBLISH_DTYPES:
-            bad("publish_dtype", self.publish_dtype, ", ".join(PUBLISH_DTYPES))
-        if self.alpha_schedule not in ALPHA_SCHEDULES:
-            bad("alpha_schedule", self.alpha_schedule, ", ".join(ALPHA_SCHEDULES))
-        if not (math.isfinite(self.kappa) and self.kappa >= 0):
-            bad("kappa", self.kappa, "a finite number >= 0")
-        if not math.isfinite(self.eta):
-            bad("eta", self.eta, "a finite number")
-        if self.noised_alpha not in NOISED_ALPHAS:
-            bad("noised_alpha", self.noised_alpha, ", ".join(NOISED_ALPHAS))
-        arm_of(self.arm).check(self.m, self.noised_alpha)
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            bad("seed", self.seed, "an integer or null")
+from .settings import ServerConfig
 
 
 def published_dtype(model_dtype: torch.dtype, publish_dtype: str) -> torch.dtype:
@@ -145,6 +101,11 @@ class MPUServer:
     def layout(self) -> ModelLayout:
         """The public architecture facts the reparameterization follows."""
         return self._layout
+
+    @property
+    def base(self) -> dict | None:
+        """The public base (fp32 state dict) the noise scales are measured from, or None."""
+        return self._base
 
     @property
     def noise_reference(self) -> str:

@@ -20,11 +20,12 @@ from mpu_cli.evals import benchmarks
 from mpu_cli.faults import kill_point, set_scope
 from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.models.check import check_models
-from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype, state_dict_fp32
+from mpu_cli.models.io import load_state_into, load_tokenizer, resolve_dtype
 from mpu_cli.models.prepare import prepare_models
 from mpu_cli.mpu.arms import arm_of
-from mpu_cli.mpu.layout import ModelLayout
+from mpu_cli.mpu.build import load_server
 from mpu_cli.mpu.server import MPUServer
+from mpu_cli.mpu.settings import ServerConfig
 from mpu_cli.mpu.survival import result_columns
 from mpu_cli.run import identity, rundir
 from mpu_cli.run.checkpoint import Checkpoint
@@ -37,7 +38,7 @@ from mpu_cli.run.evaluation import (
 from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_families, check_model_sources
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.server_state import ServerState
-from mpu_cli.run.settings import chat_format, client_config, client_dtype, server_config
+from mpu_cli.run.settings import chat_format, client_config, client_dtype
 from mpu_cli.run.slots import forked_slots, uses_file_transport
 from mpu_cli.run.stage import set_stage
 from mpu_cli.unlearn import build_algorithm
@@ -149,18 +150,16 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
         return drive(ProcessRounds(cfg, out, prepared, parallel=cfg.runner.parallel_copies), cfg.rounds)
 
     # Server side: θ_0 (the target), the public base, the stage checkpoint of a resumed run.
-    target = load_model(prepared.target, dtype)
-    theta = {k: v.detach().clone() for k, v in target.state_dict().items()}
-    base = state_dict_fp32(load_model(prepared.base, dtype)) if prepared.base else None
-    layout = ModelLayout.from_hf_config(target.config)
-    del target
-    server = MPUServer(theta, layout, server_config(cfg), base=base)
+    server = load_server(prepared.target, prepared.base, dtype, ServerConfig.from_config(cfg))
+    # server_clean reproduces the paper's code: the client's reference is the exact θ_0 (a leak).
+    reference_state = ({n: t.clone() for n, t in server.theta.items()}
+                       if cfg.client.reference == "server_clean" else None)
     ckpt = Checkpoint(out)
     st = ckpt.load()
     if st is not None:
         saved = ckpt.theta(st)
-        server = MPUServer.restore(saved if saved is not None else server.theta, ckpt.meta(st), layout,
-                                   base=base)
+        server = MPUServer.restore(saved if saved is not None else server.theta, ckpt.meta(st), server.layout,
+                                   base=server.base)
         log.info("resume: server at round %d%s", server.round, " (published, not aggregated)" if server.pending else "")
     atomic_write_json(out / "server_public.json", server.public_info())
 
@@ -168,10 +167,6 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
     client_data = load_client_data(tokenizer, chat_format(cfg.model), cfg.data, algorithm)
     client_model = public_skeleton(prepared.target, resolve_dtype(client_dtype(cfg)))
-    # server_clean reproduces the paper's code: the client's reference is the exact theta_0 (a leak).
-    reference_state = ({n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
-                       if cfg.client.reference == "server_clean" else None)
-    del theta
 
     n = server.n_copies
 

@@ -2,7 +2,8 @@
 `mpu-client` processes that exchange only files.
 
 Run directory:
-    RUN/server_private/   the server's private state (see server_cli); only mpu-server opens it
+    RUN/server_private/   the server's private state (transport/server.py); only mpu-server opens it, and its
+                          server.json, the server's settings (mpu/settings.ServerConfig: arm, κ, m, seed, …)
     RUN/exchange/         the exchange folder (see exchange.py); the only folder both parties see
     RUN/client/client.json the client's own settings (algorithm, client, data, format, dtype)
     RUN/logs/             stdout/stderr of every server and client process
@@ -24,9 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from mpu_cli.files import atomic_write_json
-from mpu_cli.run.settings import client_settings, server_config
+from mpu_cli.files import atomic_write_json, make_private
+from mpu_cli.mpu.settings import ServerConfig
+from mpu_cli.run.server_state import current_round
+from mpu_cli.run.settings import client_settings
 from mpu_cli.run.slots import slot_threads
+from mpu_cli.transport import exchange as ex
 from mpu_cli.transport.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ def _command(script: str, module: str) -> list[str]:
 
 
 SERVER = ("mpu-server", "mpu_cli.cli.server")
+SERVER_JSON = "server.json"  # SERVER.json: the server's settings, in its private state folder
 CLIENT = ("mpu-client", "mpu_cli.cli.client")
 
 
@@ -113,20 +118,19 @@ def slot_envs(n_slots: int, base_env: dict | None = None) -> list[tuple[dict, in
     return out
 
 
-def server_init_args(cfg, prepared, state: Path, exchange: Path) -> list[str]:
-    sc = server_config(cfg)
+def write_server_settings(cfg, state: Path) -> Path:
+    """SERVER.json of the run, into the server's private folder (it holds the seed, a secret); returns its path."""
+    path = make_private(state) / SERVER_JSON
+    ServerConfig.from_config(cfg).write(path)
+    return path
+
+
+def server_init_args(prepared, dtype: str, state: Path, exchange: Path, settings: Path) -> list[str]:
+    """`mpu-server init` of the prepared models; its settings (the seed among them) travel in SERVER.json."""
     args = ["init", "--state", str(state), "--exchange", str(exchange), "--target", prepared.target,
-            "--tokenizer", prepared.tokenizer, "--dtype", cfg.model.dtype, "--arm", sc.arm,
-            "--kappa", repr(float(sc.kappa)), "--m", str(sc.m),
-            "--alpha-schedule", sc.alpha_schedule, "--eta", repr(float(sc.eta)),
-            "--noise-reference", sc.noise_reference, "--noised-alpha", sc.noised_alpha]
+            "--tokenizer", prepared.tokenizer, "--dtype", dtype, "--config", str(settings)]
     if prepared.base:
         args += ["--base", prepared.base]
-    if sc.seed is not None:
-        args += ["--seed", str(sc.seed)]
-    if sc.perturb_unprotected:
-        args += ["--perturb-unprotected"]
-    args += ["--publish-dtype", sc.publish_dtype]
     return args
 
 
@@ -140,13 +144,14 @@ class ProcessRounds:
         self.out = out
         self.client_path = out / "client" / "client.json"
         atomic_write_json(self.client_path, client_settings(cfg))
+        self.settings_path = write_server_settings(cfg, self.state)
         self.server, self.client = _command(*SERVER), _command(*CLIENT)
         self.timings = {"server": 0.0, "client": 0.0, "server_process": 0.0}
         # Resume: an existing server state is continued, never re-initialised.
         self.st0 = json.loads((self.state / "state.json").read_text()) if (self.state / "state.json").exists() else None
         if self.st0 is None:
             log.info("mpu-server init: loading the target and the base, writing θ_0 and the public model")
-            self._server(server_init_args(cfg, prepared, self.state, self.exchange))
+            self._server(server_init_args(prepared, cfg.model.dtype, self.state, self.exchange, self.settings_path))
         public = json.loads((self.state / "public.json").read_text())
         atomic_write_json(out / "server_public.json", public)
         self.n = public["m"]
@@ -157,20 +162,18 @@ class ProcessRounds:
         self.timings["server_process"] += _run(self.server + args, self.logs / "server.log")
 
     def remaining(self, total: int) -> range:
-        st = self.st0
-        return range(1 if st is None else (st["round"] if st["pending"] else st["round"] + 1), total + 1)
+        st = self.st0 or {"round": 0, "pending": False}
+        return range(current_round(st["round"], st["pending"]), total + 1)
 
     def publish(self, r: int) -> None:
         st = self.st0
-        if not (st is not None and st["pending"] and r == st["round"]
-                and (self.exchange / f"round_{r}" / "round.json").exists()):
+        if not (st is not None and st["pending"] and r == st["round"] and ex.is_published(self.exchange, r)):
             # (a pending round without its marker: publish finishes the marker, it does not draw new secrets)
             self._server(["publish", "--state", str(self.state)])
 
     def unlearn(self, r: int, total: int) -> None:
         # copies already returned (a resumed round) are not redone
-        todo = [k for k in range(self.n)
-                if not (self.exchange / f"round_{r}" / f"copy_{k}" / "returned_manifest.json").exists()]
+        todo = [k for k in range(self.n) if not ex.is_returned(self.exchange, r, k)]
         t = time.perf_counter()
         procs = []
         for s, (env, threads) in enumerate(self.envs):
@@ -211,7 +214,7 @@ class ProcessRounds:
 
     def _report_returned(self, r: int, seen: set, t0: float) -> None:
         for k in range(self.n):
-            if k not in seen and (self.exchange / f"round_{r}" / f"copy_{k}" / "returned_manifest.json").exists():
+            if k not in seen and ex.is_returned(self.exchange, r, k):
                 seen.add(k)
                 log.info("round %d copy %d/%d returned by mpu-client (%.1f s)", r, k + 1, self.n,
                          time.perf_counter() - t0)

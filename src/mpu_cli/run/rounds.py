@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from mpu_cli.faults import kill_point, set_scope
+from mpu_cli.run.server_state import current_round
 from mpu_cli.run.stage import set_stage
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,7 @@ class InProcessRounds:
         self.copies, self.returned = None, []
 
     def remaining(self, total: int) -> range:
-        first = self.server.round if self.server.pending else self.server.round + 1
-        return range(first, total + 1)
+        return range(current_round(self.server.round, self.server.pending), total + 1)
 
     def publish(self, r: int) -> None:
         t = time.perf_counter()

@@ -1,5 +1,5 @@
 """The server's private state on disk, in one format (`mpu-server-state/1`) written by both the in-process run's
-stage checkpoint (run/checkpoint.py) and the `mpu-server` process (cli/server.py):
+stage checkpoint (run/checkpoint.py) and the `mpu-server` process (transport/server.py):
 
     state.json              format, round, pending, the current θ file and its SHA-256 (null: θ is still θ_0, the
                             target the server was started from), the server config, the effective noise reference,
@@ -31,6 +31,12 @@ SURVIVAL = "noise_survival.json"
 
 class ServerStateError(ValueError):
     """The private state is missing, of another format, or damaged: one line, exit code 2."""
+
+
+def current_round(round_: int, pending: bool) -> int:
+    """The round the next step works on: the published round awaiting aggregation when one is pending, else the
+    next one to publish (a server at round r has committed rounds 1..r)."""
+    return round_ if pending else round_ + 1
 
 
 def theta_name(r: int) -> str:

@@ -1,6 +1,6 @@
-"""One owner per setting: how the resolved configuration becomes what each party is given.
+"""How the resolved configuration becomes what the client is given (the server's: mpu/settings.ServerConfig
+.from_config).
 
-- `server_config(cfg)`: the server's ServerConfig (arm, κ, m, seed, α schedule, η, noise options);
 - `client_config(cfg, r)`: the client's ClientConfig for round r (its data order is seeded with client.seed + r);
 - `chat_format(model_cfg)`: how questions and answers are rendered;
 - `client_dtype(cfg)`: the dtype the client trains in (that of the published copies);
@@ -13,17 +13,10 @@ from dataclasses import asdict
 from omegaconf import OmegaConf
 
 from mpu_cli.data.formatting import ChatFormat
-from mpu_cli.mpu.server import ServerConfig, published_dtype
+from mpu_cli.mpu.server import published_dtype
 from mpu_cli.unlearn.settings import ClientConfig
 
 CLIENT_KEYS = ("algorithm", "client", "data", "format", "dtype")
-
-
-def server_config(cfg) -> ServerConfig:
-    return ServerConfig(arm=cfg.arm, kappa=float(cfg.kappa), m=int(cfg.m), alpha_schedule=cfg.server.alpha_schedule,
-                        eta=float(cfg.server.eta), seed=cfg.seed, perturb_unprotected=bool(cfg.server.perturb_unprotected),
-                        noise_reference=cfg.server.noise_reference, noised_alpha=cfg.server.noised_alpha,
-                        publish_dtype=cfg.server.publish_dtype)
 
 
 def client_config(cfg, round_: int) -> ClientConfig:

@@ -87,6 +87,16 @@ def copy_dir(exchange: Path, r: int, k: int) -> Path:
     return round_dir(exchange, r) / f"copy_{k}"
 
 
+def is_published(exchange: Path, r: int) -> bool:
+    """Round r is completely published: its marker, written after every copy, is there."""
+    return (round_dir(exchange, r) / ROUND_MARKER).exists()
+
+
+def is_returned(exchange: Path, r: int, k: int) -> bool:
+    """Copy k of round r is returned: its manifest, written after the file, is there (the reader validates it)."""
+    return (copy_dir(exchange, r, k) / RETURNED_MANIFEST).exists()
+
+
 def where(r: int, k: int | None) -> str:
     return f"round {r}" + ("" if k is None else f" copy {k}")
 

@@ -1,0 +1,120 @@
+"""The server's settings, one type: mpu-run's `server.*` keys (the schema's `server` node) together with its
+top-level arm, κ, m and seed are a `ServerConfig`; the MPUServer runs on one, the file transport hands one to
+`mpu-server` as SERVER.json, and mpu-server's options are its fields.
+
+No heavy imports (the command-line checks compose configurations with this schema before torch is needed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+ARMS = ("clean", "noised", "mpu")
+NOISE_REFERENCES = ("base", "raw")
+# model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
+PUBLISH_DTYPES = ("model", "float32")
+ALPHA_SCHEDULES = ("linear", "pow2", "random")
+
+
+def _opt(default, meaning: str, secret: bool = False):
+    """A setting: its default and its meaning (mpu-run's --help, mpu-server's options). secret: never an option
+    on a command line (other users of the machine can read one)."""
+    return field(default=default, metadata={"help": meaning, "secret": secret})
+
+
+@dataclass
+class ServerOptions:
+    """mpu-run's `server.*` keys (field order = the order of results.csv's columns)."""
+
+    alpha_schedule: str = _opt("linear", f"the copies' scale factors α_k: {' | '.join(ALPHA_SCHEDULES)} "
+                               "(linear: 1+(k−1)/(m−1); random: secret)")
+    eta: float = _opt(1.0, "the server's step η: θ_r = θ_{r−1} + η·(aggregate − θ_{r−1})")
+    publish_dtype: str = _opt("model", "the copies' dtype: model (model.dtype; bf16 rounds away noise below its "
+                              "spacing) | float32 (whatever model.dtype; the client then trains in fp32)")
+    perturb_unprotected: bool = _opt(False, "also perturb embeddings, LM head, final norm (else published exactly)")
+    noise_reference: str = _opt("base", "σ from θ − θ_base (base) or from θ itself (raw; also used without a base)")
+    noised_alpha: str = _opt("one", "arm=noised: the copy's noise α·σ, α = one (1) | mean | max of the α_k that "
+                             "m MPU copies would carry under alpha_schedule (like-for-like with MPU)")
+
+
+@dataclass
+class ServerConfig(ServerOptions):
+    """Everything the server is told: the `server.*` options plus the run's arm, κ, m and seed."""
+
+    arm: str = _opt("mpu", f"{' | '.join(ARMS)}: θ itself; one noisy copy; m reparameterized noisy copies")
+    kappa: float = _opt(0.01, "noise level κ: σ_l = κ·RMS(θ_l − θ_base,l) per transformer block")
+    m: int = _opt(2, "number of perturbed copies (arm=mpu needs m ≥ 2)")
+    seed: int | None = _opt(None, "null: secrets from a CSPRNG; an int makes the run reproducible (recorded)",
+                            secret=True)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(field_name, value, accepted):
+            raise ValueError(f"{field_name}={value!r} is not valid; accepted: {accepted}")
+
+        if self.arm not in ARMS:
+            bad("arm", self.arm, ", ".join(ARMS))
+        if self.noise_reference not in NOISE_REFERENCES:
+            bad("noise_reference", self.noise_reference, ", ".join(NOISE_REFERENCES))
+        if self.publish_dtype not in PUBLISH_DTYPES:
+            bad("publish_dtype", self.publish_dtype, ", ".join(PUBLISH_DTYPES))
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            bad("alpha_schedule", self.alpha_schedule, ", ".join(ALPHA_SCHEDULES))
+        if not (math.isfinite(self.kappa) and self.kappa >= 0):
+            bad("kappa", self.kappa, "a finite number >= 0")
+        if not math.isfinite(self.eta):
+            bad("eta", self.eta, "a finite number")
+        if self.noised_alpha not in NOISED_ALPHAS:
+            bad("noised_alpha", self.noised_alpha, ", ".join(NOISED_ALPHAS))
+        arm_of(self.arm).check(self.m, self.noised_alpha)
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            bad("seed", self.seed, "an integer or null")
+
+    @classmethod
+    def from_config(cls, cfg) -> ServerConfig:
+        """From mpu-run's resolved configuration: its `server` node and its top-level arm, κ, m and seed."""
+        top = {f.name for f in fields(cls)} - {f.name for f in fields(ServerOptions)}
+        values = {f.name: cfg.server[f.name] for f in fields(ServerOptions)} | {k: cfg[k] for k in top}
+        return cls(**{f.name: _typed(f, values[f.name]) for f in fields(cls)})
+
+    def write(self, path: Path) -> None:
+        """SERVER.json: what `mpu-server init --config` reads."""
+        from mpu_cli.files import atomic_write_json
+
+        atomic_write_json(Path(path), asdict(self))
+
+    @classmethod
+    def read(cls, path: Path, overrides: dict | None = None) -> ServerConfig:
+        """SERVER.json (None: the defaults), then `overrides` (None values: not given). ValueError: one line."""
+        values = {}
+        if path is not None:
+            try:
+                values = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path}: not a readable SERVER.json ({' '.join(str(e).split())})") from None
+            known = [f.name for f in fields(cls)]
+            unknown = sorted(set(values) - set(known)) if isinstance(values, dict) else ["(not a JSON object)"]
+            if unknown:
+                raise ValueError(f"{path}: unknown keys {unknown}; accepted: {known}")
+        return cls(**values | {k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+def option_types() -> dict[str, type]:
+    """The plain type of each setting (int for `int | None`), for a command line's parser."""
+    hints = typing.get_type_hints(ServerConfig)
+    out = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = args[0] if args else hint
+    return out
+
+
+def _typed(f, value):
+    """A config value as its field's type (Hydra hands back ints for floats written as `1`)."""
+    kind = option_types()[f.name]
+    return value if value is None or kind is str else kind(value)
