@@ -58,10 +58,6 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def _pending_copies(exchange: Path, r: int, n: int) -> list[int]:
-    return [k for k in range(n) if not (ex.copy_dir(exchange, r, k) / ex.RETURNED_MANIFEST).exists()]
-
-
 def read_published(exchange: Path, r: int, k: int, run_id: str, skeleton_spec: dict) -> tuple[dict, dict]:
     """One published copy, validated against its manifest and against the public architecture."""
     what = ex.where(r, k)
@@ -94,7 +90,7 @@ def cmd_unlearn(args) -> None:
     r = args.round or ex.latest_round(exchange)
     marker = ex.read_round(exchange, r)
     n, run_id = marker["n_copies"], marker.get("run_id")
-    copies = args.copy if args.copy else _pending_copies(exchange, r, n)
+    copies = args.copy if args.copy else [k for k in range(n) if not ex.is_returned(exchange, r, k)]
     bad = [k for k in copies if not 0 <= k < n]
     if bad:
         raise ClientError(f"--copy {bad[0]} is not a copy of round {r} (copies 0..{n - 1})")
