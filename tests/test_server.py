@@ -158,6 +158,35 @@ def test_the_server_settings_travel_to_mpu_server_init_in_server_json(tmp_path, 
         ServerConfig.read(tmp_path / "extra.json")
 
 
+def test_every_server_setting_is_a_config_key_an_mpu_server_option_and_travels(tmp_path, capsys):
+    """A setting added to mpu/settings.py is all it takes: the schema knows it, mpu-run's --help and mpu-server's
+    init describe it, SERVER.json carries it (the seed, a secret, is never an option)."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from mpu_cli.cli.help import schema_entries
+    from mpu_cli.cli.server import main
+    from mpu_cli.config import MPUConfig
+    from mpu_cli.mpu.settings import ServerOptions
+
+    schema = OmegaConf.structured(MPUConfig)
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    init_help = capsys.readouterr().out
+    run_help = {e.name for e in schema_entries(MPUConfig)}
+    options = {f.name for f in fields(ServerOptions)}
+    for f in fields(ServerConfig):
+        assert f.metadata["help"], f.name
+        assert (f"server.{f.name}" in run_help and f.name in schema.server) if f.name in options else f.name in schema
+        assert (f"--{f.name.replace('_', '-')}" in init_help) is not f.metadata["secret"], f.name
+    changed = ServerConfig(alpha_schedule="pow2", eta=0.5, publish_dtype="float32", perturb_unprotected=True,
+                           noise_reference="raw", noised_alpha="mean", arm="noised", kappa=0.2, m=3, seed=11)
+    assert all(getattr(changed, f.name) != f.default for f in fields(ServerConfig)), "every field changed"
+    changed.write(tmp_path / "server.json")
+    assert ServerConfig.read(tmp_path / "server.json") == changed
+
+
 def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):
     server = server_for(theta, arm="mpu", kappa=0.1, m=3, seed=0)
     copies = server.publish()
