@@ -116,8 +116,8 @@ def inprocess_theta(cfg, prepared, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, cfg, prepared):
     """init + publish by the server; the client, isolated, unlearns both copies (one process, sequentially)."""
-    from mpu_cli.run.settings import client_settings
     from mpu_cli.run.processes import server_init_args, write_server_settings
+    from mpu_cli.run.settings import client_settings
 
     root = tmp_path_factory.mktemp("scenario")
     state, exchange, recs = root / "run" / "server_private", root / "run" / "exchange", root / "records"

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from mpu_cli.files import atomic_write_json, atomic_write_text
 from mpu_cli.mpu.arms import arm_of
-from mpu_cli.mpu.build import build_server
+from mpu_cli.mpu.build import build_server, load_base
 from mpu_cli.mpu.server import MPUServer
 from mpu_cli.mpu.settings import ServerConfig
 from mpu_cli.run.rounds import InProcessRounds, drive
@@ -59,7 +59,7 @@ def _clean(obj):
 
 
 def audit(cfg, out: Path, b1: bool = True) -> dict:
-    from mpu_cli.models.io import load_model, resolve_dtype, state_dict_fp32
+    from mpu_cli.models.io import load_model, resolve_dtype
     from mpu_cli.models.prepare import prepare_models
 
     t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
         raise ValueError("the audit needs a public base model (model.base)")
     dtype = resolve_dtype(cfg.model.dtype)
     target = load_model(prepared.target, dtype)
-    base = state_dict_fp32(load_model(prepared.base, dtype))
+    base = load_base(prepared.base, dtype)
 
     # 1. server ------------------------------------------------------------------------------------------------
     server = build_server(target, ServerConfig.from_config(cfg), base=base)

@@ -16,13 +16,19 @@ def build_server(target, settings: ServerConfig, base: dict | None = None) -> MP
 def load_server(target: str, base: str | None, dtype, settings: ServerConfig) -> MPUServer:
     """The server of the prepared models' folders, loaded in `dtype`; the target is dropped before the base is
     loaded (peak memory: one model besides θ)."""
-    from mpu_cli.models.io import load_model, state_dict_fp32
+    from mpu_cli.models.io import load_model
 
     model = load_model(target, dtype)
     theta, layout = _theta_of(model), ModelLayout.from_hf_config(model.config)
     del model
-    base_state = state_dict_fp32(load_model(base, dtype)) if base else None
-    return MPUServer(theta, layout, settings, base=base_state)
+    return MPUServer(theta, layout, settings, base=load_base(base, dtype))
+
+
+def load_base(path: str | None, dtype) -> dict | None:
+    """The public base as the server reads it: an fp32 state dict on the host (None: no base)."""
+    from mpu_cli.models.io import load_model, state_dict_fp32
+
+    return state_dict_fp32(load_model(path, dtype)) if path else None
 
 
 def _theta_of(model) -> dict:

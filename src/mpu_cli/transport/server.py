@@ -56,23 +56,17 @@ def _read_state(state_dir: Path) -> dict:
     return store.read()
 
 
-def _load_base(st: dict):
-    if not st.get("base"):
-        return None
-    from mpu_cli.models.io import load_model, resolve_dtype, state_dict_fp32
-
-    return state_dict_fp32(load_model(st["base"], resolve_dtype(st["dtype"])))
-
-
 def restore(state_dir: Path, st: dict, with_base: bool):
     """The MPUServer exactly as the previous command left it (pending round included). Only publishing needs
     the base (σ of a new round); aggregating uses the σ recorded with the round's secrets."""
+    from mpu_cli.models.io import resolve_dtype
+    from mpu_cli.mpu.build import load_base
     from mpu_cli.mpu.layout import ModelLayout
     from mpu_cli.mpu.server import MPUServer
 
     store = ServerState(state_dir)
     return MPUServer.restore(store.theta(st), store.restore_meta(st), ModelLayout(**st["layout"]),
-                             base=_load_base(st) if with_base else None)
+                             base=load_base(st.get("base"), resolve_dtype(st["dtype"])) if with_base else None)
 
 
 def _write_public(state_dir: Path, server) -> None:
