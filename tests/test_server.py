@@ -187,6 +187,22 @@ def test_every_server_setting_is_a_config_key_an_mpu_server_option_and_travels(t
     assert ServerConfig.read(tmp_path / "server.json") == changed
 
 
+def test_a_rule_added_to_the_server_settings_is_checked_by_mpu_run_before_any_work(monkeypatch):
+    """mpu-run's input checks apply ServerConfig.validate whole: a new rule needs no second copy in config.py."""
+    from omegaconf import OmegaConf
+
+    from mpu_cli.config import ConfigError, MPUConfig, validate
+
+    def validate_with_a_new_rule(self):
+        if self.eta > 2:
+            raise ValueError(f"eta={self.eta!r} is not valid; accepted: at most 2")
+
+    monkeypatch.setattr(ServerConfig, "validate", validate_with_a_new_rule)
+    cfg = OmegaConf.merge(OmegaConf.structured(MPUConfig), OmegaConf.from_dotlist(["server.eta=3"]))
+    with pytest.raises(ConfigError, match=r"^server\.eta=3\.0 is not valid; accepted: at most 2$"):
+        validate(cfg)
+
+
 def test_mpu_publishes_m_transformed_zero_sum_copies(model, theta):
     server = server_for(theta, arm="mpu", kappa=0.1, m=3, seed=0)
     copies = server.publish()

@@ -234,6 +234,7 @@ def _validate(cfg) -> None:
     if cfg.server.publish_dtype not in PUBLISH_DTYPES:
         raise ConfigError(f"server.publish_dtype={cfg.server.publish_dtype!r} is not one of {list(PUBLISH_DTYPES)}"
                           f"{did_you_mean(cfg.server.publish_dtype, PUBLISH_DTYPES)}")
+    _check_server(cfg)
     if cfg.eval.metrics not in ("all", "quick"):
         raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
     check_data_config(cfg.data)
@@ -287,6 +288,15 @@ def check_finite(cfg) -> None:
 def _resolved(cfg, key):
     value = cfg[key]
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _check_server(cfg) -> None:
+    """Every rule of the server's settings (ServerConfig.validate), before any work, named as mpu-run's keys."""
+    try:
+        ServerConfig.from_config(cfg)
+    except ValueError as e:
+        key = str(e).split("=", 1)[0]
+        raise ConfigError(f"{'server.' if key in ServerOptions.__dataclass_fields__ else ''}{e}") from None
 
 
 def _check_run_id(run_id) -> None:
