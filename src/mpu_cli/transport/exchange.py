@@ -271,8 +271,8 @@ def read_round(exchange: Path, r: int) -> dict:
 
 
 def latest_round(exchange: Path) -> int:
-    rounds = [int(p.name.split("_", 1)[1]) for p in Path(exchange).glob("round_*")
-              if p.name.split("_", 1)[1].isdigit() and (p / ROUND_MARKER).exists()]
+    found = [p.name.split("_", 1)[1] for p in Path(exchange).glob("round_*")]
+    rounds = [int(r) for r in found if r.isdigit() and is_published(exchange, int(r))]
     if not rounds:
         raise TransportError(f"{exchange}: no published round (no round_*/{ROUND_MARKER})")
     return max(rounds)
