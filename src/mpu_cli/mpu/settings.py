@@ -12,6 +12,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from mpu_cli.files import atomic_write_json
+
 ARMS = ("clean", "noised", "mpu")
 NOISE_REFERENCES = ("base", "raw")
 # model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
@@ -84,12 +86,10 @@ class ServerConfig(ServerOptions):
 
     def write(self, path: Path) -> None:
         """SERVER.json: what `mpu-server init --config` reads."""
-        from mpu_cli.files import atomic_write_json
-
         atomic_write_json(Path(path), asdict(self))
 
     @classmethod
-    def read(cls, path: Path, overrides: dict | None = None) -> ServerConfig:
+    def read(cls, path: Path | None, overrides: dict | None = None) -> ServerConfig:
         """SERVER.json (None: the defaults), then `overrides` (None values: not given). ValueError: one line."""
         values = {}
         if path is not None:
