@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mpu_cli.files import atomic_write_json
 
-ARMS = ("clean", "noised", "mpu")
+from .arms import ARMS, NOISED_ALPHAS, arm_of
+
 NOISE_REFERENCES = ("base", "raw")
 # model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
 PUBLISH_DTYPES = ("model", "float32")
