@@ -42,8 +42,9 @@ def test_one_algorithm_forgets_fast(tmp_path, prepared_models):
 
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.data.tofu import load_split
+    from mpu_cli.evals.tofu import forget_prob
     from mpu_cli.models.io import load_model, load_state_into, load_tokenizer, resolve_dtype
-    from mpu_cli.models.prepare import encode_rows, mean_prob, prepare_models
+    from mpu_cli.models.prepare import encode_rows, prepare_models
     from mpu_cli.run.pipeline import public_skeleton, unlearn
     from mpu_cli.run.settings import chat_format
 
@@ -57,12 +58,12 @@ def test_one_algorithm_forgets_fast(tmp_path, prepared_models):
         tok, fmt, dtype = load_tokenizer(prepared.tokenizer), chat_format(cfg.model), resolve_dtype(cfg.model.dtype)
         forget = encode_rows(tok, load_split(cfg.data.source, cfg.data.split), fmt)
         if "target" not in probs:
-            probs["target"] = mean_prob(load_model(prepared.target, dtype), forget, pad_id(tok))
+            probs["target"] = forget_prob(load_model(prepared.target, dtype), forget, pad_id(tok))
         theta, _ = unlearn(cfg, tmp_path / arm, prepared, tok, dtype)
         model = public_skeleton(prepared.target, dtype)
         load_state_into(model, theta)
         with torch.no_grad():
-            probs[arm] = mean_prob(model.eval(), forget, pad_id(tok))
+            probs[arm] = forget_prob(model.eval(), forget, pad_id(tok))
     assert probs["clean"] < probs["target"] - 0.05 and probs["mpu"] < probs["target"] - 0.05, probs
 
 

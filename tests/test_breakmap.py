@@ -77,10 +77,11 @@ def test_one_kappa_draws_no_break_map(tmp_path):
 
 
 def test_muse_runs_map_their_verbatim_memorization():
-    """A MUSE table (its ROUGE metrics, no forget_Q_A_Prob) maps forget_verbmem_ROUGE and deg_avg."""
+    """A MUSE table (data.benchmark=muse: its ROUGE metrics) maps forget_verbmem_ROUGE and deg_avg."""
     tofu = _table()
     muse = tofu.drop(columns=["forget_Q_A_Prob"]).assign(
-        forget_verbmem_ROUGE=tofu.forget_Q_A_Prob, forget_knowmem_ROUGE=0.2, retain_knowmem_ROUGE=0.3)
+        forget_verbmem_ROUGE=tofu.forget_Q_A_Prob, forget_knowmem_ROUGE=0.2, retain_knowmem_ROUGE=0.3,
+        **{"data.benchmark": "muse"})
     for col in ("forget_Q_A_ROUGE", "model_utility"):
         muse = muse.drop(columns=[col], errors="ignore")
     points = break_points(muse, KEYS)

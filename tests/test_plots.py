@@ -88,7 +88,7 @@ def test_legends_of_many_arms_cover_no_panel_and_name_every_series():
 def _muse_table() -> pd.DataFrame:
     rows = []
     for alg, seed in itertools.product(("npo", "graddiff"), (0, 1)):
-        base = {"algorithm": alg, "seed": seed, "target_forget_knowmem_ROUGE": 0.34,
+        base = {"data.benchmark": "muse", "algorithm": alg, "seed": seed, "target_forget_knowmem_ROUGE": 0.34,
                 "target_retain_knowmem_ROUGE": 0.31, "retainmodel_forget_knowmem_ROUGE": 0.0,
                 "retainmodel_retain_knowmem_ROUGE": 0.31}
         for arm, kappa in (("clean", 0.0), ("noised", 0.1), ("mpu", 0.01), ("mpu", 0.1)):

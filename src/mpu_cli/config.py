@@ -242,7 +242,9 @@ def _validate(cfg) -> None:
     _check_run_id(cfg.get("run_id"))
     _check_dtype(cfg.model.dtype)
     model = "model folder or .gguf file"
-    layout = "muse-bench/MUSE-News" if cfg.data.benchmark == "muse" else "locuslab/TOFU"
+    from mpu_cli.evals import benchmarks
+
+    layout = benchmarks.of(cfg.data).source_layout
     _check_source("data.source", cfg.data.source, ("embedded",), f"folder laid out like {layout}", folder=True)
     _check_source("model.base", cfg.model.base, ("embedded", None), model)
     _check_source("model.target", cfg.model.target, ("finetune",), model)
@@ -251,21 +253,18 @@ def _validate(cfg) -> None:
 
 
 def check_data_config(data_cfg) -> None:
-    """The benchmark and its splits: TOFU's forget01|05|10, MUSE's forget with retain1|retain2."""
-    from mpu_cli.data import muse, tofu
-    from mpu_cli.evals.benchmarks import BENCHMARKS
+    """The benchmark and its splits (Benchmark.split_problem: e.g. TOFU's forget01|05|10, MUSE's forget with
+    retain1|retain2)."""
+    from mpu_cli.evals import benchmarks
 
-    bench = data_cfg.get("benchmark") or "tofu"
-    if bench not in BENCHMARKS:
-        raise ConfigError(f"data.benchmark={bench!r} is not one of {list(BENCHMARKS)}{did_you_mean(bench, BENCHMARKS)}")
-    splits = muse.FORGET_SPLITS if bench == "muse" else tofu.FORGET_SPLITS
-    if data_cfg.split not in splits:
-        raise ConfigError(f"data.split={data_cfg.split!r} is not one of {list(splits)} (data.benchmark={bench})"
-                          f"{did_you_mean(str(data_cfg.split), splits)}")
-    retain = data_cfg.get("retain_split")
-    if retain is not None and (bench != "muse" or retain not in muse.RETAIN_SPLITS):
-        accepted = list(muse.RETAIN_SPLITS) if bench == "muse" else "null (TOFU's retain split follows data.split)"
-        raise ConfigError(f"data.retain_split={retain!r} is not accepted; accepted: {accepted}")
+    try:
+        bench = benchmarks.of(data_cfg)
+    except ValueError as e:
+        raise ConfigError(f"{e}{did_you_mean(data_cfg.get('benchmark'), benchmarks.BENCHMARKS)}") from None
+    problem = bench.split_problem(data_cfg)
+    if problem is not None:
+        message, accepted = problem
+        raise ConfigError(message + did_you_mean(str(data_cfg.split), accepted))
 
 
 def check_finite(cfg) -> None:

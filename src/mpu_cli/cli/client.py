@@ -79,9 +79,10 @@ def cmd_unlearn(args) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mpu_cli.data.formatting import ChatFormat, pad_id
+    from mpu_cli.evals import benchmarks
     from mpu_cli.models.io import load_tokenizer, resolve_dtype
     from mpu_cli.unlearn import build_algorithm
-    from mpu_cli.unlearn.client import ClientConfig, load_client_data, unlearn_copy
+    from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +115,7 @@ def cmd_unlearn(args) -> None:
         raise TransportError(f"{public}: config.json (the public architecture) is missing")
     tokenizer = load_tokenizer(str(public))
     fmt = ChatFormat(**cfg["format"])
-    data = load_client_data(tokenizer, fmt, cfg["data"], algorithm)
+    data = benchmarks.of(cfg["data"]).client_data(tokenizer, fmt, cfg["data"], algorithm)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(public)), dtype=dtype)
     spec = {name: tuple(t.shape) for name, t in model.state_dict().items()}
 

@@ -143,9 +143,9 @@ def output_folder(cfg) -> Path:
     if not cfg.output_dir:
         return Path(HydraConfig.get().runtime.output_dir)
     out = Path(cfg.output_dir).expanduser()
-    from mpu_cli.evals.benchmarks import EVAL_FILES, SUMMARY_FILES
+    from mpu_cli.evals import benchmarks
 
-    existing = [f for f in (*EVAL_FILES, *SUMMARY_FILES) if (out / f).exists()]
+    existing = [f for f in benchmarks.eval_files() if (out / f).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"output_dir={cfg.output_dir!r} already holds {existing[0]}: choose another folder "
                           "or pass overwrite=true")
@@ -206,7 +206,9 @@ def _eval(cfg) -> float | None:
         summary = run_eval(cfg, out)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
-    return summary.get("forget_Q_A_Prob", summary.get("forget_verbmem_ROUGE"))
+    from mpu_cli.evals import benchmarks
+
+    return summary.get(benchmarks.of(cfg.data).forget_metric)
 
 
 def main() -> None:

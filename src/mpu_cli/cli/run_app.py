@@ -92,8 +92,9 @@ def _run(cfg) -> float | None:
             raise
         fail(message, code)
     from mpu_cli.cli.summary import end_of_run
+    from mpu_cli.evals import benchmarks
 
-    first = "forget_Q_A_Prob" if "forget_Q_A_Prob" in row else "forget_verbmem_ROUGE"  # TOFU | MUSE
+    first = benchmarks.of(cfg.data).forget_metric
     if sweep:
         print(f"job done: {out}: {first} {row.get(f'target_{first}', float('nan')):.3f} → "
               f"{row.get(first, float('nan')):.3f}", flush=True)

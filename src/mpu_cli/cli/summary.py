@@ -6,13 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from mpu_cli.evals.benchmarks import SUMMARY_FILES
+from mpu_cli.evals import benchmarks
 from mpu_cli.mpu.arms import arm_label
-from mpu_cli.report.columns import DIRECTIONS
 
-SHOWN = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_quality", "model_utility", "retain_Q_A_Prob",
-         "retain_Q_A_ROUGE", "forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "privleak",
-         "extraction_strength")
 ARROWS = {"lower": "↓ lower", "higher": "↑ higher", "abs": "→ 0"}
 
 
@@ -25,15 +21,16 @@ def _num(v) -> str:
 
 def end_of_run(out: Path, row: dict) -> str:
     """The compact table (plain text, fixed width) for a finished run directory and its results row."""
-    summary_file = next((f for f in SUMMARY_FILES if (Path(out) / f).is_file()), SUMMARY_FILES[0])
+    bench = benchmarks.of_row(row)
+    summary_file = bench.summary_file
     retain = {}
     if (Path(out) / "retain" / summary_file).is_file():
         retain = json.loads((Path(out) / "retain" / summary_file).read_text())
-    metrics = [m for m in SHOWN if row.get(m) is not None]
+    metrics = [m for m in bench.headline if row.get(m) is not None]
     head = f"{'metric':<20} {'better':<9} {'target':>8} {'→ unlearned':>12}" + (f" {'retain':>8}" if retain else "")
     lines = [head, "-" * len(head)]
     for m in metrics:
-        cells = f"{m:<20} {ARROWS.get(DIRECTIONS.get(m), ''):<9} {_num(row.get(f'target_{m}')):>8} {_num(row[m]):>12}"
+        cells = f"{m:<20} {ARROWS.get(bench.directions.get(m), ''):<9} {_num(row.get(f'target_{m}')):>8} {_num(row[m]):>12}"
         if retain:
             cells += f" {_num(retain.get(m)):>8}"
         lines.append(cells)

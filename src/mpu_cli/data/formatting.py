@@ -78,6 +78,11 @@ def encode_qa(tokenizer, question: str, answer: str, fmt: ChatFormat) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
+def encode_rows(tokenizer, rows: list[dict], fmt: ChatFormat) -> list[dict]:
+    """encode_qa of every {"question", "answer"} row."""
+    return [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in rows]
+
+
 def _cut_after_turn_end(tokenizer, ids: list[int], start: int) -> list[int]:
     ends = {tokenizer.eos_token_id}
     for tok in ("<|eot_id|>", "<|im_end|>", "<|end|>"):

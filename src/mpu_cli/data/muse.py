@@ -31,11 +31,6 @@ RETAIN_SPLITS = ("retain1", "retain2")
 HUB_DATASETS = ("muse-bench/MUSE-News", "muse-bench/MUSE-Books")
 
 
-def is_muse(data_cfg) -> bool:
-    """Whether a data config is MUSE's (`data.benchmark=muse`); TOFU when the key is absent."""
-    return (data_cfg.get("benchmark") or "tofu") == "muse"
-
-
 def embedded_dir() -> Path:
     """Folder of the shipped MUSE-shaped corpus (made by scripts/make_muse_corpus.py)."""
     return Path(str(resources.files("mpu_cli.data").joinpath("embedded_muse")))

@@ -1,79 +1,88 @@
-"""The two benchmarks a run can evaluate on, behind one interface: TOFU (QA pairs about fictitious authors) and
-MUSE (raw text: news articles or books). `data.benchmark` picks one; everything that differs between them —
-the data an evaluation reads, the metrics, the file names, the retain reference — is looked up here.
+"""The registry of benchmarks a run can evaluate on: TOFU (QA pairs about fictitious authors) and MUSE (raw text:
+news articles or books). `data.benchmark` picks one; whatever differs between them lives in its Benchmark
+(evals.benchmark). Everything else asks here: which benchmark a config, a results row or a run folder belongs
+to, and the union of their metrics for the reports.
 
-The evaluator modules (evals.tofu, evals.muse) load torch, so they are imported on first use: the reports
-read only the file names."""
+Light on purpose: the reports import this without torch."""
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+from pathlib import Path
+
+from mpu_cli.evals.benchmark import Benchmark
+from mpu_cli.evals.muse_benchmark import MUSE
+from mpu_cli.evals.tofu_benchmark import TOFU
+
+BENCHMARKS: dict[str, Benchmark] = {}
+DEFAULT = TOFU.name  # the benchmark of a config or a results row that names none (runs from before the key)
+COLUMN = "data.benchmark"  # the results row's column (dotted config key) that names the benchmark
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    name: str
-    eval_file: str  # e.g. TOFU_EVAL.json: {metric: {agg_value, value_by_index}}
-    summary_file: str  # e.g. TOFU_SUMMARY.json: {metric: agg_value}
-    module: str  # the evaluator: evaluate, write_eval, summarize, load_retain_reference, EvalConfig, QUICK_METRICS
-    reference_metric: str  # the retain model's evaluation is a reference only when it has this metric
-
-    @property
-    def evaluator(self):
-        return importlib.import_module(self.module)
-
-    def evaluate(self, model, tokenizer, data, fmt, cfg, retain_reference=None, label: str = "model") -> dict:
-        return self.evaluator.evaluate(model, tokenizer, data, fmt, cfg, retain_reference=retain_reference,
-                                       label=label)
-
-    def write_eval(self, out_dir, result: dict) -> None:
-        self.evaluator.write_eval(out_dir, result)
-
-    def summarize(self, result: dict) -> dict:
-        return self.evaluator.summarize(result)
-
-    def load_retain_reference(self, path_or_eval) -> dict:
-        return self.evaluator.load_retain_reference(path_or_eval)
-
-    def reference_from(self, retain_eval: dict):
-        """The reference in a retain model's evaluation, or None when it lacks the metric (quick evaluation)."""
-        return self.load_retain_reference(retain_eval) if self.reference_metric in retain_eval else None
-
-    def eval_settings(self, batch_size: int, max_new_tokens: int, quick: bool, data_cfg=None):
-        ev = self.evaluator
-        extra = {"chat_template": bool(data_cfg.get("knowmem_chat_template"))} if self.name == "muse" and data_cfg else {}
-        return ev.EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             metrics=ev.QUICK_METRICS if quick else None, **extra)
-
-    def load_eval_data(self, source: str, split: str) -> dict[str, list[dict]]:
-        """Every row the evaluation of `split` reads."""
-        if self.name == "muse":
-            from mpu_cli.data.muse import eval_sets
-
-            return eval_sets(source, split)
-        from mpu_cli.data.tofu import load_split, split_names
-
-        names = split_names(split)
-        return {
-            "forget": load_split(source, names["forget_perturbed"]),
-            "retain": load_split(source, names["retain_perturbed"]),
-            "real_authors": load_split(source, names["real_authors"]),
-            "world_facts": load_split(source, names["world_facts"]),
-            "holdout": load_split(source, names["holdout"]),
-        }
+def register(bench: Benchmark) -> Benchmark:
+    """Add a benchmark; its metrics' better directions must agree with those of the same names elsewhere."""
+    for other in BENCHMARKS.values():
+        clash = [m for m, d in bench.directions.items() if other.directions.get(m, d) != d]
+        if clash:
+            raise ValueError(f"benchmark {bench.name!r}: metric {clash[0]!r} is better in another direction "
+                             f"than in {other.name!r}")
+    BENCHMARKS[bench.name] = bench
+    return bench
 
 
-BENCHMARKS: dict[str, Benchmark] = {
-    "tofu": Benchmark("tofu", "TOFU_EVAL.json", "TOFU_SUMMARY.json", "mpu_cli.evals.tofu", "forget_truth_ratio"),
-    "muse": Benchmark("muse", "MUSE_EVAL.json", "MUSE_SUMMARY.json", "mpu_cli.evals.muse", "mia_min_k"),
-}
-EVAL_FILES = tuple(b.eval_file for b in BENCHMARKS.values())
-SUMMARY_FILES = tuple(b.summary_file for b in BENCHMARKS.values())
+def unregister(name: str) -> None:
+    BENCHMARKS.pop(name, None)
+
+
+register(TOFU)
+register(MUSE)
+
+
+def named(name) -> Benchmark:
+    """The benchmark called `name` (the default when None or empty); ValueError naming the accepted ones."""
+    name = name or DEFAULT
+    if name not in BENCHMARKS:
+        raise ValueError(f"data.benchmark={name!r} is not one of {list(BENCHMARKS)}")
+    return BENCHMARKS[name]
 
 
 def of(data_cfg) -> Benchmark:
     """The benchmark of a data config (`data.benchmark`; TOFU when absent)."""
-    name = data_cfg.get("benchmark") or "tofu"
-    if name not in BENCHMARKS:
-        raise ValueError(f"data.benchmark={name!r} is not one of {list(BENCHMARKS)}")
-    return BENCHMARKS[name]
+    return named(data_cfg.get("benchmark"))
+
+
+def of_row(row) -> Benchmark:
+    """The benchmark of a results row (a dict or a pandas row), by its data.benchmark column."""
+    value = row.get(COLUMN)
+    return named(value if isinstance(value, str) else None)
+
+
+def of_rows(df) -> Benchmark:
+    """The benchmark of a table of results rows: the one they all name (the default when they name none or
+    several)."""
+    names = {v for v in df[COLUMN] if isinstance(v, str) and v} if COLUMN in df else set()
+    return named(names.pop() if len(names) == 1 else None)
+
+
+def of_folder(folder) -> Benchmark | None:
+    """The benchmark whose summary file a run or evaluation folder holds; None when it holds none."""
+    return next((b for b in BENCHMARKS.values() if (Path(folder) / b.summary_file).is_file()), None)
+
+
+def eval_files() -> tuple[str, ...]:
+    return tuple(f for b in BENCHMARKS.values() for f in (b.eval_file, b.summary_file))
+
+
+def headline() -> tuple[str, ...]:
+    """Every benchmark's headline metrics, benchmark by benchmark in their declared order."""
+    return tuple(dict.fromkeys(m for b in BENCHMARKS.values() for m in b.headline))
+
+
+def directions() -> dict[str, str]:
+    """metric -> better direction, over every benchmark (register keeps them consistent)."""
+    out: dict[str, str] = {}
+    for b in BENCHMARKS.values():
+        out |= {m: d for m, d in b.directions.items() if m not in out}
+    return out
+
+
+def metric_names() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(m for b in BENCHMARKS.values() for m in b.metric_names))

@@ -13,10 +13,8 @@ MUSE_SUMMARY.json ({metric: agg_value}).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from mpu_cli.data.formatting import ChatFormat, pad_id
 from mpu_cli.data.text import (
@@ -28,14 +26,12 @@ from mpu_cli.data.text import (
 )
 from mpu_cli.evals import metrics as M
 from mpu_cli.evals.batched import generate_greedy, score_sequences
+from mpu_cli.evals.evaluator import Evaluator
+from mpu_cli.evals.muse_benchmark import MUSE
 from mpu_cli.faults import scoped_kill_point
-from mpu_cli.files import atomic_write_json
 
-EVAL_FILE, SUMMARY_FILE = "MUSE_EVAL.json", "MUSE_SUMMARY.json"  # as evals.benchmarks names them
 VERBMEM_NEW_TOKENS, KNOWMEM_NEW_TOKENS = 128, 32  # open-unlearning's MUSE generation lengths
-ALL_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "mia_min_k", "privleak",
-               "extraction_strength")
-QUICK_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
+ALL_METRICS, QUICK_METRICS = MUSE.metric_names, MUSE.quick_metrics
 
 
 @dataclass
@@ -79,48 +75,6 @@ def verbmem_continuations(model, tokenizer, rows: list[dict], cfg: EvalConfig, p
                            desc=desc)
 
 
-def evaluate(model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | None = None,
-             cfg: EvalConfig | None = None, retain_reference: dict | None = None, progress: bool = True,
-             label: str = "model") -> dict:
-    """The MUSE metrics of `model` on `data` (data.muse.eval_sets); `retain_reference`: {"mia_auc": AUC} of
-    the retrained model (load_retain_reference), the privleak reference."""
-    fmt, cfg = fmt or ChatFormat(), cfg or EvalConfig()
-    wanted = ALL_METRICS if cfg.metrics is None else tuple(cfg.metrics)
-    unknown = [m for m in wanted if m not in ALL_METRICS]
-    if unknown:
-        raise ValueError(f"unknown MUSE metric {unknown[0]!r}; accepted: {', '.join(ALL_METRICS)}")
-    if "privleak" in wanted and "mia_min_k" not in wanted:
-        wanted = (*wanted, "mia_min_k")
-    pad, res = pad_id(tokenizer), {}
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        if "forget_verbmem_ROUGE" in wanted:
-            rows = data["verbmem"]
-            gens = verbmem_continuations(model, tokenizer, rows, cfg, progress, f"eval {label} verbmem")
-            res["forget_verbmem_ROUGE"] = _rouge_entry([(r["prompt"], r["gt"]) for r in rows], gens)
-        for side in ("forget", "retain"):
-            if f"{side}_knowmem_ROUGE" in wanted:
-                qa = data[f"{side}_qa"]
-                gens = knowmem_answers(model, tokenizer, qa, data[f"{side}_qa_icl"], fmt, cfg, progress,
-                                       f"eval {label} {side} knowmem")
-                res[f"{side}_knowmem_ROUGE"] = _rouge_entry([(r["question"], r["answer"]) for r in qa], gens)
-            scoped_kill_point("eval_mid")  # fault-injection tests only (MPU_KILL_AT=final_eval_mid)
-        if "mia_min_k" in wanted:
-            res["mia_min_k"] = _min_k_entry(model, tokenizer, data, fmt.max_length, cfg, pad, progress, label)
-        if "privleak" in wanted:
-            ref = (retain_reference or {}).get("mia_auc")
-            res["privleak"] = _entry(M.privleak(res["mia_min_k"]["agg_value"], 0.5 if ref is None else ref))
-        if "extraction_strength" in wanted:
-            seqs = [encode_completion(tokenizer, r["prompt"], r["gt"], fmt.max_length) for r in data["verbmem"]]
-            scores = score_sequences(model, seqs, cfg.batch_size, pad, progress, desc=f"eval {label} verbmem ES")
-            es = [M.extraction_strength(M.without_final_prediction(s.correct)) for s in scores]
-            res["extraction_strength"] = _entry(M.mean(es), {str(i): {"score": v} for i, v in enumerate(es)})
-    finally:
-        model.train(was_training)
-    return {m: res[m] for m in ALL_METRICS if m in res}
-
-
 def _min_k_entry(model, tokenizer, data, max_length: int, cfg: EvalConfig, pad: int, progress: bool,
                  label: str) -> dict:
     """min-k % scores of privleak forget (members) and holdout documents; their AUC as agg_value."""
@@ -135,33 +89,57 @@ def _min_k_entry(model, tokenizer, data, max_length: int, cfg: EvalConfig, pad: 
     return entry
 
 
-def summarize(muse_eval: dict) -> dict:
-    """MUSE_SUMMARY: {metric: agg_value}."""
-    return {m: v["agg_value"] for m, v in muse_eval.items() if isinstance(v, dict) and "agg_value" in v}
+class MuseEvaluator(Evaluator):
+    EvalConfig = EvalConfig
+
+    def evaluate(self, model, tokenizer, data: dict[str, list[dict]], fmt: ChatFormat | None = None,
+                 cfg: EvalConfig | None = None, retain_reference: dict | None = None, progress: bool = True,
+                 label: str = "model") -> dict:
+        """The MUSE metrics of `model` on `data` (data.muse.eval_sets); `retain_reference`: {"mia_auc": AUC} of
+        the retrained model (load_retain_reference), the privleak reference."""
+        fmt, cfg = fmt or ChatFormat(), cfg or EvalConfig()
+        wanted = self.resolve_metrics(cfg.metrics)
+        pad, res = pad_id(tokenizer), {}
+        was_training = getattr(model, "training", False)
+        model.eval()
+        try:
+            if "forget_verbmem_ROUGE" in wanted:
+                rows = data["verbmem"]
+                gens = verbmem_continuations(model, tokenizer, rows, cfg, progress, f"eval {label} verbmem")
+                res["forget_verbmem_ROUGE"] = _rouge_entry([(r["prompt"], r["gt"]) for r in rows], gens)
+            for side in ("forget", "retain"):
+                if f"{side}_knowmem_ROUGE" in wanted:
+                    qa = data[f"{side}_qa"]
+                    gens = knowmem_answers(model, tokenizer, qa, data[f"{side}_qa_icl"], fmt, cfg, progress,
+                                           f"eval {label} {side} knowmem")
+                    res[f"{side}_knowmem_ROUGE"] = _rouge_entry([(r["question"], r["answer"]) for r in qa], gens)
+                scoped_kill_point("eval_mid")  # fault-injection tests only (MPU_KILL_AT=final_eval_mid)
+            if "mia_min_k" in wanted:
+                res["mia_min_k"] = _min_k_entry(model, tokenizer, data, fmt.max_length, cfg, pad, progress, label)
+            if "privleak" in wanted:
+                ref = (retain_reference or {}).get("mia_auc")
+                res["privleak"] = _entry(M.privleak(res["mia_min_k"]["agg_value"], 0.5 if ref is None else ref))
+            if "extraction_strength" in wanted:
+                seqs = [encode_completion(tokenizer, r["prompt"], r["gt"], fmt.max_length) for r in data["verbmem"]]
+                scores = score_sequences(model, seqs, cfg.batch_size, pad, progress, desc=f"eval {label} verbmem ES")
+                es = [M.extraction_strength(M.without_final_prediction(s.correct)) for s in scores]
+                res["extraction_strength"] = _entry(M.mean(es), {str(i): {"score": v} for i, v in enumerate(es)})
+        finally:
+            model.train(was_training)
+        return {m: res[m] for m in ALL_METRICS if m in res}
+
+    def load_retain_reference(self, path_or_eval) -> dict:
+        """The retrained model's min-k AUC ({"mia_auc"}) from its MUSE_EVAL.json (ours or open-unlearning's), a
+        folder holding one, or an in-memory MUSE_EVAL dict: the privleak reference."""
+        ev, src = self.read_eval(path_or_eval)
+        mia = ev.get("mia_min_k") if isinstance(ev, dict) else None
+        auc = mia.get("agg_value") if isinstance(mia, dict) else mia
+        if not isinstance(auc, (int, float)) or not math.isfinite(auc):
+            raise ValueError(f"retain reference {src}: no finite mia_min_k.agg_value (the min-k AUC privleak needs)")
+        return {"mia_auc": float(auc)}
 
 
-def write_eval(out_dir, muse_eval: dict) -> None:
-    """Write MUSE_EVAL.json and MUSE_SUMMARY.json into out_dir, each atomically."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / EVAL_FILE, muse_eval)
-    atomic_write_json(out / SUMMARY_FILE, summarize(muse_eval))
-
-
-def load_retain_reference(path_or_eval) -> dict:
-    """The retrained model's min-k AUC ({"mia_auc"}) from its MUSE_EVAL.json (ours or open-unlearning's), a
-    folder holding one, or an in-memory MUSE_EVAL dict: the privleak reference."""
-    if isinstance(path_or_eval, dict):
-        ev, src = path_or_eval, "the given evaluation"
-    else:
-        p = Path(path_or_eval)
-        if p.is_dir():
-            p = p / EVAL_FILE
-        if not p.is_file():
-            raise FileNotFoundError(f"retain reference {str(p)!r} not found (expected a {EVAL_FILE})")
-        ev, src = json.loads(p.read_text(encoding="utf-8")), str(p)
-    mia = ev.get("mia_min_k") if isinstance(ev, dict) else None
-    auc = mia.get("agg_value") if isinstance(mia, dict) else mia
-    if not isinstance(auc, (int, float)) or not math.isfinite(auc):
-        raise ValueError(f"retain reference {src}: no finite mia_min_k.agg_value (the min-k AUC privleak needs)")
-    return {"mia_auc": float(auc)}
+# The module's functions, for callers that evaluate MUSE directly.
+EVALUATOR = MuseEvaluator(MUSE)
+evaluate, load_retain_reference = EVALUATOR.evaluate, EVALUATOR.load_retain_reference
+summarize, write_eval = EVALUATOR.summarize, EVALUATOR.write_eval

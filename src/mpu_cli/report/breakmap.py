@@ -21,22 +21,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpu_cli.evals import benchmarks
+from mpu_cli.evals.metric_registry import DIRECTION_WORDS
 from mpu_cli.mpu.arms import ARMS, BASELINE, NOISY, arm_name, arm_of_label, name_order
-from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, MUSE_AVG_METRICS, avg_metrics
 from mpu_cli.report.stats import t_interval, verdict
-
-METRICS = ("forget_Q_A_Prob", "deg_avg")
-MUSE_METRICS = ("forget_verbmem_ROUGE", "deg_avg")  # MUSE runs: its verbatim memorization in forget Prob's place
 
 
 def map_metrics(df: pd.DataFrame) -> tuple[str, str]:
-    """(the forget metric, deg_avg), for the benchmark whose metrics deg_avg averages."""
-    with_values = [c for c in df.columns if _num(df[c]).notna().any()]
-    return MUSE_METRICS if avg_metrics(with_values) == MUSE_AVG_METRICS else METRICS
+    """(the forget metric of the runs' benchmark, deg_avg)."""
+    return benchmarks.of_rows(df).forget_metric, "deg_avg"
 
 
 def _better(metric: str) -> str:
-    return "worse > 0" if metric == "deg_avg" else DIRECTION_WORDS[DIRECTIONS[metric]]
+    return "worse > 0" if metric == "deg_avg" else DIRECTION_WORDS[benchmarks.directions()[metric]]
 
 
 def _num(s) -> pd.Series:
@@ -158,7 +155,6 @@ def figure_break_map(points: pd.DataFrame):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullLocator
 
     from mpu_cli.report.plots import MARKERS, _plain_axes

@@ -27,9 +27,10 @@ import math
 
 import pandas as pd
 
+from mpu_cli.evals import benchmarks
+from mpu_cli.evals.metric_registry import ABS, HIGHER, LOWER
 from mpu_cli.mpu.arms import ARMS, BASELINE, NOISY, is_arm_key, order
 from mpu_cli.mpu.survival import RESULT_COLUMNS
-from mpu_cli.report.columns import ABS, DIRECTIONS, HIGHER, LOWER, avg_metrics
 
 SEED_KEYS = ("seed", "client.seed")
 # Settings that do not change a run's numbers, or that another column identifies (model.target: target_hash).
@@ -120,9 +121,8 @@ def relative_degradation(row_value: float, clean_value: float, direction: str) -
     raise ValueError(f"unknown direction {direction!r}")
 
 
-def deg_average(degs: dict[str, float]) -> tuple[float, str]:
-    """deg_avg over the AVG_METRICS present (MUSE_AVG_METRICS for a MUSE run), and the note saying which."""
-    names = avg_metrics([m for m, v in degs.items() if not math.isnan(v)])
+def deg_average(degs: dict[str, float], names: tuple[str, ...]) -> tuple[float, str]:
+    """deg_avg over the `names` present (the benchmark's, Benchmark.deg_avg), and the note saying which."""
     used = [m for m in names if m in degs and not math.isnan(degs[m])]
     if not used:
         return math.nan, ""
@@ -152,7 +152,8 @@ def mark_duplicates(df: pd.DataFrame) -> pd.Series:
 def add_degradation(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """clean_run, deg_<metric>, deg_avg and deg_avg_over for every finished noised/MPU row (df: used runs)."""
     df = df.copy()
-    scored = [m for m in DIRECTIONS if m in metrics]
+    directions = benchmarks.directions()
+    scored = [m for m in directions if m in metrics]
     for m in scored:
         df[f"deg_{m}"] = math.nan
     df["deg_avg"], df["deg_avg_over"], df["clean_run"] = math.nan, "", ""
@@ -164,10 +165,10 @@ def add_degradation(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
         if j is None:
             df.at[i, "clean_run"] = "(no clean run)"
             continue
-        degs = {m: relative_degradation(row[m], df.at[j, m], DIRECTIONS[m]) for m in scored}
+        degs = {m: relative_degradation(row[m], df.at[j, m], directions[m]) for m in scored}
         for m, d in degs.items():
             df.at[i, f"deg_{m}"] = d
-        df.at[i, "deg_avg"], df.at[i, "deg_avg_over"] = deg_average(degs)
+        df.at[i, "deg_avg"], df.at[i, "deg_avg_over"] = deg_average(degs, benchmarks.of_row(row).deg_avg)
         df.at[i, "clean_run"] = df.at[j, "run"]
     return df
 

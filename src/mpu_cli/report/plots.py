@@ -25,19 +25,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
+from mpu_cli.evals import benchmarks
+from mpu_cli.evals.metric_registry import DIRECTION_WORDS
 from mpu_cli.mpu.arms import NOISY, arm_label, arm_name, arm_of_label, is_arm_key, label_order
-from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, MUSE_AVG_METRICS
 from mpu_cli.report.stats import t_interval
 
 MARKERS = "osD^v<>pPX*h"
-BAR_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")
-# (forgetting, utility) axes of plot_forget_vs_utility, the first pair with values is drawn
-FORGET_UTILITY_AXES = (("forget_Q_A_Prob", "model_utility"), ("forget_Q_A_Prob", "retain_Q_A_Prob"),
-                       ("forget_knowmem_ROUGE", "retain_knowmem_ROUGE"))
 
 
 def _better(metric: str) -> str:
-    return DIRECTION_WORDS.get(DIRECTIONS.get(metric), "")
+    return DIRECTION_WORDS.get(benchmarks.directions().get(metric), "")
 
 
 def _has(df: pd.DataFrame, metric: str) -> bool:
@@ -115,11 +112,9 @@ def _mean_ci(values) -> tuple[float, float]:
 
 def figure_arms(used: pd.DataFrame, keys: list[str]):
     """The paper's Figure 2 view (see the module docstring); None without a metric to show."""
-    metrics = [m for m in BAR_METRICS if _has(used, m)]
-    if "model_utility" not in metrics and _has(used, "retain_Q_A_Prob"):
+    metrics = [m for m in benchmarks.of_rows(used).deg_avg if _has(used, m)]
+    if "model_utility" not in metrics and _has(used, "retain_Q_A_Prob"):  # a quick TOFU evaluation: no utility
         metrics.append("retain_Q_A_Prob")
-    if not metrics:
-        metrics = [m for m in MUSE_AVG_METRICS if _has(used, m)]
     if not metrics or not len(used):
         return None
     df = used.assign(fig_panel=_panels(used, keys), fig_arm=[arm_label(r) for r in used.to_dict("records")])
@@ -204,7 +199,8 @@ def figure_degradation_vs_kappa(used: pd.DataFrame, keys: list[str]):
 
 def figure_forget_vs_utility(used: pd.DataFrame, keys: list[str]):
     """Forgetting against utility, one point per run, the target and the retain model as references."""
-    axes_with_values = [(y, x) for y, x in FORGET_UTILITY_AXES if _has(used, y) and _has(used, x)]
+    axes = benchmarks.of_rows(used).forget_utility_axes
+    axes_with_values = [(y, x) for y, x in axes if _has(used, y) and _has(used, x)]
     if not axes_with_values:
         return None
     ycol, xcol = axes_with_values[0]

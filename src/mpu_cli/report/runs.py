@@ -1,10 +1,10 @@
 """Reading a folder of runs: one record per run directory with its status, configuration and metrics.
 
 A *run* is a folder with ``run.json`` (written when a run starts), ``results.csv`` or ``.hydra/config.yaml``.
-Its status is *finished* (COMPLETE, or results.csv from before run.json existed, plus results.csv and
-TOFU_SUMMARY.json), *failed* (FAILED: the run stopped on an error, whose one line is kept) or *unfinished*
+Its status is *finished* (COMPLETE, or results.csv from before run.json existed, plus results.csv and its
+benchmark's summary file, e.g. TOFU_SUMMARY.json), *failed* (FAILED: the run stopped on an error, whose one line is kept) or *unfinished*
 (anything else: still running, or killed). The configuration is the resolved one of run.json, flattened to
-dotted keys; metrics come from the run's own TOFU_SUMMARY.json; results.csv adds the target's hash, the
+dotted keys; metrics come from the run's own summary file; results.csv adds the target's hash, the
 target's metrics and the timings.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mpu_cli.evals.benchmarks import SUMMARY_FILES
+from mpu_cli.evals import benchmarks
 from mpu_cli.run import rundir
 
 FINISHED, FAILED, UNFINISHED = "finished", "failed", "unfinished"
-REQUIRED = ("results.csv",)  # and the benchmark's summary: TOFU_SUMMARY.json or MUSE_SUMMARY.json
+REQUIRED = ("results.csv",)  # and its benchmark's summary file (evals.benchmarks.of_folder)
 RETAIN_PREFIX = "retainmodel_"  # columns of the retain model's metrics (target_ holds the target's)
 
 
@@ -62,8 +62,10 @@ def read_run(run: Path, root: Path) -> dict:
               "metrics": {}}
     complete = (run / rundir.COMPLETE).is_file() or (
         (run / "results.csv").is_file() and not (run / rundir.RUN_STATE).is_file())
-    summary_file = next((run / f for f in SUMMARY_FILES if (run / f).is_file()), None)
-    missing = [f for f in REQUIRED if not (run / f).is_file()] + ([] if summary_file else [SUMMARY_FILES[0]])
+    bench = benchmarks.of_folder(run)
+    summary_file = run / bench.summary_file if bench else None
+    missing = [f for f in REQUIRED if not (run / f).is_file()] + (
+        [] if bench else [benchmarks.named(benchmarks.DEFAULT).summary_file])
     if complete and not missing:
         try:
             table = pd.read_csv(run / "results.csv")

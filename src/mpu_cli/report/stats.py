@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mpu_cli.evals import benchmarks
+from mpu_cli.evals.metric_registry import ABS, HIGHER, LOWER
 from mpu_cli.mpu.arms import BASELINE, NOISY
-from mpu_cli.report.columns import ABS, DIRECTIONS, HIGHER, LOWER, avg_metrics
 from mpu_cli.report.compare import deg_average, relative_degradation, sort_key
 
 LEVEL = 0.95
@@ -89,7 +90,7 @@ def _difference(metric: str, arm_value, clean_value) -> float:
         a, c = float(arm_value), float(clean_value)
     except (TypeError, ValueError):
         return math.nan
-    return abs(a) - abs(c) if DIRECTIONS.get(metric) == ABS else a - c
+    return abs(a) - abs(c) if benchmarks.directions().get(metric) == ABS else a - c
 
 
 def _clean_floor(cleans: pd.DataFrame, metric: str) -> float:
@@ -97,9 +98,10 @@ def _clean_floor(cleans: pd.DataFrame, metric: str) -> float:
     if metric != "deg_avg":
         vals = pd.to_numeric(cleans[metric], errors="coerce").dropna() if metric in cleans else []
         return float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
-    names = avg_metrics([c for c in cleans.columns if pd.to_numeric(cleans[c], errors="coerce").notna().any()])
+    names = benchmarks.of_rows(cleans).deg_avg
+    directions = benchmarks.directions()
     means = {m: pd.to_numeric(cleans[m], errors="coerce").mean() for m in names if m in cleans}
-    degs = [deg_average({m: relative_degradation(row[m], means[m], DIRECTIONS[m]) for m in means})[0]
+    degs = [deg_average({m: relative_degradation(row[m], means[m], directions[m]) for m in means}, names)[0]
             for _, row in cleans.iterrows()]
     degs = [d for d in degs if not math.isnan(d)]
     return float(np.std(degs, ddof=1)) if len(degs) > 1 else math.nan
@@ -127,7 +129,7 @@ def paired_differences(used: pd.DataFrame, keys: list[str], metrics: list[str]) 
                 clean_mean = pd.to_numeric(cleans_paired[metric], errors="coerce").mean()
                 arm_mean = pd.to_numeric(paired[metric], errors="coerce").mean()
             iv = t_interval(diffs)
-            direction = DIRECTIONS.get(metric, LOWER if metric == "deg_avg" else None)
+            direction = benchmarks.directions().get(metric, LOWER if metric == "deg_avg" else None)
             row = label | {
                 "metric": metric, "n": iv.n, "clean_mean": clean_mean, "arm_mean": arm_mean,
                 "diff_mean": iv.mean, "diff_sd": iv.sd, "ci_low": iv.low, "ci_high": iv.high,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpu_cli.evals import benchmarks
+from mpu_cli.evals.metric_registry import ABS, DIRECTION_WORDS
 from mpu_cli.mpu.survival import RESULT_COLUMNS
-from mpu_cli.report.columns import DIRECTION_WORDS, DIRECTIONS, HEADLINE, MUSE_AVG_METRICS, avg_metrics
 from mpu_cli.report.compare import (
     ORDER,
     add_degradation,
@@ -60,12 +61,10 @@ class Collected:
 
 def collect(root: Path) -> Collected:
     root = Path(root)
-    from mpu_cli.evals.tofu import ALL_METRICS
-
     records = [read_run(run, root) for run in find_runs(root)]
     if not records:
         return Collected(root, pd.DataFrame())
-    metric_names = set(ALL_METRICS) | {k for r in records for k in r["metrics"]}
+    metric_names = set(benchmarks.metric_names()) | {k for r in records for k in r["metrics"]}
     rows, setting_rows = [], []
     for rec in records:
         st = settings(rec["config"], rec["results"], metric_names)
@@ -93,7 +92,7 @@ def collect(root: Path) -> Collected:
         done["_seeded"] = [seeded(r) for r in st_rows]
         done["duplicate_of"] = mark_duplicates(done)
         done = add_degradation(done, metrics)
-        head = [m for m in HEADLINE if m in done and done[m].notna().any()]
+        head = [m for m in benchmarks.headline() if m in done and done[m].notna().any()]
         paired = paired_differences(done[done.duplicate_of == ""], keys, head)
         done = done.drop(columns=list(_PRIVATE))
     table = pd.concat([done, df[df.status != FINISHED]], ignore_index=True) if len(done) else df
@@ -107,7 +106,8 @@ def collect(root: Path) -> Collected:
 def _column_order(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> list[str]:
     head = ["run", "status", *[k for k in ORDER if k in df], *[k for k in keys if k not in ORDER], "seed"]
     head += [c for c in ("client.seed",) if c in df]
-    mets = [m for m in HEADLINE if m in df] + sorted(m for m in metrics if m not in HEADLINE)
+    headline = benchmarks.headline()
+    mets = [m for m in headline if m in df] + sorted(m for m in metrics if m not in headline)
     degs = [c for c in df if c.startswith("deg_")]
     tail = ["clean_run", "duplicate_of", "error"]
     rest = sorted(c for c in df if c not in {*head, *mets, *degs, *tail}
@@ -142,7 +142,7 @@ def md_table(df: pd.DataFrame, columns: list[str], pct: tuple[str, ...] = ()) ->
 
 def aggregate(used: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean and standard deviation over the seeds of each group (duplicates already left out)."""
-    metrics = [m for m in (*HEADLINE, "deg_avg") if m in used.columns and used[m].notna().any()]
+    metrics = [m for m in (*benchmarks.headline(), "deg_avg") if m in used.columns and used[m].notna().any()]
     rows = []
     by = keys or ["arm"]
     for _, g in used.groupby([used[k].map(lambda v: json.dumps(v, default=str)) for k in by], sort=False):
@@ -206,12 +206,12 @@ def render_paired(paired: pd.DataFrame, keys: list[str]) -> list[str]:
             _fmt(r.clean_sd, pct=True).lstrip("+")]
         lines.append("| " + " | ".join(cells) + " |")
     out += [*lines, ""]
-    for metric in [m for m in HEADLINE if m in set(paired.metric)]:
+    for metric in [m for m in benchmarks.headline() if m in set(paired.metric)]:
         rows = paired[paired.metric == metric]
         if rows.arm_mean.isna().all():
             continue
-        direction = DIRECTION_WORDS.get(DIRECTIONS.get(metric), "no better direction")
-        diff = "Δ|·|" if DIRECTIONS.get(metric) == "abs" else "Δ"
+        direction = DIRECTION_WORDS.get(benchmarks.directions().get(metric), "no better direction")
+        diff = "Δ|·|" if benchmarks.directions().get(metric) == ABS else "Δ"
         cols = [*label, "n", "clean", "arm", diff, "95 % CI", "verdict", "clean sd"]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for _, r in rows.iterrows():
@@ -242,7 +242,8 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
         "",
     ]
     if len(done):
-        averaged = avg_metrics([c for c in done.columns if done[c].notna().any()])
+        bench = benchmarks.of_rows(done)
+        averaged = bench.deg_avg
         out += [
             "Runs are grouped by the settings that differ between them: "
             + (", ".join(f"`{k}`" for k in col.keys) if col.keys else "(none: one setting)")
@@ -250,7 +251,7 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
             "",
             "Degradation is relative to the clean run with the same seed and settings; **worse than clean is "
             "positive**; `deg_avg` is the mean over " + ", ".join(averaged)
-            + (" (MUSE's three ROUGE metrics)" if averaged == MUSE_AVG_METRICS else " (the paper's average degradation)")
+            + f" ({bench.deg_avg_note})"
             + " over what was evaluated.",
             "",
         ]
@@ -261,7 +262,7 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
             out += ["- Runs without a seed (secrets from a CSPRNG) are kept apart from seeded runs.", ""]
         out += render_paired(col.paired, col.keys)
         agg = aggregate(used, col.keys)
-        metrics = [m for m in HEADLINE if m in used and used[m].notna().any()]
+        metrics = [m for m in benchmarks.headline() if m in used and used[m].notna().any()]
         label = [k for k in _label_columns(col.keys) if k in agg] or (["arm"] if "arm" in agg else [])
         cols = [*label, "n", *metrics, "deg_avg"]
         cols = [c for c in cols if c in agg.columns]

@@ -13,9 +13,10 @@ from mpu_cli.evals import benchmarks
 from mpu_cli.models.io import load_model
 
 EVAL_VERSION = "2"  # bump when metric code changes: cached evaluations then stop matching
-# Cached evaluations are also keyed by the package version and a digest of the evaluation code.
-EVAL_MODULES = ("mpu_cli.evals.tofu", "mpu_cli.evals.metrics", "mpu_cli.evals.batched", "mpu_cli.data.formatting",
-                "mpu_cli.logprobs", "mpu_cli.evals.muse", "mpu_cli.data.text")
+# Cached evaluations are also keyed by the package version and a digest of the evaluation code: these shared
+# modules and the benchmark's own (Benchmark.eval_modules).
+EVAL_MODULES = ("mpu_cli.evals.metrics", "mpu_cli.evals.batched", "mpu_cli.evals.evaluator",
+                "mpu_cli.evals.metric_registry", "mpu_cli.data.formatting", "mpu_cli.logprobs")
 
 
 def eval_data(data_cfg) -> dict[str, list[dict]]:
@@ -34,9 +35,10 @@ def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data:
     `content`: the digest of the model and the tokenizer it is evaluated with (run/identity.evaluated_digest)."""
     from mpu_cli import cache
 
-    key = {"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES), "model": content, "data": value_digest(data, 64),
-           "eval": OmegaConf.to_container(cfg.eval, resolve=True), "fmt": fmt.__dict__, "ref": retain_ref}
     bench = benchmarks.of(cfg.data)
+    key = {"v": EVAL_VERSION, "code": code_digest(*EVAL_MODULES, *bench.eval_modules), "model": content,
+           "data": value_digest(data, 64), "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+           "fmt": fmt.__dict__, "ref": retain_ref}
     fresh = {}
 
     def evaluate(out: Path) -> None:

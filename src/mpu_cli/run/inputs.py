@@ -2,8 +2,7 @@
 config it reads is valid."""
 from __future__ import annotations
 
-from mpu_cli.data.muse import is_muse
-from mpu_cli.data.tofu import load_public_text, load_split, split_names
+from mpu_cli.evals import benchmarks
 from mpu_cli.models.check import model_family
 from mpu_cli.models.io import resolve_model_path
 
@@ -31,19 +30,7 @@ def check_model_families(model_cfg) -> None:
 
 def check_data(data_cfg) -> None:
     """Load (and so validate, data.validate) every data config the run reads, before anything is written."""
-    if is_muse(data_cfg):
-        from mpu_cli.data.muse import LAYOUT, load_muse
-
-        for config, splits in LAYOUT.items():
-            for split in splits:
-                if config != "privleak" or split != "retain":  # privleak/retain: not read by any metric
-                    load_muse(data_cfg.source, config, split)
-        return
-    names = split_names(data_cfg.split)
-    for name in dict.fromkeys(["full", *names.values()]):
-        load_split(data_cfg.source, name)
-    if data_cfg.source == "embedded":
-        load_public_text(data_cfg.source)
+    benchmarks.of(data_cfg).check_data(data_cfg)
 
 
 def check_cache_dir(cache_dir: str) -> None:

@@ -42,7 +42,7 @@ from mpu_cli.run.settings import chat_format, client_config, client_dtype
 from mpu_cli.run.slots import forked_slots, uses_file_transport
 from mpu_cli.run.stage import set_stage
 from mpu_cli.unlearn import build_algorithm
-from mpu_cli.unlearn.client import load_client_data, unlearn_copy
+from mpu_cli.unlearn.client import unlearn_copy
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
 
     # Client side: its own data, its algorithm, a public model skeleton in the dtype of the copies it receives.
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
-    client_data = load_client_data(tokenizer, chat_format(cfg.model), cfg.data, algorithm)
+    client_data = benchmarks.of(cfg.data).client_data(tokenizer, chat_format(cfg.model), cfg.data, algorithm)
     client_model = public_skeleton(prepared.target, resolve_dtype(client_dtype(cfg)))
 
     n = server.n_copies
@@ -181,9 +181,6 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
                  cfg.rounds)
 
 
-HEADLINE = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE", "model_utility",
-            "forget_quality", "forget_truth_ratio", "privleak", "extraction_strength", "exact_memorization",
-            "forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE")
 # results.csv names these config leaves by short names; every other leaf keeps its dotted key.
 SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split", "algorithm.name": "algorithm"}
 
@@ -203,7 +200,8 @@ def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> di
     for key, value in rundir.flat(rundir.run_config(cfg)).items():
         if key not in SHORT_NAMES and key not in row:
             row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    metrics = dict(summary) | {f"target_{k}": target_summary[k] for k in HEADLINE if k in target_summary}
+    headline = benchmarks.of(cfg.data).headline
+    metrics = dict(summary) | {f"target_{k}": target_summary[k] for k in headline if k in target_summary}
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     row |= {k: (None if k in bad else v) for k, v in metrics.items()}
     row["non_finite"] = ";".join(bad)

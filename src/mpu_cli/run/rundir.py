@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mpu_cli.config import ConfigError
+from mpu_cli.evals import benchmarks
 from mpu_cli.files import atomic_write_json, atomic_write_text
 
 RUN_STATE = "run.json"
@@ -34,10 +35,9 @@ MANIFEST = "MANIFEST.json"
 # Keys that may differ between the start of a run and its resumption.
 VOLATILE = ("resume", "run_id", "overwrite", "hydra")
 PRESET_TABLES = ("schedule",)  # read through rounds / client.epochs, which are recorded resolved
-# What a run writes into its directory: overwrite=true removes these when the run left no manifest (killed
-# outright); .hydra/ and the log stay.
-OUTPUTS = (COMPLETE, FAILED, MANIFEST, RUN_STATE, "results.csv", "TOFU_EVAL.json", "TOFU_SUMMARY.json",
-           "MUSE_EVAL.json", "MUSE_SUMMARY.json", "server_public.json",
+# What a run writes into its directory, besides every benchmark's EVAL and SUMMARY files: overwrite=true removes
+# these when the run left no manifest (killed outright); .hydra/ and the log stay.
+OUTPUTS = (COMPLETE, FAILED, MANIFEST, RUN_STATE, "results.csv", "server_public.json",
            "target", "retain", "model", "server_private", "exchange", "client", "logs")
 
 
@@ -153,7 +153,7 @@ def remove_outputs(out: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         listed = None
     if listed is None:  # killed outright before any manifest: the run's own names (files of other names stay)
-        for name in OUTPUTS:
+        for name in (*OUTPUTS, *benchmarks.eval_files()):
             p = out / name
             if p.is_dir() and name in ("server_private", "exchange", "client"):
                 shutil.rmtree(p)  # only a run writes into these
@@ -172,7 +172,7 @@ def remove_outputs(out: Path) -> None:
 
 def _run_file(p: Path) -> bool:
     """A file of the kind the run writes into target/, retain/, model/, logs/ (for a run without a manifest)."""
-    return (p.name in ("TOFU_EVAL.json", "TOFU_SUMMARY.json", "MUSE_EVAL.json", "MUSE_SUMMARY.json", "config.json", "generation_config.json",
+    return (p.name in (*benchmarks.eval_files(), "config.json", "generation_config.json",
                        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
             or p.suffix == ".safetensors" or (p.parent.name == "logs" and p.name.startswith(("server", "client_"))))
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mpu_cli.data.formatting import ChatFormat, encode_qa
-from mpu_cli.data.muse import is_muse
+from mpu_cli.data.formatting import ChatFormat, encode_qa, encode_rows
 from mpu_cli.data.tofu import load_idk, load_split, split_names
 from mpu_cli.devices import pick_device
 from mpu_cli.finite import check_state
@@ -31,14 +30,6 @@ class ClientData:
     forget: list[dict]
     retain: list[dict]
     idk: list[dict] | None = None
-
-
-def load_client_data(tokenizer, fmt: ChatFormat, data_cfg, algorithm) -> ClientData:
-    """The client's data for the run's benchmark (`data.benchmark`): TOFU QA pairs or MUSE documents."""
-    if is_muse(data_cfg):
-        return encode_text_client_data(tokenizer, fmt.max_length, data_cfg["source"], data_cfg["split"],
-                                       data_cfg.get("retain_split") or "retain1", algorithm)
-    return encode_client_data(tokenizer, fmt, data_cfg["source"], data_cfg["split"], algorithm)
 
 
 def encode_text_client_data(tokenizer, max_length: int, source: str, split: str, retain_split: str,
@@ -59,10 +50,9 @@ def encode_text_client_data(tokenizer, max_length: int, source: str, split: str,
 
 def encode_client_data(tokenizer, fmt: ChatFormat, source: str, split: str, algorithm, seed: int = 0) -> ClientData:
     names = split_names(split)
-    encode = lambda rows: [encode_qa(tokenizer, r["question"], r["answer"], fmt) for r in rows]
     forget_rows = load_split(source, names["forget"])
-    forget = encode(forget_rows)
-    retain = encode(load_split(source, names["retain"])) if algorithm.uses_retain else []
+    forget = encode_rows(tokenizer, forget_rows, fmt)
+    retain = encode_rows(tokenizer, load_split(source, names["retain"]), fmt) if algorithm.uses_retain else []
     idk = None
     if getattr(algorithm, "needs_idk", False):
         refusals, rng = load_idk(source), random.Random(seed)
