@@ -59,7 +59,6 @@ class ToyEvaluator(Evaluator):
 
 class Toy(Benchmark):
     name = "toy"
-    eval_file, summary_file = "TOY_EVAL.json", "TOY_SUMMARY.json"
     evaluator_class = f"{__name__}:ToyEvaluator"
     reference_metric = "retain_toy_Prob"
     metrics = (Metric("forget_toy_Prob", LOWER, on="forget", headline=1, deg_avg=True),

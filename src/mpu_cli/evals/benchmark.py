@@ -25,9 +25,7 @@ class TrainingSet:
 
 
 class Benchmark:
-    name: str
-    eval_file: str  # e.g. TOFU_EVAL.json: {metric: {agg_value, value_by_index}}
-    summary_file: str  # e.g. TOFU_SUMMARY.json: {metric: agg_value}
+    name: str  # data.benchmark's value
     evaluator_class: str  # "module:Class" of its evaluator (an evals.evaluator.Evaluator)
     reference_metric: str  # the retain model's evaluation is a reference only when it has this metric
     metrics: tuple[MR.Metric, ...]  # in report order
@@ -43,6 +41,16 @@ class Benchmark:
 
     def __repr__(self) -> str:
         return f"<benchmark {self.name}>"
+
+    @property
+    def eval_file(self) -> str:
+        """e.g. TOFU_EVAL.json: {metric: {agg_value, value_by_index}}."""
+        return f"{self.name.upper()}_EVAL.json"
+
+    @property
+    def summary_file(self) -> str:
+        """e.g. TOFU_SUMMARY.json: {metric: agg_value}."""
+        return f"{self.name.upper()}_SUMMARY.json"
 
     # ---- metrics ------------------------------------------------------------------------------------------
 

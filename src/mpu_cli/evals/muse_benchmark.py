@@ -27,7 +27,6 @@ METRICS = (
 
 class Muse(Benchmark):
     name = "muse"
-    eval_file, summary_file = "MUSE_EVAL.json", "MUSE_SUMMARY.json"
     evaluator_class = "mpu_cli.evals.muse:MuseEvaluator"
     reference_metric = "mia_min_k"
     metrics = METRICS

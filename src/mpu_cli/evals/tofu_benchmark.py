@@ -65,7 +65,6 @@ METRICS = (
 
 class Tofu(Benchmark):
     name = "tofu"
-    eval_file, summary_file = "TOFU_EVAL.json", "TOFU_SUMMARY.json"
     evaluator_class = "mpu_cli.evals.tofu:TofuEvaluator"
     reference_metric = "forget_truth_ratio"
     metrics = METRICS
