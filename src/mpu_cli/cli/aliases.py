@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpu_cli.data.muse import RETAIN_SPLITS as MUSE_RETAIN_SPLITS  # standard library only, like this module
+from mpu_cli.evals import benchmarks  # standard library only, like this module
 
 OPEN_UNLEARNING_ALGORITHMS = {  # their trainer names as they spell them -> ours
     "GradAscent": "ga", "GradDiff": "graddiff", "NPO": "npo", "SimNPO": "simnpo", "DPO": "idkdpo",
@@ -84,7 +84,7 @@ def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
             new_value = _values(value, lambda v: ALGORITHM_NAMES.get(v.lower(), v))
         elif new_key == "model":
             new_value = _values(value, lambda v: models.get(v.lower(), v))
-        if bare == "retain_split" and value in MUSE_RETAIN_SPLITS:  # MUSE's retain corpus is a choice of its own
+        if bare == "retain_split" and value in benchmarks.retain_splits():  # a retain corpus of its own (MUSE's)
             notes.append(f"mpu-run: note: {bare}={value} is read as data.retain_split={value} (open-unlearning's name)")
             out.append(f"data.retain_split={value}")
             continue

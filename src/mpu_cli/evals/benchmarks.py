@@ -71,6 +71,11 @@ def eval_files() -> tuple[str, ...]:
     return tuple(f for b in BENCHMARKS.values() for f in (b.eval_file, b.summary_file))
 
 
+def retain_splits() -> tuple[str, ...]:
+    """Every benchmark's data.retain_split values (a retain corpus chosen on its own)."""
+    return tuple(dict.fromkeys(s for b in BENCHMARKS.values() for s in b.retain_splits))
+
+
 def headline() -> tuple[str, ...]:
     """Every benchmark's headline metrics, benchmark by benchmark in their declared order."""
     return tuple(dict.fromkeys(m for b in BENCHMARKS.values() for m in b.headline))
