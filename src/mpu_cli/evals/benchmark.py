@@ -7,6 +7,7 @@ are imported on first use."""
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,7 +25,7 @@ class TrainingSet:
     check: Callable[[], list[dict]]  # the encoded forget examples whose mean Prob stops the target's training
 
 
-class Benchmark:
+class Benchmark(ABC):
     name: str  # data.benchmark's value
     evaluator_class: str  # "module:Class" of its evaluator (an evals.evaluator.Evaluator)
     reference_metric: str  # the retain model's evaluation is a reference only when it has this metric
@@ -108,9 +109,9 @@ class Benchmark:
         return self.evaluator.EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens,
                                          metrics=self.quick_metrics if quick else None)
 
+    @abstractmethod
     def load_eval_data(self, source: str, split: str) -> dict[str, list[dict]]:
         """Every row the evaluation of `split` reads."""
-        raise NotImplementedError
 
     # ---- configuration and inputs -------------------------------------------------------------------------
 
@@ -125,21 +126,21 @@ class Benchmark:
             return f"data.retain_split={retain!r} is not accepted; accepted: {accepted}", ()
         return None
 
+    @abstractmethod
     def check_data(self, data_cfg) -> None:
         """Load (and so validate) every data set a run reads, before anything is written."""
-        raise NotImplementedError
 
     # ---- the client and the prepare stage -----------------------------------------------------------------
 
+    @abstractmethod
     def client_data(self, tokenizer, fmt, data_cfg, algorithm):
         """The client's encoded data (unlearn.client.ClientData)."""
-        raise NotImplementedError
 
     def public_source(self, data_cfg) -> str:
         """The data source whose public text the embedded base model is pretrained on."""
         return "embedded"
 
+    @abstractmethod
     def training_set(self, data_cfg, kind: str, tokenizer, fmt) -> TrainingSet:
         """The data the prepare stage fine-tunes the `kind` model on ("target": everything the target learnt;
         "retain": all but the forget set)."""
-        raise NotImplementedError

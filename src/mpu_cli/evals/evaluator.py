@@ -3,6 +3,7 @@ summary ({metric: agg_value}), writing the EVAL and SUMMARY files, reading an ev
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from mpu_cli.evals import metric_registry as MR
 from mpu_cli.files import atomic_write_json
 
 
-class Evaluator:
+class Evaluator(ABC):
     """One benchmark's evaluator. Subclasses define EvalConfig, `evaluate` and `load_retain_reference`."""
 
     EvalConfig: type
@@ -22,13 +23,14 @@ class Evaluator:
         """The requested metrics plus the ones they are computed from, in report order (None: every metric)."""
         return MR.resolve(self.benchmark.metrics, requested)
 
+    @abstractmethod
     def evaluate(self, model, tokenizer, data: dict[str, list[dict]], fmt=None, cfg=None, retain_reference=None,
                  progress: bool = True, label: str = "model") -> dict:
         """{metric: {"agg_value", "value_by_index", ...}} of `model` on the benchmark's evaluation data."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_retain_reference(self, path_or_eval) -> dict:
-        raise NotImplementedError
+        """The retain model's reference for the metrics that compare with it, from read_eval's sources."""
 
     @staticmethod
     def summarize(result: dict) -> dict:
