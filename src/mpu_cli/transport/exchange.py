@@ -18,17 +18,22 @@ no secret derives from it), round, copy, n_copies, per file its SHA-256 and size
 shape; a returned manifest also the SHA-256 of the published file it started from (binds an update to its
 copy). Manifests never hold seeds, α, σ, transforms or θ — `check_manifest_is_public` enforces the key set.
 
-Everything read is validated (`read_validated`): manifest fields, file SHA-256 and size, a well-formed
-safetensors header, key set, shapes, dtypes and finite values. Any failure raises `TransportError` naming the
-round, the copy and what is wrong; nothing is returned from a file that fails.
+Everything read is validated (`read_validated`): manifest fields, file size (against the manifest and the
+expected tensors, before a byte is read), a well-formed safetensors header, key set, shapes, dtypes, SHA-256 and
+finite values. Any failure raises `TransportError` naming the round, the copy and what is wrong; nothing is
+returned from a file that fails. Only regular files are opened and no symbolic link is followed (`open_regular`,
+and no round_r / copy_k folder may be a link): a FIFO or a device would block the reader or never end, and a link
+could point into the server's private state.
 
 This module is shared by both parties: it imports neither the server (mpu/) nor the client (unlearn/, data/).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -54,6 +59,7 @@ _ST = {
 _TORCH = {v: k for k, v in _ST.items()}
 _FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 _CHUNK = 1 << 22
+_JSON_LIMIT = 64 << 20  # a manifest lists a dtype and a shape per tensor: far below this
 
 # Keys a manifest may contain (top level and per file / per tensor); anything else is rejected on read and
 # can never be written, so no secret can ride along by accident.
@@ -79,12 +85,36 @@ def torch_dtype(code: str) -> torch.dtype:
 # ---- paths ----------------------------------------------------------------------------------------------------
 
 
+def _not_a_link(path: Path) -> Path:
+    if path.is_symlink():
+        raise TransportError(f"{path} is a symbolic link; the exchange folder holds plain folders and files only")
+    return path
+
+
 def round_dir(exchange: Path, r: int) -> Path:
-    return Path(exchange) / f"round_{r}"
+    return _not_a_link(Path(exchange) / f"round_{r}")
 
 
 def copy_dir(exchange: Path, r: int, k: int) -> Path:
-    return round_dir(exchange, r) / f"copy_{k}"
+    return _not_a_link(round_dir(exchange, r) / f"copy_{k}")
+
+
+def open_regular(path: Path, what: str):
+    """`path` opened for binary reading if it is a regular file and not a symbolic link, else TransportError.
+    O_NONBLOCK: opening a FIFO returns at once (and is then refused) instead of waiting for a writer."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise TransportError(f"{what}: {path.name} is missing") from None
+    except OSError as e:
+        why = "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+        raise TransportError(f"{what}: {path.name} {why}; only regular files are read") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TransportError(f"{what}: {path.name} is not a regular file; only regular files are read")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def is_published(exchange: Path, r: int) -> bool:
@@ -142,6 +172,7 @@ class StreamingSafetensorsWriter:
         try:
             for p in self._paths:
                 p.parent.mkdir(parents=True, exist_ok=True)
+                _not_a_link(p.parent)  # mkstemp would write wherever a planted link points
                 fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
                 os.fchmod(fd, file_mode(p))  # the umask, or 0600 in the server's private folder
                 f = os.fdopen(fd, "wb")
@@ -251,12 +282,13 @@ def write_returned(exchange: Path, pub: dict, tensors: dict[str, torch.Tensor]) 
 
 def read_json(path: Path, what: str) -> dict:
     path = Path(path)
-    if not path.exists():
-        raise TransportError(f"{what}: {path} is missing")
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TransportError(f"{what}: {path.name} is not valid JSON ({e})") from None
+    with open_regular(path, what) as f:
+        if os.fstat(f.fileno()).st_size > _JSON_LIMIT:
+            raise TransportError(f"{what}: {path.name} is larger than {_JSON_LIMIT >> 20} MiB; not a manifest")
+        try:
+            obj = json.loads(f.read().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TransportError(f"{what}: {path.name} is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise TransportError(f"{what}: {path.name} is not a JSON object")
     return obj
@@ -279,26 +311,42 @@ def latest_round(exchange: Path) -> int:
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
+    with open_regular(path, str(path)) as f:
+        return _sha256(f)
+
+
+def _sha256(f) -> tuple[str, int]:
+    f.seek(0)
     h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+        n += len(chunk)
     return h.hexdigest(), n
 
 
-def _header_of(path: Path, size: int, what: str) -> dict:
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise TransportError(f"{what}: {path.name} is truncated (no safetensors header)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > size - 8:
-            raise TransportError(f"{what}: {path.name} is truncated (header of {n} bytes, file of {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise TransportError(f"{what}: {path.name} has a malformed safetensors header") from None
+def _max_bytes(expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]) -> int:
+    """The largest safetensors file that can hold `expected`: its tensors in their widest accepted dtype and a
+    header of at most 1 KiB per tensor (a name, a dtype, a shape and two offsets)."""
+    data = sum(_numel(shape) * max(torch.empty((), dtype=torch_dtype(c)).element_size() for c in codes)
+               for shape, codes in expected.values())
+    return 8 + 1024 * (len(expected) + 1) + data
+
+
+def _header_of(path: Path, size: int, what: str, f) -> dict:
+    """The checked header of the open safetensors file `f` (of `size` bytes), without "__metadata__"."""
+    f.seek(0)
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise TransportError(f"{what}: {path.name} is truncated (no safetensors header)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > size - 8:
+        raise TransportError(f"{what}: {path.name} is truncated (header of {n} bytes, file of {size})")
+    try:
+        header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TransportError(f"{what}: {path.name} has a malformed safetensors header") from None
+    if not isinstance(header, dict):
+        raise TransportError(f"{what}: {path.name} has a malformed safetensors header")
     header.pop("__metadata__", None)
     end = 0
     for name, info in header.items():
@@ -320,27 +368,44 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
                    what: str, load: bool = True) -> dict[str, torch.Tensor] | None:
     """Check one exchanged safetensors file against its manifest and against what the reader expects.
 
-    expected: name -> (shape, accepted dtype codes). Checks, in order: the manifest lists this file; its SHA-256
-    and size; a well-formed header that agrees with the manifest's tensor table; key set; shapes; dtypes;
-    finite values (float tensors). Returns the tensors (load=True) or None (load=False: checked, then dropped
-    tensor by tensor, memory of one tensor)."""
-    from safetensors import SafetensorError, safe_open
-
+    expected: name -> (shape, accepted dtype codes). Checks, in order: the manifest lists this file; a regular
+    file (no link, FIFO or device); its size against the manifest and against the largest file `expected` fits
+    (nothing is read before); a well-formed header that agrees with the manifest's tensor table; key set; shapes;
+    dtypes; its SHA-256; finite values (float tensors). Every read goes through the one descriptor opened first.
+    Returns the tensors (load=True) or None (load=False: checked, then dropped tensor by tensor, memory of one
+    tensor)."""
     path = Path(path)
     check_manifest_is_public(manifest)
     info = manifest.get("files", {}).get(path.name)
     if not isinstance(info, dict) or not {"sha256", "bytes"} <= set(info):
         raise TransportError(f"{what}: the manifest does not describe {path.name}")
-    if not path.exists():
-        raise TransportError(f"{what}: {path.name} is missing")
-    digest, size = sha256_file(path)
-    if size != info["bytes"]:
-        raise TransportError(f"{what}: {path.name} is {size} bytes, its manifest says {info['bytes']} "
-                             f"(truncated or altered)")
-    if digest != info["sha256"]:
-        raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
-                             f"({str(info['sha256'])[:12]}…): the file was altered")
-    header = _header_of(path, size, what)
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != info["bytes"]:
+            raise TransportError(f"{what}: {path.name} is {size} bytes, its manifest says {info['bytes']} "
+                                 f"(truncated or altered)")
+        if size > _max_bytes(expected):
+            raise TransportError(f"{what}: {path.name} is {size} bytes, more than the expected tensors can "
+                                 f"take ({_max_bytes(expected)})")
+        header = _header_of(path, size, what, f)
+        _check_header(path, header, manifest, expected, what)
+        digest, _ = _sha256(f)
+        if digest != info["sha256"]:
+            raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
+                                 f"({str(info['sha256'])[:12]}…): the file was altered")
+        start = _data_start(f)
+        out: dict[str, torch.Tensor] = {}
+        for name in expected:
+            t = _read_tensor(f, start, header[name], f"{what}: {path.name}: {name!r}")
+            if is_float_code(header[name]["dtype"]) and not torch.isfinite(t).all():
+                bad = int((~torch.isfinite(t)).sum())
+                raise TransportError(f"{what}: {path.name}: {name!r} has {bad} non-finite values")
+            if load:
+                out[name] = t
+    return out if load else None
+
+
+def _check_header(path: Path, header: dict, manifest: dict, expected: dict, what: str) -> None:
     table = manifest.get("tensors", {})
     for name, h in header.items():
         t = table.get(name)
@@ -360,19 +425,24 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
         if h["dtype"] not in codes:
             raise TransportError(f"{what}: {path.name}: {name!r} has dtype {h['dtype']}, "
                                  f"accepted: {', '.join(codes)}")
-    out: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for name in expected:
-                t = f.get_tensor(name)
-                if is_float_code(header[name]["dtype"]) and not torch.isfinite(t).all():
-                    bad = int((~torch.isfinite(t)).sum())
-                    raise TransportError(f"{what}: {path.name}: {name!r} has {bad} non-finite values")
-                if load:
-                    out[name] = t
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:  # the reader's errors on a malformed file
-        raise TransportError(f"{what}: {path.name} cannot be read as safetensors ({e})") from None
-    return out if load else None
+
+
+def _data_start(f) -> int:
+    f.seek(0)
+    return 8 + struct.unpack("<Q", f.read(8))[0]
+
+
+def _read_tensor(f, data_start: int, info: dict, what: str) -> torch.Tensor:
+    """One tensor by plain reads (no memory map) from an open safetensors file whose header was checked."""
+    a, b = info["data_offsets"]
+    buf = bytearray(b - a)
+    f.seek(data_start + a)
+    if f.readinto(buf) != len(buf):
+        raise TransportError(f"{what} is truncated")
+    dtype = torch_dtype(info["dtype"])
+    if not buf:
+        return torch.empty(info["shape"], dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
 
 def is_float_code(code: str) -> bool:
@@ -400,10 +470,9 @@ class LazyStateDict:
 
     def __init__(self, path: Path, names=None):
         self._path = Path(path)
-        size = self._path.stat().st_size
-        self._header = _header_of(self._path, size, str(self._path))
-        with open(self._path, "rb") as f:
-            self._data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+        with open_regular(self._path, str(self._path)) as f:
+            self._header = _header_of(self._path, os.fstat(f.fileno()).st_size, str(self._path), f)
+            self._data_start = _data_start(f)
         self._names = list(self._header if names is None else names)
 
     def __contains__(self, name) -> bool:
@@ -412,17 +481,8 @@ class LazyStateDict:
     def __getitem__(self, name) -> torch.Tensor:
         if name not in self._names:
             raise KeyError(name)
-        info = self._header[name]
-        a, b = info["data_offsets"]
-        buf = bytearray(b - a)
-        with open(self._path, "rb") as f:
-            f.seek(self._data_start + a)
-            if f.readinto(buf) != len(buf):
-                raise TransportError(f"{self._path}: {name!r} is truncated")
-        dtype = torch_dtype(info["dtype"])
-        if not buf:
-            return torch.empty(info["shape"], dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
+        with open_regular(self._path, str(self._path)) as f:
+            return _read_tensor(f, self._data_start, self._header[name], f"{self._path}: {name!r}")
 
     def shape(self, name) -> tuple[int, ...]:
         """A tensor's shape from the header, without reading it."""
