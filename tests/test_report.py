@@ -279,3 +279,43 @@ def test_sweep_with_a_failing_job_still_writes_its_summary(mpu_run_cmd, tmp_path
         (own["forget_Q_A_Prob"] - clean["forget_Q_A_Prob"]) / clean["forget_Q_A_Prob"])
     md = (sweep / "summary.md").read_text()
     assert "## Failed runs" in md and "`huge_kappa`" in md and "1 seed: no interval" in md
+
+
+@pytest.mark.parametrize("key, value", [("retain_logs_path", "/logs/retain.json"), ("prepare__retain_epochs", 3)])
+def test_runs_that_differ_only_by_a_null_are_not_pooled(tmp_path, key, value):
+    """A key null in some runs and set in others tells them apart: their numbers are never averaged."""
+    for s in (0, 1):
+        _write_run(tmp_path, f"clean_null_s{s}", S, arm="clean", seed=s)
+        _write_run(tmp_path, f"mpu_null_s{s}", S | {"forget_Q_A_Prob": 0.3}, seed=s)
+        _write_run(tmp_path, f"clean_set_s{s}", S, arm="clean", seed=s, **{key: value})
+        _write_run(tmp_path, f"mpu_set_s{s}", S | {"forget_Q_A_Prob": 0.6}, seed=s, **{key: value})
+    col = collect(tmp_path)
+    dotted = key.replace("__", ".")
+    assert dotted in col.keys
+    agg = col.paired[col.paired.metric == "forget_Q_A_Prob"]
+    assert len(agg) == 2 and list(agg.n) == [2, 2]
+    assert sorted(agg.diff_mean) == pytest.approx([0.1, 0.4])  # 0.25 if the two were pooled
+    df = col.table.set_index("run")
+    assert df.loc["mpu_set_s0", "clean_run"] == "clean_set_s0" and df.loc["mpu_null_s1", "clean_run"] == "clean_null_s1"
+
+
+def test_mpu_report_on_a_folder_without_runs_leaves_its_files_alone(tmp_path):
+    from mpu_cli.cli.report import main
+
+    for name in ("summary.md", "summary.csv", "paired.csv"):
+        (tmp_path / name).write_text("the user's own " + name)
+    assert main([str(tmp_path), "--no-plots"]) == 2
+    for name in ("summary.md", "summary.csv", "paired.csv"):
+        assert (tmp_path / name).read_text() == "the user's own " + name
+
+
+def test_mpu_report_into_a_place_that_cannot_take_files_is_one_line(tmp_path, capsys):
+    """--out below a regular file (the tests run as root, whom a read-only mode does not stop)."""
+    from mpu_cli.cli.report import main
+
+    runs = tmp_path / "runs"
+    _write_run(runs, "clean", S, arm="clean")
+    (tmp_path / "a_file").write_text("")
+    code = main([str(runs), "--out", str(tmp_path / "a_file" / "out"), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "cannot write the summary" in err, err

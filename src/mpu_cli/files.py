@@ -1,6 +1,8 @@
-"""Atomic file writes: temp name in the same folder, flush + fsync, rename. Readers never see half a file."""
+"""Atomic file writes: temp name in the same folder, flush + fsync, rename. Readers never see half a file.
+`write_failure` words a failed write in one line with its exit code."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -8,6 +10,17 @@ from pathlib import Path
 
 
 PRIVATE_MARKER = ".private"  # in a folder made by make_private: its files are readable by their owner only
+
+
+# The place the user named cannot take a file (bad input, exit 2); any other OSError is a fault (exit 1).
+_BAD_PLACE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)
+
+
+def write_failure(e: OSError, what: str) -> tuple[str, int]:
+    """One line for an OSError raised while writing `what`, and the exit code: 2 when the named place is
+    read-only, not a folder or not ours; 1 for a fault such as a full disk."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    return f"cannot write {what}{where}: {e.strerror or e}", (2 if e.errno in _BAD_PLACE else 1)
 
 
 def _umask() -> int:

@@ -26,9 +26,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mpu-report: error: DIR={str(args.dir)!r} is not an existing folder", file=sys.stderr)
         return 2
 
+    from mpu_cli.files import write_failure
     from mpu_cli.report.tables import write_summary
 
-    col = write_summary(args.dir, args.out, plots=not args.no_plots)
+    try:
+        col = write_summary(args.dir, args.out, plots=not args.no_plots)
+    except OSError as e:
+        line, code = write_failure(e, "the summary")
+        print(f"mpu-report: error: {line}", file=sys.stderr)
+        return code
     out = args.out or args.dir
     n_done = len(col.finished)
     if not len(col.table):

@@ -74,12 +74,13 @@ def settings(config: dict, results: dict, metric_names: set[str]) -> dict:
 
 
 def grouping_keys(rows: list[dict]) -> list[str]:
-    """Setting keys with two or more values among the given runs, in reading order. A key missing or blank in
-    some runs does not count as a value: it does not apply to them (another arm, another algorithm's
-    parameter), and what does apply to them is a key of its own."""
+    """Setting keys with two or more values among the given runs, in reading order. Null is a value (a run
+    without retain_logs_path is not a run with one). A key a run does not have does not apply to it (another
+    algorithm's parameter: the algorithm key tells those runs apart), nor does an arm key its arm blanked."""
     keys = sorted({k for r in rows for k in r} - set(SEED_KEYS))
     varying = [k for k in keys
-               if len({json.dumps(r[k], default=str) for r in rows if r.get(k) is not None}) > 1]
+               if len({json.dumps(r[k], default=str) for r in rows
+                       if k in r and not (r[k] is None and is_arm_key(k))}) > 1]
     head = [k for k in ORDER if k in varying]
     tail = [k for k in varying if k not in head and k != "target_hash"]
     arm_tail = [k for k in tail if is_arm_key(k)]

@@ -288,13 +288,16 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
 
 
 def write_summary(root: Path, out_dir: Path | None = None, plots: bool = True) -> Collected:
-    """Collect the runs under `root`; write summary.csv, paired.csv, summary.md and plots into `out_dir`."""
+    """Collect the runs under `root`; write summary.csv, paired.csv, summary.md and plots into `out_dir`
+    (nothing when `root` holds no run)."""
     from mpu_cli.files import atomic_write_text
 
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root
-    out_dir.mkdir(parents=True, exist_ok=True)
     col = collect(root)
+    if not len(col.table):  # nothing to summarise: a summary already there stays as it is
+        return col
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if plots and len(col.used):
         from mpu_cli.report.plots import write_plots
