@@ -232,6 +232,17 @@ def test_exchange_folder_holds_no_secret_and_no_theta(scenario):
     assert not theta_files & {_sha(p) for p in exchange.rglob("*.safetensors")}
 
 
+def test_server_private_files_are_owner_only(scenario):
+    """Written by a real `mpu-server init` / `publish`: log.jsonl and model_config/ included."""
+    import stat
+
+    state = scenario["state"]
+    for p in [state, *state.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+    assert (state / "log.jsonl").exists() and (state / "model_config" / "config.json").exists()
+
+
 def test_tampered_or_truncated_update_is_rejected_and_the_copy_can_be_redone(scenario, prepared):
     state, exchange, recs = scenario["state"], scenario["exchange"], scenario["recs"]
     theta_file = state / json.loads((state / "state.json").read_text())["theta_file"]
@@ -367,6 +378,12 @@ def _max_diff(a: dict, b: dict) -> float:
 def test_files_transport_equals_in_process(scenario, inprocess_theta):
     """mpu-server / mpu-client processes, one copy after the other, vs the in-process runner: bitwise."""
     assert _max_diff(_scenario_theta(scenario), inprocess_theta) == 0.0
+
+
+def test_the_logs_name_neither_the_target_nor_the_seed(parallel_run, prepared):
+    text = "".join(p.read_text() for p in (parallel_run / "logs").glob("*.log"))
+    assert "--target (withheld)" in text and str(prepared.target) not in text
+    assert f"--seed {SEED}" not in text
 
 
 def test_parallel_copies_equal_sequential(parallel_run, scenario, inprocess_theta):

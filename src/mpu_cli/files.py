@@ -47,6 +47,24 @@ def file_mode(path: Path) -> int:
     return 0o666 & ~_umask()
 
 
+def append_line(path: Path, line: str) -> None:
+    """One line appended to a log, the file created with `file_mode` (0600 in a private folder)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode(path))
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
+def seal_private(folder: Path) -> None:
+    """Everything below `folder` (written by a library that honours only the umask) made owner-only: folders
+    0700, files 0600."""
+    os.chmod(folder, 0o700)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o700)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o600)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     from mpu_cli.faults import inject
 

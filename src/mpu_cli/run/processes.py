@@ -11,7 +11,9 @@ Run directory:
 `runner.parallel_copies=N` starts N client processes per round; slot s does copies s, s+N, … one after another
 (one copy in flight per slot). Each slot is pinned: with GPUs, CUDA_VISIBLE_DEVICES = one device per slot
 (round-robin); on CPU the parent's torch threads are split, OMP_NUM_THREADS = --threads = max(1, threads // N).
-With N = 1 the single client process inherits the parent's environment unchanged (same threads as in process).
+With N = 1 the single client process inherits the parent's environment (same threads as in process). No
+client process inherits the server's own variables (SERVER_ONLY_ENV: the model cache, which holds θ_0), and
+the logged command lines withhold the target's path and the seed (PRIVATE_ARGS).
 
 This module starts processes; it runs neither the server's arithmetic nor the client's training itself.
 """
@@ -82,11 +84,23 @@ def _check(proc_name: str, rc: int, log_path: Path) -> None:
     raise TransportError(f"{proc_name} exited with code {rc}: {last.strip()} (log: {log_path})")
 
 
+# Arguments of mpu-server whose value the logs must not show: where the private model lies, and the seed every
+# round secret derives from.
+PRIVATE_ARGS = ("--target", "--seed")
+# The server's environment the client must not inherit: MPU_CACHE_DIR holds θ_0 (the prepared target).
+SERVER_ONLY_ENV = ("MPU_CACHE_DIR",)
+
+
+def shown(cmd: list[str]) -> str:
+    """The command line as the logs show it: the value of every PRIVATE_ARGS option withheld."""
+    return " ".join("(withheld)" if i and cmd[i - 1] in PRIVATE_ARGS else a for i, a in enumerate(cmd))
+
+
 def _run(cmd: list[str], log_path: Path, env: dict | None = None) -> float:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     with open(log_path, "a") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
+        f.write(f"$ {shown(cmd)}\n")
         f.flush()
         rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env,
                             preexec_fn=_die_with_parent).returncode
@@ -95,10 +109,10 @@ def _run(cmd: list[str], log_path: Path, env: dict | None = None) -> float:
 
 
 def slot_envs(n_slots: int, base_env: dict | None = None) -> list[tuple[dict, int | None]]:
-    """(environment, --threads) per client slot; see the module docstring."""
+    """(environment, --threads) per client slot, without SERVER_ONLY_ENV; see the module docstring."""
     import torch
 
-    env = dict(os.environ if base_env is None else base_env)
+    env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if k not in SERVER_ONLY_ENV}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if n_slots == 1:
         return [(env, None)]
@@ -189,7 +203,7 @@ class ProcessRounds:
             log_path = self.logs / f"client_r{r}_slot{s}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             f = open(log_path, "a")  # noqa: SIM115 (closed after the process ends, below)
-            f.write(f"$ {' '.join(cmd)}\n")
+            f.write(f"$ {shown(cmd)}\n")
             f.flush()
             procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
                                            preexec_fn=_die_with_parent), f, log_path))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mpu_cli.files import PRIVATE_MARKER, atomic_write_json, make_private
+from mpu_cli.files import PRIVATE_MARKER, append_line, atomic_write_json, make_private, seal_private
 from mpu_cli.transport import exchange as ex
 
 FORMAT = "mpu-server-state/1"
@@ -81,6 +81,19 @@ class ServerState:
         st |= fields
         atomic_write_json(self.path, st)
         return st
+
+    def log(self, command: str, r: int, seconds: float) -> None:
+        """log.jsonl: one line per command, owner-only like every file here."""
+        self._private()
+        append_line(self.dir / "log.jsonl", json.dumps({"command": command, "round": r, "seconds": round(seconds, 4)}))
+
+    def save_model_config(self, config) -> None:
+        """model_config/: the target's config.json, for reference (owner-only: it describes the private model)."""
+        self._private()
+        folder = self.dir / "model_config"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        config.save_pretrained(str(folder))
+        seal_private(folder)
 
     # ---- θ --------------------------------------------------------------------------------------------------
 

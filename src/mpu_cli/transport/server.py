@@ -74,8 +74,7 @@ def _write_public(state_dir: Path, server) -> None:
 
 
 def _log(state_dir: Path, command: str, r: int, seconds: float) -> None:
-    with open(Path(state_dir) / "log.jsonl", "a") as f:
-        f.write(json.dumps({"command": command, "round": r, "seconds": round(seconds, 4)}) + "\n")
+    ServerState(state_dir).log(command, r, seconds)
 
 
 def _exchange(exchange: Path | None, st: dict) -> Path:
@@ -118,7 +117,7 @@ def init(state_dir: Path, exchange: Path, target: str, settings: ServerConfig, b
     config.save_pretrained(str(public))
     load_tokenizer(tokenizer or target).save_pretrained(str(public))
     make_private(state_dir)  # θ and the round secrets: owner only (0700 folder, 0600 files)
-    config.save_pretrained(str(state_dir / "model_config"))  # kept for reference; the layout is in state.json
+    ServerState(state_dir).save_model_config(config)  # kept for reference; the layout is in state.json
 
     store = ServerState(state_dir)
     # θ_0 on disk first: the state exists only once its θ does
