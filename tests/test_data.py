@@ -269,3 +269,37 @@ def test_generator_deterministic_and_shipped_files_current(tmp_path, gen):
     shipped = Path(tofu.__file__).resolve().parents[1]
     for rel in files_a:
         assert (shipped / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), f"{rel} is stale: rerun {SCRIPT}"
+
+
+def _corrupt_tofu(folder: Path) -> tuple[str, str]:
+    shard = folder / "full" / "train-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"PAR1 not really parquet")
+    return "tofu", "full"
+
+
+def _corrupt_muse(folder: Path) -> tuple[str, str]:
+    shard = folder / "knowmem" / "forget_qa-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"PAR1\x00\x01 truncated")
+    return "muse", "knowmem/forget_qa"
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_tofu, _corrupt_muse])
+def test_a_corrupt_parquet_shard_is_one_line_of_bad_input(tmp_path, corrupt):
+    from mpu_cli.data.muse import load_muse
+    from mpu_cli.data.validate import DataError
+
+    kind, name = corrupt(tmp_path)
+    with pytest.raises(DataError, match=r"\.parquet: not a readable parquet file") as e:
+        load_split(str(tmp_path), name) if kind == "tofu" else load_muse(str(tmp_path), *name.split("/"))
+    assert "\n" not in str(e.value)
+
+
+def test_a_tofu_folder_without_public_text_is_bad_input(tmp_path):
+    """locuslab/TOFU's layout has no public_text: the embedded base cannot be built from that folder."""
+    from mpu_cli.data.validate import DataError
+
+    _write_jsonl_folder(tmp_path / "tofu", {"full": [{"question": "q", "answer": "a"}]})
+    with pytest.raises(DataError, match="no public text for data source"):
+        load_public_text(str(tmp_path / "tofu"))

@@ -71,11 +71,17 @@ def _read_utf8(path: Path) -> str:
 
 
 def _read_parquet_rows(files: list[Path]) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows: list[dict] = []
     for f in files:
-        rows.extend(pq.read_table(f).to_pylist())
+        try:
+            rows.extend(pq.read_table(f).to_pylist())
+        except (pa.ArrowException, OSError) as e:  # a truncated or foreign shard
+            why = " ".join(str(e).split())[:200]
+            raise DataError(f"{f}: not a readable parquet file ({why}); accepted: parquet shards as the "
+                            "Hub's dataset files") from None
     return rows
 
 
@@ -189,7 +195,8 @@ def load_public_text(source: str = EMBEDDED) -> list[str]:
     """The base model's pre-training corpus (plain sentences).
 
     Only the embedded data set ships one; a local folder may provide ``public_text.jsonl`` (``{"text"}``
-    rows) or ``public_text.txt`` (one text a line). Anything else raises ValueError.
+    rows) or ``public_text.txt`` (one text a line). Anything else raises DataError (the embedded base model,
+    pretrained on this corpus, cannot be built from it).
     """
     source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if source == EMBEDDED:
@@ -197,7 +204,7 @@ def load_public_text(source: str = EMBEDDED) -> list[str]:
     folder = _resolve_local(source)
     texts = _local_text_file(folder, "public_text") if folder is not None else None
     if texts is None:
-        raise ValueError(
+        raise DataError(
             f"no public text for data source {source!r}: only {EMBEDDED!r} or a folder with "
             "public_text.jsonl / public_text.txt has one"
         )
