@@ -327,3 +327,54 @@ def test_smollm2_loads_offline_and_produces_logits():
     assert 0.3 < np.exp(-score.avg_loss) <= 1  # a real pretrained model knows this answer
     (gen,) = generate_greedy(model, tok, [encode_prompt(tok, "What is the capital of France?", fmt)], 1, 16)
     assert "Paris" in gen
+
+
+# ---- one line, not a traceback -------------------------------------------------------------------------------
+
+
+def _damaged_copy(prepared, tmp_path, damage) -> Path:
+    model = tmp_path / "model"
+    shutil.copytree(prepared.target, model)
+    damage(model)
+    return model
+
+
+def _truncate_weights(model: Path):
+    w = next(model.glob("*.safetensors"))
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+
+def _invalid_config(model: Path):
+    (model / "config.json").write_text('{"model_type": "llama", ')
+
+
+@pytest.mark.parametrize("damage", [_truncate_weights, _invalid_config])
+def test_mpu_eval_on_a_damaged_model_is_one_line(prepared, tmp_path, damage):
+    model = _damaged_copy(prepared, tmp_path, damage)
+    proc = _run("mpu-eval", f"model_path={model}", *QUICK, f"output_dir={tmp_path / 'out'}", expect=2,
+                timeout=600)
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "cannot be loaded" in err and "Traceback" not in proc.stderr, err
+
+
+def test_mpu_eval_into_a_folder_that_cannot_take_files_fails_before_evaluating(prepared, tmp_path):
+    """output_dir below a regular file (the tests run as root, whom a read-only mode does not stop)."""
+    (tmp_path / "a_file").write_text("")
+    proc = _run("mpu-eval", f"model_path={prepared.target}", *QUICK, f"output_dir={tmp_path / 'a_file' / 'out'}",
+                expect=2, timeout=600)
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "is not a writable folder" in err, err
+    assert "evaluating" not in proc.stdout + proc.stderr  # refused before the model was even loaded
+
+
+def test_mpu_eval_on_a_full_disk_is_one_line(prepared, tmp_path):
+    """ENOSPC from the project's fault hook in the atomic writer (mpu_cli.faults.inject: MPU_FAULT_INJECT),
+    raised where TOFU_EVAL.json is written, after the evaluation."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPU_FAULT_INJECT": "atomic_write:ENOSPC"}
+    out = tmp_path / "out"
+    proc = subprocess.run([*_cmd("mpu-eval"), f"model_path={prepared.target}", *QUICK, "data.split=forget01",
+                           f"output_dir={out}"], capture_output=True, text=True, timeout=900, env=env, check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "No space left on device" in err.splitlines()[-1]
+    assert "TOFU_EVAL.json" in err.splitlines()[-1] and not (out / "TOFU_EVAL.json").exists()

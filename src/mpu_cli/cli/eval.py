@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
+from mpu_cli.files import write_failure
 
 log = logging.getLogger("mpu_cli")
 PREPARED = ("target", "retain", "base")  # model_path values naming a model of the prepare stage
@@ -33,10 +34,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 register_configs()
 
 
-def fail(message: str) -> None:
-    """Bad input: one line on stderr, exit code 2."""
+def fail(message: str, code: int = 2) -> None:
+    """Bad input (code 2) or a fault (code 1): one line on stderr."""
     print(f"mpu-eval: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def validate(cfg) -> None:
@@ -149,13 +150,44 @@ def output_folder(cfg) -> Path:
     if existing and not cfg.overwrite:
         raise ConfigError(f"output_dir={cfg.output_dir!r} already holds {existing[0]}: choose another folder "
                           "or pass overwrite=true")
+    _check_writable(out, f"output_dir={cfg.output_dir!r}")
     return out
+
+
+def _check_writable(out: Path, what: str) -> None:
+    """Before the evaluation, not after it: the folder must take a file."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what} is not a writable folder ({e.strerror}); accepted: a folder this user can "
+                          "write") from None
+
+
+def _loaded(what: str, path: str, load):
+    """load(), or ConfigError naming the `what` at `path` that cannot be loaded (a truncated safetensors file,
+    a config.json that is not JSON ...)."""
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SafetensorError) as e:
+        why = " ".join(str(e).split())[:300]
+        raise ConfigError(f"the {what} at {path!r} cannot be loaded ({type(e).__name__}: {why})") from None
+
+
+class WriteFailed(Exception):
+    """Writing the evaluation failed: (one line, exit code) from files.write_failure."""
 
 
 def run_eval(cfg, out: Path) -> dict:
     """Load, evaluate, write the benchmark's EVAL / SUMMARY files and eval_info.json; returns the summary."""
     from mpu_cli.evals import benchmarks
-    from mpu_cli.files import atomic_write_json
     from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype
     from mpu_cli.run.evaluation import eval_config, eval_data, retain_reference_from_logs
     from mpu_cli.run.settings import chat_format
@@ -171,8 +203,9 @@ def run_eval(cfg, out: Path) -> dict:
     dtype = resolve_dtype(cfg.model.dtype)
     if device.type == "cpu" and dtype != resolve_dtype("float32"):
         log.warning("evaluating in %s on CPU (slow); model.dtype=float32 is faster there", cfg.model.dtype)
-    tokenizer = load_tokenizer(tok_path, cfg.prepare.cache_dir)  # a GGUF file: converted into the cache
-    model = load_model(model_path, dtype, cfg.prepare.cache_dir).to(device)
+    # a GGUF file: converted into the cache
+    tokenizer = _loaded("tokenizer", tok_path, lambda: load_tokenizer(tok_path, cfg.prepare.cache_dir))
+    model = _loaded("model", model_path, lambda: load_model(model_path, dtype, cfg.prepare.cache_dir)).to(device)
     t_load = time.perf_counter() - t0
     log.info("evaluating %s (tokenizer %s) on %s/%s, device %s", model_path, tok_path, cfg.data.name,
              cfg.data.split, device)
@@ -182,8 +215,21 @@ def run_eval(cfg, out: Path) -> dict:
     result = bench.evaluate(model, tokenizer, data, chat_format(cfg.model), eval_config(cfg),
                             retain_reference=retain_ref)
     t_eval = time.perf_counter() - t1
-    bench.write_eval(out, result)
     summary = bench.summarize(result)
+    try:
+        bench.write_eval(out, result)
+        _write_info(cfg, out, model_path, tok_path, device, data, t_load, t_eval)
+    except OSError as e:
+        raise WriteFailed(*write_failure(e, f"the evaluation into {out}")) from None
+    log.info("%s (%s, eval %.1f s): %s", bench.summary_file.removesuffix(".json"), out, t_eval,
+             ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+    return summary
+
+
+def _write_info(cfg, out: Path, model_path: str, tok_path: str, device, data: dict, t_load: float,
+                t_eval: float) -> None:
+    from mpu_cli.files import atomic_write_json
+
     atomic_write_json(out / "eval_info.json", {
         "model_path": str(cfg.model_path), "model": model_path, "tokenizer": tok_path,
         "model_config": cfg.model.name, "dtype": cfg.model.dtype, "device": str(device),
@@ -193,9 +239,6 @@ def run_eval(cfg, out: Path) -> dict:
         "items": {k: len(v) for k, v in data.items()},
         "time_load_s": round(t_load, 2), "time_eval_s": round(t_eval, 2),
     })
-    log.info("%s (%s, eval %.1f s): %s", bench.summary_file.removesuffix(".json"), out, t_eval,
-             ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
-    return summary
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="eval")
@@ -206,6 +249,8 @@ def _eval(cfg) -> float | None:
         summary = run_eval(cfg, out)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
+    except WriteFailed as e:  # the output folder was checked up front: a full disk, an I/O error
+        fail(*e.args)
     from mpu_cli.evals import benchmarks
 
     return summary.get(benchmarks.of(cfg.data).forget_metric)
