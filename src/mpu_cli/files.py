@@ -23,6 +23,18 @@ def write_failure(e: OSError, what: str) -> tuple[str, int]:
     return f"cannot write {what}{where}: {e.strerror or e}", (2 if e.errno in _BAD_PLACE else 1)
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` (created when missing) cannot take a file, or None: checked before work whose output
+    would otherwise be lost at its end."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

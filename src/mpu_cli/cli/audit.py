@@ -114,6 +114,11 @@ def _cell_name(cfg) -> str:
 
 
 def _check_out(out: Path, names: tuple[str, ...]) -> None:
+    from mpu_cli.files import unwritable
+
+    why = unwritable(out)
+    if why:
+        raise AuditError(f"out={out} is not a writable folder ({why}); accepted: a folder this user can write")
     for n in names:
         if (out / n).exists():
             raise AuditError(f"out={out} already holds {n}; choose another out= (nothing is overwritten)")

@@ -83,6 +83,7 @@ def cmd_unlearn(args) -> None:
     from mpu_cli.models.io import load_tokenizer, resolve_dtype
     from mpu_cli.unlearn import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
+    from mpu_cli.unlearn.settings import check_types
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,6 +104,7 @@ def cmd_unlearn(args) -> None:
         dtype = resolve_dtype(cfg["dtype"])
         algorithm = build_algorithm(cfg["algorithm"]["name"], cfg["algorithm"].get("params") or {})
         client_cfg = ClientConfig(**cfg["client"])
+        check_types(client_cfg)
     except (TypeError, ValueError) as e:
         raise ClientError(f"--config: {e}") from None
     if client_cfg.reference != "client_copy":

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
-from mpu_cli.files import write_failure
+from mpu_cli.files import unwritable, write_failure
 
 log = logging.getLogger("mpu_cli")
 PREPARED = ("target", "retain", "base")  # model_path values naming a model of the prepare stage
@@ -150,21 +150,11 @@ def output_folder(cfg) -> Path:
     if existing and not cfg.overwrite:
         raise ConfigError(f"output_dir={cfg.output_dir!r} already holds {existing[0]}: choose another folder "
                           "or pass overwrite=true")
-    _check_writable(out, f"output_dir={cfg.output_dir!r}")
+    why = unwritable(out)  # before the evaluation, not after it
+    if why:
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is not a writable folder ({why}); accepted: a folder "
+                          "this user can write")
     return out
-
-
-def _check_writable(out: Path, what: str) -> None:
-    """Before the evaluation, not after it: the folder must take a file."""
-    import tempfile
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise ConfigError(f"{what} is not a writable folder ({e.strerror}); accepted: a folder this user can "
-                          "write") from None
 
 
 def _loaded(what: str, path: str, load):

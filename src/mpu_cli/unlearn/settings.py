@@ -4,7 +4,7 @@ No heavy imports: the command-line checks compose configurations with this schem
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 REFERENCE_POLICIES = ("client_copy", "server_clean")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -29,3 +29,17 @@ class ClientConfig:
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     device: str = "auto"  # the plain loop's device: auto (cuda when available) | cpu | cuda | cuda:N
+
+
+_TYPES = {"float": ((int, float), "a number"), "int": ((int,), "an integer"), "bool": ((bool,), "true or false")}
+
+
+def check_types(cfg: ClientConfig) -> None:
+    """ValueError naming the first field whose value is not of its declared kind (CLIENT.json is read without
+    the config schema that checks `client.*` in mpu-run)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type in _TYPES:
+            types, words = _TYPES[f.type]
+            if not isinstance(value, types) or (isinstance(value, bool) and f.type != "bool"):
+                raise ValueError(f"client.{f.name}={value!r} is not {words}; accepted: {words}")

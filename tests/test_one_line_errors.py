@@ -1,0 +1,44 @@
+"""Bad input to the side commands is one line and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mpu_cli.transport import exchange as ex
+
+
+def _exchange_with_a_round(root):
+    marker = {"format": ex.FORMAT, "kind": "round", "run_id": "r", "round": 1, "n_copies": 1, "copies": ["copy_0"]}
+    (root / "exchange" / "round_1").mkdir(parents=True)
+    (root / "exchange" / "round_1" / ex.ROUND_MARKER).write_text(json.dumps(marker))
+    return root / "exchange"
+
+
+@pytest.mark.parametrize("field, value", [("lr", "abc"), ("epochs", 1.5), ("max_grad_norm", True),
+                                          ("gradient_checkpointing", "yes")])
+def test_mpu_client_with_a_mistyped_setting(tmp_path, capsys, field, value):
+    from mpu_cli.cli import client
+    from mpu_cli.run.settings import client_settings
+    from mpu_cli.config import MPUConfig
+    from omegaconf import OmegaConf
+
+    settings = client_settings(OmegaConf.structured(MPUConfig))
+    settings["client"][field] = value
+    (tmp_path / "client.json").write_text(json.dumps(settings))
+    with pytest.raises(SystemExit) as e:
+        client.main(["unlearn", "--exchange", str(_exchange_with_a_round(tmp_path)), "--config",
+                     str(tmp_path / "client.json")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and f"client.{field}={value!r} is not" in err, err
+
+
+def test_mpu_audit_out_naming_an_existing_file(tmp_path, capsys):
+    from mpu_cli.cli import audit
+
+    (tmp_path / "report.txt").write_text("the user's own file")
+    with pytest.raises(SystemExit) as e:
+        audit.main(["kappa=0.1", "m=2", "seed=0", f"out={tmp_path / 'report.txt'}"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and "is not a writable folder" in err, err
+    assert (tmp_path / "report.txt").read_text() == "the user's own file"
