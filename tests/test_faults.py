@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -170,3 +171,59 @@ def test_unseeded_round_is_restored_from_private_state(tmp_path):
     assert ckpt.store.round_secrets(1)["round_seed"] is not None
     assert "round_seed" not in json.loads(ckpt.state_path.read_text())  # the secrets: round_1.json only
     assert ckpt.state_path.parent.name == "server_private"
+
+
+def _state_with_pending_round(tmp_path) -> Checkpoint:
+    """A private state after round 1 was committed and round 2 published (θ_r1, round_2.json, state.json)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    theta = {n: t.detach().clone() for n, t in LlamaForCausalLM(CONFIG).state_dict().items()}
+    server = MPUServer(theta, ModelLayout.from_hf_config(CONFIG), ServerConfig(kappa=0.05, m=2, seed=None))
+    ckpt = Checkpoint(tmp_path)
+    copies = server.publish()
+    st = ckpt.published(server, None)
+    server.aggregate(copies)
+    st = ckpt.commit_round(server, st)
+    server.publish()
+    ckpt.published(server, st)
+    return ckpt
+
+
+def _theta_gone(ckpt):
+    (ckpt.dir / json.loads(ckpt.state_path.read_text())["theta_file"]).unlink()
+
+
+def _state_truncated(ckpt):
+    ckpt.state_path.write_text(ckpt.state_path.read_text()[:40])
+
+
+def _secrets_gone(ckpt):
+    ckpt.store.round_secrets_path(2).unlink()
+
+
+def _secrets_truncated(ckpt):
+    path = ckpt.store.round_secrets_path(2)
+    path.write_text(path.read_text()[:30])
+
+
+@pytest.mark.parametrize("damage, names", [(_theta_gone, "theta_r1.safetensors"), (_state_truncated, "state.json"),
+                                           (_secrets_gone, "round_2.json"), (_secrets_truncated, "round_2.json")])
+def test_a_damaged_server_state_is_one_line_with_what_resume_can_do(tmp_path, damage, names):
+    from mpu_cli.cli.run_app import _error_line
+    from mpu_cli.run.server_state import DAMAGED_HINT, ServerStateError
+
+    ckpt = _state_with_pending_round(tmp_path)
+    assert ckpt.load()["pending"]
+    damage(ckpt)
+    with pytest.raises(ServerStateError) as e:
+        ckpt.load()
+    message, code = _error_line(e.value)  # how mpu-run reports it: exit 1, no traceback
+    assert code == 1 and "\n" not in message and names in message and DAMAGED_HINT in message, message
+
+    proc = subprocess.run([sys.executable, "-m", "mpu_cli.cli.server", "aggregate", "--state", str(ckpt.dir),
+                           "--exchange", str(tmp_path / "exchange")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and err.count("\n") == 0, err
+    assert names in err and DAMAGED_HINT in err

@@ -49,9 +49,17 @@ def _error_line(e: BaseException) -> tuple[str, int]:
         where = f" {e.filename}" if e.filename else ""
         return (f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
                 "resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage"), 2
-    if isinstance(e, NonFiniteError):
+    if _explained(e):
         return str(e), 1
     return f"{type(e).__name__}: {' '.join(str(e).split())}", 1
+
+
+def _explained(e: BaseException) -> bool:
+    """A fault its one line explains fully (no traceback is logged): a value that became non-finite, a damaged
+    server state."""
+    from mpu_cli.run.server_state import ServerStateError
+
+    return isinstance(e, (NonFiniteError, ServerStateError))
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
@@ -80,7 +88,7 @@ def _run(cfg) -> float | None:
     except Exception as e:
         message, code = _error_line(e)
         started = rundir.mark_failed(out, message)
-        if code == 1 and not isinstance(e, NonFiniteError):
+        if code == 1 and not _explained(e):
             log.exception("the run failed")  # an unexpected error: its traceback goes to the job's log
         if started and (out / rundir.RUN_STATE).exists() and "resume=true" not in message:
             message += f" (the stages completed so far are kept: rerun with resume=true hydra.run.dir={out})"
@@ -88,7 +96,7 @@ def _run(cfg) -> float | None:
             log.error("sweep job %s failed: %s", out, message)
             FAILED_JOBS.append((str(out), message))
             return None
-        if code == 1 and not isinstance(e, NonFiniteError):
+        if code == 1 and not _explained(e):
             raise
         fail(message, code)
     from mpu_cli.cli.summary import end_of_run

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mpu_cli.files import atomic_write_json, make_private
 from mpu_cli.mpu.settings import ServerConfig
-from mpu_cli.run.server_state import current_round
+from mpu_cli.run.server_state import ServerState, current_round
 from mpu_cli.run.settings import client_settings
 from mpu_cli.run.slots import slot_threads
 from mpu_cli.transport import exchange as ex
@@ -162,7 +162,8 @@ class ProcessRounds:
         self.server, self.client = _command(*SERVER), _command(*CLIENT)
         self.timings = {"server": 0.0, "client": 0.0, "server_process": 0.0}
         # Resume: an existing server state is continued, never re-initialised.
-        self.st0 = json.loads((self.state / "state.json").read_text()) if (self.state / "state.json").exists() else None
+        store = ServerState(self.state)
+        self.st0 = store.read() if store.exists() else None  # a damaged state: ServerStateError, one line
         if self.st0 is None:
             log.info("mpu-server init: loading the target and the base, writing θ_0 and the public model")
             self._server(server_init_args(prepared, cfg.model.dtype, self.state, self.exchange, self.settings_path))

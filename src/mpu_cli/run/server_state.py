@@ -30,7 +30,31 @@ SURVIVAL = "noise_survival.json"
 
 
 class ServerStateError(ValueError):
-    """The private state is missing, of another format, or damaged: one line, exit code 2."""
+    """The private state is missing, of another format, or damaged (a file gone, truncated or altered): one
+    line that names the file and says what a resume can still do."""
+
+
+# What a damaged state leaves the user: the completed rounds are in it, so nothing short of a fresh start helps.
+DAMAGED_HINT = ("resume=true cannot continue from this server state; start the run again (overwrite=true, or "
+                "another run directory)")
+_STATE_KEYS = ("format", "round", "pending", "config", "noise_reference", "layout", "dtypes", "aliases")
+
+
+def _damaged(path: Path, why: str) -> ServerStateError:
+    return ServerStateError(f"{path} {why}: {DAMAGED_HINT}")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object of the state, or ServerStateError naming the damaged file."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _damaged(path, f"is missing ({what} is gone)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"is damaged ({what}: {' '.join(str(e).split())})") from None
+    if not isinstance(obj, dict):
+        raise _damaged(path, f"is damaged ({what}: not a JSON object)")
+    return obj
 
 
 def current_round(round_: int, pending: bool) -> int:
@@ -60,9 +84,18 @@ class ServerState:
     def read(self) -> dict:
         if not self.path.exists():
             raise ServerStateError(f"{self.dir}: no server state ({STATE} missing)")
-        st = json.loads(self.path.read_text(encoding="utf-8"))
+        st = _read_json(self.path, "the server's state")
         if st.get("format") != FORMAT:
             raise ServerStateError(f"{self.path}: format {st.get('format')!r}, expected {FORMAT!r}")
+        missing = [k for k in _STATE_KEYS if k not in st]
+        if missing:
+            raise _damaged(self.path, f"is damaged (no {', '.join(missing)})")
+        # the files the state stands on, checked here so that no command starts on a state missing one
+        if st.get("theta_file") and not (self.dir / st["theta_file"]).is_file():
+            raise _damaged(self.dir / st["theta_file"], "is missing (the server's θ is gone)")
+        if st["pending"] and not self.round_secrets_path(st["round"]).is_file():
+            raise _damaged(self.round_secrets_path(st["round"]),
+                           f"is missing (the secrets of round {st['round']}, without which it cannot be aggregated)")
         return st
 
     def write(self, server, base: dict | None = None, **fields) -> dict:
@@ -105,10 +138,13 @@ class ServerState:
             return None
         path = self.dir / st["theta_file"]
         if not path.exists():
-            raise ServerStateError(f"{path} is missing: the server's θ is gone")
-        digest, _ = ex.sha256_file(path)
+            raise _damaged(path, "is missing (the server's θ is gone)")
+        try:
+            digest, _ = ex.sha256_file(path)
+        except ex.TransportError as e:  # not a regular file
+            raise _damaged(path, f"cannot be read ({e})") from None
         if digest != st["theta_sha256"]:
-            raise ServerStateError(f"{path}: SHA-256 does not match {self.path}; the server's θ was altered")
+            raise _damaged(path, f"does not match the SHA-256 recorded in {self.path} (the server's θ was altered)")
         return load_file(str(path))
 
     def write_theta(self, r: int, theta: dict) -> dict:
@@ -135,11 +171,8 @@ class ServerState:
         return secrets
 
     def round_secrets(self, r: int) -> dict:
-        p = self.round_secrets_path(r)
-        if not p.exists():
-            raise ServerStateError(f"{p} is missing: the secrets of round {r} are gone; that round cannot be "
-                                   f"aggregated")
-        return json.loads(p.read_text(encoding="utf-8"))
+        return _read_json(self.round_secrets_path(r), f"the secrets of round {r}, without which it cannot be "
+                          "aggregated")
 
     def published(self, server, st: dict | None, **secret_fields) -> dict:
         """Round r was just published: its secrets, then the state (pending), before any client sees a copy."""
@@ -164,14 +197,14 @@ class ServerState:
         path = self.dir / SURVIVAL
         if not path.exists():
             return []
-        rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"]
+        rounds = _read_json(path, "the noise survival record").get("rounds", {})
         return [rounds[r] for r in sorted(rounds, key=int)]
 
     def record_survival(self, server) -> None:
         """The pending round's survival record, measured once (a resumed round has the same copies)."""
         self._private()
         path = self.dir / SURVIVAL
-        rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"] if path.exists() else {}
+        rounds = _read_json(path, "the noise survival record").get("rounds", {}) if path.exists() else {}
         if str(server.round) not in rounds:
             rounds[str(server.round)] = server.noise_survival()
             atomic_write_json(path, {"rounds": rounds})
