@@ -19,8 +19,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig
+from mpu_cli.run.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.integration  # real processes / the prepared models
 

@@ -18,10 +18,11 @@ def _exchange_with_a_round(root):
 @pytest.mark.parametrize("field, value", [("lr", "abc"), ("epochs", 1.5), ("max_grad_norm", True),
                                           ("gradient_checkpointing", "yes")])
 def test_mpu_client_with_a_mistyped_setting(tmp_path, capsys, field, value):
-    from mpu_cli.cli import client
-    from mpu_cli.run.settings import client_settings
-    from mpu_cli.config import MPUConfig
     from omegaconf import OmegaConf
+
+    from mpu_cli.cli import client
+    from mpu_cli.config import MPUConfig
+    from mpu_cli.run.settings import client_settings
 
     settings = client_settings(OmegaConf.structured(MPUConfig))
     settings["client"][field] = value
