@@ -43,3 +43,15 @@ def test_mpu_audit_out_naming_an_existing_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.count("\n") == 0 and "is not a writable folder" in err, err
     assert (tmp_path / "report.txt").read_text() == "the user's own file"
+
+
+def test_a_sweep_into_a_folder_that_cannot_take_it_is_refused_before_hydra_starts(tmp_path):
+    """hydra.sweep.dir below a regular file (the tests run as root, whom a read-only mode does not stop)."""
+    from mpu_cli.cli.precheck import precheck
+    from mpu_cli.config import CONF_DIR, ConfigError
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match=r"hydra.sweep.dir=.* cannot take the sweep \(.*is not a folder\)"):
+        precheck(["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'a_file' / 'sweep'}"], CONF_DIR)
+    precheck(["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'new' / 'sweep'}"], CONF_DIR)  # accepted
+    assert not (tmp_path / "new").exists()  # the check creates nothing

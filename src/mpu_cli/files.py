@@ -23,9 +23,18 @@ def write_failure(e: OSError, what: str) -> tuple[str, int]:
     return f"cannot write {what}{where}: {e.strerror or e}", (2 if e.errno in _BAD_PLACE else 1)
 
 
-def unwritable(folder: Path) -> str | None:
+def unwritable(folder: Path, create: bool = True) -> str | None:
     """Why `folder` (created when missing) cannot take a file, or None: checked before work whose output
-    would otherwise be lost at its end."""
+    would otherwise be lost at its end. create=False creates nothing: the nearest existing folder on the way
+    must be a writable folder."""
+    if not create:
+        folder = Path(folder).expanduser().absolute()
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+        return None if os.access(existing, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

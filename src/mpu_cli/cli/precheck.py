@@ -82,6 +82,7 @@ def check_overrides(
         jobs = [list(overrides)]
         if multirun:
             master = compose(list(overrides), RunMode.MULTIRUN)
+            _check_sweep_dir(master)
             sweeper = master.hydra.sweeper
             if str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
                 params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
@@ -106,6 +107,20 @@ def check_overrides(
 
                 check_run_dir(cfg, take_lock=take_lock)
     return len(jobs)
+
+
+def _check_sweep_dir(master) -> None:
+    """The sweep folder must be creatable and writable before Hydra starts the first job (nothing is created)."""
+    from mpu_cli.files import unwritable
+
+    try:
+        sweep_dir = str(master.hydra.sweep.dir)
+    except Exception:  # noqa: BLE001 (an unresolvable name: Hydra reports it as it starts)
+        return
+    why = unwritable(Path(sweep_dir), create=False)
+    if why:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir!r} cannot take the sweep ({why}); accepted: a folder this "
+                          "user can write")
 
 
 def _check_choices(cfg, conf_dir: str) -> None:
