@@ -21,7 +21,7 @@ def test_client_processes_do_not_inherit_the_model_cache():
 
 def test_logged_command_lines_withhold_the_target_and_the_seed():
     line = shown(["mpu-server", "init", "--state", "/r/server_private", "--target", "/models/cache/target_ab12",
-                  "--base", "/models/base", "--seed", "1234", "--m", "2"])
+                  "--tokenizer", "/models/cache/target_ab12", "--base", "/models/base", "--seed", "1234", "--m", "2"])
     assert "/models/cache/target_ab12" not in line and "1234" not in line
     assert "--target (withheld)" in line and "--base /models/base" in line and "--m 2" in line
 

@@ -13,7 +13,7 @@ Run directory:
 (round-robin); on CPU the parent's torch threads are split, OMP_NUM_THREADS = --threads = max(1, threads // N).
 With N = 1 the single client process inherits the parent's environment (same threads as in process). No
 client process inherits the server's own variables (SERVER_ONLY_ENV: the model cache, which holds θ_0), and
-the logged command lines withhold the target's path and the seed (PRIVATE_ARGS).
+the logged command lines withhold the target's (and its tokenizer's) path and the seed (PRIVATE_ARGS).
 
 This module starts processes; it runs neither the server's arithmetic nor the client's training itself.
 """
@@ -84,9 +84,9 @@ def _check(proc_name: str, rc: int, log_path: Path) -> None:
     raise TransportError(f"{proc_name} exited with code {rc}: {last.strip()} (log: {log_path})")
 
 
-# Arguments of mpu-server whose value the logs must not show: where the private model lies, and the seed every
-# round secret derives from.
-PRIVATE_ARGS = ("--target", "--seed")
+# Arguments of mpu-server whose value the logs must not show: where the private model lies (its tokenizer is
+# usually read from the same folder), and the seed every round secret derives from.
+PRIVATE_ARGS = ("--target", "--tokenizer", "--seed")
 # The server's environment the client must not inherit: MPU_CACHE_DIR holds θ_0 (the prepared target).
 SERVER_ONLY_ENV = ("MPU_CACHE_DIR",)
 
