@@ -66,7 +66,7 @@ def test_a_damaged_or_foreign_state_is_refused(server, tmp_path):
     data = bytearray(theta_file.read_bytes())
     data[-1] ^= 1
     theta_file.write_bytes(bytes(data))
-    with pytest.raises(ServerStateError, match="SHA-256 does not match"):
+    with pytest.raises(ServerStateError, match="does not match the SHA-256 recorded"):
         ServerState(ckpt.dir).theta(st)
     ckpt.state_path.write_text(json.dumps(st | {"format": "mpu-run-checkpoint/1"}))
     with pytest.raises(ServerStateError, match="expected 'mpu-server-state/1'"):
