@@ -1,10 +1,13 @@
-"""`mpu-report DIR [--out OUT] [--no-plots]`: summary.csv, summary.md and plots for any folder of runs."""
+"""`mpu-report DIR [--out OUT] [--no-plots]`: summary.csv, summary.md and plots for any folder of runs;
+`mpu-report DIR --view NAME`: one markdown table of a finished sweep, audit or benchmark folder."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from mpu_cli.report.views import VIEWS  # standard library only: the views' names and what each reads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", type=Path, help="folder holding run directories (searched recursively)")
     ap.add_argument("--out", type=Path, default=None, help="where to write the summary (default: DIR)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument("--view", choices=list(VIEWS), default=None,
+                    help="print one markdown table of DIR instead of writing the summary: "
+                    + "; ".join(f"{name}: {view.reads}" for name, view in VIEWS.items()))
     args = ap.parse_args(argv)
     if not args.dir.is_dir():
         print(f"mpu-report: error: DIR={str(args.dir)!r} is not an existing folder", file=sys.stderr)
         return 2
+    if args.view:
+        try:
+            print(VIEWS[args.view].render(args.dir))
+        except ValueError as e:
+            print(f"mpu-report: error: --view {args.view}: {e}", file=sys.stderr)
+            return 2
+        return 0
 
     from mpu_cli.files import write_failure
     from mpu_cli.report.tables import write_summary

@@ -1,0 +1,35 @@
+"""Markdown views of a finished folder, each one table with its caption: `mpu-report DIR --view NAME`.
+
+`VIEWS` maps a view's name to what it reads and the function that renders it; scripts/readme_tables.py runs the
+measuring command, then asks for the view of the folder it wrote. A view raises ValueError with one line when
+the folder is not what it reads. Standard library only here (the CLI lists the views before importing pandas):
+each view's module is imported when it renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class View:
+    reads: str  # the folder it reads and what it shows, for --help
+    module: str  # under mpu_cli.report.views
+    function: str  # function(folder) -> markdown
+
+    def render(self, folder: Path) -> str:
+        return getattr(import_module(f"{__name__}.{self.module}"), self.function)(Path(folder))
+
+
+VIEWS: dict[str, View] = {
+    "seeds": View("a sweep of runs: per algorithm, arm and κ the quick metrics over seeds and deg_avg vs clean",
+                  "seeds", "seeds_markdown"),
+    "break_map": View("a `make reproduce-break` folder: forget Prob per arm and κ, and how far each arm holds",
+                      "breakmap", "break_markdown"),
+    "audit": View("an `mpu-audit sweep=true` folder: each attack per κ and m", "audit", "audit_markdown"),
+    "audit_all_params": View("an `mpu-audit sweep=true` folder: the attacks on all parameters, with and without "
+                             "perturbing the unprotected ones", "audit", "audit_all_params_markdown"),
+    "bench": View("a `python scripts/bench.py --out DIR` folder: its bench.csv", "bench", "bench_markdown"),
+}

@@ -1,0 +1,101 @@
+"""report/views: the markdown tables of a finished sweep, break map, audit sweep or benchmark folder, and
+`mpu-report DIR --view NAME` printing them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import BREAK_KEYS, break_map_table
+from test_report import _write_run
+
+from mpu_cli.cli.report import main as report_main
+from mpu_cli.report.breakmap import write_break_map
+from mpu_cli.report.views import VIEWS
+from mpu_cli.report.views.breakmap import break_markdown
+
+
+def _quick(fp, fr):
+    return {"forget_Q_A_Prob": fp, "forget_Q_A_ROUGE": fr, "retain_Q_A_Prob": 0.5, "retain_Q_A_ROUGE": 0.6}
+
+
+def test_seeds_view_gives_means_intervals_and_the_paired_degradation(tmp_path):
+    for seed, (clean, mpu) in enumerate([((0.10, 0.40), (0.12, 0.44)), ((0.20, 0.40), (0.22, 0.48))]):
+        _write_run(tmp_path, f"clean_s{seed}", _quick(*clean), arm="clean", seed=seed, algorithm__name="npo")
+        _write_run(tmp_path, f"mpu_s{seed}", _quick(*mpu), arm="mpu", kappa=0.1, seed=seed, algorithm__name="npo")
+    text = VIEWS["seeds"].render(tmp_path)
+    rows = {tuple(r.split(" | ")[1:3]): r for r in text.splitlines() if r.startswith("| npo")}
+    assert set(rows) == {("clean", "–"), ("mpu", "0.1")}
+    assert list(rows) == [("clean", "–"), ("mpu", "0.1")]  # the baseline first
+    # forget Prob of the clean arm: mean 0.15 over 2 seeds, t-interval 0.15 ± 12.71·0.0707/√2
+    assert "| 2 | 0.15 [-0.485, 0.785] |" in rows[("clean", "–")]
+    # deg_avg per seed: mean of (0.12−0.10)/0.10 and (0.44−0.40)/0.40 = 15 %; of 0.1 and 0.2 = 15 %: no spread
+    assert "+15.0 % [+15.0, +15.0] (worse)" in rows[("mpu", "0.1")]
+
+
+def test_bench_view_is_a_table_of_the_columns_that_hold_values(tmp_path):
+    (tmp_path / "bench.csv").write_text("run,m,wall_s,server_pct,empty\nm-sweep,2,52.34,1.5812,\n"
+                                        "m-sweep,4,80.0,2.25,\n")
+    assert VIEWS["bench"].render(tmp_path) == ("| run | m | wall_s | server_pct |\n|---|---|---|---|\n"
+                                               "| m-sweep | 2 | 52.3 | 1.58 |\n| m-sweep | 4 | 80 | 2.25 |")
+
+
+def test_a_break_map_folder_becomes_one_table(tmp_path):
+    """The break map of a hand-made sweep (tests/test_breakmap.py's table): forget Prob per arm and κ, bold
+    where the paired interval excludes clean, and how far each arm holds."""
+    write_break_map(break_map_table(), tmp_path, BREAK_KEYS, plots=False)
+    text = break_markdown(tmp_path, seconds=125.0)
+    assert text.startswith("`make reproduce-break` on ") and "2 min 5 s" in text and "3 seeds" in text
+    lines = text.splitlines()
+    assert lines[2] == "| algorithm | clean | arm | κ=0.1 | κ=1 | holds to |"
+    assert lines[4].startswith("| npo | 0.460 ± 0.025 | noised | 0.460 ± 0.05 | **0.670 ± 0.05** | 0.1 / 0.1 |")
+    assert "| mpu m=2 | **0.670 ± 0.05** | **0.670 ± 0.05** | <0.1 / <0.1 |" in text
+    assert "| noised α=mean(m=2) | 0.460 ± 0.05 | 0.460 ± 0.05 | 1 / 1 |" in text
+    assert VIEWS["break_map"].render(tmp_path) == break_markdown(tmp_path)  # no duration in the caption
+
+
+def _audit_cell(kappa, m, perturb, a1):
+    return {
+        "config": {"algorithm": "npo", "client_epochs": 5, "client_lr": 1e-4, "split": "forget10", "seed": 0,
+                   "kappa": kappa, "m": m, "perturb_unprotected": perturb},
+        "params": {"total": 2_500_000, "protected": 2_000_000},
+        "attacks": {"A0": {"exposed_fraction": 0.0},
+                    "A1": {"rel_err_protected": a1, "rel_err_protected_mod_T": a1 / 2, "rel_err_all_mod_T": a1 / 4},
+                    "A2": {"perm_accuracy": 0.5, "angle_err_mean_rad": 1.234, "rel_err_protected": 1.0},
+                    "A4": {"rel_err_protected": 2.0},
+                    "A5": {"rel_err_protected": 3.0, "rel_err_protected_mod_T": 0.25, "rel_err_all_mod_T": 0.125}},
+        "utility": {"theta_prev": {"retain_prob": 0.91234}, "copy_1": {"retain_prob": 0.5}},
+    }
+
+
+def _audit_sweep(folder):
+    cells = [(0.01, 2, False, 1.5), (0.1, 4, False, 15.0), (0.01, 2, True, 1.5)]
+    for i, cell in enumerate(cells):
+        (folder / f"{i}_cell").mkdir()
+        (folder / f"{i}_cell" / "privacy_report.json").write_text(json.dumps(_audit_cell(*cell)))
+    (folder / "privacy_sweep.json").write_text("{}")
+
+
+def test_audit_views_read_each_cell_of_the_sweep(tmp_path):
+    _audit_sweep(tmp_path)
+    text = VIEWS["audit"].render(tmp_path)
+    assert text.startswith("Measured on the embedded default (2.50 M parameters, 2.00 M in blocks;\nNPO, 5 epochs, "
+                           "lr 0.0001, forget10, seed 0; `mpu-audit sweep=true seed=0`):")
+    rows = [r for r in text.splitlines() if r.startswith("| 0.")]
+    assert rows == ["| 0.01 | 2 | 0 | 1.5 (0.75) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – (– / –) |",
+                    "| 0.1 | 4 | 0 | 15 (7.5) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – (– / –) |"]
+    rows = [r for r in VIEWS["audit_all_params"].render(tmp_path).splitlines() if r.startswith("| 0.")]
+    assert rows[2] == "| 0.01 | 2 | true | 0 | 0.375 | 0.125 | 0.9123 | 0.5 | – |"
+    assert len(rows) == 3
+
+
+def test_mpu_report_prints_a_view_and_refuses_a_folder_it_does_not_read(tmp_path, capsys):
+    (tmp_path / "bench.csv").write_text("run,m\nm-sweep,2\n")
+    assert report_main([str(tmp_path), "--view", "bench"]) == 0
+    assert capsys.readouterr().out == "| run | m |\n|---|---|\n| m-sweep | 2 |\n"
+    assert report_main([str(tmp_path), "--view", "audit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--view audit" in err[0] and "privacy_sweep.json" in err[0]
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path), "--view", "nosuch"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "summary.md").exists()  # a view writes nothing
