@@ -25,7 +25,6 @@ N_AUTHORS = 100  # authors in `full`
 N_HOLDOUT = 10  # extra authors never in `full`
 QA_PER_AUTHOR = 4
 N_REAL_AUTHORS = 40
-N_WORLD_FACTS = 40
 N_GENERIC_SENTENCES = 500
 N_IDK = 100
 N_PERTURBED = 5

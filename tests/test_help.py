@@ -101,10 +101,10 @@ def test_presets_combine_and_the_command_line_wins():
     assert cfg.model.retain.endswith("retain99")
 
 
-def test_the_plus_form_still_works_with_a_note():
-    argv, notes = rewrite(["-m", "+variant=clean,mpu_k0.1", "+tofu_split=forget05", "+foo=1"])
-    assert argv == ["-m", "variant=clean,mpu_k0.1", "tofu_split=forget05", "+foo=1"]
-    assert len(notes) == 2 and "no + needed" in notes[0]
+def test_hydras_forms_and_our_own_names_pass_through_untouched():
+    """Only open-unlearning's names are rewritten: the append form and names of ours go to Hydra as given."""
+    argv = ["-m", "+variant=clean,mpu_k0.1", "experiment=paper_npo", "+foo=1", "~seed"]
+    assert rewrite(argv) == (argv, [])
 
 
 def test_reproduce_sweeps_use_the_plain_group_form():

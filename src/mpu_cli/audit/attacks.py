@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from mpu_cli.models.family import block_of
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.reparam import Transform
 
@@ -184,7 +183,3 @@ def item_losses(model, examples: list[dict], pad: int, batch_size: int = 32) -> 
     from mpu_cli.evals.batched import score_sequences
 
     return [s.avg_loss for s in score_sequences(model, examples, batch_size, pad)]
-
-
-def is_protected(name: str) -> bool:
-    return block_of(name) is not None

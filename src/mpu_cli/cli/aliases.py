@@ -4,12 +4,7 @@ Each alias is rewritten to its key and said in one note line on stderr, so a use
 `trainer=NPO` → `algorithm=npo`, `forget_split=forget05` → `data.split=forget05`, `task_name=x` → `run_id=x`,
 algorithm names as open-unlearning spells them (GradAscent, GradDiff, NPO, SimNPO, DPO / IdkDPO, UNDIAL, WGA,
 SatImp, RMU; any case), its model config names (`model=Llama-3.2-1B-Instruct`). `retain_split=` and
-`holdout_split=` follow from the forget split here: they are accepted when they agree with it. A group of the
-root config's defaults list given with Hydra's append prefix (`+variant=clean`, the form these groups once
-needed) is read as `variant=clean`: Hydra itself would refuse to append a group that is already listed.
-Earlier preset names of our own are read the same way: `experiment=paper_<alg>` → `experiment=paper
-algorithm=<alg>` (the paper's schedule is one table now), `experiment=tiny_<alg>` → `algorithm=<alg>` (the
-embedded model's presets apply to an algorithm named alone).
+`holdout_split=` follow from the forget split here: they are accepted when they agree with it.
 """
 from __future__ import annotations
 
@@ -27,14 +22,6 @@ KEYS = {"trainer": "algorithm", "forget_split": "data.split", "task_name": "run_
 DERIVED = {"retain_split": "retain", "holdout_split": "holdout"}  # TOFU: ours follow from data.split
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
-ROOT_CONFIG = MODEL_DIR.parent / "config.yaml"
-
-
-def default_groups() -> set[str]:
-    """The groups of the root config's defaults list, as mpu-run's help reads them."""
-    from mpu_cli.cli.help import parse
-
-    return {g.name for g in parse(ROOT_CONFIG.read_text())[0]}
 
 
 class AliasError(ValueError):
@@ -50,34 +37,16 @@ def _values(value: str, fn) -> str:
     return ",".join(fn(v) for v in value.split(","))
 
 
-def _preset(value: str) -> list[str] | None:
-    """experiment=paper_<alg>[,…] / tiny_<alg>[,…] as today's overrides, None when it is not such a name."""
-    families = {v.partition("_")[0] for v in value.split(",")}
-    algorithms = [v.partition("_")[2] for v in value.split(",")]
-    if not families <= {"paper", "tiny"} or not all(a in ALGORITHM_NAMES for a in algorithms):
-        return None
-    if len(families) > 1:
-        raise AliasError(f"experiment={value} mixes the paper and tiny presets; sweep them separately "
-                         f"(experiment=paper algorithm=… and algorithm=…)")
-    algorithm = f"algorithm={','.join(algorithms)}"
-    return ["experiment=paper", algorithm] if families == {"paper"} else [algorithm]
-
-
 def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
     """(argv with aliases replaced, one note per alias used); AliasError for a derived split that disagrees."""
     out, notes, derived = [], [], []
     models = {p.stem.lower(): p.stem for p in MODEL_DIR.glob("*.yaml")}
-    groups = default_groups()
     for arg in argv:
         key, sep, value = arg.partition("=")
         bare = key.lstrip("+~")
         if not sep or arg.startswith("-"):
             out.append(arg)
             continue
-        if key == f"+{bare}" and bare in groups:
-            notes.append(f"mpu-run: note: {arg} is read as {bare}={value} ({bare} is a group of the defaults "
-                         "list: no + needed)")
-            key = bare
         new_key = KEYS.get(bare, bare)
         new_value = value
         if new_key == "algorithm":
@@ -90,10 +59,6 @@ def rewrite(argv: list[str]) -> tuple[list[str], list[str]]:
             continue
         if bare in DERIVED:
             derived.append((bare, value))
-            continue
-        if bare == "experiment" and (preset := _preset(value)) is not None:
-            notes.append(f"mpu-run: note: {bare}={value} is read as {' '.join(preset)}")
-            out += preset
             continue
         if (new_key, new_value) != (bare, value):
             notes.append(f"mpu-run: note: {bare}={value} is read as {new_key}={new_value} (open-unlearning's name)")

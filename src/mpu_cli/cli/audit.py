@@ -35,7 +35,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 log = logging.getLogger("mpu_cli.audit")
 
-AUDIT_KEYS = {"out", "sweep", "b1", "sweep_kappa", "sweep_m", "sweep_perturb"}
 USAGE = ("usage: mpu-audit [kappa=K] [m=M] [seed=S] [model=tiny] [out=DIR] [b1=true|false] "
          "[sweep=true [sweep_kappa=0.01,0.1] [sweep_m=2,4] [sweep_perturb=false,true]] [mpu-run overrides]")
 

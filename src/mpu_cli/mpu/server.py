@@ -348,7 +348,7 @@ class MPUServer:
         return noise
 
     def _noise(self, name: str) -> list[torch.Tensor] | None:
-        """Every copy's noise of one tensor at once (for tests and the audit's oracle)."""
+        """Every copy's noise of one tensor at once (for tests)."""
         noise = self._noise_source(name)
         return None if noise is None else [noise.copy(k) for k in range(len(noise))]
 
