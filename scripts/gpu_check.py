@@ -9,6 +9,7 @@ Prints the timings and torch.cuda.max_memory_allocated, exits 1 if the run took 
 
     scripts/gpu_check.sh                 # on a machine with a CUDA GPU
     python scripts/gpu_check.py --tiny   # the same code path, shrunk to a small Llama on CPU (tests)
+    python scripts/gpu_check.py [--tiny] --print-config   # the model's configuration, nothing run
 
 Without CUDA (and without --tiny) it exits with code 2 and says so.
 """
@@ -133,7 +134,16 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds; exit 1 when exceeded")
     ap.add_argument("--no-gradient-checkpointing", action="store_true")
     ap.add_argument("--json", help="also write the result to this file")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the configuration of the model the check would build (JSON) and exit")
     args = ap.parse_args(argv)
+
+    if args.print_config:
+        from mpu_cli.models.tiny import load_embedded_tokenizer
+
+        tokenizer = load_embedded_tokenizer()
+        print(llama_config(args.tiny, len(tokenizer), tokenizer).to_json_string())
+        return 0
 
     import torch
 

@@ -10,7 +10,7 @@ Writes, under ``--out-root`` (default: ``src/mpu_cli``):
 
 Everything is drawn from ``random.Random(SEED)``; running the script twice gives identical bytes.
 
-    python scripts/make_embedded_data.py [--out-root DIR]
+    python scripts/make_embedded_data.py [--out-root DIR] [--meta FILE]
 """
 
 from __future__ import annotations
@@ -560,13 +560,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-root", type=Path, default=DEFAULT_OUT_ROOT,
                         help="package root to write into (data/embedded/, models/embedded_tokenizer/)")
+    parser.add_argument("--meta", type=Path, default=None,
+                        help="also write the invented names (authors, holdout authors, books, famous authors and "
+                        "books) to this JSON file, for checks of the data")
     args = parser.parse_args(argv)
     out_root: Path = args.out_root
     data_dir = out_root / "data" / "embedded"
     tok_dir = out_root / "models" / "embedded_tokenizer"
     data_dir.mkdir(parents=True, exist_ok=True)
 
-    configs, _ = build(random.Random(SEED))
+    configs, meta = build(random.Random(SEED))
+    if args.meta:
+        args.meta.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     for name, rows in configs.items():
         _write_jsonl(data_dir / f"{name}.jsonl", rows)
 

@@ -9,7 +9,7 @@ continuation (verbmem) and runs a membership attack (privleak). This script writ
 
 Everything is drawn from ``random.Random(seed)``; the same seed gives identical bytes.
 
-    python scripts/make_muse_corpus.py [--out DIR] [--seed N]
+    python scripts/make_muse_corpus.py [--out DIR] [--seed N] [--meta FILE]
 """
 
 from __future__ import annotations
@@ -765,9 +765,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ap.add_argument("--meta", type=Path, default=None,
+                    help="also write the people each split's articles name to this JSON file, for checks")
     args = ap.parse_args(argv)
 
     arts = build(args.seed)
+    if args.meta:
+        people = {split: [p for a in arts[split] for p in a["people"]] for split in SIZES}
+        args.meta.write_text(json.dumps(people, ensure_ascii=False, indent=1), encoding="utf-8")
     check_disjoint(arts)
     files = corpus_files(arts)
     stats = token_stats(files)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,21 +32,22 @@ PERTURBED = ["question", "answer", "paraphrased_answer", "perturbed_answer", "pa
 PUBLIC_PERTURBED = ["question", "answer", "perturbed_answer"]
 
 
-def _gen_module():
-    spec = importlib.util.spec_from_file_location("make_embedded_data", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _generate(out_root: Path, *args: str) -> None:
+    subprocess.run([sys.executable, str(SCRIPT), "--out-root", str(out_root), *args], check=True,
+                   capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def gen():
-    return _gen_module()
+def generated(tmp_path_factory) -> Path:
+    """One run of the generator (a package root), with the names it invented in meta.json beside it."""
+    root = tmp_path_factory.mktemp("generated")
+    _generate(root / "a", "--meta", str(root / "meta.json"))
+    return root
 
 
 @pytest.fixture(scope="module")
-def meta(gen):
-    return gen.build(random.Random(gen.SEED))[1]
+def meta(generated):
+    return json.loads((generated / "meta.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -257,18 +258,18 @@ def test_chat_template_prefix(tok, data):
 # ---------------------------------------------------------------- generator
 
 
-def test_generator_deterministic_and_shipped_files_current(tmp_path, gen):
-    gen.main(["--out-root", str(tmp_path / "a")])
-    gen.main(["--out-root", str(tmp_path / "b")])
-    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+def test_generator_deterministic_and_shipped_files_current(tmp_path, generated):
+    a, b = generated / "a", tmp_path / "b"
+    _generate(b)
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) > 20
     for rel in files_a:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     # the committed files are what the generator writes
     shipped = Path(tofu.__file__).resolve().parents[1]
     for rel in files_a:
-        assert (shipped / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), f"{rel} is stale: rerun {SCRIPT}"
+        assert (shipped / rel).read_bytes() == (a / rel).read_bytes(), f"{rel} is stale: rerun {SCRIPT}"
 
 
 def _corrupt_tofu(folder: Path) -> tuple[str, str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,9 @@ ARTICLES = {"forget": 16, "retain1": 32, "retain2": 16, "holdout": 16}
 QUIZ_HEADER = "The news quiz of the week: how much do you remember?"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_muse_corpus", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _generate(out: Path, seed: int, *args: str) -> None:
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--seed", str(seed), *args], check=True,
+                   capture_output=True, timeout=600)
 
 
 def _rows(folder: Path, rel: str) -> list[dict]:
@@ -67,15 +66,11 @@ def _prose(article: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def script():
-    return _load_script()
-
-
-@pytest.fixture(scope="module")
-def regenerated(script, tmp_path_factory) -> Path:
+def regenerated(tmp_path_factory) -> Path:
+    """The generator's output for seed 0, with the people it named in meta.json beside the folder."""
     out = tmp_path_factory.mktemp("muse_seed0")
-    assert script.main(["--out", str(out), "--seed", "0"]) == 0
-    return out
+    _generate(out / "corpus", 0, "--meta", str(out / "meta.json"))
+    return out / "corpus"
 
 
 def test_generator_reproduces_shipped_files(regenerated):
@@ -132,7 +127,7 @@ def test_icl_examples_are_retain1_questions_nobody_is_asked():
         assert row["question"] not in asked and row["question"] not in evaluated
 
 
-def test_splits_are_disjoint(script):
+def test_splits_are_disjoint(regenerated):
     texts = {s: _texts(SHIPPED, s) for s in RAW}
     for i, a in enumerate(RAW):
         assert len(set(texts[a])) == len(texts[a])
@@ -140,7 +135,7 @@ def test_splits_are_disjoint(script):
             assert not set(texts[a]) & set(texts[b]), (a, b)
     # a forgotten person or question must not be learnable from the retain or holdout data
     others = "\n".join(t for s in ("retain1", "retain2", "holdout") for t in texts[s])
-    forget_people = [p for a in script.build(0)["forget"] for p in a["people"]]
+    forget_people = json.loads((regenerated.parent / "meta.json").read_text(encoding="utf-8"))["forget"]
     assert len(forget_people) == 32
     for p in forget_people:
         assert re.fullmatch(r"[A-Z][a-z]+ [A-Z][a-z]+", p) and p in "\n".join(texts["forget"])
@@ -149,7 +144,7 @@ def test_splits_are_disjoint(script):
         assert row["question"] not in others
 
 
-def test_other_seed_gives_other_text(script, regenerated, tmp_path):
-    assert script.main(["--out", str(tmp_path), "--seed", "1"]) == 0
+def test_other_seed_gives_other_text(regenerated, tmp_path):
+    _generate(tmp_path, 1)
     for split in RAW:
         assert not set(_texts(tmp_path, split)) & set(_texts(regenerated, split)), split
