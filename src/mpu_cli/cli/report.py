@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         "with 95 % t-intervals over seeds and verdicts), and write the plots (plot_arms.png: clean / noised / "
         "MPU per algorithm; plot_degradation_vs_kappa.png with two or more κ; plot_forget_vs_utility.png).",
         epilog="examples: mpu-report outputs/sweeps/<time>   |   mpu-report outputs/runs --out /tmp/report "
-        "--no-plots. A sweep (mpu-run -m) writes the same files into its folder when it ends.",
+        "--no-plots   |   mpu-report outputs/sweeps/<time> --view seeds. A sweep (mpu-run -m) writes the same "
+        "files into its folder when it ends.",
     )
     ap.add_argument("dir", type=Path, help="folder holding run directories (searched recursively)")
     ap.add_argument("--out", type=Path, default=None, help="where to write the summary (default: DIR)")
