@@ -77,11 +77,3 @@ def test_the_papers_schedule_is_one_table(name):
     assert cfg.rounds * cfg.client.epochs == 10 and cfg.client.lr == 1e-5
     assert (cfg.rounds, cfg.client.epochs) == (cfg.schedule[name].rounds, cfg.schedule[name].epochs)
     assert _compose("experiment=paper", f"algorithm={name}", "rounds=3").rounds == 3  # the command line wins
-
-
-def test_only_open_unlearnings_names_are_rewritten():
-    """Hydra's own forms and names of ours pass through untouched (Hydra judges them)."""
-    from mpu_cli.cli.aliases import rewrite
-
-    argv = ["experiment=paper_npo", "+variant=clean", "+foo=1", "~seed", "-m"]
-    assert rewrite(argv) == (argv, [])
