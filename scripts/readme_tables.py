@@ -273,17 +273,17 @@ def aliases_table() -> str:
     return markdown(["open-unlearning", "read as"], rows)
 
 
-@table("options", cost="instant (read from conf/config.yaml's comments, as `mpu-run --help` is)")
+@table("options", cost="instant (generated from the config schema, as `mpu-run --help` is)")
 def options_table() -> str:
-    from mpu_cli.cli.help import group_options, parse
+    from mpu_cli.cli.help import entries, group_options
     from mpu_cli.config import CONF_DIR
 
-    groups, keys = parse((Path(CONF_DIR) / "config.yaml").read_text())
-    rows = [[f"`{g.name}=`", f"{g.meaning}; options: {', '.join(group_options(Path(CONF_DIR), g.name))}",
-             "none" if g.default == "null" else f"`{g.default}`"] for g in groups]
-    rows += [[f"`{k.name}`", k.meaning, "see meaning" if k.default.startswith("${") else f"`{k.default}`"]
+    groups, keys = entries("config")
+    rows = [[f"`{g.name}=`", f"{g.meaning}; options: {', '.join(group_options(CONF_DIR, g.name))}", "",
+             f"`{g.default}`" if g.default else "none"] for g in groups]
+    rows += [[f"`{k.name}`", k.meaning, k.accepted, "see meaning" if k.default is None else f"`{k.default}`"]
              for k in keys]
-    return markdown(["key", "meaning", "default"], [[c.replace("|", "\\|") for c in r] for r in rows])
+    return markdown(["key", "meaning", "accepted", "default"], [[c.replace("|", "\\|") for c in r] for r in rows])
 
 
 # ---- the command -------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 from helpers import BigramLM, answer_pairs, hand_logp
 from mpu_cli.data.formatting import collate_right
-from mpu_cli.unlearn import ALGORITHMS, build_algorithm
+from mpu_cli.unlearn.algorithms import ALGORITHMS, build_algorithm
 
 V = 7
 FORGET = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]},

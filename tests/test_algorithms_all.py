@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import BigramLM, answer_pairs, hand_logp
 from mpu_cli.data.formatting import collate_right
-from mpu_cli.unlearn import ALGORITHMS, build_algorithm
+from mpu_cli.unlearn.algorithms import ALGORITHMS, build_algorithm
 from mpu_cli.unlearn.base import block_output, scaled_layer
 from mpu_cli.unlearn.client import ClientConfig, ClientData, encode_client_data, unlearn_copy
 

@@ -7,7 +7,7 @@ from mpu_cli.models.io import state_dict_fp32
 from mpu_cli.models.tiny import init_tiny_llama, load_embedded_tokenizer
 from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.server import MPUServer, ServerConfig
-from mpu_cli.unlearn import build_algorithm
+from mpu_cli.unlearn.algorithms import build_algorithm
 from mpu_cli.unlearn.client import ClientConfig, ClientData, unlearn_copy
 
 

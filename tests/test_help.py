@@ -10,8 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mpu_cli.cli.aliases import rewrite
-from mpu_cli.cli.help import config_help, parse, schema_entries
-from mpu_cli.config import CONF_DIR, MPUConfig, register_configs, validate
+from mpu_cli.cli.help import config_help, entries
+from mpu_cli.config import CONF_DIR, register_configs
+from mpu_cli.run.checks import validate
 
 CONF = Path(CONF_DIR)
 RUN_ONLY_GROUPS = ("algorithm", "experiment", "variant", "tofu_split", "accelerate")
@@ -29,39 +30,35 @@ def _group_lines(text: str) -> list[str]:
     return [ln.split()[0] for ln in section.splitlines()[1:] if ln.startswith("  ") and not ln.startswith("   ")]
 
 
-def test_comments_become_meanings_with_continuation_lines_and_dotted_keys():
-    groups, keys = parse(
-        "defaults:\n"
-        "  - schema\n"
-        "  - model: tiny   # the model\n"
-        "  - _self_\n"
-        "  - optional variant: null   # an arm\n"
-        "  - override hydra/help: x\n"
-        "a: 1   # first\n"
-        "       # and more\n"
-        "b: 'x # y'  # quoted hash\n"
-        "parent:\n"
-        "  leaf: ${a}   # interpolated\n"
-        "hydra:\n"
-        "  job:\n"
-        "    name: n   # not a key of the app\n")
-    assert [(g.name, g.default, g.meaning) for g in groups] == [("model", "tiny", "the model"),
-                                                                ("variant", "null", "an arm")]
-    assert [(k.name, k.default, k.meaning) for k in keys] == [
-        ("a", "1", "first and more"), ("b", "'x # y'", "quoted hash"), ("parent.leaf", "${a}", "interpolated")]
+def test_every_setting_of_both_schemas_has_a_meaning_and_every_number_a_range():
+    from mpu_cli.config import SCHEMAS
+    from mpu_cli.options import accepted_range, leaf_fields, meaning
+
+    seen = 0
+    for schema in SCHEMAS.values():
+        for name, f, hint in leaf_fields(schema):
+            seen += 1
+            assert meaning(f), f"{name} has no meaning (option(help=...))"
+            numeric = {int, float} & {hint, *getattr(hint, "__args__", ())}
+            assert bool(numeric) == (accepted_range(f) is not None), f"{name}: a number needs its accepted range"
+    assert seen > 60  # the walk reached the nested settings
 
 
 def test_run_help_lists_every_group_and_main_key_and_each_key_exists():
-    text = config_help("config", CONF_DIR, schema_entries(MPUConfig))
+    text = config_help("config", CONF_DIR)
     assert set(_group_lines(text)) == {"model", "data", "algorithm", *RUN_ONLY_GROUPS}
     for key in ("arm=mpu", "kappa=0.01", "m=2", "rounds=1", "seed=null", "client.lr", "client.epochs",
                 "server.alpha_schedule=linear", "eval.metrics=all", "prepare.cache_dir", "save_model=false"):
         assert f"  {key}" in text, key
     assert "mpu_k0.1_m3" in text and "forget05" in text and "deepspeed_zero3" in text
     cfg = _compose([])
-    for k in parse((CONF / "config.yaml").read_text())[1] + schema_entries(MPUConfig):
+    groups, keys = entries("config")
+    assert [g.name for g in groups] == ["model", "data", "algorithm", "accelerate", "experiment", "tofu_split",
+                                        "variant"]
+    for k in keys:
         assert OmegaConf.select(cfg, k.name, default="<absent>") != "<absent>", k.name
-        assert k.meaning, f"{k.name} has no comment in conf/config.yaml"
+        assert k.meaning, k.name
+    assert {k.name for k in keys} >= {"server.eta", "client.max_grad_norm", "prepare.target_min_prob"}
 
 
 def test_eval_help_lists_only_its_own_groups():

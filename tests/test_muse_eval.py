@@ -8,13 +8,14 @@ import math
 
 import pytest
 
-from mpu_cli.config import ConfigError, check_data_config
+from mpu_cli.config import ConfigError
 from mpu_cli.data.formatting import IGNORE, ChatFormat
 from mpu_cli.data.muse import LAYOUT, load_muse
 from mpu_cli.data.text import corpus_chunks, encode_completion, encode_document, encode_few_shot_prompt
 from mpu_cli.data.validate import DataError
 from mpu_cli.evals import muse
 from mpu_cli.models.tiny import load_embedded_tokenizer
+from mpu_cli.run.checks import check_data_config
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ def test_grids_are_the_papers():
 def test_the_sweeps_compose(name):
     from hydra import compose, initialize_config_dir
 
-    from mpu_cli.config import register_configs, validate
+    from mpu_cli.config import register_configs
+    from mpu_cli.run.checks import validate
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

@@ -1,12 +1,17 @@
-"""The package's structure, read from the source: no import cycles between modules, the library packages
-import nothing from the run package or the command lines, the server and the client keep apart."""
+"""The package's structure, read from the source (DESIGN.md "Import boundaries"): no import cycles between
+modules; following every import transitively (function-level ones included, and the package __init__ each import
+runs), the library packages reach neither the run package nor the command lines, the server and the client keep
+apart, and the config schema reaches nothing heavy."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIBRARY = ("mpu_cli.mpu", "mpu_cli.unlearn", "mpu_cli.evals", "mpu_cli.data", "mpu_cli.models")
+HEAVY = ("torch", "transformers", "datasets", "accelerate", "safetensors", "numpy", "pandas", "matplotlib", "scipy")
 
 
 def _module(path: Path) -> str:
@@ -17,9 +22,14 @@ def _module(path: Path) -> str:
     return ".".join(parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the mpu_cli modules it imports anywhere in its source (lazy imports included)."""
-    files = {_module(p): p for p in (SRC / "mpu_cli").rglob("*.py")}
+def _files() -> dict[str, Path]:
+    return {_module(p): p for p in (SRC / "mpu_cli").rglob("*.py")}
+
+
+def import_graph(external: bool = False) -> dict[str, set[str]]:
+    """module -> the mpu_cli modules it imports anywhere in its source (lazy imports included); with `external`,
+    also the top-level names of the other packages it imports (torch, hydra, ...)."""
+    files = _files()
     graph: dict[str, set[str]] = {}
     for mod, path in files.items():
         deps = set()
@@ -36,8 +46,40 @@ def import_graph() -> dict[str, set[str]]:
             for n in names:
                 if n in files and n != mod:
                     deps.add(n)
+                elif external and n and not n.startswith("mpu_cli"):
+                    deps.add(n.split(".")[0])
         graph[mod] = deps
     return graph
+
+
+def closure(module: str, graph: dict[str, set[str]] | None = None) -> set[str]:
+    """Everything importing `module` may import, transitively: each import also runs the __init__ of every
+    package above the imported module."""
+    graph = graph if graph is not None else import_graph(external=True)
+
+    def with_parents(name: str) -> set[str]:
+        parts = name.split(".")
+        return {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & (set(graph) | {name})
+
+    seen: set[str] = set()
+    todo = list(with_parents(module) - {module}) + [module]
+    while todo:
+        node = todo.pop()
+        for dep in graph.get(node, ()):
+            for d in with_parents(dep):
+                if d not in seen and d != module:
+                    seen.add(d)
+                    todo.append(d)
+        for d in with_parents(node) - seen - {module}:
+            seen.add(d)
+            todo.append(d)
+    return seen
+
+
+def test_closure_follows_lazy_imports_and_package_inits():
+    graph = {"a": {"b.c"}, "b": {"d"}, "b.c": set(), "d": {"e"}, "e": set(), "f": set()}
+    assert closure("a", graph) == {"b", "b.c", "d", "e"}
+    assert import_graph()["mpu_cli.run.checks"] >= {"mpu_cli.run.slots"}  # a function-level import counts
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -79,23 +121,39 @@ def test_no_import_cycles():
     assert _cycles(graph) == []
 
 
-def test_library_packages_import_neither_the_run_package_nor_the_command_lines():
-    for mod, deps in import_graph().items():
+def test_library_packages_reach_neither_the_run_package_nor_the_command_lines():
+    graph = import_graph(external=True)
+    for mod in graph:
         if mod.startswith(LIBRARY):
-            bad = [d for d in deps if d.startswith(("mpu_cli.run", "mpu_cli.cli", "mpu_cli.report", "mpu_cli.audit"))]
+            bad = sorted(d for d in closure(mod, graph)
+                         if d.startswith(("mpu_cli.run", "mpu_cli.cli", "mpu_cli.report", "mpu_cli.audit")))
             assert not bad, (mod, bad)
 
 
 def test_server_and_client_keep_apart():
-    graph = import_graph()
-    for mod, deps in graph.items():
+    graph = import_graph(external=True)
+    for mod in graph:
+        reached = closure(mod, graph)
         if mod.startswith("mpu_cli.mpu"):
-            assert not [d for d in deps if d.startswith(("mpu_cli.unlearn", "mpu_cli.data"))], mod
+            assert not [d for d in reached if d.startswith(("mpu_cli.unlearn", "mpu_cli.data"))], mod
         if mod.startswith("mpu_cli.unlearn"):
-            assert not [d for d in deps if d.startswith("mpu_cli.mpu")], mod
-    assert not [d for d in graph["mpu_cli.cli.client"] if d.startswith(("mpu_cli.mpu", "mpu_cli.run"))]
+            assert not [d for d in reached if d.startswith("mpu_cli.mpu")], mod
+    assert not [d for d in closure("mpu_cli.cli.client", graph) if d.startswith(("mpu_cli.mpu", "mpu_cli.run"))]
     for server_party in ("mpu_cli.cli.server", "mpu_cli.transport.server"):
-        assert not [d for d in graph[server_party] if d.startswith(("mpu_cli.unlearn", "mpu_cli.data"))]
+        assert not [d for d in closure(server_party, graph) if d.startswith(("mpu_cli.unlearn", "mpu_cli.data"))]
+
+
+def test_the_config_schema_reaches_nothing_heavy():
+    """The command lines compose configurations with the schema before torch is loaded."""
+    reached = closure("mpu_cli.config")
+    owners = ("mpu_cli.run", "mpu_cli.cli", "mpu_cli.mpu.", "mpu_cli.evals", "mpu_cli.data", "mpu_cli.report",
+              "mpu_cli.audit", "mpu_cli.models.io")
+    light = ("mpu_cli.mpu.arms",)  # the arm names and rules (run folder names): standard library only
+    assert not [d for d in reached if d.startswith(owners) and d not in light], sorted(reached)
+    assert not set(HEAVY) & reached, sorted(set(HEAVY) & reached)
+    code = f"import sys, mpu_cli.config; print(sorted(set(sys.modules) & {set(HEAVY)!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
 
 
 def test_one_round_loop():

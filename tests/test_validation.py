@@ -7,9 +7,8 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from mpu_cli.config import CONF_DIR
-from mpu_cli.config import ConfigError
 from mpu_cli.cli.precheck import check_overrides
+from mpu_cli.config import CONF_DIR, ConfigError
 
 # Each invalid input of the issue, through the real console script (cwd = an empty folder).
 CASES = [
@@ -24,6 +23,8 @@ CASES = [
     (["data.source=/nonexistent/TOFU"], ["data.source='/nonexistent/TOFU'", "does not exist", "embedded"]),
     (["foo=1"], ["unknown key 'foo'", "kappa"]),
     (["-m", "arm=clean,mpu", "m=1"], ["m=1", "m >= 2"]),  # a sweep: no sweep directory either
+    (["server.eta=-1"], ["server.eta=-1.0 must be > 0"]),  # a number's declared range
+    (["eval.metrics=quik"], ["eval.metrics='quik' is not one of ['all', 'quick']; did you mean 'quick'?"]),  # an Enum
 ]
 
 # More bad values, checked in process (the same code path, without a Python start per case).
@@ -48,6 +49,18 @@ MORE = [
     (["client.device=cuda:x"], ["client.device='cuda:x'", "'auto', 'cpu'"]),
     (["server.noised_alpha=median"], ["server.noised_alpha='median'", "['one', 'mean', 'max']"]),
     (["arm=noised", "m=1", "server.noised_alpha=max"], ["m=1", "server.noised_alpha=max", "m must be >= 2"]),
+    # numbers outside their declared range (they ran backwards, trained toward the impossible, or crashed)
+    (["server.eta=-1"], ["server.eta=-1.0 must be > 0"]),
+    (["client.max_grad_norm=-1"], ["client.max_grad_norm=-1.0 must be > 0"]),
+    (["prepare.target_min_prob=2"], ["prepare.target_min_prob=2.0 must be in (0, 1]"]),
+    (["model.max_length=0"], ["model.max_length=0 must be >= 2"]),
+    (["client.lr=0"], ["client.lr=0.0 must be > 0"]),
+    # choices are Enums: Hydra refuses them while composing, in the same one line as every other choice
+    (["eval.metrics=quik"], ["eval.metrics='quik' is not one of ['all', 'quick']; did you mean 'quick'?"]),
+    (["transport=file"], ["transport='file' is not one of ['inprocess', 'files']; did you mean 'files'?"]),
+    (["client.reference=nope"], ["client.reference='nope' is not one of ['client_copy', 'server_clean']"]),
+    (["model.dtype=bf16"], ["model.dtype='bf16' is not one of ['float32', 'bfloat16', 'float16']", "'bfloat16'"]),
+    (["client.mixed_precision=bf"], ["client.mixed_precision='bf' is not one of ['no', 'bf16', 'fp16']"]),
 ]
 if not __import__("torch").cuda.is_available():  # here and in CI: asking for CUDA is bad input
     MORE.append((["device=cuda"], ["device='cuda'", "no CUDA device", "device=cpu"]))
@@ -150,7 +163,8 @@ def test_break_map_grid_composes_with_the_stated_size_and_distinct_run_names():
     and validates, and no two runs of the two sweeps share a run folder name."""
     from hydra import compose, initialize_config_dir
 
-    from mpu_cli.config import arm_tag, validate
+    from mpu_cli.config import arm_tag
+    from mpu_cli.run.checks import validate
 
     main, alpha = _sweep_jobs("reproduce_break"), _sweep_jobs("reproduce_break_alpha")
     assert (len(main), len(alpha)) == (171, 24)
@@ -177,3 +191,47 @@ def test_break_map_grid_composes_with_the_stated_size_and_distinct_run_names():
     assert len(set(names)) == len(names) == 195
     assert {a for a, _, _ in names} == {"graddiff", "npo", "simnpo"}
     assert {a for a, _, _ in names[len(main):]} == {"npo"}
+
+
+def _ranged_fields():
+    from mpu_cli.config import SCHEMAS
+    from mpu_cli.options import accepted_range, leaf_fields
+
+    return [(schema, name, accepted_range(f), int in (hint, *getattr(hint, "__args__", ())))
+            for schema, cls in SCHEMAS.items() for name, f, hint in leaf_fields(cls) if accepted_range(f)]
+
+
+@pytest.mark.parametrize("schema,key,bounds,integer", _ranged_fields(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_declared_range_refuses_the_number_just_outside_and_accepts_its_bound(schema, key, bounds, integer):
+    from mpu_cli.config import SCHEMAS, check_schema
+
+    step = 1 if integer else 0.5
+    low, high = bounds.low, bounds.high
+    outside = [v for v in ((low if bounds.low_open else low - step) if low is not None else None,
+                           (high if bounds.high_open else high + step) if high is not None else None) if v is not None]
+    inside = next(v for v in (low, high, (low or 0) + step) if v is not None and bounds.accepts(v))
+    cfg = OmegaConf.structured(SCHEMAS[schema])
+    if schema == "mpu_eval_schema":
+        cfg.model_path = "x"
+    OmegaConf.update(cfg, key, inside)
+    check_schema(cfg, SCHEMAS[schema])
+    for value in outside:
+        OmegaConf.update(cfg, key, value)
+        with pytest.raises(ConfigError) as err:
+            check_schema(cfg, SCHEMAS[schema])
+        assert str(err.value).startswith(f"{key}=") and f"must be {bounds}" in str(err.value), str(err.value)
+
+
+def test_the_root_configs_hold_no_default_of_their_own():
+    """Every default lives once, in the schema: the root configs only choose groups and set Hydra's options."""
+    for name in ("config", "eval"):
+        assert set(OmegaConf.load(f"{CONF_DIR}/{name}.yaml")) == {"defaults", "hydra"}, name
+
+
+def test_mpu_eval_refuses_a_bad_choice_in_one_line():
+    from mpu_cli.cli.eval import validate as eval_validate
+
+    with pytest.raises(ConfigError, match=r"^eval.metrics='quik' is not one of \['all', 'quick'\]; did you mean"):
+        check_overrides(["model_path=target", "eval.metrics=quik"], CONF_DIR, "eval", check=eval_validate)
+    with pytest.raises(ConfigError, match=r"^eval.batch_size=0 must be >= 1$"):
+        check_overrides(["model_path=target", "eval.batch_size=0"], CONF_DIR, "eval", check=eval_validate)

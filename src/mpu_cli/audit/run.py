@@ -118,7 +118,7 @@ def _server_side_round(cfg, prepared, target, server: MPUServer, copies: list[di
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.data.tofu import load_split, split_names
     from mpu_cli.models.io import load_state_into, load_tokenizer
-    from mpu_cli.unlearn import build_algorithm
+    from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import encode_client_data, unlearn_copy
 
     tokenizer = load_tokenizer(prepared.tokenizer)

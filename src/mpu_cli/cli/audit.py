@@ -94,7 +94,8 @@ def compose_config(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from mpu_cli.config import CONF_DIR, ConfigError, register_configs, validate
+    from mpu_cli.config import CONF_DIR, ConfigError, register_configs
+    from mpu_cli.run.checks import validate
 
     register_configs()
 

@@ -81,9 +81,9 @@ def cmd_unlearn(args) -> None:
     from mpu_cli.data.formatting import ChatFormat, pad_id
     from mpu_cli.evals import benchmarks
     from mpu_cli.models.io import load_tokenizer, resolve_dtype
-    from mpu_cli.unlearn import build_algorithm
+    from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
-    from mpu_cli.unlearn.settings import check_types
+    from mpu_cli.unlearn.settings import ReferencePolicy, check_types
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +107,7 @@ def cmd_unlearn(args) -> None:
         check_types(client_cfg)
     except (TypeError, ValueError) as e:
         raise ClientError(f"--config: {e}") from None
-    if client_cfg.reference != "client_copy":
+    if client_cfg.reference != ReferencePolicy.client_copy:
         raise ClientError(f"client.reference={client_cfg.reference!r}: over the file transport the client never "
                           f"receives the server's θ; accepted: 'client_copy'")
     client_cfg.seed = cfg["client"].get("seed", 0) + r  # as in the in-process runner: a fresh stream per round

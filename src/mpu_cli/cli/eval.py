@@ -24,6 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from mpu_cli.cli.help import register_help
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
 from mpu_cli.files import unwritable, write_failure
 
@@ -32,6 +33,7 @@ PREPARED = ("target", "retain", "base")  # model_path values naming a model of t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 register_configs()
+register_help()  # `--help`: ${mpu_help:<config>} in conf/hydra/help/*.yaml
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -41,24 +43,18 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def validate(cfg) -> None:
-    """Checks that need no model or data."""
+    """Checks that need no model or data (types and choices were checked by Hydra while composing)."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from mpu_cli.config import check_data_config
-    from mpu_cli.models.io import DTYPES
+    from mpu_cli.config import EvalAppConfig, check_schema
+    from mpu_cli.run.checks import check_data_config
 
     try:
         if OmegaConf.is_missing(cfg, "model_path") or not str(cfg.model_path).strip():
             raise ConfigError("model_path is required: a saved model folder, a .gguf file, a Hub name, or one of "
                               f"{list(PREPARED)} (the prepare stage's models for the selected model/data)")
-        if cfg.eval.metrics not in ("all", "quick"):
-            raise ConfigError(f"eval.metrics={cfg.eval.metrics!r} is not one of ['all', 'quick']")
-        for key in ("eval.batch_size", "eval.max_new_tokens"):
-            if OmegaConf.select(cfg, key) < 1:
-                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} must be >= 1")
+        check_schema(cfg, EvalAppConfig)
         check_data_config(cfg.data)
-        if cfg.model.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={cfg.model.dtype!r} is not one of {sorted(DTYPES)}")
     except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
         raise ConfigError(" ".join(str(e).split())) from e
 
@@ -247,4 +243,10 @@ def _eval(cfg) -> float | None:
 
 
 def main() -> None:
+    from mpu_cli.cli.precheck import precheck
+
+    try:  # Hydra's own composition errors (an unknown choice, a bad type) would exit 1 with a traceback-like text
+        precheck(sys.argv[1:], CONF_DIR, config_name="eval", check=validate)
+    except ConfigError as e:
+        fail(str(e))
     _eval()

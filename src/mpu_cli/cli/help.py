@@ -1,109 +1,106 @@
-"""The groups and keys part of `mpu-run --help` / `mpu-eval --help`, read from the root config's own comments.
+"""The groups and keys part of `mpu-run --help` / `mpu-eval --help` (and the README's option table), generated
+from the config schema.
 
-A key's meaning is written once, as the comment next to its default in conf/<config>.yaml (a comment-only line
-indented under it continues it), or, for a key whose default lives in the schema only, as its field's "help"
-metadata (`schema_entries`); a group's, as the comment on its line of the defaults list. Hydra prints
-`hydra.help.template` (conf/hydra/help/<app>.yaml), whose `${mpu_help:<config>}` resolves to `config_help`.
-Only the groups of that config's own defaults list are shown: mpu-eval's help lists model and data, not
-mpu-run's algorithm or presets.
+A key's meaning and default are its field's (`option(default, help)` in config.py, unlearn/settings.py); a
+group's meaning is that of the schema field it fills (model, data, algorithm) or config.PRESET_GROUPS's, its
+options are the files of conf/<group>/, its default the root config's defaults list. Only the groups of that
+config's own defaults list are shown: mpu-eval's help lists model and data, not mpu-run's algorithm or presets.
+Hydra prints `hydra.help.template` (conf/hydra/help/<app>.yaml), whose `${mpu_help:<config>}` resolves to
+`config_help`.
 """
 from __future__ import annotations
 
-import re
 import textwrap
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from mpu_cli.config import CONF_DIR, PRESET_GROUPS, SCHEMAS
+from mpu_cli.options import accepted_range, meaning, nested_settings, settings_fields
+
 WIDTH = 110
-_DEFAULT = re.compile(r"^\s*-\s+(optional\s+)?([\w/]+):\s*(\S+)\s*(?:#\s?(.*))?$")
-_KEY = re.compile(r"^(\s*)([A-Za-z_]\w*):(?:\s+(.*?))?\s*$")
 
 
 @dataclass
 class Entry:
     name: str
-    default: str | None  # the value as written; None for a parent key
+    default: str | None  # as typed on the command line; None: an interpolation (the meaning says what it follows)
     meaning: str
+    accepted: str = ""  # a number's accepted range, e.g. ">= 1"
+
+    def described(self) -> str:
+        return f"{self.meaning} [{self.accepted}]" if self.accepted else self.meaning
 
 
-def _split_comment(line: str) -> tuple[str, str]:
-    """(code, comment) of a YAML line: the comment starts at the first ' #' outside quotes."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip(), line[i + 1:].strip()
-    return line.rstrip(), ""
-
-
-def parse(text: str) -> tuple[list[Entry], list[Entry]]:
-    """(groups of the defaults list, leaf keys outside `defaults` and `hydra`), each with its comment."""
-    groups: list[Entry] = []
-    keys: list[Entry] = []
-    stack: list[tuple[int, str]] = []  # (indent, key) of the open parents
-    last: Entry | None = None  # the entry a comment-only continuation line belongs to
-    last_indent = -1
-    block = None  # the top-level key being read
-    for line in text.splitlines():
-        code, comment = _split_comment(line)
-        if not code.strip():
-            indent = len(line) - len(line.lstrip())
-            if comment and last is not None and indent > last_indent:
-                last.meaning = f"{last.meaning} {comment}".strip()
-            else:
-                last = None
-            continue
-        indent = len(code) - len(code.lstrip())
-        if block == "defaults" and indent > 0:
-            m = _DEFAULT.match(line)
-            last = None
-            if m and not m.group(2).startswith(("hydra/", "override")):
-                last = Entry(m.group(2), m.group(3), m.group(4) or "")
-                last_indent = indent
-                groups.append(last)
-            continue
-        m = _KEY.match(code)
-        if not m:
-            last = None
-            continue
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        name, value = m.group(2), m.group(3)
-        if indent == 0:
-            block = name
-        if block in ("defaults", "hydra"):
-            last = None
-            continue
-        dotted = ".".join([k for _, k in stack] + [name])
-        if value is None:  # a parent: its children follow, indented
-            stack.append((indent, name))
-            last = None
-            continue
-        last = Entry(dotted, value, comment)
-        last_indent = indent + len(name)
-        keys.append(last)
-    return groups, keys
-
-
-def schema_entries(schema, prefix: str = "") -> list[Entry]:
-    """The keys whose meaning is written in the schema instead (a field's metadata "help"), with their defaults."""
-    out = []
-    for f in fields(schema):
-        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
-            out += schema_entries(f.default_factory, f"{prefix}{f.name}.")
-        elif "help" in f.metadata:
-            default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) \
-                else str(f.default)
-            out.append(Entry(f"{prefix}{f.name}", default, f.metadata["help"]))
-    return out
+def register_help() -> None:
+    OmegaConf.register_new_resolver("mpu_help", lambda name: config_help(name, CONF_DIR), replace=True)
 
 
 def group_options(conf_dir: str | Path, group: str) -> list[str]:
     """The options of a config group: the names of its YAML files."""
     return sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml"))
+
+
+def _defaults(config_name: str, conf_dir: str | Path) -> tuple[type, list[tuple[str, str | None]]]:
+    """The schema a root config builds on and its (group, default option) pairs, in its defaults list's order."""
+    schema, groups = None, []
+    for item in OmegaConf.load(Path(conf_dir) / f"{config_name}.yaml").defaults:
+        if isinstance(item, str):
+            schema = SCHEMAS.get(item, schema)
+            continue
+        for key, option in item.items():
+            words = key.split()
+            if words[0] != "override" and not words[-1].startswith("hydra/"):
+                groups.append((words[-1], option))
+    if schema is None:
+        raise ValueError(f"conf/{config_name}.yaml names none of the schemas {sorted(SCHEMAS)}")
+    return schema, groups
+
+
+def root_schema(config_name: str, conf_dir: str | Path = CONF_DIR) -> type:
+    """The schema dataclass a root config builds on."""
+    return _defaults(config_name, conf_dir)[0]
+
+
+def config_groups(config_name: str, conf_dir: str | Path = CONF_DIR) -> list[str]:
+    """The groups a root config's defaults list chooses from (group=option on the command line)."""
+    return [g for g, _ in _defaults(config_name, conf_dir)[1]]
+
+
+def _shown(value) -> str | None:
+    """A default as one types it: null, true, 0.01, mpu; None for an interpolation."""
+    if isinstance(value, str) and "${" in value:
+        return None
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+def _keys(settings, cls, skip: set[str], prefix: str = "") -> list[Entry]:
+    out = []
+    for f, hint in settings_fields(cls):
+        if f.name in skip:
+            continue
+        value = getattr(settings, f.name)
+        sub = nested_settings(hint)
+        if sub is not None:
+            out += _keys(value, sub, set(), f"{prefix}{f.name}.")
+        else:
+            bounds = accepted_range(f)
+            out.append(Entry(f"{prefix}{f.name}", _shown(value), meaning(f), str(bounds) if bounds else ""))
+    return out
+
+
+def entries(config_name: str, conf_dir: str | Path = CONF_DIR) -> tuple[list[Entry], list[Entry]]:
+    """(groups of the root config's defaults list, the schema's other keys), each with its default and meaning.
+    A group's keys (model.*, data.*, algorithm.*) are its options' to set, so they are not listed as keys."""
+    schema, groups = _defaults(config_name, conf_dir)
+    fields = {f.name: f for f, _ in settings_fields(schema)}
+    group_entries = [Entry(g, None if option is None else str(option),
+                           meaning(fields[g]) if g in fields else PRESET_GROUPS[g]) for g, option in groups]
+    return group_entries, _keys(schema(), schema, {g for g, _ in groups})
 
 
 def _item(label: str, text: str) -> str:
@@ -116,20 +113,17 @@ def _item(label: str, text: str) -> str:
                          break_on_hyphens=False)
 
 
-def config_help(config_name: str, conf_dir: str | Path, schema_keys: list[Entry] = ()) -> str:
-    """The "Groups" and "Keys" sections of the help of the root config <conf_dir>/<config_name>.yaml; schema_keys
-    (`schema_entries`) add the keys the YAML does not set."""
-    conf = Path(conf_dir)
-    groups, keys = parse((conf / f"{config_name}.yaml").read_text())
-    keys += [k for k in schema_keys if k.name not in {y.name for y in keys}]
+def key_label(k: Entry) -> str:
+    return k.name if k.default is None else f"{k.name} (required)" if k.default == "???" else f"{k.name}={k.default}"
+
+
+def config_help(config_name: str, conf_dir: str | Path = CONF_DIR) -> str:
+    """The "Groups" and "Keys" sections of the help of the root config <conf_dir>/<config_name>.yaml."""
+    groups, keys = entries(config_name, conf_dir)
     lines = ["== Groups: group=option ==", ""]
     for g in groups:
-        options = group_options(conf, g.name)
-        default = "none" if g.default == "null" else g.default
-        lines.append(_item(g.name, f"{g.meaning}. Options: {', '.join(options)} (default: {default})"))
-    lines += ["", "== Keys: key=value (default after =) ==", ""]
-    for k in keys:
-        shown = k.name if k.default.startswith("${") else \
-            f"{k.name} (required)" if k.default == "???" else f"{k.name}={k.default}"
-        lines.append(_item(shown, k.meaning))
+        options = group_options(conf_dir, g.name)
+        lines.append(_item(g.name, f"{g.meaning}. Options: {', '.join(options)} (default: {g.default or 'none'})"))
+    lines += ["", "== Keys: key=value (default after =; a number's accepted range in [ ]) ==", ""]
+    lines += [_item(key_label(k), k.described()) for k in keys]
     return "\n".join(lines + [""]).replace("$", "$$")  # Hydra passes the template through string.Template

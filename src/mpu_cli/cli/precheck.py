@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mpu_cli.cli.help import group_options
-from mpu_cli.config import ConfigError, did_you_mean, register_configs, validate
+from mpu_cli.cli.help import group_options, root_schema
+from mpu_cli.config import ConfigError, choices_of, did_you_mean, register_configs
+from mpu_cli.options import not_one_of
+from mpu_cli.run.checks import validate
 
 # Flags with which Hydra does not run the task (help, info, printing the config, completion) or reads
 # configs from elsewhere: the precheck leaves those command lines to Hydra.
@@ -30,23 +32,25 @@ _SKIP_FLAGS = (
 )
 
 
-def precheck(argv: list[str], conf_dir: str, take_lock: bool = False) -> None:
+def precheck(argv: list[str], conf_dir: str, take_lock: bool = False, config_name: str = "config",
+             check=validate) -> None:
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
     if any(getattr(args, flag, None) for flag in _SKIP_FLAGS):
         return
     check_overrides(
-        args.overrides, conf_dir, config_name=args.config_name or "config", multirun=args.multirun,
-        take_lock=take_lock,
+        args.overrides, conf_dir, config_name=args.config_name or config_name, multirun=args.multirun,
+        take_lock=take_lock, check=check,
     )
 
 
 def check_overrides(
     overrides: list[str], conf_dir: str, config_name: str = "config", multirun: bool = False,
-    take_lock: bool = False,
+    take_lock: bool = False, check=validate,
 ) -> int:
-    """Compose and validate every job of a command line; returns the number of jobs checked."""
+    """Compose and validate every job of a command line (with `check`: mpu-run's checks unless told otherwise);
+    returns the number of jobs checked."""
     from hydra import initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -97,12 +101,13 @@ def check_overrides(
             cfg = compose(job)
             _check_choices(cfg, conf_dir)
             try:
-                validate(cfg)
+                check(cfg)
             except ConfigError as e:
                 if len(jobs) > 1:
                     raise ConfigError(f"{e} (in the sweep job {' '.join(job)})") from None
                 raise
-            if not multirun:  # a finished / mismatching run directory: refused before Hydra writes into it
+            if not multirun and check is validate:  # a finished / mismatching run directory: refused before Hydra
+                # writes into it
                 from mpu_cli.run.rundir import precheck as check_run_dir
 
                 check_run_dir(cfg, take_lock=take_lock)
@@ -171,6 +176,10 @@ def _explain(e: Exception, job: list[str], compose, conf_dir: str, config_name: 
             pass
         return f"unknown key {key!r}{accepted}"
     m = re.match(r"Error merging override (.+)", msg)
+    if m and isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        choices = choices_of(root_schema(config_name, conf_dir), cause.full_key)
+        if choices is not None:  # an Enum: the same line as every other choice
+            return str(not_one_of(cause.full_key, cause.value, choices))
     if m and isinstance(cause, ValidationError):
         reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         return f"{m.group(1)}: {reason}"

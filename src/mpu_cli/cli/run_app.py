@@ -16,16 +16,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from mpu_cli.config import CONF_DIR, ConfigError, register_configs, validate
+from mpu_cli.cli.help import register_help
+from mpu_cli.config import CONF_DIR, ConfigError, register_configs
 from mpu_cli.data.validate import DataError
 from mpu_cli.finite import NonFiniteError
+from mpu_cli.run.checks import validate
 from mpu_cli.transport.errors import TransportError
+from mpu_cli.unlearn.settings import ReferencePolicy
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 log = logging.getLogger("mpu_cli")
 
 register_configs()
+register_help()  # `--help`: ${mpu_help:<config>} in conf/hydra/help/*.yaml
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -75,7 +79,7 @@ def _run(cfg) -> float | None:
     try:
         rundir.lock(out)  # one process per run directory (a named one is locked already, before Hydra wrote)
         validate(cfg)
-        if cfg.client.reference == "server_clean":
+        if cfg.client.reference == ReferencePolicy.server_clean:
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
         if not cfg.get("verbose"):
             quiet_libraries()

