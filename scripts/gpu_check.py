@@ -58,7 +58,6 @@ def run_check(tiny: bool = False, m: int = 2, model_path: str | None = None, spl
     from mpu_cli.mpu.settings import ServerConfig
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.run.rounds import InProcessRounds, drive
-    from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
 
     cuda = torch.cuda.is_available()

@@ -165,7 +165,7 @@ def test_every_server_setting_is_a_config_key_an_mpu_server_option_and_travels(t
 
     from omegaconf import OmegaConf
 
-    from mpu_cli.cli.help import schema_entries
+    from mpu_cli.cli.help import entries
     from mpu_cli.cli.server import main
     from mpu_cli.config import MPUConfig
     from mpu_cli.mpu.settings import ServerOptions
@@ -174,7 +174,7 @@ def test_every_server_setting_is_a_config_key_an_mpu_server_option_and_travels(t
     with pytest.raises(SystemExit):
         main(["init", "--help"])
     init_help = capsys.readouterr().out
-    run_help = {e.name for e in schema_entries(MPUConfig)}
+    run_help = {e.name for e in entries("config")[1]}
     options = {f.name for f in fields(ServerOptions)}
     for f in fields(ServerConfig):
         assert f.metadata["help"], f.name
@@ -191,7 +191,8 @@ def test_a_rule_added_to_the_server_settings_is_checked_by_mpu_run_before_any_wo
     """mpu-run's input checks apply ServerConfig.validate whole: a new rule needs no second copy in config.py."""
     from omegaconf import OmegaConf
 
-    from mpu_cli.config import ConfigError, MPUConfig, validate
+    from mpu_cli.config import ConfigError, MPUConfig
+    from mpu_cli.run.checks import validate
 
     def validate_with_a_new_rule(self):
         if self.eta > 2:
