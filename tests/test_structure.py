@@ -11,7 +11,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIBRARY = ("mpu_cli.mpu", "mpu_cli.unlearn", "mpu_cli.evals", "mpu_cli.data", "mpu_cli.models")
-HEAVY = ("torch", "transformers", "datasets", "accelerate", "safetensors", "numpy", "pandas", "matplotlib", "scipy")
+HEAVY = ("torch", "transformers", "datasets", "accelerate", "safetensors", "pandas", "matplotlib", "scipy")
 
 
 def _module(path: Path) -> str:
