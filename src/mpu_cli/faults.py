@@ -2,11 +2,12 @@
 
 ``MPU_KILL_AT=<point>``: the process SIGKILLs itself when it reaches that point (no cleanup, no atexit), as a
 pre-emption or an out-of-memory kill would. Points of `mpu-run` (r: round, k: copy, both counted from 1):
-``after_prepare``, ``after_target_eval``, ``round<r>_after_publish``, ``round<r>_copy<k>_mid`` (inside the client
+``before_start`` (inputs checked and models prepared, run.json not yet written), ``after_prepare``, ``after_target_eval``, ``round<r>_after_publish``, ``round<r>_copy<k>_mid`` (inside the client
 loop, after the first optimizer step), ``round<r>_copy<k>_done``, ``round<r>_before_aggregate``,
 ``round<r>_mid_aggregate`` (half the tensors aggregated), ``round<r>_after_aggregate`` (θ_r committed),
 ``final_eval_mid`` (inside the final evaluation, after its first data split), ``before_complete`` (results
-written, completion marker not yet).
+written, completion marker not yet), ``fork`` (transport=files: in each child process of mpu-run between its fork
+and its exec, where it still looks like mpu-run).
 
 ``MPU_KILL_SIGNAL=INT|TERM`` sends that signal instead (as Ctrl-C or a scheduler's pre-emption notice would):
 the run then stops with one line and the resume hint.

@@ -5,7 +5,8 @@ Hydra creates the run (or sweep) directory before the task function runs, and it
 `precheck(argv)` composes the configuration of every job the command line asks for (all combinations of a
 `-m` sweep, including `hydra.sweeper.params` set in a config), runs `config.validate` on each and turns any
 failure into a `ConfigError` with one line that names the bad value and the accepted ones. Nothing is
-written.
+written, but with `claim_run_dir`: a single run's directory is then claimed (locked and marked,
+run/rundir.precheck), a sweep's folder locked, before Hydra writes into them.
 """
 
 from __future__ import annotations
@@ -32,25 +33,30 @@ _SKIP_FLAGS = (
 )
 
 
-def precheck(argv: list[str], conf_dir: str, take_lock: bool = False, config_name: str = "config",
-             check=validate) -> None:
+def precheck(argv: list[str], conf_dir: str, claim_run_dir: bool = False, config_name: str = "config",
+             check=validate) -> list[str]:
+    """Check the command line (with `check`: mpu-run's checks unless told otherwise); returns the overrides to add
+    to it (the claimed run directory, where Hydra would name it anew)."""
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)  # bad flags: argparse prints usage and exits 2
     if any(getattr(args, flag, None) for flag in _SKIP_FLAGS):
-        return
+        return []
+    pinned: list[str] = []
     check_overrides(
         args.overrides, conf_dir, config_name=args.config_name or config_name, multirun=args.multirun,
-        take_lock=take_lock, check=check,
+        claimed=pinned if claim_run_dir else None, check=check,
     )
+    return pinned
 
 
 def check_overrides(
     overrides: list[str], conf_dir: str, config_name: str = "config", multirun: bool = False,
-    take_lock: bool = False, check=validate,
+    claimed: list[str] | None = None, check=validate,
 ) -> int:
     """Compose and validate every job of a command line (with `check`: mpu-run's checks unless told otherwise);
-    returns the number of jobs checked."""
+    returns the number of jobs checked. claimed: a list to claim a single run's directory or a sweep's folder into
+    (the override that pins Hydra to it, where needed)."""
     from hydra import initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
@@ -106,11 +112,18 @@ def check_overrides(
                 if len(jobs) > 1:
                     raise ConfigError(f"{e} (in the sweep job {' '.join(job)})") from None
                 raise
-            if not multirun and check is validate:  # a finished / mismatching run directory: refused before Hydra
-                # writes into it
-                from mpu_cli.run.rundir import precheck as check_run_dir
+            if not multirun and claimed is not None:  # claimed, then refused if finished / mismatching
+                from mpu_cli.run.rundir import precheck as claim_run_dir
 
-                check_run_dir(cfg, take_lock=take_lock)
+                pin = claim_run_dir(cfg)
+                if pin:
+                    claimed.append(pin)
+        if multirun and claimed is not None:  # the sweep's folder, locked before Hydra writes into it
+            from mpu_cli.run.rundir import precheck_sweep
+
+            pin = precheck_sweep(master)
+            if pin:
+                claimed.append(pin)
     return len(jobs)
 
 

@@ -1,7 +1,9 @@
 """`mpu-run`: `mpu-run algorithm=npo kappa=0.01 m=2`, `mpu-run -m …` sweeps (a Hydra app, cli/run_app.py).
 
-The first check needs nothing but the standard library, so that a NaN or infinite number typed on the command
-line is refused at once, before Hydra, torch and the configs are loaded.
+The first steps need nothing but the standard library, so that they happen at once, before Hydra, torch and
+the configs are loaded: SIGINT / SIGTERM are handled (one line, exit 130 / 143), a NaN or infinite number typed on
+the command line is refused, and a run directory the command line names outright (hydra.run.dir= or run_id=) is
+claimed — locked and marked before anything else is written; a busy one is refused (exit 2).
 """
 from __future__ import annotations
 
@@ -28,7 +30,20 @@ def non_finite_override(argv: list[str]) -> str | None:
 
 
 def run_main() -> None:
-    from mpu_cli.cli.aliases import AliasError, rewrite
+    from mpu_cli.run import runlock, signals
+
+    signals.install()
+    try:
+        _main()
+    except signals.Interrupted as e:  # before the run started (a started run says so itself, with the resume hint)
+        runlock.release_unused()
+        print(f"mpu-run: error: interrupted ({e.name}) while starting; nothing was written", file=sys.stderr)
+        sys.exit(e.code)
+
+
+def _main() -> None:
+    from mpu_cli.cli.aliases import ROOT_CONFIG, AliasError, rewrite
+    from mpu_cli.run import runlock
 
     bad = non_finite_override(sys.argv[1:])
     if bad:
@@ -41,6 +56,13 @@ def run_main() -> None:
         sys.exit(2)
     for note in notes:
         print(note, file=sys.stderr)
+    named = runlock.named_dir(argv, ROOT_CONFIG)
+    if named is not None:
+        try:
+            runlock.claim(named)  # the composed configuration confirms it (run/rundir.precheck)
+        except runlock.RunDirError as e:
+            print(f"mpu-run: error: {e}", file=sys.stderr)
+            sys.exit(2)
     sys.argv[1:] = argv  # Hydra reads sys.argv itself
     from mpu_cli.cli.run_app import start
 

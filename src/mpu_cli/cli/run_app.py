@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +19,9 @@ from mpu_cli.cli.help import register_help
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
 from mpu_cli.data.validate import DataError
 from mpu_cli.finite import NonFiniteError
+from mpu_cli.run import runlock
 from mpu_cli.run.checks import validate
+from mpu_cli.run.signals import Interrupted
 from mpu_cli.transport.errors import TransportError
 from mpu_cli.unlearn.settings import ReferencePolicy
 
@@ -77,7 +78,7 @@ def _run(cfg) -> float | None:
     out = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
     try:
-        rundir.lock(out)  # one process per run directory (a named one is locked already, before Hydra wrote)
+        rundir.lock(out)  # one process per run directory (a single run's is held already, before Hydra wrote)
         validate(cfg)
         if cfg.client.reference == ReferencePolicy.server_clean:
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
@@ -103,6 +104,9 @@ def _run(cfg) -> float | None:
         if code == 1 and not _explained(e):
             raise
         fail(message, code)
+    finally:
+        if sweep:  # the next job of the sweep has its own folder (and holding every job's lock costs a file each)
+            runlock.release(out)
     from mpu_cli.cli.summary import end_of_run
     from mpu_cli.evals import benchmarks
 
@@ -126,19 +130,6 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class Interrupted(BaseException):
-    """SIGINT / SIGTERM: not an error of the run; it stops with one line and the resume hint."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.name = signal.Signals(signum).name
-        self.code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-
-
-def _on_signal(signum, _frame) -> None:
-    raise Interrupted(signum)
-
-
 def current_stage() -> str:
     from mpu_cli.run.stage import current
 
@@ -149,12 +140,14 @@ def start(argv: list[str]) -> None:
     """Validate every job of the command line first (nothing written on bad input), then run Hydra."""
     from mpu_cli.cli.precheck import precheck
 
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     try:
-        precheck(argv, CONF_DIR, take_lock=True)
+        sys.argv += precheck(argv, CONF_DIR, claim_run_dir=True)  # Hydra reads sys.argv itself
     except ConfigError as e:
+        runlock.release_unused()  # a run directory claimed for this command line: given back as it was
         fail(str(e))
+    except BaseException:
+        runlock.release_unused()
+        raise
     try:
         _run()
     except Interrupted as e:  # between sweep jobs, or while Hydra sets a job up

@@ -74,6 +74,7 @@ def run(cfg, out: Path) -> dict:
     models = identity.run_models(prepared)  # by content: weights, config, tokenizer
     if mode == "resume":
         identity.check_unchanged(out, models)  # never continue a run on other models than it started with
+    kill_point("before_start")
     rundir.start(cfg, out, mode)
     identity.record(out, models)
     if mode == "resume":

@@ -27,8 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from mpu_cli.faults import kill_point
 from mpu_cli.files import atomic_write_json, make_private
 from mpu_cli.mpu.settings import ServerConfig
+from mpu_cli.run import signals
 from mpu_cli.run.server_state import ServerState, current_round
 from mpu_cli.run.settings import client_settings
 from mpu_cli.run.slots import slot_threads
@@ -57,9 +59,10 @@ def _json_line(line: str) -> dict | None:
         return None
 
 
-def _die_with_parent() -> None:
+def _child_setup() -> None:
     """In the child before exec (Linux): SIGKILL it when mpu-run dies, so a killed run leaves no orphan
-    process writing into the run directory while a resumed run starts."""
+    process writing into the run directory while a resumed run starts; a stop signal sent to it meanwhile is
+    mpu-run's (run/signals.py)."""
     try:
         import ctypes
         import signal
@@ -67,6 +70,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001, S110 (best effort: not Linux, or no libc)
         pass
+    kill_point("fork")
+    signals.child_setup()
+
+
+def _start(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Popen with SIGINT / SIGTERM held back while forking; a child started as one arrived is stopped again."""
+    proc = None
+    try:
+        with signals.held_back():
+            proc = subprocess.Popen(cmd, preexec_fn=_child_setup, **kwargs)
+    except BaseException:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        raise
+    return proc
 
 
 def _check(proc_name: str, rc: int, log_path: Path) -> None:
@@ -102,8 +121,14 @@ def _run(cmd: list[str], log_path: Path, env: dict | None = None) -> float:
     with open(log_path, "a") as f:
         f.write(f"$ {shown(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, check=False, stdout=f, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=_die_with_parent).returncode
+        proc = _start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    signals.check()  # a safe point: a stop signal is acted on before the next step
     _check(Path(cmd[0]).name if len(cmd) == 1 or cmd[1] != "-m" else cmd[2], rc, log_path)
     return time.perf_counter() - t
 
@@ -206,14 +231,14 @@ class ProcessRounds:
             f = open(log_path, "a")  # noqa: SIM115 (closed after the process ends, below)
             f.write(f"$ {shown(cmd)}\n")
             f.flush()
-            procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                           preexec_fn=_die_with_parent), f, log_path))
+            procs.append((_start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f, log_path))
         # Report each copy as the client returns it (the client processes write only to their logs).
         seen = set(range(self.n)) - set(todo)
         while any(p.poll() is None for p, _, _ in procs):
             self._report_returned(r, seen, t)
             time.sleep(0.5)
         self._report_returned(r, seen, t)
+        signals.check()
         failures = []
         for p, f, log_path in procs:
             rc = p.wait()

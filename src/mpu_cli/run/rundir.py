@@ -1,23 +1,24 @@
 """The run directory's own state: fresh start, resume, overwrite, completion, failure, and who holds it.
 
-    RUN/.mpu-run.lock  held (flock) by the one process working in the directory; taken before Hydra writes .hydra/
+    RUN/.mpu-run.lock  held (flock) by the one process working in the directory (run/runlock.py)
+    RUN/.mpu-run    the folder is a run directory: written right after the lock, before anything else
     RUN/run.json    written when the run starts (after every input check): the resolved configuration
     RUN/MANIFEST.json  the files the run wrote, refreshed when it finishes, fails or is interrupted
     RUN/COMPLETE    written last, after results.csv: the run is finished and its files are final
     RUN/FAILED      the run stopped on an error: its one-line message (removed when the run is resumed)
 
-A folder that holds anything but a run of ours (or what Hydra writes when a job starts) is never used.
+A folder that holds anything but a run of ours (or what Hydra writes when a job starts) is never used, and only
+files of the kinds the run writes, in the places it writes them, are ever removed (`run_file`).
 
-A directory holding a finished run is never written to again unless `overwrite=true`; an unfinished one is
-continued only with `resume=true` (or a `run_id=`) and the same configuration. Both refusals are ConfigErrors
-(one line, exit code 2) raised before anything is written. No heavy imports here: the CLI's precheck uses it.
+A directory holding a finished run is never written to again unless `overwrite=true`; an unfinished one (also one
+stopped before its run.json) is continued only with `resume=true` (or a `run_id=`) and the same configuration.
+Both refusals are ConfigErrors (one line, exit code 2) raised under the lock, before anything is written. No
+heavy imports here: the CLI's precheck uses it.
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
+import re
 import time
 from pathlib import Path
 
@@ -26,17 +27,17 @@ from omegaconf import OmegaConf
 from mpu_cli.config import ConfigError
 from mpu_cli.evals import benchmarks
 from mpu_cli.files import atomic_write_json, atomic_write_text
+from mpu_cli.run import runlock, signals
+from mpu_cli.run.runlock import RUN_STATE, RunDirError
 
-RUN_STATE = "run.json"
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"
-LOCK = ".mpu-run.lock"
 MANIFEST = "MANIFEST.json"
 # Keys that may differ between the start of a run and its resumption.
 VOLATILE = ("resume", "run_id", "overwrite", "hydra")
 PRESET_TABLES = ("schedule",)  # read through rounds / client.epochs, which are recorded resolved
-# What a run writes into its directory, besides every benchmark's EVAL and SUMMARY files: overwrite=true removes
-# these when the run left no manifest (killed outright); .hydra/ and the log stay.
+# What a run writes into its directory (top-level names), besides every benchmark's EVAL and SUMMARY files;
+# .hydra/, the log, the lock and the marker stay.
 OUTPUTS = (COMPLETE, FAILED, MANIFEST, RUN_STATE, "results.csv", "server_public.json",
            "target", "retain", "model", "server_private", "exchange", "client", "logs")
 
@@ -67,24 +68,15 @@ def resuming(cfg) -> bool:
     return bool(cfg.get("resume")) or cfg.get("run_id") is not None
 
 
-def is_finished(out: Path) -> bool:
-    out = Path(out)
-    # results.csv without run.json: a finished run written before run.json existed
-    return (out / COMPLETE).exists() or ((out / "results.csv").exists() and not (out / RUN_STATE).exists())
-
-
-def _hydra_only(out: Path) -> bool:
-    """Empty, or only what Hydra (and our lock) put there when a job started."""
-    return all(p.name in (".hydra", LOCK) or (p.suffix == ".log" and p.is_file()) for p in out.iterdir())
-
-
 def check(cfg, out: Path) -> str:
     """'fresh', 'resume' or 'overwrite'; ConfigError when the directory must not be touched."""
     out = Path(out)
     state_path = out / RUN_STATE
-    finished, started = is_finished(out), state_path.exists()
+    finished = (out / COMPLETE).exists()
+    # a run that stopped before its run.json (in the input checks or prepare) is an unfinished run too
+    started = state_path.exists() or (runlock.is_run(out) and not runlock.made_here(out))
     if not (finished or started):
-        if out.exists() and not (out.is_dir() and _hydra_only(out)):
+        if not runlock.usable(out):
             what = "a file" if not out.is_dir() else "a folder that holds other files and is not an mpu-run run"
             raise ConfigError(f"run directory {str(out)!r} is {what}; nothing was written or removed: choose a new "
                               "or empty folder (hydra.run.dir=…) or a run_id")
@@ -97,6 +89,8 @@ def check(cfg, out: Path) -> str:
     if not resuming(cfg):
         raise ConfigError(f"run directory {str(out)!r} holds an unfinished run; pass resume=true to continue it, "
                           "or overwrite=true to start it over")
+    if not state_path.exists():
+        return "resume"  # stopped before its inputs were checked: nothing recorded to compare with
     try:
         old = json.loads(state_path.read_text(encoding="utf-8"))["config"]
     except (ValueError, KeyError) as e:
@@ -110,118 +104,85 @@ def check(cfg, out: Path) -> str:
     return "resume"
 
 
-_STARTED: set[Path] = set()  # run directories this process started or resumed
-
-
 def start(cfg, out: Path, mode: str) -> None:
     """Record the run (after every input check passed). overwrite: remove the previous run's outputs first."""
     out = Path(out)
-    _STARTED.add(out.resolve())
     if mode == "overwrite":
         remove_outputs(out)
-    if mode != "resume":
+    if mode != "resume" or not (out / RUN_STATE).exists():
         atomic_write_json(out / RUN_STATE, {"config": run_config(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     (out / FAILED).unlink(missing_ok=True)  # a resumed run is no longer the failed one
 
 
 def finish(out: Path) -> None:
+    signals.check()  # a stop signal that did not stop the run on its way stops it before it is called finished
     write_manifest(out)
     atomic_write_text(Path(out) / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
 
-def _kept(rel: str) -> bool:
-    """Hydra's own files and the lock are not the run's outputs."""
-    return rel.startswith(".hydra/") or rel == LOCK or ("/" not in rel and rel.endswith(".log"))
+# The run's own folders: only a run writes into these.
+OWN_FOLDERS = ("server_private", "exchange", "client")
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja")
+
+
+def run_file(rel: str) -> bool:
+    """A file of a kind the run writes, where it writes it (relative to RUN): what MANIFEST.json lists and
+    overwrite=true may remove. A user's file beside them (notes.md, target/mine.txt, logs/keep.log) is not."""
+    parts = rel.split("/")
+    if rel.endswith(".tmp") or ".." in parts:
+        return False
+    if len(parts) == 1:
+        return (parts[0] in OUTPUTS or parts[0] in benchmarks.eval_files()) and \
+            parts[0] not in ("target", "retain", "model", "logs") + OWN_FOLDERS
+    top, name = parts[0], parts[-1]
+    if top in OWN_FOLDERS:
+        return True
+    if top == "logs":
+        return len(parts) == 2 and name.startswith(("server", "client_")) and name.endswith(".log")
+    if top in ("target", "retain", "model") and len(parts) == 2:
+        return name in benchmarks.eval_files() or name in MODEL_FILES or name.endswith(".safetensors")
+    return False
 
 
 def write_manifest(out: Path) -> None:
-    """MANIFEST.json: every file under RUN that this run wrote (everything but Hydra's files and the lock; a
-    folder of other files is never used as a run directory, so nothing else is there)."""
+    """MANIFEST.json: the files under RUN that this run wrote (`run_file`)."""
     out = Path(out)
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    files = [f for f in files if not _kept(f) and not f.endswith(".tmp")]
-    atomic_write_json(out / MANIFEST, {"files": sorted(set(files) | {MANIFEST, COMPLETE})})
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.is_symlink()]
+    atomic_write_json(out / MANIFEST, {"files": sorted({f for f in files if run_file(f)} | {MANIFEST, COMPLETE})})
 
 
 def remove_outputs(out: Path) -> None:
-    """overwrite=true: remove what the previous run wrote — the files of its manifest — and nothing else.
-    COMPLETE goes first: an interrupted clean-up never leaves a folder that looks finished."""
+    """overwrite=true: remove what the previous run wrote — its files (`run_file`) — and nothing else; a folder
+    left empty goes too. COMPLETE goes first: an interrupted clean-up never leaves a folder that looks finished."""
     out = Path(out)
     (out / COMPLETE).unlink(missing_ok=True)
-    try:
-        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        listed = None
-    if listed is None:  # killed outright before any manifest: the run's own names (files of other names stay)
-        for name in (*OUTPUTS, *benchmarks.eval_files()):
-            p = out / name
-            if p.is_dir() and name in ("server_private", "exchange", "client"):
-                shutil.rmtree(p)  # only a run writes into these
-            elif p.is_file():
-                p.unlink()
-        listed = [p.relative_to(out).as_posix() for name in ("target", "retain", "model", "logs")
-                  for p in (out / name).glob("*") if p.is_file() and _run_file(p)]
-    for rel in listed:
-        p = out / rel
-        if out.resolve() in p.resolve().parents and p.is_file():
+    root = out.resolve()
+    for p in sorted(out.rglob("*"), key=lambda p: -len(p.parts)):
+        rel = p.relative_to(out).as_posix()
+        if (p.is_file() or p.is_symlink()) and run_file(rel) and p.parent.resolve().is_relative_to(root):
             p.unlink()
-    for d in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    for d in sorted((p for p in out.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
         if d.name != ".hydra" and not any(d.iterdir()):
             d.rmdir()
 
 
-def _run_file(p: Path) -> bool:
-    """A file of the kind the run writes into target/, retain/, model/, logs/ (for a run without a manifest)."""
-    return (p.name in (*benchmarks.eval_files(), "config.json", "generation_config.json",
-                       "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-            or p.suffix == ".safetensors" or (p.parent.name == "logs" and p.name.startswith(("server", "client_"))))
-
-
-def writable_or_refuse(out: Path) -> None:
-    """The run directory, or the nearest folder above it that exists, must be writable (before Hydra tries)."""
-    p = Path(out).resolve()
-    while not p.exists():
-        p = p.parent
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ConfigError(f"run directory {str(out)!r} cannot be written ({str(p)!r} is read-only for this user); "
-                          "accepted: a folder this user can write (hydra.run.dir=… or run_id=…)")
-
-
-_LOCKS: dict[Path, int] = {}  # run directories this process holds: path -> open lock file descriptor
-
-
 def lock(out: Path) -> None:
-    """Hold RUN/.mpu-run.lock for the rest of this process; ConfigError (exit 2, nothing touched) when another
-    process holds it. Taking it again in the same process is a no-op."""
-    out = Path(out).resolve()
-    if out in _LOCKS:
-        return
+    """Hold the run directory for the rest of this process (run/runlock.py); ConfigError (exit 2, nothing
+    touched) when another process holds it. Taking it again in the same process is a no-op."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise ConfigError(f"run directory {str(out)!r} cannot be written ({e.strerror}); accepted: a folder this "
-                          "user can write (hydra.run.dir=… or run_id=… under a writable outputs/)") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ConfigError(f"run directory {str(out)!r} is in use by another mpu-run process (pid {holder}); "
-                          "nothing was touched: wait for it to end, or choose another hydra.run.dir / run_id") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _LOCKS[out] = fd
+        runlock.claim(out)
+    except RunDirError as e:
+        raise ConfigError(str(e)) from None
 
 
 def mark_failed(out: Path, message: str) -> bool:
-    """Record why a run stopped (RUN/FAILED, one line) where the folder is this run's own: this process started
-    the run in it, or it holds nothing but what Hydra wrote when the job started (never a folder of another
-    run, finished or not). Returns whether it wrote."""
+    """Record why a run stopped (RUN/FAILED, one line) where the folder is this process's own: it holds the
+    folder's lock (never a folder of another run, finished or not). Returns whether it wrote."""
     out = Path(out)
     if not out.is_dir() or (out / COMPLETE).exists():
         return False
-    own = out.resolve() in _STARTED or _hydra_only(out)
+    own = runlock.holds(out)
     if own:
         atomic_write_text(out / FAILED, " ".join(str(message).split()) + "\n")
         write_manifest(out)
@@ -236,20 +197,42 @@ def failure(out: Path) -> str | None:
     return (out / FAILED).read_text(encoding="utf-8").strip() or "failed (no message recorded)"
 
 
-def precheck(cfg, take_lock: bool = False) -> None:
-    """Before Hydra creates the run directory (and rewrites .hydra/ in it): refuse a finished, mismatching,
-    foreign or busy one. take_lock: hold its lock from now on (a named directory only: a time-stamped default
-    is locked by the run itself, once Hydra has made it)."""
+def precheck(cfg) -> str | None:
+    """Before Hydra makes the run directory (and writes .hydra/ into it): claim it — lock and marker, a foreign or
+    busy one refused with nothing written — then, under the lock, refuse a finished or mismatching run. Returns
+    the override that pins Hydra to the claimed directory where its name is time-stamped (Hydra would stamp it
+    again, maybe a second later; two runs started together get two names), else None."""
+    out, pin = _claim(cfg, "run", stamped=lambda raw: cfg.get("run_id") is None and "${now:" in raw)
+    if out is not None:
+        runlock.release_unused(keep=out)  # a directory claimed from the command line alone that is not this one
+        check(cfg, out)
+    return pin
+
+
+def precheck_sweep(cfg) -> str | None:
+    """A sweep's folder (hydra.sweep.dir), before Hydra writes into it: locked by the sweeping process, so two
+    sweeps never share one (a time-stamped name gets a free one, pinned as a run's is)."""
+    return _claim(cfg, "sweep", stamped=lambda raw: "${now:" in raw)[1]
+
+
+def _claim(cfg, kind: str, stamped) -> tuple[Path | None, str | None]:
     try:
-        where = OmegaConf.select(cfg, "hydra.run.dir")
-        raw = str(cfg.hydra.run._get_node("dir")._value())
-    except Exception:  # noqa: BLE001 (e.g. an interpolation only Hydra's runtime can resolve)
-        return
+        where = OmegaConf.select(cfg, f"hydra.{kind}.dir")
+        raw = str(cfg.hydra[kind]._get_node("dir")._value())
+    except Exception:  # noqa: BLE001 (e.g. an interpolation only Hydra's runtime can resolve: the job locks it)
+        return None, None
     if not where:
-        return
-    if Path(str(where)).exists():
-        check(cfg, Path(str(where)))
-    writable_or_refuse(Path(str(where)))
-    if take_lock and "${now:" not in raw:
-        lock(Path(str(where)))
-        check(cfg, Path(str(where)))  # again under the lock: another process may have just finished in it
+        return None, None
+    unique = stamped(raw)
+    try:
+        out = runlock.claim(Path(str(where)), unique=unique, run=kind == "run")
+    except RunDirError as e:
+        raise ConfigError(str(e)) from None
+    return out, f"hydra.{kind}.dir={_override_value(str(out))}" if unique else None
+
+
+def _override_value(text: str) -> str:
+    """A path as one value of a Hydra override (quoted where its grammar would read a character otherwise)."""
+    if re.fullmatch(r"[A-Za-z0-9_./:+@%-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
