@@ -223,3 +223,43 @@ def test_saved_models_honour_the_umask_and_stay_private_in_the_server_folder(tmp
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     for f in (tmp_path / "private" / "theta").iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+# ---- unit: claiming a run directory -------------------------------------------------------------------------
+
+def test_the_directory_named_on_the_command_line_is_the_one_hydra_composes(tmp_path):
+    """mpu-run claims `run_id=` / `hydra.run.dir=` before Hydra is loaded: the same folder the configuration names."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mpu_cli.cli.aliases import ROOT_CONFIG
+    from mpu_cli.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        for argv in (["run_id=abc", "seed=1"], [f"hydra.run.dir={tmp_path / 'x'}", "kappa=0.1"]):
+            composed = OmegaConf.select(compose("config", overrides=argv, return_hydra_config=True), "hydra.run.dir")
+            assert runlock.named_dir(argv, ROOT_CONFIG) == Path(composed), argv
+    for argv in (["-m", "run_id=abc"], ["--config-name", "reproduce_tiny", "run_id=a"], ["seed=1"],
+                 ["hydra.run.dir=outputs/${now:%Y}"], ["run_id=a,b"]):
+        assert runlock.named_dir(argv, ROOT_CONFIG) is None, argv
+
+
+def test_a_claim_given_back_unused_leaves_nothing(tmp_path):
+    out = runlock.claim(tmp_path / "a" / "b" / "run")
+    assert sorted(p.name for p in out.iterdir()) == [runlock.MARKER, runlock.LOCK] and runlock.made_here(out)
+    runlock.release_unused()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / runlock.LOCK).write_text("123\n")  # a lock file of an earlier run stays
+    runlock.claim(tmp_path / "kept")
+    runlock.release_unused()
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [runlock.LOCK]
+
+
+def test_a_time_stamped_name_that_is_taken_gets_a_free_one(tmp_path):
+    (tmp_path / "2026_npo").mkdir()
+    assert runlock.claim(tmp_path / "2026_npo", unique=True) == (tmp_path / "2026_npo-2").resolve()
+    assert runlock.claim(tmp_path / "2026_npo", unique=True) == (tmp_path / "2026_npo-3").resolve()
+    assert list((tmp_path / "2026_npo").iterdir()) == []  # the taken one is not touched
+    runlock.release_unused()
