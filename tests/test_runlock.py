@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -102,7 +101,7 @@ def test_a_busy_directory_is_refused_before_the_configuration_is_read(mpu_run_cm
     (out / "run.json").write_text(json.dumps({"config": {"seed": 5}}))
     for extra in ([], ["resume=true"], ["overwrite=true"]):
         t = time.perf_counter()
-        proc = subprocess.run([*mpu_run_cmd, *FAST, *extra, f"hydra.run.dir={out}"], capture_output=True, text=True,
+        proc = subprocess.run(check=False, args=[*mpu_run_cmd, *FAST, *extra, f"hydra.run.dir={out}"], capture_output=True, text=True,
                               timeout=120, env=_env())
         took = time.perf_counter() - t
         lines = _lines(proc.stderr)
@@ -140,12 +139,12 @@ def test_a_run_stopped_before_it_was_recorded_resumes_or_starts_over(mpu_run_cmd
     else:
         out = tmp_path / "run"
         where, again = [f"hydra.run.dir={out}"], [rerun]
-    proc = subprocess.run([*mpu_run_cmd, *FAST, "seed=0", *where], cwd=tmp_path, capture_output=True, text=True,
+    proc = subprocess.run(check=False, args=[*mpu_run_cmd, *FAST, "seed=0", *where], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env=_env(MPU_KILL_AT="before_start", MPU_KILL_SIGNAL="INT"))
     lines = _lines(proc.stderr)
     assert proc.returncode == 130 and len(lines) == 1 and "resume=true" in lines[0], proc.stderr[-2000:]
     assert not (out / "run.json").exists() and (out / runlock.MARKER).exists()
-    proc = subprocess.run([*mpu_run_cmd, *FAST, "seed=0", *where, *again], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run(check=False, args=[*mpu_run_cmd, *FAST, "seed=0", *where, *again], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "COMPLETE").exists() and (out / "run.json").exists()
@@ -158,7 +157,7 @@ def test_a_folder_with_a_results_csv_is_not_a_run_and_overwrite_keeps_it(mpu_run
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
     for extra in ([], ["overwrite=true"]):
-        proc = subprocess.run([*mpu_run_cmd, *FAST, *extra, f"hydra.run.dir={out}"], capture_output=True, text=True,
+        proc = subprocess.run(check=False, args=[*mpu_run_cmd, *FAST, *extra, f"hydra.run.dir={out}"], capture_output=True, text=True,
                               timeout=120, env=_env())
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "is a folder that holds other files and is not an mpu-run run" in _lines(proc.stderr)[0]
@@ -209,7 +208,7 @@ def test_a_signal_reaching_a_child_as_it_forks_stops_the_run(mpu_run_cmd, tmp_pa
     """transport=files: the signal reaches a child of mpu-run between fork and exec (where it still looks like
     mpu-run); it is mpu-run's, and the run stops with its code and the resume hint instead of finishing."""
     out = tmp_path / "run"
-    proc = subprocess.run([*mpu_run_cmd, *FAST, "seed=0", "transport=files", f"hydra.run.dir={out}"],
+    proc = subprocess.run(check=False, args=[*mpu_run_cmd, *FAST, "seed=0", "transport=files", f"hydra.run.dir={out}"],
                           capture_output=True, text=True, timeout=600,
                           env=_env(MPU_KILL_AT="fork", MPU_KILL_SIGNAL=sig))
     code = 128 + getattr(signal, f"SIG{sig}")
