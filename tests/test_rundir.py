@@ -251,10 +251,14 @@ def test_a_claim_given_back_unused_leaves_nothing(tmp_path):
     runlock.release_unused()
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "kept").mkdir()
-    (tmp_path / "kept" / runlock.LOCK).write_text("123\n")  # a lock file of an earlier run stays
+    lock = tmp_path / "kept" / runlock.LOCK
+    lock.write_text("123\n")  # the lock file of an earlier run stays as it was
+    os.utime(lock, ns=(10**18, 10**18))
     runlock.claim(tmp_path / "kept")
+    assert lock.read_text() == f"{os.getpid()}\n"
     runlock.release_unused()
     assert [p.name for p in (tmp_path / "kept").iterdir()] == [runlock.LOCK]
+    assert lock.read_text() == "123\n" and lock.stat().st_mtime_ns == 10**18
 
 
 def test_a_time_stamped_name_that_is_taken_gets_a_free_one(tmp_path):

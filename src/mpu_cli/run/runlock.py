@@ -31,6 +31,7 @@ class _Held:
     fd: int
     new: bool  # this process made the folder a run directory (it was absent, empty or held only Hydra's files)
     created: list[Path] = field(default_factory=list)  # what this process created, removed by release_unused
+    earlier: tuple[bytes, int, int] | None = None  # an existing lock file's content, atime and mtime (ns)
 
 
 _HELD: dict[Path, _Held] = {}
@@ -154,15 +155,19 @@ def _lock(out: Path, created: list[Path], run: bool) -> None:
         os.close(fd)
         raise RunDirError(f"run directory {str(out)!r} is a folder that holds other files and is not an mpu-run "
                           "run; nothing was removed: choose a new or empty folder")
+    earlier = None
     if made:
         created.append(path)
+    else:  # put back as it was if this process gives the folder back unused
+        st = os.fstat(fd)
+        earlier = (os.pread(fd, 64, 0), st.st_atime_ns, st.st_mtime_ns)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     new = run and not is_run(out)
     if new:
         _write_marker(out / MARKER)
         created.append(out / MARKER)
-    _HELD[out] = _Held(fd, new, created)
+    _HELD[out] = _Held(fd, new, created, earlier)
 
 
 def _write_marker(path: Path) -> None:
@@ -182,6 +187,11 @@ def release_unused(keep: Path | None = None) -> None:
                 p.rmdir() if p.is_dir() else p.unlink()
             except OSError:  # a folder that is not empty (or already gone) stays
                 pass
+        if held.earlier is not None:
+            content, atime, mtime = held.earlier
+            os.ftruncate(held.fd, 0)
+            os.pwrite(held.fd, content, 0)
+            os.utime(held.fd, ns=(atime, mtime))
         os.close(held.fd)
         del _HELD[out]
 
