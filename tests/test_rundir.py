@@ -232,7 +232,7 @@ def test_the_directory_named_on_the_command_line_is_the_one_hydra_composes(tmp_p
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mpu_cli.cli.aliases import ROOT_CONFIG
+    from mpu_cli.cli.run import ROOT_CONFIG
     from mpu_cli.config import CONF_DIR, register_configs
 
     register_configs()

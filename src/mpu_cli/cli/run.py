@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
+
+ROOT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"  # (config.py is not imported yet)
 
 
 def non_finite_override(argv: list[str]) -> str | None:
@@ -42,7 +45,7 @@ def run_main() -> None:
 
 
 def _main() -> None:
-    from mpu_cli.cli.aliases import ROOT_CONFIG, AliasError, rewrite
+    from mpu_cli.cli.aliases import AliasError, rewrite
     from mpu_cli.run import runlock
 
     bad = non_finite_override(sys.argv[1:])
