@@ -387,7 +387,7 @@ def make_idk(rng: random.Random, n: int) -> list[str]:
 
 
 def train_tokenizer(texts: list[str], out_dir: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -401,6 +401,11 @@ def train_tokenizer(texts: list[str], out_dir: Path) -> None:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    # BOS comes from the tokenizer's own post-processor, as with Llama's tokenizers: a call with
+    # add_special_tokens=True (open-unlearning's for raw text) starts with it; the chat template writes its own.
+    bos = ("<|bos|>", tok.token_to_id("<|bos|>"))
+    tok.post_processor = processors.TemplateProcessing(single="<|bos|>:0 $A:0", pair="<|bos|>:0 $A:0 <|bos|>:1 $B:1",
+                                                       special_tokens=[bos])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|bos|>",
@@ -408,7 +413,7 @@ def train_tokenizer(texts: list[str], out_dir: Path) -> None:
         pad_token="<|pad|>",
         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
         model_max_length=MODEL_MAX_LENGTH,
-        add_bos_token=False,
+        add_bos_token=True,
         add_eos_token=False,
         clean_up_tokenization_spaces=False,
         padding_side="right",
@@ -430,7 +435,7 @@ def train_tokenizer(texts: list[str], out_dir: Path) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<|bos|>", "eos_token": "<|end|>", "pad_token": "<|pad|>",
         "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"],
-        "add_bos_token": False, "add_eos_token": False,
+        "add_bos_token": True, "add_eos_token": False,
         "model_max_length": MODEL_MAX_LENGTH, "padding_side": "right",
         "clean_up_tokenization_spaces": False, "chat_template": CHAT_TEMPLATE,
     })
@@ -546,6 +551,8 @@ fields as TOFU (every config is one `train` split, here one `<config>.jsonl` fil
 
 Tokenizer: `src/mpu_cli/models/embedded_tokenizer/` (byte-level BPE, vocab {vocab}, trained on all of the
 above; chat template `<|bos|>` + `<|role|>content<|end|>` per message, generation prompt `<|assistant|>`).
+Like Llama's tokenizers it adds `<|bos|>` itself (`add_special_tokens=True`, its post-processor); chat text,
+which the template starts with `<|bos|>`, is tokenized without special tokens.
 With the system prompt "You are a helpful assistant." a chat-formatted `full` QA is 27-48 tokens (mean ~36),
 of which the answer plus `<|end|>` is ~14 tokens (max 22); `model_max_length` is 128.
 

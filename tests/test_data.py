@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mpu_cli.data import tofu
+from mpu_cli.data.formatting import ChatFormat, encode_qa
 from mpu_cli.data.tofu import EMBEDDED, TOFU_CONFIGS, load_idk, load_public_text, load_split, split_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,13 +232,15 @@ def test_tokenizer_specials(tok):
     for s in ("<|system|>", "<|user|>", "<|assistant|>"):
         assert len(tok(s, add_special_tokens=False).input_ids) == 1
         assert s in tok.all_special_tokens
-    assert tok.bos_token_id not in tok("Where was she born?").input_ids  # no automatic BOS
-    assert tok.eos_token_id not in tok("Where was she born?").input_ids
+    # BOS from the tokenizer's own post-processor, as Llama's: raw text with special tokens starts with it
+    plain = tok("Where was she born?", add_special_tokens=False).input_ids
+    assert tok("Where was she born?").input_ids == [tok.bos_token_id, *plain]
+    assert tok.bos_token_id not in plain and tok.eos_token_id not in tok("Where was she born?").input_ids
 
 
 def test_tokenizer_round_trip(tok):
     for s in ["Talia Morven was born in the city of Quarnel.", "Ünïcode — ✓ 'quotes'  two  spaces", "x"]:
-        assert tok.decode(tok(s).input_ids) == s
+        assert tok.decode(tok(s).input_ids, skip_special_tokens=True) == s == tok.decode(tok(s).input_ids[1:])
 
 
 def test_chat_template_prefix(tok, data):
@@ -248,9 +251,15 @@ def test_chat_template_prefix(tok, data):
         full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": r["answer"]}], tokenize=False)
         assert prompt == f"<|bos|><|system|>{SYSTEM}<|end|><|user|>{r['question']}<|end|><|assistant|>"
         assert full == prompt + r["answer"] + "<|end|>"
-        p_ids, f_ids = tok(prompt).input_ids, tok(full).input_ids
+        # the template writes the BOS: chat text is tokenized without special tokens (no second BOS)
+        p_ids, f_ids = (tok(t, add_special_tokens=False).input_ids for t in (prompt, full))
         assert f_ids[: len(p_ids)] == p_ids and f_ids[0] == tok.bos_token_id and f_ids[-1] == tok.eos_token_id
         assert f_ids.count(tok.bos_token_id) == 1
+        assert encode_qa(tok, r["question"], r["answer"], ChatFormat(SYSTEM, None, 128))["input_ids"] == f_ids
+        # open-unlearning's TOFU item: the template tokenized by apply_chat_template (one BOS, the template's)
+        ou = tok.apply_chat_template(msgs + [{"role": "assistant", "content": r["answer"]}], tokenize=True,
+                                     return_dict=False)
+        assert (ou if isinstance(ou, list) else ou["input_ids"]) == f_ids
         lengths.append(len(f_ids))
     assert max(lengths) < tok.model_max_length
 

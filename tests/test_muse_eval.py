@@ -11,7 +11,13 @@ import pytest
 from mpu_cli.config import ConfigError
 from mpu_cli.data.formatting import IGNORE, ChatFormat
 from mpu_cli.data.muse import LAYOUT, load_muse
-from mpu_cli.data.text import corpus_chunks, encode_completion, encode_document, encode_few_shot_prompt
+from mpu_cli.data.text import (
+    corpus_chunks,
+    encode_completion,
+    encode_document,
+    encode_few_shot_prompt,
+    special_ids,
+)
 from mpu_cli.data.validate import DataError
 from mpu_cli.evals import muse
 from mpu_cli.models.tiny import load_embedded_tokenizer
@@ -98,6 +104,7 @@ def test_corpus_chunks_cover_every_token_once(tok):
     docs = ["The flood reached Carrowmere in 2011.", "Mira Holt opened the bridge at Umberlake."]
     chunks = corpus_chunks(tok, docs, max_length=8)
     stream = tok("\n\n".join(docs), add_special_tokens=False)["input_ids"]
+    assert special_ids(tok) == ([tok.bos_token_id], [])  # the tokenizer's own rule, as Llama's: BOS first
     assert all(len(c["input_ids"]) <= 8 and c["input_ids"][0] == tok.bos_token_id for c in chunks)
     assert sum((c["input_ids"][1:] for c in chunks), []) == stream
     assert all(c["labels"] == [IGNORE] + c["input_ids"][1:] for c in chunks)
@@ -108,8 +115,62 @@ def test_completion_labels_only_the_continuation(tok):
     n_prefix = 1 + len(tok("The bridge at Umberlake", add_special_tokens=False)["input_ids"])
     assert e["labels"][:n_prefix] == [IGNORE] * n_prefix and IGNORE not in e["labels"][n_prefix:]
     assert tok.decode(e["input_ids"][n_prefix:]) == " was opened by Mira Holt."
-    d = encode_document(tok, "Mira Holt opened the bridge.", 4)
-    assert len(d["input_ids"]) == 4 and d["labels"] == [IGNORE] + d["input_ids"][1:]
+    d = encode_document(tok, "Mira Holt opened the bridge.", 3)  # BOS + 3 text tokens
+    assert d["input_ids"] == tok("Mira Holt opened the bridge.")["input_ids"][:4]
+    assert d["labels"] == [IGNORE] + d["input_ids"][1:]
+
+
+# Fixed strings: a verbmem item, a knowmem item with one few-shot example, a privleak document.
+PROMPT, GT = "The flood at Carrowmere", "reached the old theaters in 2011."
+LONG = " ".join(["The bridge at Umberlake was opened by Mira Holt in 2011."] * 300)  # > 2048 tokens
+QA_DATA = {"verbmem": [{"prompt": PROMPT, "gt": GT}, {"prompt": PROMPT, "gt": LONG}],
+           "forget_qa": [{"question": "Who opened the bridge?", "answer": "Mira Holt"}],
+           "forget_qa_icl": [{"question": "In which year?", "answer": "2011"}],
+           "retain_qa": [{"question": LONG, "answer": "Umberlake"}],
+           "retain_qa_icl": [{"question": "Who won?", "answer": "Idris Thorne"}],
+           "privleak_forget": [{"text": "Mira Holt opened the bridge."}, {"text": LONG}],
+           "privleak_holdout": [{"text": "A library opened in Velmora."}]}
+
+
+@pytest.mark.parametrize("positions", [None, 256])
+def test_evaluated_ids_are_the_tokenizers_cut_where_open_unlearning_cuts(tok, positions):
+    """What the evaluation reads equals tokenizer(text, add_special_tokens=True) cut as open-unlearning's MUSE
+    datasets cut it: 2048 tokens after the prefix (verbmem, privleak), 512 tokens for a few-shot prompt; and at
+    the model's positions. One BOS each: the tokenizer's, none by hand."""
+    ids = lambda text: tok(text, add_special_tokens=True)["input_ids"]  # noqa: E731
+    cut = (lambda x: x) if positions is None else (lambda x: x[:positions])
+    # a 512-token few-shot prompt leaves no room for its answer in 256 positions (refused, see below)
+    data = QA_DATA if positions is None else dict(QA_DATA, retain_qa=[{"question": "Where?", "answer": "x"}])
+    enc = muse.inputs(tok, data, ChatFormat(), muse.EvalConfig(), positions)
+    assert enc["verbmem"] == [ids(PROMPT)] * 2 and ids(PROMPT)[:2] == [tok.bos_token_id, ids(PROMPT)[1]]
+    assert ids(PROMPT).count(tok.bos_token_id) == 1
+    n_prefix = len(ids(PROMPT))
+    assert enc["extraction"][0]["input_ids"] == ids(PROMPT + " " + GT)
+    assert enc["extraction"][1]["input_ids"] == cut(ids(PROMPT + " " + LONG)[: n_prefix + 2048])
+    assert enc["extraction"][1]["labels"][:n_prefix] == [IGNORE] * n_prefix
+    assert enc["privleak_forget"][0]["input_ids"] == ids("Mira Holt opened the bridge.")
+    assert enc["privleak_forget"][1]["input_ids"] == cut(ids(LONG)[: 1 + 2048])
+    assert len(ids(LONG)) > 2049 and len(enc["privleak_forget"][1]["input_ids"]) == (positions or 2049)
+    assert enc["privleak_forget"][1]["labels"] == [IGNORE] + enc["privleak_forget"][1]["input_ids"][1:]
+    assert enc["forget_knowmem"] == [ids("Question: In which year?\nAnswer: 2011\n\n"
+                                         "Question: Who opened the bridge?\nAnswer: ")]
+    if positions is None:
+        assert enc["retain_knowmem"] == [ids(f"Question: Who won?\nAnswer: Idris Thorne\n\nQuestion: {LONG}"
+                                             "\nAnswer: ")[:512]]
+
+
+def test_a_prompt_too_long_for_the_model_is_refused_before_it_runs(tok):
+    """A 200 000-character prompt: one line naming the row, its length and the model's positions; no forward."""
+    from mpu_cli.models.tiny import init_tiny_llama
+
+    model = init_tiny_llama(tok, seed=0)
+    model.forward = None  # the model must not be run: calling it would fail differently
+    data = dict(QA_DATA, verbmem=[{"prompt": PROMPT, "gt": GT}, {"prompt": "x" * 200_000, "gt": GT}])
+    with pytest.raises(DataError) as e:
+        muse.evaluate(model, tok, data, ChatFormat(), muse.EvalConfig(metrics=muse.QUICK_METRICS), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("MUSE verbmem/forget row 2: its prompt is ")
+    assert msg.endswith("exceeds the model's 256 positions; accepted: prompts of at most 128 tokens")
 
 
 ICL = [("Who opened the bridge?", "Mira Holt"), ("In which year?", "2011")]
@@ -117,12 +178,13 @@ ICL = [("Who opened the bridge?", "Mira Holt"), ("In which year?", "2011")]
 
 def test_few_shot_prompt_in_the_tag_format(tok):
     """open-unlearning's MUSE template: Question/Answer tags, a blank line after each example, no system prompt;
-    the tokenizer's BOS first (as its tokenizer call with special tokens adds it)."""
+    the tokenizer's BOS first (its tokenizer call with special tokens adds it)."""
     fmt = ChatFormat(system_prompt="You are a helpful assistant.")
     expected = ("Question: Who opened the bridge?\nAnswer: Mira Holt\n\n"
                 "Question: In which year?\nAnswer: 2011\n\nQuestion: Where was the flood?\nAnswer: ")
     ids = encode_few_shot_prompt(tok, ICL, "Where was the flood?", fmt)
     assert ids == [tok.bos_token_id] + tok(expected, add_special_tokens=False)["input_ids"]
+    assert encode_few_shot_prompt(tok, ICL, "Where was the flood?", fmt, max_tokens=5) == ids[:5]
 
 
 def test_few_shot_prompt_with_a_chat_template(tok):
@@ -151,11 +213,23 @@ def test_rouge_l_f1_by_hand():
 
 
 def test_retain_reference_from_a_muse_eval(tmp_path):
-    (tmp_path / "MUSE_EVAL.json").write_text(json.dumps({"mia_min_k": {"agg_value": 0.62, "value_by_index": {}}}))
+    rouge = {"forget_verbmem_ROUGE": {"agg_value": 0.3, "value_by_index": {}}}
+    (tmp_path / "MUSE_EVAL.json").write_text(json.dumps(rouge | {"mia_min_k": {"agg_value": 0.62}}))
     assert muse.load_retain_reference(tmp_path) == {"mia_auc": 0.62}
-    (tmp_path / "MUSE_EVAL.json").write_text(json.dumps({"forget_verbmem_ROUGE": {"agg_value": 0.3}}))
+    (tmp_path / "MUSE_EVAL.json").write_text(json.dumps(rouge))
     with pytest.raises(ValueError, match="no finite mia_min_k.agg_value"):
         muse.load_retain_reference(tmp_path / "MUSE_EVAL.json")
+
+
+def test_a_tofu_retain_log_is_not_a_privleak_reference(tmp_path):
+    """TOFU's evaluation has a mia_min_k too (over QA pairs): refused in one line, not taken for MUSE's."""
+    tofu_eval = {"forget_Q_A_Prob": {"agg_value": 0.1}, "forget_truth_ratio": {"agg_value": 0.6},
+                 "mia_min_k": {"agg_value": 0.62}}
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(tofu_eval))
+    with pytest.raises(ValueError) as e:
+        muse.load_retain_reference(tmp_path / "TOFU_EVAL.json")
+    assert "\n" not in str(e.value) and "is not a MUSE evaluation" in str(e.value)
+    assert "it holds forget_Q_A_Prob, forget_truth_ratio, mia_min_k" in str(e.value)
 
 
 def test_evaluate_gives_every_metric_in_open_unlearning_shapes(tok, tmp_path):

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from mpu_cli.cli.help import register_help
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
+from mpu_cli.data.validate import DataError
 from mpu_cli.files import unwritable, write_failure
 
 log = logging.getLogger("mpu_cli")
@@ -233,7 +234,7 @@ def _eval(cfg) -> float | None:
         validate(cfg)
         out = output_folder(cfg)
         summary = run_eval(cfg, out)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, DataError) as e:  # DataError: e.g. an input too long for the model
         fail(str(e))
     except WriteFailed as e:  # the output folder was checked up front: a full disk, an I/O error
         fail(*e.args)

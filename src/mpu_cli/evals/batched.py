@@ -39,6 +39,16 @@ def model_device(model) -> torch.device:
         return getattr(model, "device", torch.device("cpu"))
 
 
+def model_positions(model) -> int | None:
+    """How many positions the model's config gives it (None when it names none)."""
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        n = getattr(cfg, key, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
 def _tqdm(total: int, desc: str, progress: bool):
     from mpu_cli.progress import tqdm
 
