@@ -19,7 +19,8 @@ FEW_SHOT_STOP_STRINGS = ("\n\n", "\nQuestion", _TAG_USER.strip())
 
 
 def _with_specials(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
+    # verbose=False: no "longer than the model's max length" warning; the callers cut where they mean to
+    return tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
 
 
 def special_ids(tokenizer) -> tuple[list[int], list[int]]:
@@ -98,5 +99,5 @@ def encode_few_shot_prompt(tokenizer, examples: list[tuple[str, str]], question:
     text = few_shot_prompt_text(tokenizer, examples, question, fmt, chat)
     if chat:
         return _ids(tokenizer, text)
-    return tokenizer(text, add_special_tokens=True, truncation=max_tokens is not None,
-                     max_length=max_tokens)["input_ids"]
+    return tokenizer(text, add_special_tokens=True, truncation=max_tokens is not None, max_length=max_tokens,
+                     verbose=False)["input_ids"]
