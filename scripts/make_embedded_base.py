@@ -6,7 +6,10 @@ embedded tokenizer) and ``recipe.json`` there: the pretraining recipe (tokenizer
 digests, epochs, lr, batch size, seed of the default ``prepare`` settings) and the SHA-256 of each file. The
 prepare stage uses the shipped folder whenever a run asks for that recipe, and pretrains a base itself (into
 the cache) when it asks for another. Rerun this after changing how the base is pretrained; one thread, so the
-bytes do not depend on the machine's core count.
+bytes do not depend on the machine's core count (they do depend on the CPU and the torch / transformers versions:
+tests/test_shipped_base.py compares what a base pretrained again learned, not its bytes). A change that leaves
+the pretraining's token ids as they are (e.g. the tokenizer's post-processor) needs only the shipped folder's
+tokenizer files and recipe.json's "tok" digest brought up to date: the weights stay the shipped ones.
 
     python scripts/make_embedded_base.py
 """
