@@ -11,6 +11,7 @@ A table whose command fails leaves its old text in place; the others are still w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -110,6 +111,26 @@ def _stamp() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor name elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int | str | None = None) -> str:
+    """Where a table was measured: the CPU model, its core count and the torch threads of the runs (numbers from
+    another CPU differ: README's section on where its numbers come from says by how much)."""
+    threads = _env()["OMP_NUM_THREADS"] if threads is None else threads
+    return f"{cpu_model()} ({os.cpu_count()} cores, OMP_NUM_THREADS={threads})"
+
+
 # ---- the privacy audit: the views `mpu-report DIR --view audit / audit_all_params` -------------------------------
 
 AUDIT_ARGS = ["sweep=true", "seed=0"]
@@ -152,6 +173,101 @@ def break_map_table() -> str:
     return break_markdown(out, seconds)
 
 
+# ---- make demo's run on this machine, at two thread counts --------------------------------------------------------
+
+DEMO_ARGS = ["algorithm=npo", "kappa=0.01", "m=2", "seed=0"]  # `make demo`'s run, seeded
+DEMO_THREADS = (1, 2)
+DEMO_DIR: Path | None = None  # --demo-dir: format finished runs (threads1/, threads2/) instead of running them
+
+
+@table("demo", cost="~4 min on an idle 2-core machine (make demo's run at OMP_NUM_THREADS=1 and 2; the first "
+                    "prepares the target and retain model into an empty cache)")
+def demo_table() -> str:
+    root = DEMO_DIR
+    if root is None:
+        root = OUT / f"demo_{_stamp()}"
+        mpu_run = str(Path(sys.executable).parent / "mpu-run")
+        for t in DEMO_THREADS:  # one empty cache: the models are prepared once, by the first (one-thread) run
+            out = root / f"threads{t}"
+            _run([mpu_run, *DEMO_ARGS, f"prepare.cache_dir={root / 'cache'}", f"hydra.run.dir={out}"],
+                 out.with_suffix(".log"), env={**_env(), "OMP_NUM_THREADS": str(t)})
+    return demo_markdown(root)
+
+
+def demo_markdown(root: Path) -> str:
+    """Per thread count: the target's and the unlearned model's forget Prob and model utility, the retain
+    model's privleak, and the target's content hash (equal hashes: bit-identical prepared targets)."""
+    import pandas as pd
+
+    rows = []
+    for t in DEMO_THREADS:
+        out = root / f"threads{t}"
+        if not (out / "COMPLETE").is_file():
+            raise RuntimeError(f"{out}: no finished run")
+        summary = {k: json.loads((out / sub / "TOFU_SUMMARY.json").read_text())
+                   for k, sub in (("target", "target"), ("unlearned", "."), ("retain", "retain"))}
+        target_hash = str(pd.read_csv(out / "results.csv").iloc[0]["target_hash"])
+        rows.append([str(t), f"{summary['target']['forget_Q_A_Prob']:.3f} → {summary['unlearned']['forget_Q_A_Prob']:.3f}",
+                     f"{summary['target']['model_utility']:.3f} → {summary['unlearned']['model_utility']:.3f}",
+                     f"{summary['retain']['privleak']:.1f}", f"`{target_hash[:12]}`"])
+    where = machine(" and ".join(map(str, DEMO_THREADS)))
+    return (f"`mpu-run {' '.join(DEMO_ARGS)}` (`make demo`'s run) on {where}, the target and retain model "
+            "prepared once (one thread, an empty cache):\n\n"
+            + markdown(["OMP_NUM_THREADS", "forget_Q_A_Prob target → unlearned", "model_utility target → unlearned",
+                        "retain model privleak", "target hash"], rows))
+
+
+# ---- MUSE on the embedded corpus: make reproduce-muse-tiny ---------------------------------------------------------
+
+MUSE_DIR: Path | None = None  # --muse-dir: format a finished `make reproduce-muse-tiny` sweep instead of running one
+MUSE_ALGORITHMS = ("graddiff", "npo")  # README's rows; the sweep's summary.md has all seven
+MUSE_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "extraction_strength",
+                "privleak")
+MUSE_ARMS = (("clean", "clean"), ("noised", "noised κ 0.1"), ("mpu_0.01", "mpu κ 0.01"), ("mpu_0.1", "mpu κ 0.1"))
+
+
+@table("muse", cost="~16 min of one core (make reproduce-muse-tiny, 28 runs; --muse-dir formats a finished one)")
+def muse_table() -> str:
+    root, seconds = MUSE_DIR, None
+    if root is None:
+        root = OUT / f"muse_tiny_{_stamp()}"
+        seconds = _run([str(Path(sys.executable).parent / "mpu-run"), "-m", "--config-name", "reproduce_muse_tiny",
+                        f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
+    return muse_markdown(root, seconds)
+
+
+def muse_markdown(root: Path, seconds: float | None = None) -> str:
+    """The target, the retrained model and README's algorithms in each arm: the five MUSE headline metrics."""
+    import pandas as pd
+
+    runs = [d for d in sorted(Path(root).iterdir()) if (d / "COMPLETE").is_file() and (d / "results.csv").is_file()]
+    if not runs:
+        raise RuntimeError(f"{root}: no finished runs (a `make reproduce-muse-tiny` sweep folder)")
+    table = pd.concat([pd.read_csv(d / "results.csv").assign(folder=str(d)) for d in runs], ignore_index=True)
+
+    def cells(values: dict) -> list[str]:
+        # extraction_strength to 3 significant digits: on the embedded corpus it sits near its 1/n floor (~0.01)
+        return [f"{values[m]:.1f}".replace("-", "−") if m == "privleak"
+                else f"{values[m]:.3g}" if m == "extraction_strength" else f"{values[m]:.3f}" for m in MUSE_METRICS]
+
+    first = Path(table.folder.iloc[0])
+    rows = [["(target)", "", *cells(json.loads((first / "target" / "MUSE_SUMMARY.json").read_text()))],
+            ["(retrained)", "", *cells(json.loads((first / "retain" / "MUSE_SUMMARY.json").read_text()))]]
+    for algorithm in MUSE_ALGORITHMS:
+        for key, label in MUSE_ARMS:
+            arm, _, kappa = key.partition("_")
+            hit = table[(table.algorithm == algorithm) & (table.arm == arm)]
+            if kappa:
+                hit = hit[hit.kappa.astype(float) == float(kappa)]
+            if len(hit):
+                rows.append([algorithm, label, *cells(hit.iloc[0])])
+    algorithms = sorted(set(table.algorithm))
+    took = f"{len(table)} runs of {', '.join(algorithms)}" + (f" in {duration(seconds)}" if seconds else "")
+    return (f"`make reproduce-muse-tiny` on {machine()}, {took} (seed 0, the model's presets: 5 epochs at lr 3e-4; "
+            "the sweep's summary.md has every metric):\n\n"
+            + markdown(["algorithm", "arm", *MUSE_METRICS], rows))
+
+
 # ---- the test suite ----------------------------------------------------------------------------------------------
 
 _PYTEST_SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
@@ -169,8 +285,7 @@ def _pytest_row(label: str, args: list[str], log_name: str) -> list[str]:
 
 
 def _tests_table(rows: list[list[str]]) -> str:
-    cores = os.cpu_count()
-    return (f"Measured on {cores} CPU cores with the embedded models already in `MPU_CACHE_DIR`:\n\n"
+    return (f"Measured on {machine()} with the embedded models already in `MPU_CACHE_DIR`:\n\n"
             + markdown(["command", "tests", "passed", "skipped", "wall time", "load average at start"], rows))
 
 
@@ -202,7 +317,7 @@ def tests_all_table() -> str:
     last = [ln for ln in log.read_text().splitlines() if " in " in ln and "passed" in ln][-1:]
     counts = {kind.rstrip("s"): int(n) for n, kind in _PYTEST_SUMMARY.findall(last[0] if last else "")}
     ran = sum(v for k, v in counts.items() if k != "deselected")
-    return (f"A clean clone of {head} on {os.cpu_count()} CPU cores, empty model cache (what CI runs):\n\n"
+    return (f"A clean clone of {head} on {machine()}, empty model cache (what CI runs):\n\n"
             + markdown(["step", "tests", "passed", "skipped", "wall time", "load average at start"],
                        [["`make install`", "", "", "", duration(install), f"{load:.1f}"],
                         ["`.ci/run` (`make test`)", str(ran), str(counts.get("passed", 0)),
@@ -217,7 +332,7 @@ def tests_all_table() -> str:
 def bench_table() -> str:
     out = OUT / f"bench_{_stamp()}"
     _run([sys.executable, str(REPO / "scripts" / "bench.py"), *BENCH_ARGS, "--out", str(out)], out.with_suffix(".log"))
-    return f"`python scripts/bench.py {' '.join(BENCH_ARGS)}` on {os.cpu_count()} CPU cores:\n\n" + \
+    return f"`python scripts/bench.py {' '.join(BENCH_ARGS)}` on {machine()}:\n\n" + \
         VIEWS["bench"].render(out)
 
 
@@ -299,11 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the registered tables and what each costs")
     ap.add_argument("--break-dir", type=Path, default=None,
                     help="the break_map table from this finished `make reproduce-break` folder (no new sweep)")
+    ap.add_argument("--demo-dir", type=Path, default=None,
+                    help="the demo table from these finished runs (threads1/, threads2/; no new runs)")
+    ap.add_argument("--muse-dir", type=Path, default=None,
+                    help="the muse table from this finished `make reproduce-muse-tiny` sweep folder (no new sweep)")
     ap.add_argument("--audit-dir", type=Path, default=None,
                     help="the audit tables from this finished `mpu-audit sweep=true seed=0` folder (no new sweep)")
     args = ap.parse_args(argv)
-    global AUDIT_DIR, BREAK_DIR
-    AUDIT_DIR, BREAK_DIR = args.audit_dir, args.break_dir
+    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR
+    AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
     if args.list:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")
