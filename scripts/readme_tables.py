@@ -22,6 +22,7 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
+from mpu_cli.devices import cpu_model
 from mpu_cli.report.views import VIEWS
 from mpu_cli.report.views.breakmap import break_markdown
 from mpu_cli.report.views.fmt import duration, markdown
@@ -109,19 +110,6 @@ def _run(cmd: list[str], log: Path, cwd: Path = REPO, env: dict | None = None) -
 
 def _stamp() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo; the platform's processor name elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def machine(threads: int | str | None = None) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from mpu_cli.devices import cpu_model
 
 pytestmark = pytest.mark.integration
 
@@ -27,16 +28,6 @@ CASES = {
     "muse_graddiff": ["data=muse", "algorithm=graddiff", "seed=0"],
     "files_r2": ["transport=files", "rounds=2", "seed=0"],
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

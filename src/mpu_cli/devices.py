@@ -1,4 +1,5 @@
-"""Which torch device a run uses: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+"""Which torch device a run uses: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; and the
+CPU model a number was measured on."""
 from __future__ import annotations
 
 import re
@@ -30,3 +31,19 @@ def batch_to(batch: dict | None, device: torch.device) -> dict | None:
         return None
     return {k: batch_to(v, device) if isinstance(v, dict) else v.to(device) if torch.is_tensor(v) else v
             for k, v in batch.items()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor name elsewhere): numbers made on the
+    machine depend on it."""
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
