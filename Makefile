@@ -82,9 +82,9 @@ lint: install  ## ruff
 bench-eval: install  ## items/s of the batched TOFU evaluator vs one item at a time (embedded target, smollm2-135m)
 	$(PY) scripts/bench_eval.py
 
-# Each table of measured numbers in README.md sits between `<!-- table: NAME -->` and `<!-- /table -->`;
+# Each table of measured numbers in README.md and docs/*.md sits between `<!-- table: NAME -->` and `<!-- /table -->`;
 # scripts/readme_tables.py maps NAME to the command that measures it (`--list` shows them with their cost).
-readme-tables: install  ## rebuild README's measured tables (~50 min on 2 cores: break_map 25-40, audit 6, bench 5, tests 7); TABLES=a,b for some
+readme-tables: install  ## rebuild the measured tables of README and docs/ (~50 min on 2 cores: break_map 25-40, audit 6, bench 5, tests 7); TABLES=a,b for some
 	$(PY) scripts/readme_tables.py $(if $(TABLES),--tables $(TABLES))
 
 clean:  ## remove outputs and caches (not the venv)

@@ -1,10 +1,10 @@
-"""`make readme-tables [TABLES=a,b]`: rebuild README.md's tables of measured numbers by measuring them again.
+"""`make readme-tables [TABLES=a,b]`: rebuild the docs' tables of measured numbers by measuring them again.
 
-Each table sits in README.md between a line `<!-- table: NAME -->` and a line `<!-- /table -->`. `TABLES` maps
-NAME to the function that measures and returns that markdown (register one with `@table(NAME, cost)`); only the
-text between a table's two markers is rewritten, everything else in README.md stays as it is.
+Each table sits in README.md or a page of docs/ between a line `<!-- table: NAME -->` and a line
+`<!-- /table -->`. `TABLES` maps NAME to the function that measures and returns that markdown (register one with
+`@table(NAME, cost)`); only the text between a table's two markers is rewritten, everything else stays as it is.
 
-    python scripts/readme_tables.py [--tables a,b] [--readme README.md] [--print] [--list]
+    python scripts/readme_tables.py [--tables a,b] [--readme FILE] [--print] [--list]
 
 A table whose command fails leaves its old text in place; the others are still written; the exit code is 1.
 """
@@ -29,6 +29,13 @@ from mpu_cli.report.views.fmt import duration, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+
+
+def doc_files() -> list[Path]:
+    """The files whose tables this script rebuilds: README.md and every page of docs/."""
+    return [README, *sorted((REPO / "docs").glob("*.md"))]
+
+
 OUT = REPO / "outputs" / "readme_tables"  # what the measuring commands wrote, kept for inspection
 
 
@@ -397,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tables", default="", help="comma-separated names (default: every registered table)")
     ap.add_argument("--smollm2-dir", type=Path, default=None,
                     help="the smollm2 table from this finished `make reproduce-smollm2` sweep folder (no new sweep)")
-    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="rewrite the tables of this one file (default: README.md and docs/*.md)")
     ap.add_argument("--print", action="store_true", help="print the tables instead of writing the README")
     ap.add_argument("--list", action="store_true", help="list the registered tables and what each costs")
     ap.add_argument("--break-dir", type=Path, default=None,
@@ -422,11 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"readme_tables: error: TABLES={unknown[0]!r} is not one of {sorted(TABLES)}", file=sys.stderr)
         return 2
-    text = args.readme.read_text()
+    files = [args.readme] if args.readme else doc_files()
+    marked = {name: f for f in files for name in marked_names(f.read_text())}
     if not args.print:
-        unmarked = [n for n in names if n not in marked_names(text)]
+        unmarked = [n for n in names if n not in marked]
         if unmarked:
-            print(f"readme_tables: error: {args.readme} has no markers for {unmarked}", file=sys.stderr)
+            print(f"readme_tables: error: no markers for {unmarked} in {[str(f) for f in files]}", file=sys.stderr)
             return 2
     built, failed = {}, []
     for name in names:
@@ -444,8 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     if built and not args.print:
         from mpu_cli.files import atomic_write_text
 
-        atomic_write_text(args.readme, replace_tables(args.readme.read_text(), built))
-        print(f"readme_tables: rewrote {sorted(built)} in {args.readme}")
+        for f in files:
+            mine = {n: t for n, t in built.items() if marked.get(n) == f}
+            if mine:
+                atomic_write_text(f, replace_tables(f.read_text(), mine))
+                print(f"readme_tables: rewrote {sorted(mine)} in {f}")
     return 1 if failed else 0
 
 

@@ -61,8 +61,8 @@ def test_bad_markers_are_refused():
         rt.replace_tables("<!-- table: one -->\n<!-- table: two -->\n<!-- /table -->\n", {"two": "x"})
 
 
-def test_every_registered_table_has_its_markers_in_the_readme():
-    marked = rt.marked_names((REPO / "README.md").read_text())
+def test_every_registered_table_has_its_markers_in_the_docs():
+    marked = [n for f in rt.doc_files() for n in rt.marked_names(f.read_text())]
     assert set(rt.TABLES) <= set(marked), sorted(set(rt.TABLES) - set(marked))
     assert len(marked) == len(set(marked)), "a table is marked twice"
     assert sorted(set(marked) - set(rt.TABLES)) == [], "a marked table has no command"
