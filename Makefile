@@ -29,13 +29,13 @@ demo: install  ## run MPU (NPO, kappa=0.01, m=2) end to end on the embedded defa
 test: install  ## run the test suite: both layers, three workers (`make test-slow` for the long end-to-end runs)
 	# 3 workers on 2 cores: the tests wait on their processes and on the disk. loadfile: each test file on one
 	# worker, so a module fixture that starts processes (the fault chain, the bad-input runs) runs once.
-	$(PY) -m pytest -q -n 3 --dist loadfile
+	$(PY) -m pytest -q -n 3 --dist loadfile tests/unit tests/integration
 
 test-unit: install  ## the unit layer only: no process started, no model built
-	$(PY) -m pytest -q -m 'not slow and not integration'
+	$(PY) -m pytest -q tests/unit
 
 test-slow: install  ## run only the slow end-to-end tests
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow tests/unit tests/integration
 
 # Reproduction: each target is one Hydra sweep whose grid lives in conf/reproduce_*.yaml (no hyperparameters
 # here). When a sweep ends, its folder (outputs/reproduce/<name>/<time>/) holds summary.csv, summary.md and

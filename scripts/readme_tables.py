@@ -286,7 +286,7 @@ def _tests_table(rows: list[list[str]]) -> str:
 
 @table("tests_unit", cost="~40 s (the unit layer)")
 def tests_unit_table() -> str:
-    return _tests_table([_pytest_row("`make test-unit`", ["-m", "not slow and not integration"], "tests_unit")])
+    return _tests_table([_pytest_row("`make test-unit`", ["tests/unit"], "tests_unit")])
 
 
 @table("tests_all", cost="~6 min on 2 cores (a clean clone of HEAD: the install, then both layers as CI runs them)")

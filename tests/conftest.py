@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +13,25 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPU_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "mpu-cli"))
 
 REPO = Path(__file__).resolve().parents[1]
+# The helpers module sits beside this file; both layers import it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 MPU_RUN = str(REPO / ".venv" / "bin" / "mpu-run")
 
-# Two layers. The unit layer (`make test-unit`) starts no process and builds no prepared model: the server math,
-# losses, metrics, config checks, report tables. Everything else is the integration layer: a test is marked
-# `integration` when it uses a fixture that starts processes or builds the embedded models, or when its module
-# (or the test itself) says so with `pytestmark = pytest.mark.integration`.
+# Two layers, one folder each. tests/unit starts no process and builds no prepared model: the server math,
+# losses, metrics, config checks, report tables; plain `pytest` runs it. tests/integration holds everything else:
+# its tests are marked `integration`, and a unit test that asks for a fixture starting processes or building the
+# embedded models is an error, not a silent member of the wrong layer.
 INTEGRATION_FIXTURES = {"mpu_run_cmd", "prepared_models"}
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+        elif INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(INTEGRATION_FIXTURES & set(item.fixturenames))}: "
+                                    "it belongs in tests/integration")
     # The unit layer first (a stable sort keeps each layer's own order): every worker starts with unit tests,
     # and the first that reaches the integration layer builds the prepared models while the others are still
     # busy, instead of all waiting for it idle.
@@ -62,3 +69,23 @@ def mpu_run_cmd(prepared_models):
         return [MPU_RUN]
     found = shutil.which("mpu-run")
     return [found] if found else [sys.executable, "-c", "from mpu_cli.cli.run import run_main; run_main()"]
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    """Hydra initialised on the shipped configs, for the tests that compose them."""
+    from hydra import initialize_config_dir
+
+    from mpu_cli.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_compose"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The embedded TOFU-like data set, every config of it."""
+    from mpu_cli.data.tofu import EMBEDDED, TOFU_CONFIGS, load_split
+
+    return {c: load_split(EMBEDDED, c) for c in TOFU_CONFIGS}

@@ -1,11 +1,26 @@
-"""Small real models for tests: a bigram LM whose next-token logits are a learnable table."""
+"""Helpers both test layers share: small real models (a bigram LM whose next-token logits are a learnable table),
+run folders as mpu-run writes them, the embedded default's recipe, the shipped MUSE corpus and the GPU check."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
+
+from mpu_cli.config import CONF_DIR, MPUConfig, register_configs
+from mpu_cli.models import prepare
+from mpu_cli.run import rundir
+from mpu_cli.run.settings import chat_format
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class BigramLM(nn.Module):
@@ -62,3 +77,80 @@ def break_map_table(kappas=(0.1, 1.0)):
 
 
 BREAK_KEYS = ["algorithm", "arm", "kappa", "m", "server.noised_alpha"]
+
+
+def write_run(root: Path, name: str, summary: dict | None, *, status: str = "finished", target: str = "t1",
+               summary_file: str = "TOFU_SUMMARY.json", **overrides) -> Path:
+    """A run folder as mpu-run writes it, through the runner's own writers: run.json (the resolved config),
+    then results.csv, TOFU_SUMMARY.json and COMPLETE; FAILED for a failed run; nothing more when unfinished.
+    `overrides` are dotted config keys (arm, kappa, seed, client__lr for client.lr, ...)."""
+    from mpu_cli.run.pipeline import result_row
+
+    dotted = [f"{k.replace('__', '.')}={'null' if v is None else v}"
+              for k, v in ({"arm": "mpu", "kappa": 0.1, "seed": 0} | overrides).items()]
+    cfg = OmegaConf.merge(OmegaConf.structured(MPUConfig), OmegaConf.from_dotlist(dotted))
+    run = root / name
+    run.mkdir(parents=True)
+    rundir.start(cfg, run, "fresh")
+    if status == "failed":
+        rundir.mark_failed(run, "round 1/1 copy 1/2: the unlearning loss is nan (non-finite); the run is stopped")
+    if status != "finished":
+        return run
+    (run / summary_file).write_text(json.dumps(summary))
+    # results.csv carries stale metric values: the table must read the run's own TOFU_SUMMARY.json
+    row = result_row(cfg, {k: -1.0 for k in summary}, {}, target)
+    pd.DataFrame([row]).to_csv(run / "results.csv", index=False)
+    rundir.finish(run)
+    return run
+
+
+GPU_CHECK = REPO / "scripts" / "gpu_check.py"
+
+
+def run_gpu_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(GPU_CHECK), *args], check=False, capture_output=True, text=True,
+                          timeout=600)
+
+
+def embedded_default(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return prepare.embedded_base_recipe(cfg.data, cfg.prepare, chat_format(cfg.model)), cfg
+
+
+RUN_ONLY_GROUPS = ("algorithm", "experiment", "variant", "tofu_split", "accelerate")
+
+
+def group_lines(text: str) -> list[str]:
+    """The group names of a help text's "Groups" section."""
+    section = text.split("== Groups", 1)[1].split("== Keys", 1)[0]
+    return [ln.split()[0] for ln in section.splitlines()[1:] if ln.startswith("  ") and not ln.startswith("   ")]
+
+
+SHIPPED_MUSE = REPO / "src" / "mpu_cli" / "data" / "embedded_muse"
+
+
+# articles + quizzes (3 rounds of the split's 2-per-article questions, 11 to a quiz)
+MUSE_LAYOUT = {
+    "raw/forget.jsonl": (16 + 9, ("text",)),
+    "raw/retain1.jsonl": (32 + 18, ("text",)),
+    "raw/retain2.jsonl": (16 + 9, ("text",)),
+    "raw/holdout.jsonl": (16, ("text",)),
+    "knowmem/forget_qa.jsonl": (32, ("question", "answer")),
+    "knowmem/retain_qa.jsonl": (32, ("question", "answer")),
+    "knowmem/forget_qa_icl.jsonl": (1, ("question", "answer")),
+    "knowmem/retain_qa_icl.jsonl": (1, ("question", "answer")),
+    "verbmem/forget.jsonl": (16, ("prompt", "gt")),
+    "privleak/forget.jsonl": (16, ("text",)),
+    "privleak/retain.jsonl": (16, ("text",)),
+    "privleak/holdout.jsonl": (16, ("text",)),
+}
+
+
+def muse_rows(folder: Path, rel: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / rel).read_text(encoding="utf-8").splitlines()]
+
+
+def muse_texts(folder: Path, split: str) -> list[str]:
+    return [r["text"] for r in muse_rows(folder, f"raw/{split}.jsonl")]

@@ -1,53 +1,14 @@
 """The embedded default's public base ships in the package: used when a run asks for its recipe, verified by
 its content hash, and replaced by a built one for any other recipe or when damaged."""
-import shutil
+
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mpu_cli.cache import damaged
-from mpu_cli.config import CONF_DIR, register_configs
+from helpers import embedded_default
 from mpu_cli.models import prepare
 from mpu_cli.models.tiny import SHIPPED_BASE
 from mpu_cli.run.settings import chat_format
-
-
-def _default(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return prepare.embedded_base_recipe(cfg.data, cfg.prepare, chat_format(cfg.model)), cfg
-
-
-def test_the_default_recipe_is_the_shipped_one():
-    """Fails when the default pretraining settings, corpus or tokenizer change without
-    `python scripts/make_embedded_base.py`: every run would then pretrain its own base."""
-    recipe, _ = _default()
-    assert prepare.shipped_base(recipe) == SHIPPED_BASE
-    assert damaged(SHIPPED_BASE, prepare.SHIPPED_RECIPE) is None  # every file as recorded when it was made
-    assert (SHIPPED_BASE / "model.safetensors").stat().st_size > 1_000_000
-
-
-def test_another_recipe_does_not_use_the_shipped_base():
-    recipe, _ = _default("prepare.base_epochs=3")
-    assert recipe["epochs"] == 3 and prepare.shipped_base(recipe) is None
-
-
-def test_a_damaged_shipped_base_is_not_used(tmp_path, monkeypatch, caplog):
-    copy = tmp_path / "embedded_base"
-    shutil.copytree(SHIPPED_BASE, copy)
-    monkeypatch.setattr(prepare, "SHIPPED_BASE", copy)
-    recipe, _ = _default()
-    assert prepare.shipped_base(recipe) == copy
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-64:-32] = bytes(32)  # part of one tensor zeroed: the file still loads
-    weights.write_bytes(bytes(data))
-    with caplog.at_level("WARNING"):
-        assert prepare.shipped_base(recipe) is None
-    assert "is damaged" in caplog.text
-
 
 # How far a base pretrained again may be from the shipped one in what it learned: its mean Prob on the public QA
 # rows it is pretrained on. Not its bytes: the same code and tokens give other weights on another CPU or torch /
@@ -66,7 +27,7 @@ def test_pretraining_again_learns_what_the_shipped_base_learned(tmp_path):
     from mpu_cli.models.io import load_model
     from mpu_cli.models.tiny import load_embedded_tokenizer
 
-    _, cfg = _default()
+    _, cfg = embedded_default()
     tokenizer, fmt = load_embedded_tokenizer(), chat_format(cfg.model)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -79,3 +40,4 @@ def test_pretraining_again_learns_what_the_shipped_base_learned(tmp_path):
             for p in (SHIPPED_BASE, tmp_path / "base")}
     assert prob[SHIPPED_BASE] > 0.9
     assert abs(prob[tmp_path / "base"] - prob[SHIPPED_BASE]) <= PUBLIC_PROB_TOLERANCE, prob
+

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from scipy.stats import ks_2samp
 
 from mpu_cli.config import register_configs
@@ -21,7 +21,7 @@ from mpu_cli.data.tofu import EMBEDDED, TOFU_CONFIGS, load_split
 
 pytestmark = pytest.mark.integration  # real processes / the prepared models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = str(REPO / "src" / "mpu_cli" / "conf")
 QUICK = ["eval.metrics=quick", "eval.max_new_tokens=16"]
 QUICK_KEYS = {"forget_Q_A_Prob", "forget_Q_A_ROUGE", "retain_Q_A_Prob", "retain_Q_A_ROUGE"}

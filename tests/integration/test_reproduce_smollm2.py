@@ -11,7 +11,7 @@ from test_eval_cli import needs_smollm2
 
 from mpu_cli.config import CONF_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_subset(out: Path) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import BREAK_KEYS, break_map_table
-from test_report import _write_run
 
+from helpers import BREAK_KEYS, break_map_table, write_run
 from mpu_cli.cli.report import main as report_main
 from mpu_cli.report.breakmap import write_break_map
 from mpu_cli.report.views import VIEWS
@@ -20,8 +19,8 @@ def _quick(fp, fr):
 
 def test_seeds_view_gives_means_intervals_and_the_paired_degradation(tmp_path):
     for seed, (clean, mpu) in enumerate([((0.10, 0.40), (0.12, 0.44)), ((0.20, 0.40), (0.22, 0.48))]):
-        _write_run(tmp_path, f"clean_s{seed}", _quick(*clean), arm="clean", seed=seed, algorithm__name="npo")
-        _write_run(tmp_path, f"mpu_s{seed}", _quick(*mpu), arm="mpu", kappa=0.1, seed=seed, algorithm__name="npo")
+        write_run(tmp_path, f"clean_s{seed}", _quick(*clean), arm="clean", seed=seed, algorithm__name="npo")
+        write_run(tmp_path, f"mpu_s{seed}", _quick(*mpu), arm="mpu", kappa=0.1, seed=seed, algorithm__name="npo")
     text = VIEWS["seeds"].render(tmp_path)
     rows = {tuple(r.split(" | ")[1:3]): r for r in text.splitlines() if r.startswith("| npo")}
     assert set(rows) == {("clean", "–"), ("mpu", "0.1")}

@@ -176,7 +176,7 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
             "try:\n    rundir.lock(Path(sys.argv[1]))\nexcept Exception as e:\n    print(e); sys.exit(3)\n")
     proc = subprocess.run(["python3" if not Path(".venv/bin/python").exists() else ".venv/bin/python", "-c", code,
                            str(out)], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 3 and "in use by another mpu-run process" in proc.stdout
 
 

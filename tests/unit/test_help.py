@@ -1,33 +1,25 @@
 """Every command's --help describes it and its main keys; every group of mpu-run's help works as group=option."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from helpers import RUN_ONLY_GROUPS, group_lines
 from mpu_cli.cli.aliases import rewrite
 from mpu_cli.cli.help import config_help, entries
 from mpu_cli.config import CONF_DIR, register_configs
 from mpu_cli.run.checks import validate
 
 CONF = Path(CONF_DIR)
-RUN_ONLY_GROUPS = ("algorithm", "experiment", "variant", "tofu_split", "accelerate")
 
 
 def _compose(overrides: list[str], config_name: str = "config"):
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return compose(config_name=config_name, overrides=overrides)
-
-
-def _group_lines(text: str) -> list[str]:
-    """The group names of a help text's "Groups" section."""
-    section = text.split("== Groups", 1)[1].split("== Keys", 1)[0]
-    return [ln.split()[0] for ln in section.splitlines()[1:] if ln.startswith("  ") and not ln.startswith("   ")]
 
 
 def test_every_setting_of_both_schemas_has_a_meaning_and_every_number_a_range():
@@ -46,7 +38,7 @@ def test_every_setting_of_both_schemas_has_a_meaning_and_every_number_a_range():
 
 def test_run_help_lists_every_group_and_main_key_and_each_key_exists():
     text = config_help("config", CONF_DIR)
-    assert set(_group_lines(text)) == {"model", "data", "algorithm", *RUN_ONLY_GROUPS}
+    assert set(group_lines(text)) == {"model", "data", "algorithm", *RUN_ONLY_GROUPS}
     for key in ("arm=mpu", "kappa=0.01", "m=2", "rounds=1", "seed=null", "client.lr", "client.epochs",
                 "server.alpha_schedule=linear", "eval.metrics=all", "prepare.cache_dir", "save_model=false"):
         assert f"  {key}" in text, key
@@ -63,7 +55,7 @@ def test_run_help_lists_every_group_and_main_key_and_each_key_exists():
 
 def test_eval_help_lists_only_its_own_groups():
     text = config_help("eval", CONF_DIR)
-    assert _group_lines(text) == ["model", "data"]
+    assert group_lines(text) == ["model", "data"]
     assert "model_path (required)" in text and "eval.batch_size=16" in text
     for group in RUN_ONLY_GROUPS:
         assert f"{group}=" not in text and f"  {group} " not in text
@@ -157,31 +149,3 @@ def test_client_help(argv, capsys):
         assert "--config" in text and "CLIENT.json" in text and "--copy" in text
 
 
-def _hydra_help(command: str, *args: str) -> str:
-    code = {"mpu-run": "from mpu_cli.cli.run import run_main as m; m()",
-            "mpu-eval": "from mpu_cli.cli.eval import main as m; m()"}[command]
-    proc = subprocess.run([sys.executable, "-c", code, *args, "--help"], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
-@pytest.mark.integration
-def test_mpu_run_help_is_ours():
-    text = _hydra_help("mpu-run")
-    assert text.startswith("mpu-run: one MPU unlearning experiment")
-    assert "powered by Hydra" not in text and "== Config ==" not in text
-    assert set(_group_lines(text)) == {"model", "data", "algorithm", *RUN_ONLY_GROUPS}
-    for key in ("kappa=0.01", "m=2", "arm=mpu", "client.lr", "$MPU_CACHE_DIR"):
-        assert key in text, key
-    assert "a sweep" in _hydra_help("mpu-run", "--config-name", "reproduce_tiny")  # presets keep the help
-
-
-@pytest.mark.integration
-def test_mpu_eval_help_lists_only_its_groups():
-    text = _hydra_help("mpu-eval")
-    assert text.startswith("mpu-eval: the TOFU evaluation of one saved model")
-    assert _group_lines(text) == ["model", "data"]
-    assert "model_path (required)" in text and "retain_logs_path=null" in text
-    for group in RUN_ONLY_GROUPS:
-        assert f"  {group} " not in text and f"{group}=" not in text

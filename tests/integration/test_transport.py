@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from mpu_cli.transport import exchange as ex
 from mpu_cli.transport.errors import TransportError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "mpu_cli"
 
 pytestmark = pytest.mark.integration  # real processes / the prepared models
