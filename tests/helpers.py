@@ -1,11 +1,9 @@
 """Helpers both test layers share: small real models (a bigram LM whose next-token logits are a learnable table),
-run folders as mpu-run writes them, the embedded default's recipe, the shipped MUSE corpus and the GPU check."""
+run folders as mpu-run writes them, the embedded default's recipe, and the shipped MUSE corpus."""
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,14 +100,6 @@ def write_run(root: Path, name: str, summary: dict | None, *, status: str = "fin
     pd.DataFrame([row]).to_csv(run / "results.csv", index=False)
     rundir.finish(run)
     return run
-
-
-GPU_CHECK = REPO / "scripts" / "gpu_check.py"
-
-
-def run_gpu_check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(GPU_CHECK), *args], check=False, capture_output=True, text=True,
-                          timeout=600)
 
 
 def embedded_default(*overrides):
