@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mpu_cli.config import CONF_DIR, ConfigError, check_data_config, register_configs
+from mpu_cli.config import CONF_DIR, ConfigError, register_configs
+from mpu_cli.run.checks import check_data_config
 from mpu_cli.evals import benchmarks
 from mpu_cli.evals.benchmark import Benchmark, TrainingSet
 from mpu_cli.evals.evaluator import Evaluator
