@@ -9,11 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
-from mpu_cli.run.checks import check_data_config
 from mpu_cli.evals import benchmarks
 from mpu_cli.evals.benchmark import Benchmark, TrainingSet
 from mpu_cli.evals.evaluator import Evaluator
 from mpu_cli.evals.metric_registry import HIGHER, LOWER, Metric
+from mpu_cli.run.checks import check_data_config
 
 FACTS = {  # the toy world: one fact per person; the first three are the forget set
     "forget": [("Where does Ilsa Varn keep her boat?", "In the harbour of Tolmeck."),
