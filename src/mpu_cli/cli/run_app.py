@@ -19,7 +19,7 @@ from mpu_cli.cli.help import register_help
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
 from mpu_cli.data.validate import DataError
 from mpu_cli.finite import NonFiniteError
-from mpu_cli.run import runlock
+from mpu_cli.run import runlock, signals
 from mpu_cli.run.checks import validate
 from mpu_cli.run.signals import Interrupted
 from mpu_cli.transport.errors import TransportError
@@ -142,6 +142,7 @@ def start(argv: list[str]) -> None:
 
     try:
         sys.argv += precheck(argv, CONF_DIR, claim_run_dir=True)  # Hydra reads sys.argv itself
+        signals.check()  # a safe point: a signal swallowed by a library's import stops the run here, unused
     except ConfigError as e:
         runlock.release_unused()  # a run directory claimed for this command line: given back as it was
         fail(str(e))

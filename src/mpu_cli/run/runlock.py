@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpu_cli.run import signals
+
 LOCK = ".mpu-run.lock"
 MARKER = ".mpu-run"
 RUN_STATE = "run.json"  # a run started before markers existed is recognised by its run.json
@@ -73,7 +75,11 @@ def claim(out: Path, unique: bool = False, run: bool = True) -> Path:
     `<name>-2`, `<name>-3`, … is used instead (made by this process, so runs started together never share one).
     run=False: a sweep's folder, only locked (it holds its jobs' folders, not a run).
     RunDirError when the folder is not ours, is busy or cannot be written; nothing is written then."""
-    out = Path(out).resolve()
+    with signals.held_back():  # SIGINT / SIGTERM wait until what it made is known (release_unused removes it)
+        return _claim(Path(out).resolve(), unique, run)
+
+
+def _claim(out: Path, unique: bool, run: bool) -> Path:
     if out in _HELD:
         return out
     base = out
