@@ -6,11 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from mpu_cli.config import CONF_DIR
-
-import pytest
 
 pytestmark = pytest.mark.integration  # real processes / the prepared models
 
@@ -21,6 +20,9 @@ FAST = ["algorithm=ga", "client.epochs=1", "eval.metrics=quick", "eval.max_new_t
 def _compose(overrides):
     from hydra import compose, initialize_config_dir
 
+    from mpu_cli.config import register_configs
+
+    register_configs()  # the schema the root config's defaults list names
     with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_launcher"):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
