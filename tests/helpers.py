@@ -91,7 +91,9 @@ def write_run(root: Path, name: str, summary: dict | None, *, status: str = "fin
     run.mkdir(parents=True)
     rundir.start(cfg, run, "fresh")
     if status == "failed":
-        rundir.mark_failed(run, "round 1/1 copy 1/2: the unlearning loss is nan (non-finite); the run is stopped")
+        # what mark_failed writes (it writes only into a folder whose lock this process holds)
+        error = "round 1/1 copy 1/2: the unlearning loss is nan (non-finite); the run is stopped"
+        (run / rundir.FAILED).write_text(error + "\n")
     if status != "finished":
         return run
     (run / summary_file).write_text(json.dumps(summary))
