@@ -10,6 +10,7 @@ config's resolvers and the reports read it without loading torch.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 # server.noised_alpha: the noised copy's α is 1 (σ itself), or the mean / largest α_k that MPU's m copies would
 # carry under the same schedule and m, so that one noisy copy can be compared like for like with MPU.
@@ -43,7 +44,7 @@ def _schedule(schedule, sep: str) -> str:
     return "" if schedule is None or schedule == PLAIN_SCHEDULE else f"{sep}{schedule}"
 
 
-class Arm:
+class Arm(ABC):
     """What one arm means. Subclasses set the flags and the name formats that differ."""
 
     name: str
@@ -76,17 +77,17 @@ class Arm:
     def check(self, m: int, noised_alpha: str) -> None:
         """The arm's own rules on its settings; raises ValueError with one line."""
 
+    @abstractmethod
     def tag(self, kappa, m, schedule, noised_alpha) -> str:
         """The arm in run-folder names (the `mpu_arm_tag` resolver)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def variant(self, kappa: float, m: int, schedule: str, noised_alpha: str) -> str:
         """The name of the conf/variant file holding these settings."""
-        raise NotImplementedError
 
+    @abstractmethod
     def report_name(self, m, schedule, noised_alpha) -> str:
         """The arm without κ in reports ("noised", "mpu m=4 pow2"); blank settings count as the defaults."""
-        raise NotImplementedError
 
     def report_label(self, kappa, m, schedule, noised_alpha) -> str:
         """The arm with its κ ("noised κ=0.1", "mpu κ=0.1 m=2", "noised κ=1 α=mean(m=2)")."""
