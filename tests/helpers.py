@@ -111,7 +111,7 @@ def embedded_default(*overrides):
     return prepare.embedded_base_recipe(cfg.data, cfg.prepare, chat_format(cfg.model)), cfg
 
 
-RUN_ONLY_GROUPS = ("algorithm", "experiment", "variant", "tofu_split", "accelerate")
+RUN_ONLY_GROUPS = ("algorithm", "experiment", "variant", "tofu_split", "accelerate", "launcher")
 
 
 def group_lines(text: str) -> list[str]:

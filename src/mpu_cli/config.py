@@ -23,7 +23,8 @@ from mpu_cli.options import ConfigError, check_ranges, did_you_mean, field_of, o
 from mpu_cli.unlearn.settings import ClientConfig
 
 __all__ = [  # ConfigError and did_you_mean are options.py's, re-exported for the command lines
-    "CONF_DIR", "SCHEMAS", "ConfigError", "Dtype", "EvalAppConfig", "MPUConfig", "MetricSet", "Transport",
+    "CONF_DIR", "SCHEMAS", "ConfigError", "Dtype", "EvalAppConfig", "JobCluster", "Launcher", "MPUConfig",
+    "MetricSet", "Transport",
     "check_schema", "choices_of", "did_you_mean", "register_configs",
 ]
 
@@ -35,6 +36,17 @@ class Transport(StrEnum):
     files = "files"  # separate mpu-server / mpu-client processes exchanging only files (RUN/exchange)
 
 
+class Launcher(StrEnum):
+    local = "local"  # the copies run on this machine: in process, forked workers or mpu-client processes
+    submitit = "submitit"  # each copy one mpu-client job submitted through submitit (runner.submitit.*)
+
+
+class JobCluster(StrEnum):
+    auto = "auto"  # SLURM where `sbatch` is found, else local
+    slurm = "slurm"
+    local = "local"  # submitit's local executor: real job processes on this machine, the same code path as SLURM
+
+
 class MetricSet(StrEnum):
     all = "all"
     quick = "quick"  # forget / retain Prob and ROUGE only
@@ -43,6 +55,8 @@ class MetricSet(StrEnum):
 # The config groups whose options are presets over the keys below (conf/<group>/*.yaml), with their meaning.
 PRESET_GROUPS = {
     "accelerate": "the client loop under accelerate (large models; client.accelerate_config)",
+    "launcher": "copies as cluster jobs: submitit_local | submitit_slurm (runner.launcher=submitit, "
+                "runner.submitit.*)",
     "experiment": "a schedule preset: paper (the paper's R x E for the algorithm, lr 1e-5)",
     "tofu_split": "a TOFU forget split with its gold retain model (model.retain)",
     "variant": "an arm with its kappa and m (clean, noised_k<κ>[_a<mean|max>], mpu_k<κ>[_m<m>][_<alpha schedule>]), "
@@ -110,10 +124,35 @@ class PrepareSettings:
 
 
 @dataclass
+class SubmititSettings:
+    """runner.launcher=submitit: the resources of each copy's job (run/jobs.py)."""
+
+    cluster: JobCluster = option(JobCluster.auto, "auto (slurm where sbatch is found, else local) | slurm | local "
+                                 "(real job processes on this machine)")
+    partition: str | None = option(None, "SLURM partition (null: the cluster's default)")
+    account: str | None = option(None, "SLURM account (null: the user's default)")
+    qos: str | None = option(None, "SLURM quality of service (null: the default)")
+    timeout_min: int = option(60, "each copy job's time limit, minutes", ge=1)
+    gpus_per_copy: int = option(0, "GPUs of each copy job; with client.accelerate_config the job runs `accelerate "
+                                "launch --num_processes` this many (0: the accelerate config's number)", ge=0)
+    cpus_per_copy: int | None = option(None, "CPU cores of each copy job, also its torch threads (null: the "
+                                       "cluster's default, torch's own thread count)", ge=1)
+    mem_gb: int | None = option(None, "memory of each copy job, GB (null: the cluster's default)", ge=1)
+    setup: list = option(help="shell lines each job runs before the client (e.g. `module load cuda`, `source "
+                         "venv/bin/activate`)", factory=list)
+    additional: dict = option(help="more sbatch options, {name: value} (e.g. {constraint: a100})", factory=dict)
+    poll_s: float = option(5.0, "seconds between the server's looks at its jobs", gt=0)
+
+
+@dataclass
 class RunnerSettings:
     parallel_copies: int = option(1, "N > 1: copies of a round in N concurrent processes, each pinned to a slot "
                                   "(CPU: forked workers, cores // N threads each; GPU: mpu-client, one GPU each); "
                                   "N > 1 always uses the files transport", ge=1)
+    launcher: Launcher = option(Launcher.local, "local (the copies run on this machine) | submitit (each copy of a "
+                                "round one mpu-client job on a cluster, resources in runner.submitit; the files "
+                                "transport; parallel_copies does not apply)")
+    submitit: SubmititSettings = option(factory=SubmititSettings)
 
 
 def _run_client() -> ClientConfig:

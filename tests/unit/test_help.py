@@ -45,8 +45,8 @@ def test_run_help_lists_every_group_and_main_key_and_each_key_exists():
     assert "mpu_k0.1_m3" in text and "forget05" in text and "deepspeed_zero3" in text
     cfg = _compose([])
     groups, keys = entries("config")
-    assert [g.name for g in groups] == ["model", "data", "algorithm", "accelerate", "experiment", "tofu_split",
-                                        "variant"]
+    assert [g.name for g in groups] == ["model", "data", "algorithm", "accelerate", "launcher", "experiment",
+                                        "tofu_split", "variant"]
     for k in keys:
         assert OmegaConf.select(cfg, k.name, default="<absent>") != "<absent>", k.name
         assert k.meaning, k.name

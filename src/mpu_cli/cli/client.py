@@ -17,7 +17,8 @@ Nothing else: no θ, no seed, α or σ of the server, no path to the server's st
 Output, per copy: `returned.safetensors` (the updated copy θ̃^(k), float32) and, written last,
 `returned_manifest.json`. Without --copy, every copy of the round that has no returned manifest yet is done;
 with --copy K the copy is (re)done even if it was returned before. Copies run one after another in this process
-(one copy in flight); `runner.parallel_copies` starts several such processes.
+(one copy in flight); `runner.parallel_copies` starts several such processes. Started by `accelerate launch`
+(client.accelerate_config), all its processes train each copy together and the first one returns it.
 
 This module never imports the server (mpu_cli.mpu): the client cannot reach seeds, α, σ or θ.
 """
@@ -81,6 +82,7 @@ def cmd_unlearn(args) -> None:
     from mpu_cli.data.formatting import ChatFormat, pad_id
     from mpu_cli.evals import benchmarks
     from mpu_cli.models.io import load_tokenizer, resolve_dtype
+    from mpu_cli.unlearn import accel
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
     from mpu_cli.unlearn.settings import ReferencePolicy, check_types
@@ -127,9 +129,10 @@ def cmd_unlearn(args) -> None:
         updated = unlearn_copy(model, published, algorithm, data, client_cfg, pad_id(tokenizer), None,
                                desc=f"round {r} copy {k + 1}/{n}")
         del published
-        ex.write_returned(exchange, manifest, updated)
+        if accel.is_main_process():  # under `accelerate launch`: the first process returns the copy, once
+            ex.write_returned(exchange, manifest, updated)
+            print(f"mpu-client: round {r} copy {k} returned ({time.perf_counter() - t0:.1f}s)", flush=True)
         del updated
-        print(f"mpu-client: round {r} copy {k} returned ({time.perf_counter() - t0:.1f}s)", flush=True)
 
 
 DESCRIPTION = """The MPU client party as its own process (the file transport; `mpu-run transport=files` drives it).

@@ -61,10 +61,11 @@ def _error_line(e: BaseException) -> tuple[str, int]:
 
 def _explained(e: BaseException) -> bool:
     """A fault its one line explains fully (no traceback is logged): a value that became non-finite, a damaged
-    server state."""
+    server state, a copy job that did not return its copy."""
+    from mpu_cli.run.copy_job import CopyJobError
     from mpu_cli.run.server_state import ServerStateError
 
-    return isinstance(e, (NonFiniteError, ServerStateError))
+    return isinstance(e, (NonFiniteError, ServerStateError, CopyJobError))
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")

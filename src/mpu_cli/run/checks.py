@@ -1,6 +1,6 @@
 """The checks a run's configuration passes before any work starts: the schema's own (unknown keys, finite
 numbers, declared ranges), then each rule that belongs to the owner of a concept (the algorithm registry, the
-devices, the transport, the model and data sources), asked here. Hydra has already checked every type and every
+devices, the transport, the cluster jobs, the model and data sources), asked here. Hydra has already checked every type and every
 Enum choice while composing.
 
 Every failure is a ConfigError with one line naming the bad value and the accepted ones.
@@ -57,6 +57,7 @@ def _validate(cfg) -> None:
     _check_server(cfg)
     check_data_config(cfg.data)
     _check_reference(cfg)
+    _check_jobs(cfg)
     _check_run_id(cfg.get("run_id"))
     model = "model folder or .gguf file"
     layout = benchmarks.of(cfg.data).source_layout
@@ -108,6 +109,17 @@ def _check_reference(cfg) -> None:
         raise ConfigError("client.reference='server_clean' hands the exact θ_0 to the client, which the files "
                           "transport (also used by runner.parallel_copies > 1 on a GPU or under accelerate) "
                           "never does; accepted there: 'client_copy' (or use transport=inprocess on the CPU)")
+
+def _check_jobs(cfg) -> None:
+    from mpu_cli.run.slots import as_cluster_jobs
+
+    if as_cluster_jobs(cfg):
+        from mpu_cli.run.jobs import check
+
+        try:
+            check(cfg.runner.submitit)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 def _check_accelerate(client) -> None:
     from mpu_cli.unlearn.accel import resolve_config

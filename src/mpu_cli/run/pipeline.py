@@ -39,7 +39,7 @@ from mpu_cli.run.inputs import check_cache_dir, check_data, check_model_families
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.server_state import ServerState
 from mpu_cli.run.settings import chat_format, client_config, client_dtype
-from mpu_cli.run.slots import forked_slots, uses_file_transport
+from mpu_cli.run.slots import as_cluster_jobs, forked_slots, uses_file_transport
 from mpu_cli.run.stage import set_stage
 from mpu_cli.unlearn.algorithms import build_algorithm
 from mpu_cli.unlearn.client import unlearn_copy
@@ -144,6 +144,11 @@ def public_skeleton(target_path: str, dtype: torch.dtype):
 
 def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
     """The rounds on the target; returns the final exact θ (fp32) and the server / client timings."""
+    if as_cluster_jobs(cfg):
+        from mpu_cli.run.jobs import JobRounds
+
+        log.info("runner.launcher=submitit: each copy is one mpu-client job (cluster=%s)", cfg.runner.submitit.cluster)
+        return drive(JobRounds(cfg, out, prepared), cfg.rounds)
     if uses_file_transport(cfg):
         from mpu_cli.run.processes import ProcessRounds
 

@@ -97,10 +97,14 @@ def _check(proc_name: str, rc: int, log_path: Path) -> None:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
         raise TransportError(f"{proc_name} was killed by {name} (log: {log_path}); rerun with resume=true to redo "
                              "only the copies not returned")
+    raise TransportError(f"{proc_name} exited with code {rc}: {log_error_line(log_path)} (log: {log_path})")
+
+
+def log_error_line(log_path: Path) -> str:
+    """What a failed process's log says last about an error (else its last line)."""
     lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()] if log_path.exists() else []
     errors = [ln for ln in lines if "error" in ln.lower()]
-    last = (errors or lines or ["(no output)"])[-1]
-    raise TransportError(f"{proc_name} exited with code {rc}: {last.strip()} (log: {log_path})")
+    return (errors or lines or ["(no output)"])[-1].strip()
 
 
 # Arguments of mpu-server whose value the logs must not show: where the private model lies (its tokenizer is

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from mpu_cli.config import Transport
+from mpu_cli.config import Launcher, Transport
 
 _TASK: Callable[[int], dict] | None = None  # set before the workers fork; they inherit it
 
@@ -33,7 +33,12 @@ def _run(k: int) -> dict:
 
 def forked_slots(cfg) -> int:
     """runner.parallel_copies for the in-process runner: forked CPU workers; 1 = sequential."""
-    return cfg.runner.parallel_copies if cfg.transport == Transport.inprocess and not _needs_client_processes(cfg) else 1
+    return 1 if uses_file_transport(cfg) else cfg.runner.parallel_copies
+
+
+def as_cluster_jobs(cfg) -> bool:
+    """runner.launcher=submitit: each copy one cluster job (run/jobs.py), over the files transport."""
+    return cfg.runner.launcher == Launcher.submitit
 
 
 def _needs_client_processes(cfg) -> bool:
@@ -48,8 +53,8 @@ def _needs_client_processes(cfg) -> bool:
 
 
 def uses_file_transport(cfg) -> bool:
-    """transport=files, or parallel copies that need separate client processes."""
-    return cfg.transport == Transport.files or _needs_client_processes(cfg)
+    """transport=files, copies as cluster jobs, or parallel copies that need separate client processes."""
+    return cfg.transport == Transport.files or as_cluster_jobs(cfg) or _needs_client_processes(cfg)
 
 
 def slot_threads(n_slots: int) -> int:

@@ -30,6 +30,7 @@ from mpu_cli.unlearn.settings import MIXED_PRECISION
 
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate_configs"  # in accelerate's own format
 
+SHARDED = ("FSDP", "DEEPSPEED")  # accelerate's distributed types that shard the model across processes
 _cached: dict = {}  # the process's Accelerator: accelerate's state is a per-process singleton
 
 
@@ -74,6 +75,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """True but in the second and later processes of an `accelerate launch` (which return no copy themselves)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def get_accelerator(config: str | None = None, mixed_precision: str | None = None, cpu: bool = False):
     """The process's Accelerator for these settings (created once; recreated if the settings change)."""
     from accelerate import Accelerator
@@ -85,6 +91,8 @@ def get_accelerator(config: str | None = None, mixed_precision: str | None = Non
         raise ValueError(f"client.mixed_precision={mp!r} is not one of {list(MIXED_PRECISION)}")
     if mp != "no" and not cpu and not torch.cuda.is_available():
         cpu = True  # bf16 autocast works on CPU; fp16 does not, accelerate says so itself
+    if launched() and not torch.cuda.is_available():
+        cpu = True  # several processes without a GPU: accelerate's MULTI_CPU over gloo (else each runs alone)
     key = (config, mp, cpu)
     if _cached.get("key") == key:
         return _cached["accelerator"]
@@ -92,6 +100,12 @@ def get_accelerator(config: str | None = None, mixed_precision: str | None = Non
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
     acc = Accelerator(mixed_precision=mp, cpu=cpu)
+    asked = file_cfg.get("distributed_type")
+    if launched() and asked in SHARDED and acc.distributed_type.value != asked:
+        # accelerate shards only on accelerator devices; on CPUs it would silently replicate the model instead
+        raise ValueError(f"client.accelerate_config={config} asks for {asked}, but accelerate set these "
+                         f"{acc.num_processes} processes up as {acc.distributed_type.value} (no GPU: accelerate runs "
+                         f"{asked} on GPUs only); accepted here: a data-parallel config such as ddp")
     if config and not launched() and int(file_cfg.get("num_processes") or 1) > 1:
         import logging
 
