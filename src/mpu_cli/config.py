@@ -140,7 +140,8 @@ class SubmititSettings:
     mem_gb: int | None = option(None, "memory of each copy job, GB (null: the cluster's default)", ge=1)
     setup: list = option(help="shell lines each job runs before the client (e.g. `module load cuda`, `source "
                          "venv/bin/activate`)", factory=list)
-    additional: dict = option(help="more sbatch options, {name: value} (e.g. {constraint: a100})", factory=dict)
+    additional: dict = option(help="more sbatch options, {name: value} (e.g. "
+                              "+runner.submitit.additional.constraint=a100)", factory=dict)
     poll_s: float = option(5.0, "seconds between the server's looks at its jobs", gt=0)
 
 

@@ -8,7 +8,9 @@ or a path to an accelerate config file) or `client.mixed_precision` is set; with
   the config (num_processes, FSDP, DeepSpeed) need the processes that `accelerate launch` starts, so they are
   only reported here.
 - Started by `accelerate launch --config_file <config> ...` (see `launch_command`): the Accelerator takes the
-  distributed setting from the launcher's environment. Each micro-batch is split across the processes (a
+  distributed setting from the launcher's environment; without a GPU the processes run on the CPU over gloo
+  (accelerate's MULTI_CPU: data parallel; an FSDP / DeepSpeed config, which accelerate applies on GPUs only, is
+  refused rather than silently replicated). Each micro-batch is split across the processes (a
   process with no item of it runs a zero-weighted forward so every rank joins the collectives), gradients
   are synchronised once per optimizer step, and `accelerator.get_state_dict` gathers the full state before
   the copy is returned (on the main process; others get {}).
