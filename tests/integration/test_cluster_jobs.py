@@ -110,3 +110,25 @@ def test_a_cancelled_copy_job_fails_the_run_and_resume_resubmits_only_that_copy(
     assert [(e["round"], e["copy"]) for e in _records(out)] == [(1, 0), (1, 1), (1, 1)]  # only copy 1 again
     _same_result(out, job_run)
     _same_result(out, reference)
+
+
+def test_a_failed_client_is_reported_with_its_own_error_line(tmp_path):
+    """A copy job whose client exits with an error: the run's line names the job, its state, the client's error
+    and the log."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from mpu_cli.config import SubmititSettings
+    from mpu_cli.run.copy_job import ClientJob
+    from mpu_cli.run.jobs import JobRounds, executor
+
+    settings = OmegaConf.structured(SubmititSettings(cluster="local"))
+    failing = [sys.executable, "-c", "import sys; print('mpu-client: error: --copy 7 is not a copy of round 1', "
+               "file=sys.stderr); sys.exit(2)"]
+    job = executor(settings, tmp_path / "jobs").submit(ClientJob(failing))
+    _wait_for(job.done, timeout=120)
+    line = JobRounds._failure(1, 7, job)
+    assert line == (f"round 1 copy 7: job {job.job_id} ended ({job.state}) without returning its copy: "
+                    f"mpu-client: error: --copy 7 is not a copy of round 1 (log: {job.paths.stdout})")
+    assert "\n" not in line
