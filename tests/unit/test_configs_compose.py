@@ -11,7 +11,7 @@ from mpu_cli.config import CONF_DIR
 
 CONF = Path(CONF_DIR)
 # Groups chosen as `group=option` on mpu-run's command line (conf/<group>/<option>.yaml).
-GROUPS = ("model", "data", "algorithm", "accelerate", "experiment", "tofu_split", "variant")
+GROUPS = ("model", "data", "algorithm", "accelerate", "launcher", "experiment", "tofu_split", "variant")
 
 
 def _options(group: str) -> list[str]:
@@ -29,6 +29,8 @@ def test_every_group_option_composes(hydra_conf, group, option):
     assert cfg.model.name and cfg.algorithm.name and cfg.data.split
     if group == "variant":  # a variant sets the arm and its noise level
         assert cfg.arm and cfg.kappa >= 0
+    if group == "launcher":  # a launcher preset makes each copy a cluster job
+        assert cfg.runner.launcher == "submitit" and cfg.runner.submitit.cluster == option.removeprefix("submitit_")
 
 
 def test_eval_config_composes_with_every_model_and_data(hydra_conf):
