@@ -3,7 +3,8 @@ submitted, watched and reported by the same code as on SLURM.
 
 An uninterrupted run of copy jobs equals the in-process runner bit for bit (which the file transport equals too:
 test_transport.py). A run whose copy job is cancelled (what `job.cancel()` / scancel does) fails with that job's
-id and log; its resume resubmits only that copy and ends exactly where the uninterrupted run did.
+id and log; its resume resubmits only that copy and ends exactly where the uninterrupted run did. The reference
+run is in process (the cheapest uninterrupted run with the same seed).
 """
 import json
 import os
@@ -83,8 +84,7 @@ def _wait_for(find, timeout: float = 300):
     raise AssertionError("timed out")
 
 
-def test_a_cancelled_copy_job_fails_the_run_and_resume_resubmits_only_that_copy(tmp_path, mpu_run_cmd, job_run,
-                                                                                   reference):
+def test_a_cancelled_copy_job_fails_the_run_and_resume_resubmits_only_that_copy(tmp_path, mpu_run_cmd, reference):
     out = tmp_path / "run"
     with open(tmp_path / "stderr", "w") as err, open(tmp_path / "stdout", "w") as so:
         proc = subprocess.Popen(_args(mpu_run_cmd, out, *JOBS), stdout=so, stderr=err, env=ENV)
@@ -108,8 +108,7 @@ def test_a_cancelled_copy_job_fails_the_run_and_resume_resubmits_only_that_copy(
 
     _run(mpu_run_cmd, out, *JOBS, "resume=true")
     assert [(e["round"], e["copy"]) for e in _records(out)] == [(1, 0), (1, 1), (1, 1)]  # only copy 1 again
-    _same_result(out, job_run)
-    _same_result(out, reference)
+    _same_result(out, reference)  # = the uninterrupted run (in process; the uninterrupted jobs' run equals it too)
 
 
 def test_a_failed_client_is_reported_with_its_own_error_line(tmp_path):
