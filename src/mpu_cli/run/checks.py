@@ -107,8 +107,9 @@ def _check_reference(cfg) -> None:
 
     if cfg.client.reference == ReferencePolicy.server_clean and uses_file_transport(cfg):
         raise ConfigError("client.reference='server_clean' hands the exact θ_0 to the client, which the files "
-                          "transport (also used by runner.parallel_copies > 1 on a GPU or under accelerate) "
-                          "never does; accepted there: 'client_copy' (or use transport=inprocess on the CPU)")
+                          "transport (also used by runner.launcher=submitit and by runner.parallel_copies > 1 on a "
+                          "GPU or under accelerate) never does; accepted there: 'client_copy' (or use "
+                          "transport=inprocess on the CPU)")
 
 def _check_jobs(cfg) -> None:
     from mpu_cli.run.slots import as_cluster_jobs
