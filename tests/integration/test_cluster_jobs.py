@@ -38,8 +38,10 @@ def _run(cmd, out: Path, *extra) -> Path:
 
 
 def _records(out: Path) -> list[dict]:
+    """RUN/logs/jobs.jsonl (read while mpu-run appends to it: only whole lines)."""
     path = out / "logs" / "jobs.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(ln) for ln in text.splitlines(keepends=True) if ln.endswith("\n")]
 
 
 def _same_result(run: Path, reference: Path) -> None:
