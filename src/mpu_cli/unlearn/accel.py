@@ -78,7 +78,7 @@ def launched() -> bool:
 
 
 def is_main_process() -> bool:
-    """True but in the second and later processes of an `accelerate launch` (which return no copy themselves)."""
+    """False only in the second and later processes of an `accelerate launch` (they return no copy themselves)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
