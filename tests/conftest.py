@@ -83,6 +83,20 @@ def hydra_conf():
         yield
 
 
+@pytest.fixture(scope="session")
+def group_configs():
+    """mpu-run's configuration composed with each option of each config group alone, {(group, option): cfg}:
+    composed once for every test that reads them (a composition takes a Hydra pass)."""
+    from hydra import compose, initialize_config_dir
+
+    from helpers import CONFIG_GROUPS, group_options
+    from mpu_cli.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_compose"):
+        return {(g, o): compose("config", overrides=[f"{g}={o}"]) for g in CONFIG_GROUPS for o in group_options(g)}
+
+
 @pytest.fixture(scope="module")
 def data():
     """The embedded TOFU-like data set, every config of it."""

@@ -19,6 +19,12 @@ from mpu_cli.run import rundir
 from mpu_cli.run.settings import chat_format
 
 REPO = Path(__file__).resolve().parents[1]
+# The config groups chosen as `group=option` on mpu-run's command line (conf/<group>/<option>.yaml).
+CONFIG_GROUPS = ("model", "data", "algorithm", "accelerate", "launcher", "experiment", "tofu_split", "variant")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
 class BigramLM(nn.Module):

@@ -9,6 +9,7 @@ lines compose configurations with this schema before torch is loaded.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, is_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -276,9 +277,15 @@ def check_schema(cfg, schema: type | None = None) -> None:
     """What the schema alone decides: no unknown key, every number finite and inside its declared range.
     (Types and the Enums' choices were checked by Hydra while composing.)"""
     schema = schema or MPUConfig
-    check_known_keys(cfg, OmegaConf.structured(schema))
+    check_known_keys(cfg, _structured(schema))
     check_finite(cfg)
     check_ranges(cfg, schema)
+
+
+@functools.cache
+def _structured(schema: type) -> DictConfig:
+    """The schema as a config node, built once (a sweep's precheck validates every job against it); read only."""
+    return OmegaConf.structured(schema)
 
 
 def check_finite(cfg) -> None:
@@ -306,7 +313,7 @@ def _resolved(cfg, key):
 def check_known_keys(cfg, schema=None, prefix: str = "") -> None:
     """Keys added with `+key=value` (or by a preset) that the structured schema does not know."""
     if schema is None:
-        schema = OmegaConf.structured(MPUConfig)
+        schema = _structured(MPUConfig)
     for key in cfg:
         if not prefix and key == "hydra":
             continue

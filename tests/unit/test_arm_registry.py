@@ -7,23 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from mpu_cli.config import CONF_DIR, ConfigError, arm_tag, register_configs
+from mpu_cli.config import CONF_DIR, ConfigError, arm_tag
 from mpu_cli.mpu.arms import ARMS, BASELINE, NOISY, arm_label, arm_name, arm_of, name_order
 
 VARIANTS = sorted(p.stem for p in (Path(CONF_DIR) / "variant").glob("*.yaml"))
 
 
-def test_every_variant_file_is_named_after_the_arm_it_composes_and_covers_every_arm():
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
+def test_every_variant_file_is_named_after_the_arm_it_composes_and_covers_every_arm(group_configs):
     arms = set()
-    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_variants"):
-        for name in VARIANTS:
-            cfg = compose("config", overrides=[f"variant={name}"])
-            s = cfg.server
-            assert arm_of(cfg.arm).variant(cfg.kappa, cfg.m, s.alpha_schedule, s.noised_alpha) == name
-            arms.add(cfg.arm)
+    for name in VARIANTS:
+        cfg = group_configs["variant", name]
+        s = cfg.server
+        assert arm_of(cfg.arm).variant(cfg.kappa, cfg.m, s.alpha_schedule, s.noised_alpha) == name
+        arms.add(cfg.arm)
     assert arms == set(ARMS)
 
 

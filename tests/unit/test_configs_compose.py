@@ -7,15 +7,11 @@ from pathlib import Path
 import pytest
 from hydra import compose
 
+from helpers import CONFIG_GROUPS as GROUPS
+from helpers import group_options as _options
 from mpu_cli.config import CONF_DIR
 
 CONF = Path(CONF_DIR)
-# Groups chosen as `group=option` on mpu-run's command line (conf/<group>/<option>.yaml).
-GROUPS = ("model", "data", "algorithm", "accelerate", "launcher", "experiment", "tofu_split", "variant")
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def test_every_group_has_options():
@@ -24,8 +20,8 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_group_option_composes(hydra_conf, group, option):
-    cfg = compose("config", overrides=[f"{group}={option}"])
+def test_every_group_option_composes(group_configs, group, option):
+    cfg = group_configs[group, option]
     assert cfg.model.name and cfg.algorithm.name and cfg.data.split
     if group == "variant":  # a variant sets the arm and its noise level
         assert cfg.arm and cfg.kappa >= 0
@@ -34,9 +30,11 @@ def test_every_group_option_composes(hydra_conf, group, option):
 
 
 def test_eval_config_composes_with_every_model_and_data(hydra_conf):
-    for model in _options("model"):
-        for data in _options("data"):
-            cfg = compose("eval", overrides=[f"model={model}", f"data={data}", "model_path=target"])
-            assert cfg.model_path == "target"
+    # every model and every data option, in as few compositions as the longer list (not all their pairs)
+    models, datas = _options("model"), _options("data")
+    for i in range(max(len(models), len(datas))):
+        model, data = models[i % len(models)], datas[i % len(datas)]
+        cfg = compose("eval", overrides=[f"model={model}", f"data={data}", "model_path=target"])
+        assert cfg.model_path == "target"
 
 
