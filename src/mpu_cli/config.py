@@ -18,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, DictConfig, OmegaConf
 
 from mpu_cli.models.dtypes import Dtype
-from mpu_cli.mpu.arms import ALPHA_ONE, PLAIN_SCHEDULE, arm_of  # light: the arm names and rules, no torch
+from mpu_cli.mpu.arms import ALPHA_ONE, PLAIN_SCHEDULE, ArmName, arm_of  # light: the arm names and rules, no torch
 from mpu_cli.mpu.settings import ServerConfig, ServerOptions
 from mpu_cli.options import ConfigError, check_ranges, did_you_mean, field_of, option
 from mpu_cli.unlearn.settings import ClientConfig
@@ -177,7 +177,7 @@ class MPUConfig:
     algorithm: AlgorithmConfig = option(help="the client's unlearning algorithm (hyperparameters: "
                                         "algorithm.params.*, open-unlearning's names)", factory=AlgorithmConfig)
     # the server's settings among mpu-run's own keys: defaults, meanings, ranges are mpu/settings.ServerConfig's
-    arm: str = field_of(ServerConfig, "arm")
+    arm: ArmName = field_of(ServerConfig, "arm")
     kappa: float = field_of(ServerConfig, "kappa")
     m: int = field_of(ServerConfig, "m")
     rounds: int = option(1, "R: Pre-Process -> client -> Post-Process repetitions", ge=1)
@@ -262,15 +262,10 @@ def _run_name(run_id, default) -> str:
 
 def choices_of(schema: type, key: str) -> list[str] | None:
     """The accepted values of a dotted key whose field is an Enum (None for any other key)."""
-    from enum import Enum
+    from mpu_cli.options import enum_of, leaf_fields
 
-    from mpu_cli.options import leaf_fields
-
-    for name, _, hint in leaf_fields(schema):
-        for t in (hint, *getattr(hint, "__args__", ())) if name == key else ():
-            if isinstance(t, type) and issubclass(t, Enum):
-                return [str(e.value) for e in t]
-    return None
+    choices = next((enum_of(hint) for name, _, hint in leaf_fields(schema) if name == key), None)
+    return None if choices is None else [str(e.value) for e in choices]
 
 
 def check_schema(cfg, schema: type | None = None) -> None:

@@ -1,5 +1,8 @@
 """How a setting is declared: its default, its meaning (what `--help` prints) and, for a number, its accepted
-range, all next to its dataclass field; `check_ranges` is the one place every declared range is enforced.
+range, all next to its dataclass field; a choice is an Enum type. The rules every setting's declaration implies
+are enforced here, once: `check_ranges` (declared ranges), and `check_settings` for a settings object read
+without the config schema (SERVER.json, CLIENT.json, a command line's options): its types, its Enums' choices and
+its ranges.
 
 Standard library only: every settings type (the config schema, the client's, the server's) can use it.
 """
@@ -7,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import math
+import types
 import typing
 from dataclasses import dataclass
 
@@ -93,6 +98,51 @@ def leaf_fields(cls, prefix: str = ""):
             yield from leaf_fields(sub, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f, hint
+
+
+def enum_of(hint) -> type[enum.Enum] | None:
+    """The Enum a field's type names (Optional included), else None."""
+    for t in (hint, *typing.get_args(hint)):
+        if isinstance(t, type) and issubclass(t, enum.Enum):
+            return t
+    return None
+
+
+# A plain field type and what a value of it is called in a refusal.
+_KINDS = {float: ((int, float), "a number"), int: ((int,), "an integer"), bool: ((bool,), "true or false"),
+          str: ((str,), "a string")}
+
+
+def check_settings(obj, cls, prefix: str = "") -> None:
+    """A settings object built without the config schema (from JSON, or a command line's options), checked as the
+    schema checks mpu-run's: every value of its field's type (a choice given by name becomes the Enum member),
+    every number finite and inside its declared range. ConfigError with one line naming the key (`prefix` + the
+    field's name), the value and what is accepted."""
+    for f, hint in settings_fields(cls):
+        value, name = getattr(obj, f.name), f"{prefix}{f.name}"
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+            else (hint,)
+        if value is None and type(None) in args:
+            continue
+        choices = enum_of(hint)
+        if choices is not None:
+            if not isinstance(value, choices):
+                try:
+                    setattr(obj, f.name, choices(value))
+                except ValueError:
+                    raise not_one_of(name, value, [c.value for c in choices]) from None
+            continue
+        kind = next((a for a in args if a in _KINDS), None)
+        if kind is None:
+            continue
+        accepted, words = _KINDS[kind]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
+            raise ConfigError(f"{name}={value!r} is not {words}; accepted: {words}")
+        if kind is float and not math.isfinite(value):
+            bounds = accepted_range(f)
+            raise ConfigError(f"{name}={value!r} is not a finite number; accepted: a finite number"
+                              f"{' ' + str(bounds) if bounds else ''}")
+    check_ranges(obj, cls, prefix)
 
 
 def check_ranges(cfg, schema: type, prefix: str = "") -> None:

@@ -15,9 +15,17 @@ def _exchange_with_a_round(root):
     return root / "exchange"
 
 
-@pytest.mark.parametrize("field, value", [("lr", "abc"), ("epochs", 1.5), ("max_grad_norm", True),
-                                          ("gradient_checkpointing", "yes")])
-def test_mpu_client_with_a_mistyped_setting(tmp_path, capsys, field, value):
+MISTYPED = [("lr", "abc"), ("epochs", 1.5), ("max_grad_norm", True), ("gradient_checkpointing", "yes")]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    *((f, v, f"client.{f}={v!r} is not") for f, v in MISTYPED),
+    ("lr", -1.0, "client.lr=-1.0 must be > 0"), ("epochs", 0, "client.epochs=0 must be >= 1"),
+    ("max_grad_norm", float("inf"), "client.max_grad_norm=inf is not a finite number; accepted: a finite number > 0"),
+    ("reference", "nope", "client.reference='nope' is not one of ['client_copy', 'server_clean']"),
+])
+def test_mpu_client_checks_a_setting_as_mpu_run_does(tmp_path, capsys, field, value, expected):
+    """CLIENT.json is read without the config schema: its declared types, choices and ranges still hold."""
     from omegaconf import OmegaConf
 
     from mpu_cli.cli import client
@@ -31,7 +39,7 @@ def test_mpu_client_with_a_mistyped_setting(tmp_path, capsys, field, value):
         client.main(["unlearn", "--exchange", str(_exchange_with_a_round(tmp_path)), "--config",
                      str(tmp_path / "client.json")])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.count("\n") == 0 and f"client.{field}={value!r} is not" in err, err
+    assert e.value.code == 2 and err.count("\n") == 0 and expected in err, err
 
 
 def test_mpu_audit_out_naming_an_existing_file(tmp_path, capsys):

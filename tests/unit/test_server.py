@@ -115,7 +115,7 @@ def test_noised_alpha_random_takes_the_rounds_secret_alphas(theta):
 
 
 def test_noised_alpha_is_refused_when_bad(theta):
-    with pytest.raises(ValueError, match="noised_alpha='median' is not valid; accepted: one, mean, max"):
+    with pytest.raises(ValueError, match=r"^noised_alpha='median' is not one of \['one', 'mean', 'max'\]"):
         ServerConfig(arm="noised", noised_alpha="median")
     with pytest.raises(ValueError, match="m=1 .*noised_alpha=mean"):
         ServerConfig(arm="noised", m=1, noised_alpha="mean")
@@ -146,7 +146,7 @@ def test_the_server_settings_travel_to_mpu_server_init_in_server_json(tmp_path, 
         parser().parse_args(["init", "--state", "s", "--exchange", "x", "--target", "T", "--seed", "1"])
     capsys.readouterr()
     for argv, message in (
-            (["--arm", "noised", "--noised-alpha", "median"], "noised_alpha='median' is not valid; accepted: one, mean, max"),
+            (["--arm", "noised", "--noised-alpha", "median"], "noised_alpha='median' is not one of ['one', 'mean', 'max']"),
             (["--config", str(tmp_path / "none.json")], "none.json: not a readable SERVER.json"),
     ):
         with pytest.raises(SystemExit) as exit_:
@@ -358,8 +358,26 @@ def test_base_reference_and_raw_fallback(theta):
     assert server_for(theta).public_info()["noise_reference"] == "raw"  # no base: falls back to raw
 
 
+@pytest.mark.parametrize("settings, expected", [
+    ({"kappa": float("inf")}, "kappa=inf is not a finite number; accepted: a finite number >= 0"),
+    ({"kappa": -0.1}, "kappa=-0.1 must be >= 0"),
+    ({"eta": float("nan")}, "eta=nan is not a finite number; accepted: a finite number > 0"),
+    ({"eta": 0.0}, "eta=0.0 must be > 0"),
+    ({"m": 0, "arm": "noised"}, "m=0 must be >= 1"),
+    ({"seed": "7"}, "seed='7' is not an integer; accepted: an integer"),
+    ({"alpha_schedule": "pow3"},
+     "alpha_schedule='pow3' is not one of ['linear', 'pow2', 'random']; did you mean 'pow2'?"),
+])
+def test_server_settings_read_from_json_keep_the_schemas_rules(settings, expected):
+    """SERVER.json and mpu-server's options never pass the config schema: the same declared types, choices and
+    ranges are enforced on the ServerConfig itself (options.check_settings), with mpu-run's one-line message."""
+    with pytest.raises(ValueError) as e:
+        ServerConfig(**settings)
+    assert str(e.value) == expected
+
+
 def test_bad_config_and_call_order_fail_clearly(theta):
-    with pytest.raises(ValueError, match="arm='foo'.*clean, noised, mpu"):
+    with pytest.raises(ValueError, match=r"arm='foo' is not one of \['clean', 'noised', 'mpu'\]"):
         ServerConfig(arm="foo")
     with pytest.raises(ValueError, match="m=1"):
         ServerConfig(arm="mpu", m=1)

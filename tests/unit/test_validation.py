@@ -12,7 +12,7 @@ from mpu_cli.config import CONF_DIR, ConfigError
 MORE = [
     (["algorithm.name=nope"], ["algorithm='nope'", "npo"]),
     (["experiment=nope"], ["experiment='nope'", "paper"]),
-    (["arm=nope"], ["arm='nope'", "clean", "noised", "mpu"]),
+    (["arm=nope"], ["arm='nope' is not one of ['clean', 'noised', 'mpu']"]),
     (["kappa=abc"], ["kappa=abc", "Float"]),
     (["m=1.5"], ["m=1.5", "Integer"]),
     (["data.split=forget99"], ["data.split='forget99'", "forget01"]),
@@ -42,6 +42,9 @@ MORE = [
     (["client.reference=nope"], ["client.reference='nope' is not one of ['client_copy', 'server_clean']"]),
     (["model.dtype=bf16"], ["model.dtype='bf16' is not one of ['float32', 'bfloat16', 'float16']", "'bfloat16'"]),
     (["client.mixed_precision=bf"], ["client.mixed_precision='bf' is not one of ['no', 'bf16', 'fp16']"]),
+    (["server.alpha_schedule=pow3"], ["server.alpha_schedule='pow3' is not one of ['linear', 'pow2', 'random']"]),
+    (["server.noise_reference=zero"], ["server.noise_reference='zero' is not one of ['base', 'raw']"]),
+    (["server.publish_dtype=half"], ["server.publish_dtype='half' is not one of ['model', 'float32']"]),
 ]
 if not __import__("torch").cuda.is_available():  # here and in CI: asking for CUDA is bad input
     MORE.append((["device=cuda"], ["device='cuda'", "no CUDA device", "device=cpu"]))

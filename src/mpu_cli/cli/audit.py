@@ -94,15 +94,15 @@ def compose_config(overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from mpu_cli.cli.precheck import check_overrides
     from mpu_cli.config import CONF_DIR, ConfigError, register_configs
-    from mpu_cli.run.checks import validate
 
     register_configs()
 
     try:
+        check_overrides(overrides, CONF_DIR)  # composed and validated as mpu-run's are: one line naming the value
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
             cfg = compose(config_name="config", overrides=overrides)
-        validate(cfg)
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         raise AuditError(str(e).splitlines()[0]) from None
     return cfg

@@ -85,7 +85,8 @@ def cmd_unlearn(args) -> None:
     from mpu_cli.unlearn import accel
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
-    from mpu_cli.unlearn.settings import ReferencePolicy, check_types
+    from mpu_cli.options import check_settings
+    from mpu_cli.unlearn.settings import ReferencePolicy
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,7 +107,7 @@ def cmd_unlearn(args) -> None:
         dtype = resolve_dtype(cfg["dtype"])
         algorithm = build_algorithm(cfg["algorithm"]["name"], cfg["algorithm"].get("params") or {})
         client_cfg = ClientConfig(**cfg["client"])
-        check_types(client_cfg)
+        check_settings(client_cfg, ClientConfig, "client.")  # types, choices and ranges, as mpu-run's schema checks
     except (TypeError, ValueError) as e:
         raise ClientError(f"--config: {e}") from None
     if client_cfg.reference != ReferencePolicy.client_copy:

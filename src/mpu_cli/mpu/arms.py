@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from enum import StrEnum
 
-# server.noised_alpha: the noised copy's α is 1 (σ itself), or the mean / largest α_k that MPU's m copies would
-# carry under the same schedule and m, so that one noisy copy can be compared like for like with MPU.
-ALPHA_ONE = "one"
-NOISED_ALPHAS = (ALPHA_ONE, "mean", "max")
+
+class NoisedAlpha(StrEnum):
+    """server.noised_alpha: the noised copy's α is 1 (σ itself), or the mean / largest α_k that MPU's m copies
+    would carry under the same schedule and m, so that one noisy copy can be compared like for like with MPU."""
+
+    one = "one"
+    mean = "mean"
+    max = "max"
+
+
+ALPHA_ONE = NoisedAlpha.one
+NOISED_ALPHAS = tuple(NoisedAlpha)
 # Names leave out what is the usual choice: the linear α schedule (the reference code's) and, in variant
 # names, the paper's m = 2.
 PLAIN_SCHEDULE = "linear"
@@ -26,9 +35,9 @@ def one_copy_alpha(kind: str, alphas: list[float]) -> float:
     """The noised copy's α from the α_k of MPU's copies: one → 1, mean, max."""
     if kind == ALPHA_ONE:
         return 1.0
-    if kind == "mean":
+    if kind == NoisedAlpha.mean:
         return sum(alphas) / len(alphas)
-    if kind == "max":
+    if kind == NoisedAlpha.max:
         return max(alphas)
     raise ValueError(f"noised_alpha={kind!r} is not one of {', '.join(NOISED_ALPHAS)}")
 
@@ -197,6 +206,8 @@ class MPU(Arm):
 
 
 ARMS: dict[str, Arm] = {arm.name: arm for arm in (Clean(), Noised(), MPU())}  # in report order
+# The arm as a config choice (`arm=`): Hydra refuses any other name while composing.
+ArmName = StrEnum("ArmName", {name: name for name in ARMS}, module=__name__)
 BASELINE = next(name for name, arm in ARMS.items() if not arm.noisy)  # what every noisy arm is compared with
 NOISY = tuple(name for name, arm in ARMS.items() if arm.noisy)
 

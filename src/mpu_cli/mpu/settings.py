@@ -7,20 +7,36 @@ No heavy imports (the command-line checks compose configurations with this schem
 from __future__ import annotations
 
 import json
-import math
 import typing
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 
 from mpu_cli.files import atomic_write_json
-from mpu_cli.options import option
+from mpu_cli.options import check_settings, enum_of, option
 
-from .arms import ARMS, NOISED_ALPHAS, arm_of
+from .arms import ArmName, NoisedAlpha, arm_of
 
-NOISE_REFERENCES = ("base", "raw")
-# model: each tensor in the model's own dtype (bf16 rounds away noise below its spacing) | float32: every copy in fp32
-PUBLISH_DTYPES = ("model", "float32")
-ALPHA_SCHEDULES = ("linear", "pow2", "random")
+
+class NoiseReference(StrEnum):
+    base = "base"  # σ from θ − θ_base
+    raw = "raw"  # σ from θ itself (also used without a base)
+
+
+class PublishDtype(StrEnum):
+    model = "model"  # each tensor in the model's own dtype (bf16 rounds away noise below its spacing)
+    float32 = "float32"  # every copy in fp32
+
+
+class AlphaSchedule(StrEnum):
+    linear = "linear"  # α_k = 1 + (k−1)/(m−1), the reference code's
+    pow2 = "pow2"  # α_k = 2^(k−1)
+    random = "random"  # α_1 = 1, the others 1 + U(0, 1): secret
+
+
+NOISE_REFERENCES = tuple(NoiseReference)
+PUBLISH_DTYPES = tuple(PublishDtype)
+ALPHA_SCHEDULES = tuple(AlphaSchedule)
 
 
 def _opt(default, meaning: str, secret: bool = False, **bounds):
@@ -34,22 +50,26 @@ def _opt(default, meaning: str, secret: bool = False, **bounds):
 class ServerOptions:
     """mpu-run's `server.*` keys (field order = the order of results.csv's columns)."""
 
-    alpha_schedule: str = _opt("linear", f"the copies' scale factors α_k: {' | '.join(ALPHA_SCHEDULES)} "
-                               "(linear: 1+(k−1)/(m−1); random: secret)")
+    alpha_schedule: AlphaSchedule = _opt(AlphaSchedule.linear, "the copies' scale factors α_k: "
+                                         f"{' | '.join(AlphaSchedule)} (linear: 1+(k−1)/(m−1); random: secret)")
     eta: float = _opt(1.0, "the server's step η: θ_r = θ_{r−1} + η·(aggregate − θ_{r−1})", gt=0)
-    publish_dtype: str = _opt("model", "the copies' dtype: model (model.dtype; bf16 rounds away noise below its "
-                              "spacing) | float32 (whatever model.dtype; the client then trains in fp32)")
+    publish_dtype: PublishDtype = _opt(PublishDtype.model, "the copies' dtype: model (model.dtype; bf16 rounds away "
+                                       "noise below its spacing) | float32 (whatever model.dtype; the client then "
+                                       "trains in fp32)")
     perturb_unprotected: bool = _opt(False, "also perturb embeddings, LM head, final norm (else published exactly)")
-    noise_reference: str = _opt("base", "σ from θ − θ_base (base) or from θ itself (raw; also used without a base)")
-    noised_alpha: str = _opt("one", "arm=noised: the copy's noise α·σ, α = one (1) | mean | max of the α_k that "
-                             "m MPU copies would carry under alpha_schedule (like-for-like with MPU)")
+    noise_reference: NoiseReference = _opt(NoiseReference.base, "σ from θ − θ_base (base) or from θ itself (raw; "
+                                           "also used without a base)")
+    noised_alpha: NoisedAlpha = _opt(NoisedAlpha.one, "arm=noised: the copy's noise α·σ, α = one (1) | mean | max of "
+                                     "the α_k that m MPU copies would carry under alpha_schedule (like-for-like with "
+                                     "MPU)")
 
 
 @dataclass
 class ServerConfig(ServerOptions):
     """Everything the server is told: the `server.*` options plus the run's arm, κ, m and seed."""
 
-    arm: str = _opt("mpu", f"{' | '.join(ARMS)}: θ itself; one noisy copy; m reparameterized noisy copies")
+    arm: ArmName = _opt(ArmName.mpu, f"{' | '.join(ArmName)}: θ itself; one noisy copy; m reparameterized noisy "
+                        "copies")
     kappa: float = _opt(0.01, "noise level κ: σ_l = κ·RMS(θ_l − θ_base,l) per transformer block", ge=0)
     m: int = _opt(2, "number of perturbed copies (arm=mpu needs m ≥ 2)", ge=1)
     seed: int | None = _opt(None, "null: secrets from a CSPRNG; an int makes the run reproducible (recorded)",
@@ -59,26 +79,10 @@ class ServerConfig(ServerOptions):
         self.validate()
 
     def validate(self) -> None:
-        def bad(field_name, value, accepted):
-            raise ValueError(f"{field_name}={value!r} is not valid; accepted: {accepted}")
-
-        if self.arm not in ARMS:
-            bad("arm", self.arm, ", ".join(ARMS))
-        if self.noise_reference not in NOISE_REFERENCES:
-            bad("noise_reference", self.noise_reference, ", ".join(NOISE_REFERENCES))
-        if self.publish_dtype not in PUBLISH_DTYPES:
-            bad("publish_dtype", self.publish_dtype, ", ".join(PUBLISH_DTYPES))
-        if self.alpha_schedule not in ALPHA_SCHEDULES:
-            bad("alpha_schedule", self.alpha_schedule, ", ".join(ALPHA_SCHEDULES))
-        if not (math.isfinite(self.kappa) and self.kappa >= 0):
-            bad("kappa", self.kappa, "a finite number >= 0")
-        if not math.isfinite(self.eta):
-            bad("eta", self.eta, "a finite number")
-        if self.noised_alpha not in NOISED_ALPHAS:
-            bad("noised_alpha", self.noised_alpha, ", ".join(NOISED_ALPHAS))
+        """Each setting as its field declares it (type, choice, range: options.check_settings), then the arm's own
+        rules on m (mpu/arms.py). Raises a ValueError (ConfigError) with one line."""
+        check_settings(self, type(self))
         arm_of(self.arm).check(self.m, self.noised_alpha)
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            bad("seed", self.seed, "an integer or null")
 
     @classmethod
     def from_config(cls, cfg) -> ServerConfig:
@@ -108,12 +112,13 @@ class ServerConfig(ServerOptions):
 
 
 def option_types() -> dict[str, type]:
-    """The plain type of each setting (int for `int | None`), for a command line's parser."""
+    """The plain type of each setting (int for `int | None`; str for a choice, which `ServerConfig` turns into its
+    Enum or refuses in one line), for a command line's parser."""
     hints = typing.get_type_hints(ServerConfig)
     out = {}
     for name, hint in hints.items():
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if args else hint
+        out[name] = str if enum_of(hint) else args[0] if args else hint
     return out
 
 

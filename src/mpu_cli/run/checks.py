@@ -25,36 +25,17 @@ def validate(cfg) -> None:
 
 def _validate(cfg) -> None:
     from mpu_cli.evals import benchmarks
-    from mpu_cli.mpu.arms import ARMS, NOISED_ALPHAS, arm_of
-    from mpu_cli.mpu.settings import ALPHA_SCHEDULES, NOISE_REFERENCES, PUBLISH_DTYPES
     from mpu_cli.unlearn.algorithms import ALGORITHMS
 
     check_schema(cfg, MPUConfig)
-    if cfg.arm not in ARMS:
-        raise ConfigError(f"arm={cfg.arm!r} is not one of {list(ARMS)}{did_you_mean(cfg.arm, ARMS)}")
     if cfg.algorithm.name not in ALGORITHMS:
         raise ConfigError(f"algorithm={cfg.algorithm.name!r} is not one of {sorted(ALGORITHMS)}"
                           f"{did_you_mean(cfg.algorithm.name, ALGORITHMS)}")
     check_algorithm_params(cfg.algorithm.name, cfg.algorithm.params)
-    try:
-        arm_of(cfg.arm).check(cfg.m, cfg.server.noised_alpha)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    _check_server(cfg)
     _check_accelerate(cfg.client)
     _check_device("device", cfg.device)
     _check_device("client.device", cfg.client.device)
-    if cfg.server.alpha_schedule not in ALPHA_SCHEDULES:
-        raise ConfigError(f"server.alpha_schedule={cfg.server.alpha_schedule!r} is not one of {list(ALPHA_SCHEDULES)}")
-    if cfg.server.noised_alpha not in NOISED_ALPHAS:
-        raise ConfigError(f"server.noised_alpha={cfg.server.noised_alpha!r} is not one of {list(NOISED_ALPHAS)}"
-                          f"{did_you_mean(cfg.server.noised_alpha, NOISED_ALPHAS)}")
-    if cfg.server.noise_reference not in NOISE_REFERENCES:
-        raise ConfigError(f"server.noise_reference={cfg.server.noise_reference!r} is not one of "
-                          f"{list(NOISE_REFERENCES)}")
-    if cfg.server.publish_dtype not in PUBLISH_DTYPES:
-        raise ConfigError(f"server.publish_dtype={cfg.server.publish_dtype!r} is not one of {list(PUBLISH_DTYPES)}"
-                          f"{did_you_mean(cfg.server.publish_dtype, PUBLISH_DTYPES)}")
-    _check_server(cfg)
     check_data_config(cfg.data)
     _check_reference(cfg)
     _check_jobs(cfg)

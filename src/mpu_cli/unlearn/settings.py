@@ -4,7 +4,7 @@ No heavy imports: the command-line checks compose configurations with this schem
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 
 from mpu_cli.options import option
@@ -48,17 +48,3 @@ class ClientConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     device: str = option("auto", "the client loop's device: auto (cuda when available) | cpu | cuda | cuda:N "
                          "(default: `device`)")
-
-
-_TYPES = {"float": ((int, float), "a number"), "int": ((int,), "an integer"), "bool": ((bool,), "true or false")}
-
-
-def check_types(cfg: ClientConfig) -> None:
-    """ValueError naming the first field whose value is not of its declared kind (CLIENT.json is read without
-    the config schema that checks `client.*` in mpu-run)."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.type in _TYPES:
-            types, words = _TYPES[f.type]
-            if not isinstance(value, types) or (isinstance(value, bool) and f.type != "bool"):
-                raise ValueError(f"client.{f.name}={value!r} is not {words}; accepted: {words}")
