@@ -172,3 +172,13 @@ def test_one_round_loop():
     """The rounds are driven in one place: nothing else calls the server's publish and aggregate in a loop."""
     callers = [_module(p) for p in (SRC / "mpu_cli").rglob("*.py") if _calls_server_aggregate(ast.parse(p.read_text()))]
     assert sorted(callers) == ["mpu_cli.run.rounds", "mpu_cli.transport.server"], callers
+
+
+def test_a_benchmarks_client_data_is_asked_of_its_benchmark_object():
+    """The client data encoders of each benchmark (unlearn/client.py) are imported by the benchmark modules only:
+    the run, the client process and the audit ask `benchmarks.of(data).client_data`."""
+    encoders = {"encode_client_data", "encode_text_client_data"}
+    importers = sorted(_module(p) for p in (SRC / "mpu_cli").rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+                       if isinstance(node, ast.ImportFrom) and node.module == "mpu_cli.unlearn.client"
+                       and encoders & {a.name for a in node.names})
+    assert importers == ["mpu_cli.evals.muse_benchmark", "mpu_cli.evals.tofu_benchmark"], importers

@@ -117,16 +117,17 @@ def _server_side_round(cfg, prepared, target, server: MPUServer, copies: list[di
     """One real round: the client unlearns every copy; the server aggregates, then mounts B1."""
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.data.tofu import load_split, split_names
+    from mpu_cli.evals import benchmarks
     from mpu_cli.models.io import load_state_into, load_tokenizer
     from mpu_cli.unlearn.algorithms import build_algorithm
-    from mpu_cli.unlearn.client import encode_client_data, unlearn_copy
+    from mpu_cli.unlearn.client import unlearn_copy
 
     tokenizer = load_tokenizer(prepared.tokenizer)
     fmt, pad = chat_format(cfg.model), pad_id(tokenizer)
     algorithm = build_algorithm(cfg.algorithm.name, OmegaConf.to_container(cfg.algorithm.params, resolve=True))
 
     # client: its own data, the published copies (the model object's weights are overwritten by each copy)
-    client_data = encode_client_data(tokenizer, fmt, cfg.data.source, cfg.data.split, algorithm)
+    client_data = benchmarks.of(cfg.data).client_data(tokenizer, fmt, cfg.data, algorithm)
 
     def unlearn_fn(r: int, k: int, published: dict) -> dict:
         return unlearn_copy(target, published, algorithm, client_data, client_config(cfg, r), pad,
