@@ -11,7 +11,6 @@ A table whose command fails leaves its old text in place; the others are still w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -22,10 +21,11 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
-from mpu_cli.devices import cpu_model
 from mpu_cli.report.views import VIEWS
+from mpu_cli.report.views import demo as demo_view
 from mpu_cli.report.views.breakmap import break_markdown
-from mpu_cli.report.views.fmt import duration, markdown
+from mpu_cli.report.views.fmt import duration, machine, markdown
+from mpu_cli.report.views.muse import muse_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -119,13 +119,6 @@ def _stamp() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def machine(threads: int | str | None = None) -> str:
-    """Where a table was measured: the CPU model, its core count and the torch threads of the runs (numbers from
-    another CPU differ: README's section on where its numbers come from says by how much)."""
-    threads = _env()["OMP_NUM_THREADS"] if threads is None else threads
-    return f"{cpu_model()} ({os.cpu_count()} cores, OMP_NUM_THREADS={threads})"
-
-
 # ---- the privacy audit: the views `mpu-report DIR --view audit / audit_all_params` -------------------------------
 
 AUDIT_ARGS = ["sweep=true", "seed=0"]
@@ -170,7 +163,6 @@ def break_map_table() -> str:
 
 # ---- make demo's run on this machine, at two thread counts --------------------------------------------------------
 
-DEMO_ARGS = ["algorithm=npo", "kappa=0.01", "m=2", "seed=0"]  # `make demo`'s run, seeded
 DEMO_THREADS = (1, 2)
 DEMO_DIR: Path | None = None  # --demo-dir: format finished runs (threads1/, threads2/) instead of running them
 
@@ -183,42 +175,15 @@ def demo_table() -> str:
         root = OUT / f"demo_{_stamp()}"
         mpu_run = str(Path(sys.executable).parent / "mpu-run")
         for t in DEMO_THREADS:  # one empty cache: the models are prepared once, by the first (one-thread) run
-            out = root / f"threads{t}"
-            _run([mpu_run, *DEMO_ARGS, f"prepare.cache_dir={root / 'cache'}", f"hydra.run.dir={out}"],
+            out = root / demo_view.FOLDER.format(t)
+            _run([mpu_run, *demo_view.DEMO_ARGS, f"prepare.cache_dir={root / 'cache'}", f"hydra.run.dir={out}"],
                  out.with_suffix(".log"), env={**_env(), "OMP_NUM_THREADS": str(t)})
-    return demo_markdown(root)
-
-
-def demo_markdown(root: Path) -> str:
-    """Per thread count: the target's and the unlearned model's forget Prob and model utility, the retain
-    model's privleak, and the target's content hash (equal hashes: bit-identical prepared targets)."""
-    import pandas as pd
-
-    rows = []
-    for t in DEMO_THREADS:
-        out = root / f"threads{t}"
-        if not (out / "COMPLETE").is_file():
-            raise RuntimeError(f"{out}: no finished run")
-        summary = {k: json.loads((out / sub / "TOFU_SUMMARY.json").read_text())
-                   for k, sub in (("target", "target"), ("unlearned", "."), ("retain", "retain"))}
-        target_hash = str(pd.read_csv(out / "results.csv").iloc[0]["target_hash"])
-        rows.append([str(t), f"{summary['target']['forget_Q_A_Prob']:.3f} → {summary['unlearned']['forget_Q_A_Prob']:.3f}",
-                     f"{summary['target']['model_utility']:.3f} → {summary['unlearned']['model_utility']:.3f}",
-                     f"{summary['retain']['privleak']:.1f}", f"`{target_hash[:12]}`"])
-    where = machine(" and ".join(map(str, DEMO_THREADS)))
-    return (f"`mpu-run {' '.join(DEMO_ARGS)}` (`make demo`'s run) on {where}, the target and retain model "
-            "prepared once (one thread, an empty cache):\n\n"
-            + markdown(["OMP_NUM_THREADS", "forget_Q_A_Prob target → unlearned", "model_utility target → unlearned",
-                        "retain model privleak", "target hash"], rows))
+    return VIEWS["demo"].render(root)
 
 
 # ---- MUSE on the embedded corpus: make reproduce-muse-tiny ---------------------------------------------------------
 
 MUSE_DIR: Path | None = None  # --muse-dir: format a finished `make reproduce-muse-tiny` sweep instead of running one
-MUSE_ALGORITHMS = ("graddiff", "npo")  # README's rows; the sweep's summary.md has all seven
-MUSE_METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "extraction_strength",
-                "privleak")
-MUSE_ARMS = (("clean", "clean"), ("noised", "noised κ 0.1"), ("mpu_0.01", "mpu κ 0.01"), ("mpu_0.1", "mpu κ 0.1"))
 
 
 @table("muse", cost="~16 min of one core (make reproduce-muse-tiny, 28 runs; --muse-dir formats a finished one)")
@@ -229,38 +194,6 @@ def muse_table() -> str:
         seconds = _run([str(Path(sys.executable).parent / "mpu-run"), "-m", "--config-name", "reproduce_muse_tiny",
                         f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
     return muse_markdown(root, seconds)
-
-
-def muse_markdown(root: Path, seconds: float | None = None) -> str:
-    """The target, the retrained model and README's algorithms in each arm: the five MUSE headline metrics."""
-    import pandas as pd
-
-    runs = [d for d in sorted(Path(root).iterdir()) if (d / "COMPLETE").is_file() and (d / "results.csv").is_file()]
-    if not runs:
-        raise RuntimeError(f"{root}: no finished runs (a `make reproduce-muse-tiny` sweep folder)")
-    table = pd.concat([pd.read_csv(d / "results.csv").assign(folder=str(d)) for d in runs], ignore_index=True)
-
-    def cells(values: dict) -> list[str]:
-        # extraction_strength to 3 significant digits: on the embedded corpus it sits near its 1/n floor (~0.01)
-        return [f"{values[m]:.1f}".replace("-", "−") if m == "privleak"
-                else f"{values[m]:.3g}" if m == "extraction_strength" else f"{values[m]:.3f}" for m in MUSE_METRICS]
-
-    first = Path(table.folder.iloc[0])
-    rows = [["(target)", "", *cells(json.loads((first / "target" / "MUSE_SUMMARY.json").read_text()))],
-            ["(retrained)", "", *cells(json.loads((first / "retain" / "MUSE_SUMMARY.json").read_text()))]]
-    for algorithm in MUSE_ALGORITHMS:
-        for key, label in MUSE_ARMS:
-            arm, _, kappa = key.partition("_")
-            hit = table[(table.algorithm == algorithm) & (table.arm == arm)]
-            if kappa:
-                hit = hit[hit.kappa.astype(float) == float(kappa)]
-            if len(hit):
-                rows.append([algorithm, label, *cells(hit.iloc[0])])
-    algorithms = sorted(set(table.algorithm))
-    took = f"{len(table)} runs of {', '.join(algorithms)}" + (f" in {duration(seconds)}" if seconds else "")
-    return (f"`make reproduce-muse-tiny` on {machine()}, {took} (seed 0, the model's presets: 5 epochs at lr 3e-4; "
-            "the sweep's summary.md has every metric):\n\n"
-            + markdown(["algorithm", "arm", *MUSE_METRICS], rows))
 
 
 # ---- the test suite ----------------------------------------------------------------------------------------------

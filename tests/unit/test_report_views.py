@@ -98,3 +98,52 @@ def test_mpu_report_prints_a_view_and_refuses_a_folder_it_does_not_read(tmp_path
         report_main([str(tmp_path), "--view", "nosuch"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "summary.md").exists()  # a view writes nothing
+
+
+def test_demo_view_gives_one_row_per_thread_count(tmp_path):
+    """`make demo`'s run at 1 and 2 threads (threads<N>/): forget Prob and utility target → unlearned, the retain
+    model's privleak and the target's hash, each read from the run's own summaries."""
+    target = {"forget_Q_A_Prob": 0.9421, "model_utility": 0.3291, "privleak": 1.0}
+    for t in (2, 1):
+        run = write_run(tmp_path, f"threads{t}", {"forget_Q_A_Prob": 0.4761, "model_utility": 0.3122 + t / 1000},
+                        target="6ce68eb94be7abcdef")
+        for sub, privleak in (("target", 1.0), ("retain", 73.24)):
+            (run / sub).mkdir()
+            (run / sub / "TOFU_SUMMARY.json").write_text(json.dumps(target | {"privleak": privleak}))
+    text = VIEWS["demo"].render(tmp_path)
+    assert text.startswith("`mpu-run algorithm=npo kappa=0.01 m=2 seed=0` (`make demo`'s run) on ")
+    assert "OMP_NUM_THREADS=1 and 2)" in text.splitlines()[0]
+    assert text.splitlines()[2:] == [
+        "| OMP_NUM_THREADS | forget_Q_A_Prob target → unlearned | model_utility target → unlearned | retain model "
+        "privleak | target hash |", "|---|---|---|---|---|",
+        "| 1 | 0.942 → 0.476 | 0.329 → 0.313 | 73.2 | `6ce68eb94be7` |",
+        "| 2 | 0.942 → 0.476 | 0.329 → 0.314 | 73.2 | `6ce68eb94be7` |"]
+    with pytest.raises(ValueError, match="holds no threads<N>/ run"):
+        VIEWS["demo"].render(tmp_path / "threads1")
+
+
+def test_muse_view_gives_the_target_the_retrained_model_and_each_arm(tmp_path):
+    """A MUSE sweep: the target's and retrained model's summaries, then GradDiff and NPO per arm (κ told apart
+    for MPU) from results.csv; other algorithms only in the caption."""
+    import pandas as pd
+
+    metrics = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "extraction_strength",
+               "privleak")
+    for i, (algorithm, arm, kappa) in enumerate([("npo", "mpu", 0.1), ("npo", "mpu", 0.01), ("npo", "clean", 0.1),
+                                                 ("ga", "noised", 0.1), ("graddiff", "noised", 0.1)]):
+        values = dict(zip(metrics, (0.5 + i / 10, 0.4, 0.3, 0.01234, -12.34 - i), strict=True))
+        run = write_run(tmp_path, f"run{i}", values, summary_file="MUSE_SUMMARY.json", arm=arm, kappa=kappa,
+                        algorithm__name=algorithm, data__benchmark="muse", data__split="forget")
+        pd.read_csv(run / "results.csv").assign(**values).to_csv(run / "results.csv", index=False)
+        for sub, scale in (("target", 2), ("retain", 3)):
+            (run / sub).mkdir()
+            (run / sub / "MUSE_SUMMARY.json").write_text(json.dumps({m: 0.25 * scale for m in metrics}))
+    lines = VIEWS["muse"].render(tmp_path).splitlines()
+    assert lines[0].startswith("`make reproduce-muse-tiny` on ") and "5 runs of ga, graddiff, npo (seed 0" in lines[0]
+    assert lines[2:] == [
+        "| algorithm | arm | " + " | ".join(metrics) + " |", "|---|---|---|---|---|---|---|",
+        "| (target) |  | 0.500 | 0.500 | 0.500 | 0.5 | 0.5 |", "| (retrained) |  | 0.750 | 0.750 | 0.750 | 0.75 | 0.8 |",
+        "| graddiff | noised κ 0.1 | 0.900 | 0.400 | 0.300 | 0.0123 | −16.3 |",
+        "| npo | clean | 0.700 | 0.400 | 0.300 | 0.0123 | −14.3 |",
+        "| npo | mpu κ 0.01 | 0.600 | 0.400 | 0.300 | 0.0123 | −13.3 |",
+        "| npo | mpu κ 0.1 | 0.500 | 0.400 | 0.300 | 0.0123 | −12.3 |"]

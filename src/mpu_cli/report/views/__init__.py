@@ -32,4 +32,8 @@ VIEWS: dict[str, View] = {
     "audit_all_params": View("an `mpu-audit sweep=true` folder: the attacks on all parameters, with and without "
                              "perturbing the unprotected ones", "audit", "audit_all_params_markdown"),
     "bench": View("a `python scripts/bench.py --out DIR` folder: its bench.csv", "bench", "bench_markdown"),
+    "demo": View("a folder of `make demo`'s run at several thread counts (threads<N>/): forget Prob, utility, "
+                 "privleak and the target's hash per count", "demo", "demo_markdown"),
+    "muse": View("a `make reproduce-muse-tiny` folder: the MUSE metrics of the target, the retrained model and "
+                 "GradDiff / NPO per arm", "muse", "muse_markdown"),
 }
