@@ -1,8 +1,9 @@
 """The config schema: every setting's type, default, meaning and accepted range, registered in Hydra's ConfigStore.
 
-Each default lives here once (conf/config.yaml and conf/eval.yaml hold only their defaults lists and Hydra's
+Each default lives once: here, or in the settings type a node of the schema is (`server`: mpu/settings.py,
+`client`: unlearn/settings.py; conf/config.yaml and conf/eval.yaml hold only their defaults lists and Hydra's
 settings); a choice is an Enum, so Hydra refuses an unknown value while composing; a number's accepted range is
-declared with its field (`option(..., ge=...)`) and enforced by `check_schema`; `--help` and the README's
+declared with its field (`option(..., ge=...)`) and enforced by `check_schema` (options.check_ranges); `--help` and the README's
 option table are generated from the fields' meanings (cli/help.py). Checks that ask the owner of a concept
 (the algorithm registry, the devices, the model files) are run/checks.py's. Light imports only: the command
 lines compose configurations with this schema before torch is loaded.

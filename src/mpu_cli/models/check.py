@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mpu_cli.models.family import Family, UnsupportedModel, family_of
+from mpu_cli.models.family import TIED_HEAD, Family, UnsupportedModel, family_of
 from mpu_cli.options import ConfigError
 
 
@@ -106,7 +106,7 @@ def check_models(prepared, model_cfg) -> None:
                 raise ConfigError(f"{key}={shown!r}: tensor {name!r} has shape {list(shapes[name])} but "
                                   f"{ref_key}={ref_value!r} has {list(shape)}; accepted: a model of the same size "
                                   "as the base")
-        missing = sorted(set(ref_shapes) - set(shapes) - {"lm_head.weight"})
+        missing = sorted(set(ref_shapes) - set(shapes) - {TIED_HEAD})
         if missing:
             raise ConfigError(f"{key}={shown!r} lacks {len(missing)} tensors of {ref_key}={ref_value!r}, e.g. "
                               f"{missing[0]!r}; accepted: a model of the base's architecture")

@@ -23,6 +23,8 @@ ROTATE, PERMUTE, KEEP = "rotate", "permute", "keep"
 ROWS, COLUMNS = 0, 1  # the axis T acts on: rows = the output side (LoRA's B), columns = the input side (LoRA's A)
 QUERY, KV = "query", "kv"  # rotated heads: every query head (S_j of its group) or one per KV head
 
+# The output head: absent from a checkpoint whose head is tied to the input embedding (it is rebuilt from it).
+TIED_HEAD = "lm_head.weight"
 # "<prefix>layers.{l}." — HF Llama / Qwen2 / Mistral naming, any prefix (e.g. a wrapper's "base_model.model.")
 _BLOCK_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.")
 
