@@ -59,10 +59,10 @@ def _compose(*overrides, name="config"):
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
-def test_an_algorithm_named_alone_gets_the_models_preset(name):
+def test_an_algorithm_named_alone_gets_the_models_preset(group_configs, name):
     """`mpu-run algorithm=<name>` on the default model runs the model's tuned schedule for it (the one the slow
     tests show forgetting for every algorithm), unless the user sets client.lr / client.epochs."""
-    alone = _compose(f"algorithm={name}")
+    alone = group_configs["algorithm", name]
     model = alone.model
     want = (model.algorithm_lr.get(name, model.client_lr), model.algorithm_epochs.get(name, model.client_epochs), 1)
     assert (alone.client.lr, alone.client.epochs, alone.rounds) == want
