@@ -241,7 +241,8 @@ def _pypi_gguf(dist_name: str) -> str:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
-        cs.store(name=name, node=schema)
+        if f"{name}.yaml" not in cs.repo:  # stored once per process: each check of a command line registers
+            cs.store(name=name, node=schema)
     OmegaConf.register_new_resolver("pypi_gguf", _pypi_gguf, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("mpu_run_name", _run_name, replace=True)
     OmegaConf.register_new_resolver("mpu_arm_tag", arm_tag, replace=True)
