@@ -9,17 +9,16 @@ from pathlib import Path
 import pandas as pd
 
 from mpu_cli.evals import benchmarks
+from mpu_cli.mpu.arms import ARMS
 from mpu_cli.report.views.fmt import duration, machine, markdown
 
 ALGORITHMS = ("graddiff", "npo")  # the table's rows; the sweep's summary.md has every algorithm
 METRICS = ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "extraction_strength", "privleak")
-ARMS = (("clean", None, "clean"), ("noised", None, "noised κ 0.1"), ("mpu", 0.01, "mpu κ 0.01"),
-        ("mpu", 0.1, "mpu κ 0.1"))  # (arm, κ when the sweep has several, label)
 
 
 def muse_markdown(folder: Path, seconds: float | None = None) -> str:
-    """One row for the target, one for the retrained model, one per algorithm and arm. seconds: how long the
-    sweep took, for the caption."""
+    """One row for the target, one for the retrained model, one per algorithm of ALGORITHMS, arm and κ (the first
+    seed's run). seconds: how long the sweep took, for the caption."""
     runs = [d for d in sorted(Path(folder).iterdir()) if (d / "COMPLETE").is_file() and (d / "results.csv").is_file()] \
         if Path(folder).is_dir() else []
     if not runs:
@@ -36,12 +35,12 @@ def muse_markdown(folder: Path, seconds: float | None = None) -> str:
     rows = [["(target)", "", *cells(json.loads((first / "target" / summary_file).read_text()))],
             ["(retrained)", "", *cells(json.loads((first / "retain" / summary_file).read_text()))]]
     for algorithm in ALGORITHMS:
-        for arm, kappa, label in ARMS:
-            hit = table[(table.algorithm == algorithm) & (table.arm == arm)]
-            if kappa is not None:
-                hit = hit[hit.kappa.astype(float) == kappa]
-            if len(hit):
-                rows.append([algorithm, label, *cells(hit.iloc[0])])
+        runs = table[table.algorithm == algorithm]
+        for name, arm in ARMS.items():  # in report order, each noisy arm once per κ (its effective κ)
+            of_arm = runs[runs.arm == name]
+            for kappa in sorted(of_arm.kappa.astype(float).unique()):
+                label = f"{name} κ {kappa:g}" if arm.noisy else name
+                rows.append([algorithm, label, *cells(of_arm[of_arm.kappa.astype(float) == kappa].iloc[0])])
     algorithms = sorted(set(table.algorithm))
     took = f"{len(table)} runs of {', '.join(algorithms)}" + (f" in {duration(seconds)}" if seconds else "")
     return (f"`make reproduce-muse-tiny` on {machine()}, {took} (seed 0, the model's presets: 5 epochs at lr 3e-4; "
