@@ -246,7 +246,8 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("pypi_gguf", _pypi_gguf, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("mpu_run_name", _run_name, replace=True)
     OmegaConf.register_new_resolver("mpu_arm_tag", arm_tag, replace=True)
-    OmegaConf.register_new_resolver("mpu_seed_tag", lambda seed: "unseeded" if seed is None else f"s{seed}",
+    # a run folder's name is readable by anyone: it tells whether the run is seeded, never the seed
+    OmegaConf.register_new_resolver("mpu_seed_tag", lambda seed: "unseeded" if seed is None else "seeded",
                                     replace=True)
 
 

@@ -12,9 +12,12 @@ and its exec, where it still looks like mpu-run).
 ``MPU_KILL_SIGNAL=INT|TERM`` sends that signal instead (as Ctrl-C or a scheduler's pre-emption notice would):
 the run then stops with one line and the resume hint.
 
-``MPU_FAULT_INJECT=<op>:<ERRNO>[,...]``: the write operation ``op`` raises ``OSError(ERRNO)`` before writing, as a
-full disk would (e.g. ``save_tensors:ENOSPC``). Ops: ``atomic_write`` (JSON / text files), ``save_tensors``
-(safetensors checkpoints of a run), ``save_model`` (model folders), ``*`` (every one).
+``MPU_FAULT_INJECT=<op>[@<output>]:<ERRNO>[,...]``: the write operation ``op`` raises ``OSError(ERRNO)`` before
+writing, as a full disk would (e.g. ``save_tensors:ENOSPC``). Ops: ``atomic_write`` (JSON / text files),
+``save_tensors`` (safetensors checkpoints of a run), ``save_model`` (model folders), ``*`` (every one).
+``@<output>`` limits it to the writes of one output, named by its file name or its last path parts
+(``atomic_write@results.csv:ENOSPC``, ``atomic_write@target/TOFU_EVAL.json:ENOSPC``), so that each writing stage
+of a run can be failed on its own.
 """
 from __future__ import annotations
 
@@ -55,15 +58,24 @@ def scoped_kill_point(suffix: str) -> None:
 
 
 def inject(op: str, path=None) -> None:
-    """Raise the OSError configured for `op` in MPU_FAULT_INJECT, if any."""
+    """Raise the OSError configured for `op` (and, where the item names one, this path) in MPU_FAULT_INJECT."""
     spec = os.environ.get(INJECT_ENV)
     if not spec:
         return
     for item in spec.split(","):
         target, _, code = item.strip().partition(":")
-        if target in (op, "*"):
+        target, _, where = target.partition("@")
+        if target in (op, "*") and (not where or _names(path, where)):
             num = getattr(errno, code.strip() or "ENOSPC", None)
             if not isinstance(num, int):
                 num = errno.ENOSPC
             raise OSError(num, f"{os.strerror(num)} (injected by {INJECT_ENV}={spec})",
                           None if path is None else str(path))
+
+
+def _names(path, where: str) -> bool:
+    """`path` is the output `where` names: its file name, or its last parts (``target/TOFU_EVAL.json``)."""
+    if path is None:
+        return False
+    text = str(path).replace(os.sep, "/")
+    return text == where or text.endswith("/" + where.strip("/"))

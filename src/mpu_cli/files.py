@@ -12,6 +12,8 @@ from pathlib import Path
 PRIVATE_MARKER = ".private"  # in a folder made by make_private: its files are readable by their owner only
 
 
+# The disk is full (or the user's quota, or the largest file it takes): a fault of the machine, not of the input.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # The place the user named cannot take a file (bad input, exit 2); any other OSError is a fault (exit 1).
 _BAD_PLACE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)
 

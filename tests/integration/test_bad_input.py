@@ -99,6 +99,18 @@ def _other_shape(path: Path) -> Path:
     return path
 
 
+def _truncated(path: Path) -> Path:
+    """A whole model whose model.safetensors lost its second half (a copy cut short)."""
+    from transformers import LlamaForCausalLM
+
+    from mpu_cli.models.tiny import load_embedded_tokenizer, tiny_llama_config
+
+    LlamaForCausalLM(tiny_llama_config(load_embedded_tokenizer())).save_pretrained(path)
+    weights = path / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    return path
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory, mpu_run_cmd):
     """case -> (returncode, stdout, stderr, run dir, expected text); all processes run concurrently."""
@@ -117,6 +129,8 @@ def cases(tmp_path_factory, mpu_run_cmd):
     jobs["unsupported_family"] = ([f"model.target={_unsupported_family(root / 'gpt2')}"], env, unsupported)
     jobs["shape_mismatch"] = ([f"model.target={_other_shape(root / 'llama_wide')}"], env,
                               "has shape")
+    jobs["truncated_target"] = ([f"model.target={_truncated(root / 'truncated')}"], env,
+                                "model.safetensors is not a readable safetensors file")
     jobs["full_disk"] = ([], env | {"MPU_FAULT_INJECT": "save_tensors:ENOSPC"}, "No space left on device")
     procs = {}
     for name, (args, e, expect) in jobs.items():
@@ -130,11 +144,11 @@ def cases(tmp_path_factory, mpu_run_cmd):
     return results
 
 
-def _check(cases, name):
+def _check(cases, name, code=2):
     rc, _stdout, stderr, out, expect = cases[name]
     # progress bars (transformers' "Loading weights" on stderr) are not error lines
     lines = [ln for ln in stderr.splitlines() if ln.strip() and not PROGRESS.search(ln)]
-    assert rc == 2, f"{name}: rc={rc}\n{stderr[-3000:]}"
+    assert rc == code, f"{name}: rc={rc}\n{stderr[-3000:]}"
     assert len(lines) == 1, f"{name}: expected one error line, got:\n{stderr[-3000:]}"
     assert lines[0].startswith("mpu-run: error: ") and expect in lines[0], lines[0]
     files = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
@@ -174,8 +188,14 @@ def test_base_target_shape_mismatch(cases):
     assert not [p for p in files if p.name == "run.json"]
 
 
+def test_truncated_target_weights(cases):
+    line, files = _check(cases, "truncated_target")
+    assert "model.target=" in line and "truncated" in line, line
+    assert not [p for p in files if p.name == "run.json"]
+
+
 def test_full_disk_at_save(cases):
-    line, files = _check(cases, "full_disk")
+    line, files = _check(cases, "full_disk", code=1)  # a fault, not bad input
     assert "resume=true" in line
     names = {str(p.relative_to(cases["full_disk"][3])) for p in files}
     # the returned copy could not be saved: neither it nor its marker exists

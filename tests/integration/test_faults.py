@@ -225,5 +225,5 @@ def test_a_damaged_server_state_is_one_line_with_what_resume_can_do(tmp_path, da
                            "--exchange", str(tmp_path / "exchange")],
                           capture_output=True, text=True, timeout=300, check=False)
     err = proc.stderr.strip()
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and err.count("\n") == 0, err
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and err.count("\n") == 0, (proc.returncode, err)
     assert names in err and DAMAGED_HINT in err

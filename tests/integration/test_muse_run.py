@@ -21,8 +21,10 @@ def muse_runs(mpu_run_cmd, tmp_path_factory):
     runs = {}
     for arm, extra in (("clean", []), ("mpu", ["kappa=0.01", "m=2"])):
         out = root / arm
-        # 3 epochs, not the model's 5-epoch preset (tuned on TOFU), which also takes ~30 % of retain knowmem here
-        proc = subprocess.run([*mpu_run_cmd, "data=muse", "algorithm=graddiff", "client.epochs=3", f"arm={arm}",
+        # the model's GradDiff preset (lr 3e-4, 5 epochs). Measured with open-unlearning's MUSE inputs on this
+        # machine (clean, seed 0; target forget / retain knowmem 0.3125 / 0.3125): 3 epochs leave forget knowmem
+        # at 0.3125; lr 6e-4 x 3 epochs takes it to 0.219 but retain to 0.25, the 80 % floor
+        proc = subprocess.run([*mpu_run_cmd, "data=muse", "algorithm=graddiff", f"arm={arm}",
                                *extra, "seed=0", f"hydra.run.dir={out}"], env=ENV, capture_output=True, text=True,
                               timeout=1500)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,8 +32,6 @@ def muse_runs(mpu_run_cmd, tmp_path_factory):
     return runs
 
 
-@pytest.mark.xfail(reason="known: with open-unlearning's MUSE inputs, GradDiff at client.epochs=3 leaves this "
-                   "machine's target at forget knowmem 0.3125; the schedule needs retuning", strict=False)
 @pytest.mark.parametrize("arm", ["clean", "mpu"])
 def test_unlearning_removes_forget_memorization_and_keeps_retain_knowledge(muse_runs, arm):
     out, stdout = muse_runs[arm]

@@ -21,7 +21,7 @@ def test_mpu_run_writes_every_output_and_forgets(mpu_run_cmd, tmp_path):
     proc = _run(mpu_run_cmd, "algorithm=npo", "kappa=0.01", "m=2", *FAST, f"hydra.run.dir={out}")
     # the end of the run: the headline table target → unlearned with directions, the run directory, no library bars
     tail = proc.stdout.splitlines()[-8:]
-    assert any(ln.startswith("mpu-run: done: npo · mpu κ=0.01 m=2 · seed 0") for ln in tail), tail
+    assert any(ln.startswith("mpu-run: done: npo · mpu κ=0.01 m=2 · seed-") for ln in tail), tail  # its tag
     assert any(ln.startswith("forget_Q_A_Prob") and "↓ lower" in ln for ln in tail), tail
     assert tail[-1].startswith(f"results: {out}")
     assert "Loading weights" not in proc.stdout + proc.stderr

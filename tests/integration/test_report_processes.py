@@ -1,6 +1,7 @@
 """Sweep tables: grouping by what differs, duplicates, the clean baseline, paired statistics, failed and
 unfinished runs, the mpu-report command and a real sweep with a failing job."""
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from helpers import write_run
+from mpu_cli.run import seed_tag
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +44,8 @@ def test_mpu_report_names_failed_and_unfinished_runs(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "## Failed runs" in md and "`3_npo_mpu_k1e6`: round 1/1 copy 1/2" in md
     assert "## Unfinished runs" in md and "`2_npo_noised`: missing results.csv" in md
-    assert "| 1_npo_mpu | mpu | 0.1 | 2 | 0 |" in md and "+50.00 %" in md
+    seed = seed_tag.tag(0, os.environ["MPU_CACHE_DIR"])  # the seed's public tag (run/seed_tag.py)
+    assert f"| 1_npo_mpu | mpu | 0.1 | 2 | {seed} |" in md and "+50.00 %" in md
     assert (tmp_path / "paired.csv").stat().st_size > 0
     assert (tmp_path / "plot_forget_vs_utility.png").stat().st_size > 0
 
@@ -89,3 +92,23 @@ def test_sweep_with_a_failing_job_still_writes_its_summary(mpu_run_cmd, tmp_path
     md = (sweep / "summary.md").read_text()
     assert "## Failed runs" in md and "`huge_kappa`" in md and "1 seed: no interval" in md
 
+
+
+def test_a_sweep_job_that_leaves_no_run_folder_is_listed_in_the_summary(mpu_run_cmd, tmp_path):
+    """The job's folder holds a user's file, so the job refuses it and writes nothing there: still the sweep's
+    summary.md lists it as failed with its line, as stderr says."""
+    sweep = tmp_path / "sweep"
+    (sweep / "blocked").mkdir(parents=True)
+    (sweep / "blocked" / "notes.md").write_text("mine\n")
+    proc = subprocess.run(
+        [*mpu_run_cmd, "-m", "algorithm=ga", "seed=0", "data.split=forget01", "eval.metrics=quick",
+         f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=blocked"],
+        check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 sweep job(s) failed (listed in the sweep's summary.md)" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    # nothing of the run is written into it (Hydra's job log aside)
+    assert sorted(p.name for p in (sweep / "blocked").iterdir()) == ["mpu-run.log", "notes.md"]
+    assert (sweep / "blocked" / "notes.md").read_text() == "mine\n"
+    md = (sweep / "summary.md").read_text()
+    assert "## Failed runs" in md and "`blocked`" in md and "is not an mpu-run run" in md, md

@@ -14,7 +14,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from mpu_cli.run import rundir, runlock
+from mpu_cli.run import rundir, runlock, seed_tag
 
 pytestmark = pytest.mark.integration  # real mpu-run processes
 
@@ -73,17 +73,19 @@ def test_two_runs_on_one_directory_under_load(mpu_run_cmd, tmp_path, cpu_hog, de
     assert ended[loser] - started[loser] < 15  # refused before Hydra and torch load (3 s on an idle machine)
 
     out = tmp_path / "outputs" / "runs" / "shared"
-    seed, kappa = (int(configs[winner][0].split("=")[1]), float(configs[winner][1].split("=")[1]))
+    # the seed is recorded as its tag (run/seed_tag.py): it tells the two runs apart as the seed would
+    seed, kappa = (seed_tag.tag(configs[winner][0].split("=")[1], os.environ["MPU_CACHE_DIR"]),
+                   float(configs[winner][1].split("=")[1]))
     hydra_cfg = OmegaConf.load(out / ".hydra" / "config.yaml")
     assert (hydra_cfg.seed, hydra_cfg.kappa) == (seed, kappa)
-    assert set(OmegaConf.load(out / ".hydra" / "overrides.yaml")) >= set(configs[winner])
-    assert OmegaConf.load(out / ".hydra" / "hydra.yaml").hydra.overrides.task == [*FAST, *configs[winner],
-                                                                                 "run_id=shared"]
+    overrides = [f"seed={seed}", configs[winner][1]]
+    assert set(OmegaConf.load(out / ".hydra" / "overrides.yaml")) >= set(overrides)
+    assert OmegaConf.load(out / ".hydra" / "hydra.yaml").hydra.overrides.task == [*FAST, *overrides, "run_id=shared"]
     recorded = json.loads((out / "run.json").read_text())["config"]
     assert (recorded["seed"], recorded["kappa"]) == (seed, kappa)
     row = (out / "results.csv").read_text().splitlines()
     header, values = row[0].split(","), row[1].split(",")
-    assert (int(values[header.index("seed")]), float(values[header.index("kappa")])) == (seed, kappa)
+    assert (values[header.index("seed")], float(values[header.index("kappa")])) == (seed, kappa)
     assert (out / runlock.LOCK).read_text().strip() == str(procs[winner].pid)
     assert (out / "COMPLETE").exists()
     # the loser's κ appears nowhere in the winner's files
@@ -125,8 +127,9 @@ def test_runs_started_together_get_their_own_time_stamped_directories(mpu_run_cm
     year = time.strftime("%Y")
     assert [d.name for d in dirs] == [f"{year}_3", f"{year}_3-2"], [p.returncode for p in procs]
     for d in dirs:
-        assert OmegaConf.load(d / ".hydra" / "config.yaml").seed == 3
-        assert json.loads((d / "run.json").read_text())["config"]["seed"] == 3
+        tag = seed_tag.tag(3, os.environ["MPU_CACHE_DIR"])
+        assert OmegaConf.load(d / ".hydra" / "config.yaml").seed == tag
+        assert json.loads((d / "run.json").read_text())["config"]["seed"] == tag
 
 
 # ---- the marker: a run stopped anywhere resumes or starts over ------------------------------------------------

@@ -485,3 +485,56 @@ def test_server_state_export_and_restore_resume_a_pending_round_exactly():
             assert all(torch.equal(new[n], ref[n]) for n in theta)
         expected = server.aggregate(returned)
         assert all(torch.equal(new[n], expected[n]) for n in theta)
+
+
+@pytest.mark.parametrize("plant", ["public folder", "public file"])
+def test_init_follows_no_link_planted_in_the_exchange_folder(tmp_path, cfg, prepared, plant):
+    """A link planted as exchange/public (or as a file in it) would have init write the public model where it
+    points: the folder link is refused in one line (exit 2), the file link is replaced, never written through."""
+    from mpu_cli.run.processes import server_init_args, write_server_settings
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("mine\n")
+    state, exchange = tmp_path / "run" / "server_private", tmp_path / "run" / "exchange"
+    exchange.mkdir(parents=True)
+    if plant == "public folder":
+        (exchange / "public").symlink_to(elsewhere, target_is_directory=True)
+    else:
+        (exchange / "public").mkdir()
+        (exchange / "public" / "config.json").symlink_to(elsewhere / "config.json")
+    settings = write_server_settings(cfg, state)
+    refused = plant == "public folder"
+    proc = _server(server_init_args(prepared, cfg.model.dtype, state, exchange, settings), tmp_path / "record",
+                   expect=2 if refused else 0)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["config.json"]
+    assert (elsewhere / "config.json").read_text() == "mine\n"
+    if refused:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Loading weights" not in ln]
+        assert len(lines) == 1 and "public is a symbolic link" in lines[0], proc.stderr[-2000:]
+        assert not (state / "state.json").exists()
+    else:
+        public_config = exchange / "public" / "config.json"
+        assert not public_config.is_symlink() and json.loads(public_config.read_text())["model_type"] == "llama"
+    assert not [p for p in exchange.iterdir() if p.name.startswith(".public")]  # no temporary folder left
+
+
+def test_a_returned_copy_the_server_would_refuse_is_redone_on_resume(mpu_run_cmd, prepared, tmp_path):
+    """A run stopped before aggregating, one returned copy altered meanwhile: the resumed run does not hand it to
+    the server (which would refuse it, and again on every resume) but has the client redo it, and finishes."""
+    out = tmp_path / "run"
+    args = [*mpu_run_cmd, *FAST, "transport=files", "model.retain=null", f"hydra.run.dir={out}"]
+    env = {k: v for k, v in ENV.items() if k not in ("MPU_KILL_AT", "MPU_KILL_SIGNAL", "MPU_FAULT_INJECT")}
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=900,
+                          env=env | {"MPU_KILL_AT": "round1_before_aggregate"})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    returned = ex.copy_dir(out / "exchange", 1, 0) / ex.RETURNED
+    data = bytearray(returned.read_bytes())
+    data[-4] ^= 0xFF
+    returned.write_bytes(bytes(data))
+    assert ex.returned_refusal(out / "exchange", 1, 0) is not None
+    assert ex.returned_refusal(out / "exchange", 1, 1) is None
+    proc = subprocess.run([*args, "resume=true"], check=False, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 1 copy 1/2: the returned copy would be refused" in proc.stdout + proc.stderr
+    assert (out / "COMPLETE").exists()

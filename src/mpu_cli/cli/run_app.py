@@ -2,6 +2,7 @@
 turned into one line each."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -18,14 +19,16 @@ from hydra.core.hydra_config import HydraConfig
 from mpu_cli.cli.help import register_help
 from mpu_cli.config import CONF_DIR, ConfigError, register_configs
 from mpu_cli.data.validate import DataError
+from mpu_cli.files import DISK_FULL
 from mpu_cli.finite import NonFiniteError
+from mpu_cli.report.callback import FAILED_JOBS
 from mpu_cli.run import runlock, signals
 from mpu_cli.run.checks import validate
 from mpu_cli.run.signals import Interrupted
 from mpu_cli.transport.errors import TransportError
 from mpu_cli.unlearn.settings import ReferencePolicy
 
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+DISK_ERRORS = (*DISK_FULL, errno.EROFS)
 
 log = logging.getLogger("mpu_cli")
 
@@ -39,9 +42,8 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-# Jobs of this process's sweep that failed: (job directory, error line). A failed job does not stop the sweep;
-# run_main reports them and exits non-zero once the sweep (and its summary) is done.
-FAILED_JOBS: list[tuple[str, str]] = []
+# FAILED_JOBS: the jobs of this process's sweep that failed, (job directory, error line). A failed job does not
+# stop the sweep; the sweep's summary lists them, and `start` reports them and exits non-zero once it is done.
 
 
 def _error_line(e: BaseException) -> tuple[str, int]:
@@ -50,10 +52,12 @@ def _error_line(e: BaseException) -> tuple[str, int]:
         return str(e), 2
     if isinstance(e, OSError) and e.errno in DISK_ERRORS:
         # A full disk (or quota, read-only file system): every write is atomic, so nothing partial is left
-        # under a final name; the stages already completed are kept for resume=true.
+        # under a final name; the stages already completed are kept for resume=true. A full disk is a fault
+        # (exit 1), a read-only place the user named is bad input (exit 2).
         where = f" {e.filename}" if e.filename else ""
         return (f"cannot write{where}: {e.strerror}; nothing partial was kept — free space and rerun with "
-                "resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage"), 2
+                "resume=true (and the same hydra.run.dir / run_id) to continue from the last completed stage"), (
+                    1 if e.errno in DISK_FULL else 2)
     if _explained(e):
         return str(e), 1
     return f"{type(e).__name__}: {' '.join(str(e).split())}", 1
@@ -61,18 +65,19 @@ def _error_line(e: BaseException) -> tuple[str, int]:
 
 def _explained(e: BaseException) -> bool:
     """A fault its one line explains fully (no traceback is logged): a value that became non-finite, a damaged
-    server state, a copy job that did not return its copy."""
+    server state, a copy job that did not return its copy, a full disk."""
     from mpu_cli.run.copy_job import CopyJobError
     from mpu_cli.run.server_state import ServerStateError
 
-    return isinstance(e, (NonFiniteError, ServerStateError, CopyJobError))
+    return isinstance(e, (NonFiniteError, ServerStateError, CopyJobError)) or (
+        isinstance(e, OSError) and e.errno in DISK_FULL)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
 def _run(cfg) -> float | None:
     from hydra.types import RunMode
 
-    from mpu_cli.run import rundir
+    from mpu_cli.run import hydra_record, rundir
     from mpu_cli.run.pipeline import run
 
     hc = HydraConfig.get()
@@ -80,6 +85,7 @@ def _run(cfg) -> float | None:
     sweep = hc.mode == RunMode.MULTIRUN
     try:
         rundir.lock(out)  # one process per run directory (a single run's is held already, before Hydra wrote)
+        hydra_record.write(cfg, hc, out)  # what Hydra would write into .hydra/, the seed as its tag
         validate(cfg)
         if cfg.client.reference == ReferencePolicy.server_clean:
             log.warning("reference=server_clean: the client receives the exact theta_0 (the paper's code; a leak)")
@@ -88,7 +94,8 @@ def _run(cfg) -> float | None:
         row = run(cfg, out)
     except Interrupted as e:
         if out.is_dir():
-            rundir.write_manifest(out)
+            with contextlib.suppress(OSError):  # (a full disk: the run stops with its line all the same)
+                rundir.write_manifest(out)
         fail(f"interrupted ({e.name}) at {current_stage()}: rerun the same command with resume=true to continue "
              f"from the last completed stage (hydra.run.dir={out})", e.code)
     except Exception as e:

@@ -21,6 +21,7 @@ from dataclasses import fields
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from mpu_cli.files import DISK_FULL
 from mpu_cli.mpu.settings import ServerConfig, option_types
 from mpu_cli.run.server_state import ServerStateError
 from mpu_cli.transport import server as party
@@ -103,13 +104,18 @@ COMMANDS = {
 }
 
 
+def _fault(e: BaseException) -> bool:
+    """Not the command's input but what happened to the state or the disk: exit code 1 (bad input: 2)."""
+    return isinstance(e, ServerStateError) or (isinstance(e, OSError) and e.errno in DISK_FULL)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except (party.ServerError, ServerStateError, TransportError, OSError) as e:  # OSError: a model path that cannot be opened
         print(f"mpu-server: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1 if _fault(e) else 2)
     except KeyboardInterrupt:  # every stage commits atomically: the state is the last committed one
         print("mpu-server: interrupted (SIGINT)", file=sys.stderr)
         sys.exit(130)

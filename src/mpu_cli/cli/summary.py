@@ -35,7 +35,8 @@ def end_of_run(out: Path, row: dict) -> str:
             cells += f" {_num(retain.get(m)):>8}"
         lines.append(cells)
     what = f"{row.get('algorithm')} · {arm_label(row)}"
-    lines.insert(0, f"mpu-run: done: {what} · seed {row.get('seed')} · {row.get('time_total_s', 0):.1f} s")
+    seed = row.get("seed") or "unseeded"  # the seed's public tag (run/seed_tag.py)
+    lines.insert(0, f"mpu-run: done: {what} · {seed} · {row.get('time_total_s', 0):.1f} s")
     lines.append(f"results: {Path(out)}  (results.csv, {summary_file}; `mpu-report {Path(out).parent}`"
                  " tabulates a folder of runs)")
     return "\n".join(lines)

@@ -45,8 +45,8 @@ def _shapes(folder: Path, key: str) -> dict[str, tuple[int, ...]]:
                 for name in h.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                     out[name] = tuple(h.get_slice(name).get_shape())
         except Exception as e:  # noqa: BLE001 (any unreadable file is the same bad input)
-            raise ConfigError(f"{key}={str(folder)!r}: {f.name} is not a readable safetensors file "
-                              f"({' '.join(str(e).split())})") from None
+            raise ConfigError(f"{key}={str(folder)!r}: {f.name} is not a readable safetensors file (damaged or "
+                              f"truncated: {' '.join(str(e).split())})") from None
     return out
 
 

@@ -11,6 +11,10 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
 
+# Jobs of this process's sweep that failed: (job folder, error line), appended by mpu-run as each fails. The
+# summary lists every one, also a job that left no run folder behind.
+FAILED_JOBS: list[tuple[str, str]] = []
+
 
 class SweepSummary(Callback):
     def __init__(self, plots: bool = True) -> None:
@@ -21,7 +25,7 @@ class SweepSummary(Callback):
         try:
             from mpu_cli.report.tables import write_summary
 
-            col = write_summary(sweep_dir, plots=self.plots)
+            col = write_summary(sweep_dir, plots=self.plots, failed=FAILED_JOBS)
         except Exception as e:  # a report failure must not turn a finished sweep into a failed one
             log.warning(
                 "could not write the sweep summary in %s: %s: %s (run `mpu-report %s`)",

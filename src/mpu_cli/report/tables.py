@@ -59,9 +59,15 @@ class Collected:
         return done[done.duplicate_of == ""] if len(done) else done
 
 
-def collect(root: Path) -> Collected:
+def collect(root: Path, failed: list[tuple[str, str]] = ()) -> Collected:
+    """The runs under `root`; `failed`: (folder, error line) of jobs known to have failed (a sweep's own), listed
+    even where they left no run folder to find (one that could not be claimed, say)."""
     root = Path(root)
-    records = [read_run(run, root) for run in find_runs(root)]
+    runs = find_runs(root)
+    records = [read_run(run, root) for run in runs]
+    found = {run.resolve() for run in runs}
+    records += [{"run": _job_name(where, root), "status": FAILED, "error": message, "config": {}, "results": {},
+                 "metrics": {}} for where, message in failed if Path(where).resolve() not in found]
     if not records:
         return Collected(root, pd.DataFrame())
     metric_names = set(benchmarks.metric_names()) | {k for r in records for k in r["metrics"]}
@@ -287,14 +293,20 @@ def render_markdown(col: Collected, plots: list[str] = (), sections: list[str] =
     return "\n".join(out)
 
 
-def write_summary(root: Path, out_dir: Path | None = None, plots: bool = True) -> Collected:
-    """Collect the runs under `root`; write summary.csv, paired.csv, summary.md and plots into `out_dir`
-    (nothing when `root` holds no run)."""
+def _job_name(where: str, root: Path) -> str:
+    path = Path(where).resolve()
+    return path.relative_to(root.resolve()).as_posix() if path.is_relative_to(root.resolve()) else str(where)
+
+
+def write_summary(root: Path, out_dir: Path | None = None, plots: bool = True,
+                  failed: list[tuple[str, str]] = ()) -> Collected:
+    """Collect the runs under `root` (and the `failed` jobs, see `collect`); write summary.csv, paired.csv,
+    summary.md and plots into `out_dir` (nothing when there is no run)."""
     from mpu_cli.files import atomic_write_text
 
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root
-    col = collect(root)
+    col = collect(root, failed)
     if not len(col.table):  # nothing to summarise: a summary already there stays as it is
         return col
     out_dir.mkdir(parents=True, exist_ok=True)

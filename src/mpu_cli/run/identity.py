@@ -38,18 +38,39 @@ def record(out: Path, models: dict[str, ModelIdentity]) -> None:
     atomic_write_json(path, {role: m.to_json() for role, m in models.items()})
 
 
-def check_unchanged(out: Path, models: dict[str, ModelIdentity]) -> None:
-    """Resume: ConfigError (one line) naming the first model file whose content differs from the run's start.
-    Nothing to compare when the run stopped before it recorded its models (it had used none of them)."""
+def _recorded(out: Path) -> dict[str, ModelIdentity] | None:
+    """The models the run recorded when it started (None: it stopped before it recorded any)."""
     path = Path(out) / RECORD
     if not path.exists():
-        return
+        return None
     try:
-        was = {role: ModelIdentity.from_json(v) for role, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        return {role: ModelIdentity.from_json(v) for role, v in json.loads(path.read_text(encoding="utf-8")).items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot resume {str(out)!r}: {path} is unreadable ({e}); pass overwrite=true to start "
                           "over") from None
-    fix = "restore the models the run started with, or pass overwrite=true to start over"
+
+
+FIX = "restore the models the run started with, or pass overwrite=true to start over"
+
+
+def check_recorded(out: Path) -> None:
+    """Before a resumed run writes anything: ConfigError (one line) naming the first file of a recorded model
+    whose content changed since the run started (the models are hashed again where the record names them)."""
+    was = _recorded(out) or {}
+    for role in ROLES:
+        if role in was:
+            changed = model_identity(was[role].source).changed_file(was[role])
+            if changed:
+                raise ConfigError(f"cannot resume {str(out)!r}: {changed} ({role} model) changed since the run "
+                                  f"started; {FIX}")
+
+
+def check_unchanged(out: Path, models: dict[str, ModelIdentity]) -> None:
+    """Resume: ConfigError (one line) naming the first model file whose content differs from the run's start.
+    Nothing to compare when the run stopped before it recorded its models (it had used none of them)."""
+    was = _recorded(out)
+    if was is None:
+        return
     for role in ROLES:
         old, new = was.get(role), models.get(role)
         if old is None and new is None:
@@ -57,8 +78,8 @@ def check_unchanged(out: Path, models: dict[str, ModelIdentity]) -> None:
         if old is None or new is None or old.source != new.source:
             raise ConfigError(f"cannot resume {str(out)!r}: its {role} model is now "
                               f"{new.source if new else None!r}, it was {old.source if old else None!r} when the run "
-                              f"started; {fix}")
+                              f"started; {FIX}")
         changed = new.changed_file(old)
         if changed:
             raise ConfigError(f"cannot resume {str(out)!r}: {changed} ({role} model) changed since the run started; "
-                              f"{fix}")
+                              f"{FIX}")

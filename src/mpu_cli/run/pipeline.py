@@ -27,7 +27,7 @@ from mpu_cli.mpu.build import load_server
 from mpu_cli.mpu.server import MPUServer
 from mpu_cli.mpu.settings import ServerConfig
 from mpu_cli.mpu.survival import result_columns
-from mpu_cli.run import identity, rundir
+from mpu_cli.run import identity, rundir, seed_tag
 from mpu_cli.run.checkpoint import Checkpoint
 from mpu_cli.run.evaluation import (
     cached_evaluation,
@@ -193,15 +193,16 @@ SHORT_NAMES = {"model.name": "model", "data.name": "data", "data.split": "split"
 
 
 def result_row(cfg, summary: dict, target_summary: dict, target_hash: str) -> dict:
-    """results.csv's one row: what identifies the run (short names, the arm's effective κ and m, the target's
-    content hash), every other leaf of the resolved configuration under its dotted key, then the metrics.
+    """results.csv's one row: what identifies the run (short names, the arm's effective κ and m, the seed's
+    public tag, the target's content hash), every other leaf of the resolved configuration under its dotted key,
+    then the metrics.
     Non-finite metric values are left empty and named in `non_finite`."""
     arm = arm_of(cfg.arm)
     row = {
         "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "algorithm": cfg.algorithm.name,
         "arm": cfg.arm, "kappa": arm.effective_kappa(cfg.kappa),
         "m": arm.effective_m(cfg.m, cfg.server.noised_alpha),
-        "seed": cfg.seed, "target_hash": target_hash,
+        "seed": seed_tag.tag(cfg.seed, cfg.prepare.cache_dir), "target_hash": target_hash,
         "leaks_theta0": cfg.client.reference == ReferencePolicy.server_clean,
     }
     for key, value in rundir.flat(rundir.run_config(cfg)).items():

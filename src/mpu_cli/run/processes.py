@@ -216,8 +216,8 @@ class ProcessRounds:
             self._server(["publish", "--state", str(self.state)])
 
     def unlearn(self, r: int, total: int) -> None:
-        # copies already returned (a resumed round) are not redone
-        todo = [k for k in range(self.n) if not ex.is_returned(self.exchange, r, k)]
+        # copies already returned (a resumed round) are not redone, unless the server would refuse them
+        todo = [k for k in range(self.n) if not self._returned(r, k)]
         t = time.perf_counter()
         procs = []
         for s, (env, threads) in enumerate(self.envs):
@@ -255,6 +255,15 @@ class ProcessRounds:
         if failures:
             raise TransportError("; ".join(failures))
         log.info("round %d: %d copies unlearned by %d client process(es)", r, self.n, self.slots)
+
+    def _returned(self, r: int, k: int) -> bool:
+        if not ex.is_returned(self.exchange, r, k):
+            return False
+        refusal = ex.returned_refusal(self.exchange, r, k)
+        if refusal:
+            log.warning("round %d copy %d/%d: the returned copy would be refused (%s); it is redone", r, k + 1,
+                        self.n, refusal)
+        return refusal is None
 
     def _report_returned(self, r: int, seen: set, t0: float) -> None:
         for k in range(self.n):

@@ -2,7 +2,8 @@
 
     RUN/.mpu-run.lock  held (flock) by the one process working in the directory (run/runlock.py)
     RUN/.mpu-run    the folder is a run directory: written right after the lock, before anything else
-    RUN/run.json    written when the run starts (after every input check): the resolved configuration
+    RUN/run.json    written when the run starts (after every input check): the resolved configuration, its seed
+                    as a tag (run/seed_tag.py)
     RUN/MANIFEST.json  the files the run wrote, refreshed when it finishes, fails or is interrupted
     RUN/COMPLETE    written last, after results.csv: the run is finished and its files are final
     RUN/FAILED      the run stopped on an error: its one-line message (removed when the run is resumed)
@@ -27,7 +28,7 @@ from omegaconf import OmegaConf
 from mpu_cli.config import ConfigError
 from mpu_cli.evals import benchmarks
 from mpu_cli.files import atomic_write_json, atomic_write_text
-from mpu_cli.run import runlock, signals
+from mpu_cli.run import runlock, seed_tag, signals
 from mpu_cli.run.runlock import RUN_STATE, RunDirError
 
 COMPLETE = "COMPLETE"
@@ -51,6 +52,11 @@ def run_config(cfg) -> dict:
         value = cfg[key]
         out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return out
+
+
+def recorded_config(cfg) -> dict:
+    """`run_config` as run.json records it: the seed as its public tag (run/seed_tag.py)."""
+    return seed_tag.public_config(run_config(cfg))
 
 
 def flat(d, prefix: str = "") -> dict:
@@ -95,7 +101,9 @@ def check(cfg, out: Path) -> str:
         old = json.loads(state_path.read_text(encoding="utf-8"))["config"]
     except (ValueError, KeyError) as e:
         raise ConfigError(f"{state_path}: unreadable run state ({e}); pass overwrite=true to start over") from None
-    was, now = flat(old), flat(json.loads(json.dumps(run_config(cfg), default=str)))
+    now = json.loads(json.dumps(recorded_config(cfg), default=str))
+    was = flat(seed_tag.public_config(old, cfg.prepare.cache_dir))  # (a run.json of before tags: its plain seed)
+    now = flat(now)
     diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}={was.get(k)!r} (now {now.get(k)!r})" for k in diff[:4])
@@ -110,7 +118,7 @@ def start(cfg, out: Path, mode: str) -> None:
     if mode == "overwrite":
         remove_outputs(out)
     if mode != "resume" or not (out / RUN_STATE).exists():
-        atomic_write_json(out / RUN_STATE, {"config": run_config(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        atomic_write_json(out / RUN_STATE, {"config": recorded_config(cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     (out / FAILED).unlink(missing_ok=True)  # a resumed run is no longer the failed one
 
 
@@ -178,14 +186,18 @@ def lock(out: Path) -> None:
 
 def mark_failed(out: Path, message: str) -> bool:
     """Record why a run stopped (RUN/FAILED, one line) where the folder is this process's own: it holds the
-    folder's lock (never a folder of another run, finished or not). Returns whether it wrote."""
+    folder's lock (never a folder of another run, finished or not); a record that cannot be written (a full
+    disk) is left out. Returns whether the folder is its own."""
     out = Path(out)
     if not out.is_dir() or (out / COMPLETE).exists():
         return False
     own = runlock.holds(out)
     if own:
-        atomic_write_text(out / FAILED, " ".join(str(message).split()) + "\n")
-        write_manifest(out)
+        try:
+            atomic_write_text(out / FAILED, " ".join(str(message).split()) + "\n")
+            write_manifest(out)
+        except OSError:  # the disk that stopped the run takes no record either: the one line says why
+            pass
     return own
 
 
@@ -199,20 +211,30 @@ def failure(out: Path) -> str | None:
 
 def precheck(cfg) -> str | None:
     """Before Hydra makes the run directory (and writes .hydra/ into it): claim it — lock and marker, a foreign or
-    busy one refused with nothing written — then, under the lock, refuse a finished or mismatching run. Returns
+    busy one refused with nothing written — then, under the lock, refuse a finished or mismatching run (another
+    configuration, or a model file changed since it started). Returns
     the override that pins Hydra to the claimed directory where its name is time-stamped (Hydra would stamp it
     again, maybe a second later; two runs started together get two names), else None."""
     out, pin = _claim(cfg, "run", stamped=lambda raw: cfg.get("run_id") is None and "${now:" in raw)
     if out is not None:
         runlock.release_unused(keep=out)  # a directory claimed from the command line alone that is not this one
-        check(cfg, out)
+        if check(cfg, out) == "resume":
+            from mpu_cli.run.identity import check_recorded
+
+            check_recorded(out)  # a model changed since the start: refused before Hydra writes into the folder
     return pin
 
 
 def precheck_sweep(cfg) -> str | None:
     """A sweep's folder (hydra.sweep.dir), before Hydra writes into it: locked by the sweeping process, so two
-    sweeps never share one (a time-stamped name gets a free one, pinned as a run's is)."""
-    return _claim(cfg, "sweep", stamped=lambda raw: "${now:" in raw)[1]
+    sweeps never share one (a time-stamped name gets a free one, pinned as a run's is); its multirun.yaml made
+    the owner's only."""
+    out, pin = _claim(cfg, "sweep", stamped=lambda raw: "${now:" in raw)
+    if out is not None:
+        # Hydra records the sweep's command line there, its seeds included: a file for the owner only (Hydra
+        # writes into it, keeping its mode)
+        runlock.private_file(out / "multirun.yaml")
+    return pin
 
 
 def _claim(cfg, kind: str, stamped) -> tuple[Path | None, str | None]:

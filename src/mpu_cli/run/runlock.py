@@ -182,6 +182,19 @@ def _write_marker(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def private_file(path: Path) -> None:
+    """An empty file readable by its owner only, in a folder this process holds (given back with it when unused);
+    one that exists is left as it is."""
+    path = Path(path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    held = _HELD.get(path.parent.resolve())
+    if held is not None:
+        held.created.append(path)
+
+
 def release_unused(keep: Path | None = None) -> None:
     """Give back every directory this process claimed but never ran in (bad input, interrupted while starting),
     but `keep`: the marker, the lock file and the folders it created are removed; nothing else is touched."""

@@ -8,6 +8,7 @@ max(1, threads // N) torch threads (the cores split between slots) and does one 
 result (timings) comes back to the parent, the returned copy itself goes to its checkpoint file.
 
 A worker killed outright (OOM killer, MPU_KILL_AT) breaks the pool: the parent gets an error instead of hanging.
+SIGINT / SIGTERM are the parent's (run/signals.py): it ends the workers and stops with one line.
 """
 from __future__ import annotations
 
@@ -17,13 +18,22 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from mpu_cli.config import Launcher, Transport
+from mpu_cli.run import signals
 
 _TASK: Callable[[int], dict] | None = None  # set before the workers fork; they inherit it
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    # A stop signal is the parent's to act on (one line and the resume hint): a worker ignores Ctrl-C, which
+    # reaches the whole process group, and ends at SIGTERM (the parent's, when it stops), with no traceback.
+    # Both were held back while the worker was forked (run_in_slots): one sent meanwhile is acted on here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals.STOP)
     torch.set_num_threads(threads)  # one thread: no OpenMP team inherited across fork is ever used
 
 
@@ -75,9 +85,24 @@ def run_in_slots(task: Callable[[int], dict], ks: Iterable[int], n_slots: int) -
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(n_slots, len(ks)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(slot_threads(n_slots),)) as pool:
-            return list(pool.map(_run, ks))
+            try:
+                with signals.held_back():  # the workers are forked by the first submission
+                    results = pool.map(_run, ks)
+                return list(results)
+            except BaseException:  # a stop signal (or an error): the copies in flight are not waited for
+                _stop(pool)
+                raise
     except BrokenProcessPool as e:
+        signals.check()  # a worker ended by a stop signal sent to the whole group: the signal is the news
         raise RuntimeError(f"a parallel client slot died (killed or out of memory) while unlearning copies {ks}; "
                            f"rerun with resume=true to redo only the copies not returned") from e
     finally:
         _TASK = None
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End the workers now (SIGTERM): a copy they return later would not be aggregated by this run anyway, and a
+    resumed run redoes only the copies whose checkpoint is missing."""
+    for proc in list((pool._processes or {}).values()):  # (the executor has no public way to end its workers)
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)

@@ -29,6 +29,7 @@ This module is shared by both parties: it imports neither the server (mpu/) nor 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -115,6 +116,38 @@ def open_regular(path: Path, what: str):
         raise TransportError(f"{what}: {path.name} is not a regular file; only regular files are read")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
+
+
+def write_public(exchange: Path, save) -> None:
+    """The public model's files into exchange/public/ (`save(folder)` writes them), following no link: they are
+    written into a fresh folder of the exchange, then moved into public/ by name, relative to public/ opened as a
+    folder that is not a link — a link planted in its place, or in place of one of its files, would have the
+    server write where it points. TransportError when public/ is a link or not a folder."""
+    import shutil
+
+    exchange = Path(exchange)
+    exchange.mkdir(parents=True, exist_ok=True)
+    public = exchange / PUBLIC_DIR
+    tmp = Path(tempfile.mkdtemp(dir=exchange, prefix=f".{PUBLIC_DIR}."))
+    try:
+        save(tmp)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(public)
+        try:
+            dst = os.open(public, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            what = "a symbolic link" if public.is_symlink() else "not a folder"
+            raise TransportError(f"{public} is {what}; the exchange folder holds plain folders and files only"
+                                 ) from None
+        src = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in os.listdir(src):
+                os.replace(name, name, src_dir_fd=src, dst_dir_fd=dst)  # a link in public/ is replaced, not followed
+        finally:
+            os.close(src)
+            os.close(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_published(exchange: Path, r: int) -> bool:
@@ -460,6 +493,41 @@ def check_manifest_identity(m: dict, kind: str, run_id: str | None, r: int, k: i
     if m.get("round") != r or m.get("copy") != k:
         raise TransportError(f"{what}: manifest is for round {m.get('round')} copy {m.get('copy')} "
                              f"(a file from another round or copy)")
+
+
+def returned_dtypes(published_code: str) -> tuple[str, ...]:
+    """The dtype codes a returned tensor may have: float32, or the dtype its copy was published in."""
+    return ("F32",) if published_code == "F32" else ("F32", published_code)
+
+
+def check_returned(exchange: Path, r: int, k: int, run_id: str, published_sha256: str,
+                   expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]) -> Path:
+    """Copy k's returned file of round r, checked completely (its manifest, that it was computed from the
+    published file of SHA-256 `published_sha256`, then `read_validated`); TransportError naming what is wrong."""
+    what = where(r, k)
+    d = copy_dir(exchange, r, k)
+    m = read_json(d / RETURNED_MANIFEST, what + " (not returned yet?)")
+    check_manifest_identity(m, "returned", run_id, r, k, what)
+    if m.get("published_sha256") != published_sha256:
+        raise TransportError(f"{what}: the update was computed from another published file "
+                             f"(published_sha256 does not match the server's record)")
+    if m.get("content") != RETURNED_CONTENT:
+        raise TransportError(f"{what}: content {m.get('content')!r}, expected {RETURNED_CONTENT!r}")
+    read_validated(d / RETURNED, m, expected, what, load=False)
+    return d / RETURNED
+
+
+def returned_refusal(exchange: Path, r: int, k: int) -> str | None:
+    """Why the server would refuse copy k's returned file, judged from the exchange folder alone (its published
+    manifest as the record); None when the copy is returned and sound. mpu-run asks it before a resumed round, so
+    that a refused copy is redone instead of refused again."""
+    try:
+        pub = read_json(copy_dir(exchange, r, k) / PUBLISHED_MANIFEST, where(r, k))
+        expected = {n: (tuple(t["shape"]), returned_dtypes(t["dtype"])) for n, t in pub["tensors"].items()}
+        check_returned(exchange, r, k, pub["run_id"], pub["files"][PUBLISHED]["sha256"], expected)
+    except (TransportError, KeyError, TypeError, AttributeError) as e:
+        return str(e)
+    return None
 
 
 class LazyStateDict:

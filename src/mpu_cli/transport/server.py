@@ -112,10 +112,13 @@ def init(state_dir: Path, exchange: Path, target: str, settings: ServerConfig, b
         raise ServerError(f"--target {target}: {e}") from None
 
     # The public model for the client: architecture and tokenizer, never weights.
-    config = AutoConfig.from_pretrained(target)
-    public = exchange / ex.PUBLIC_DIR
-    config.save_pretrained(str(public))
-    load_tokenizer(tokenizer or target).save_pretrained(str(public))
+    config, public_tokenizer = AutoConfig.from_pretrained(target), load_tokenizer(tokenizer or target)
+
+    def save_public(folder: Path) -> None:
+        config.save_pretrained(str(folder))
+        public_tokenizer.save_pretrained(str(folder))
+
+    ex.write_public(exchange, save_public)  # no link in the exchange folder is followed
     make_private(state_dir)  # θ and the round secrets: owner only (0700 folder, 0600 files)
     ServerState(state_dir).save_model_config(config)  # kept for reference; the layout is in state.json
 
@@ -191,23 +194,12 @@ def validate_returned(state_dir: Path, st: dict, exchange: Path) -> list[Path]:
     """Every returned copy of the pending round, checked completely before anything is aggregated."""
     r = st["round"]
     record = ServerState(state_dir).round_secrets(r)["published_sha256"]
-    accepted = {n: ("F32",) if c == "F32" else ("F32", c) for n, c in st["dtypes"].items()}
     shapes = _theta_shapes(state_dir, st)
-    expected = {n: (shapes[n], accepted[n]) for n in st["dtypes"]}
+    expected = {n: (shapes[n], ex.returned_dtypes(c)) for n, c in st["dtypes"].items()}
     paths, problems = [], []
     for k, pub_sha in enumerate(record):
-        what = ex.where(r, k)
-        d = ex.copy_dir(exchange, r, k)
         try:
-            m = ex.read_json(d / ex.RETURNED_MANIFEST, what + " (not returned yet?)")
-            ex.check_manifest_identity(m, "returned", st["run_id"], r, k, what)
-            if m.get("published_sha256") != pub_sha:
-                raise TransportError(f"{what}: the update was computed from another published file "
-                                     f"(published_sha256 does not match the server's record)")
-            if m.get("content") != ex.RETURNED_CONTENT:
-                raise TransportError(f"{what}: content {m.get('content')!r}, expected {ex.RETURNED_CONTENT!r}")
-            ex.read_validated(d / ex.RETURNED, m, expected, what, load=False)
-            paths.append(d / ex.RETURNED)
+            paths.append(ex.check_returned(exchange, r, k, st["run_id"], pub_sha, expected))
         except TransportError as e:
             problems.append((k, str(e)))
     if problems:
