@@ -107,7 +107,7 @@ class JobRounds(ProcessRounds):
         return cmd
 
     def unlearn(self, r: int, total: int) -> None:
-        todo = [k for k in range(self.n) if not ex.is_returned(self.exchange, r, k)]  # a resumed round: the rest
+        todo = [k for k in range(self.n) if not self._returned(r, k)]  # a resumed round: the rest
         t = time.perf_counter()
         jobs = {}
         try:
