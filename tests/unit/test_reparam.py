@@ -277,9 +277,10 @@ def test_passing_qwen3_q_norm_through_would_break_the_function():
     assert (logits(model, {**rest, **norms}, ids) - logits(model, state, ids)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", sorted(SUPPORTED))
 def test_inverse_on_lora_factors_equals_inverse_on_their_product(kind):
-    """For every role of a matrix: T⁻¹ on (A, B) of an update B·A equals T⁻¹ on the dense B·A (fp32 rounding)."""
+    """For every role of a matrix and every supported family: T⁻¹ on (A, B) of an update B·A equals T⁻¹ on the
+    dense B·A (fp32 rounding)."""
     overrides = {"attention_bias": True, "mlp_bias": True} if kind == "llama" else {}
     model = tiny_model(kind, **overrides)
     layout = ModelLayout.from_hf_config(model.config)

@@ -14,8 +14,8 @@ Its inputs, all of them:
   * the data it names (the embedded set or a TOFU-like folder / Hub name).
 Nothing else: no θ, no seed, α or σ of the server, no path to the server's state or models.
 
-Output, per copy: `returned.safetensors` (the updated copy θ̃^(k), float32) and, written last,
-`returned_manifest.json`. Without --copy, every copy of the round that has no returned manifest yet is done;
+Output, per copy: `returned.safetensors` (the updated copy θ̃^(k), float32) — or, under client.lora, the adapter in
+peft's files `adapter_model.safetensors` + `adapter_config.json` — and, written last, `returned_manifest.json`. Without --copy, every copy of the round that has no returned manifest yet is done;
 with --copy K the copy is (re)done even if it was returned before. Copies run one after another in this process
 (one copy in flight); `runner.parallel_copies` starts several such processes. Started by `accelerate launch`
 (client.accelerate_config), all its processes train each copy together and the first one returns it.
@@ -86,6 +86,7 @@ def cmd_unlearn(args) -> None:
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
     from mpu_cli.options import check_settings
+    from mpu_cli.unlearn.settings import LoraSettings
     from mpu_cli.unlearn.settings import ReferencePolicy
 
     if args.threads:
@@ -108,6 +109,7 @@ def cmd_unlearn(args) -> None:
         algorithm = build_algorithm(cfg["algorithm"]["name"], cfg["algorithm"].get("params") or {})
         client_cfg = ClientConfig(**cfg["client"])
         check_settings(client_cfg, ClientConfig, "client.")  # types, choices and ranges, as mpu-run's schema checks
+        check_settings(client_cfg.lora, LoraSettings, "client.lora.")
     except (TypeError, ValueError) as e:
         raise ClientError(f"--config: {e}") from None
     if client_cfg.reference != ReferencePolicy.client_copy:
@@ -131,7 +133,8 @@ def cmd_unlearn(args) -> None:
                                desc=f"round {r} copy {k + 1}/{n}")
         del published
         if accel.is_main_process():  # under `accelerate launch`: the first process returns the copy, once
-            ex.write_returned(exchange, manifest, updated)
+            # a LoRA adapter goes back with its config (peft's two files)
+            ex.write_returned(exchange, manifest, updated, getattr(updated, "config", None))
             print(f"mpu-client: round {r} copy {k} returned ({time.perf_counter() - t0:.1f}s)", flush=True)
         del updated
 

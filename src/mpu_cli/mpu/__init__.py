@@ -12,6 +12,7 @@ _EXPORTS = {
     "Transform": "mpu_cli.mpu.reparam",
     "UpdateAccumulator": "mpu_cli.mpu.aggregate",
     "ZeroSumNoise": "mpu_cli.mpu.noise",
+    "aggregate_adapters": "mpu_cli.mpu.lora_aggregate",
     "alpha_schedule": "mpu_cli.mpu.noise",
     "apply_transform": "mpu_cli.mpu.reparam",
     "block_of": "mpu_cli.models.family",

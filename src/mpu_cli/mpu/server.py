@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -235,6 +235,25 @@ class MPUServer:
             self._theta[name].add_(d, alpha=self._cfg.eta)
         del acc
         s.noise_cache.clear()
+        self._pending = False
+        return self.theta
+
+    def merge(self, update: Mapping[str, torch.Tensor]) -> dict:
+        """End the pending round with an aggregate Σ_k w_k T_k⁻¹(Δ_k) formed outside `aggregate`, in exact
+        coordinates (a LoRA round: mpu/lora_aggregate.py): θ ← θ + η·update[name] for each of its names. `update`
+        may build each tensor when read (then only one is in memory); every sum is checked finite before θ
+        changes, so a refused merge leaves the server at θ_{r-1}. Returns the new θ (fp32)."""
+        if not self._pending:
+            raise RuntimeError("merge() called without a published round; call publish() first")
+        unknown = [n for n in update if n not in self._theta]
+        if unknown:
+            raise ValueError(f"round {self._round}: the aggregate names {unknown[0]!r}, which is not a tensor of θ")
+        for name in update:
+            check_tensor(name, self._theta[name] + self._cfg.eta * update[name], f"round {self._round}",
+                         "the aggregated weight")
+        for name in update:
+            self._theta[name].add_(update[name].to(self._theta[name].device), alpha=self._cfg.eta)
+        self._secrets.noise_cache.clear()
         self._pending = False
         return self.theta
 

@@ -184,8 +184,19 @@ def unlearn(cfg, out: Path, prepared, tokenizer, dtype) -> tuple[dict, dict]:
     def on_commit(srv) -> None:
         atomic_write_json(out / "server_public.json", srv.public_info())
 
-    return drive(InProcessRounds(server, unlearn_fn, ckpt, slots=forked_slots(cfg), on_commit=on_commit),
-                 cfg.rounds)
+    return drive(InProcessRounds(server, unlearn_fn, ckpt, slots=forked_slots(cfg), on_commit=on_commit,
+                                 aggregate=adapter_aggregate(server, cfg)), cfg.rounds)
+
+
+def adapter_aggregate(server, cfg):
+    """Post-Process of a LoRA client's adapters (client.lora), None for whole copies."""
+    if not cfg.client.lora.enabled:
+        return None
+    from mpu_cli.models.lora import config_json, peft_config, scaling
+    from mpu_cli.mpu.lora_aggregate import aggregate_adapters
+
+    s = scaling(config_json(peft_config(client_config(cfg, 0).lora)))  # what the client's adapter_config.json says
+    return lambda returned: aggregate_adapters(server, returned, [s] * len(returned))
 
 
 # results.csv names these config leaves by short names; every other leaf keeps its dotted key.

@@ -46,10 +46,14 @@ UnlearnFn = Callable[[int, int, dict], dict]
 
 class InProcessRounds:
     def __init__(self, server, unlearn_fn: UnlearnFn, checkpoint=None, slots: int = 1,
-                 on_commit: Callable[[object], None] | None = None):
+                 on_commit: Callable[[object], None] | None = None,
+                 aggregate: Callable[[list], object] | None = None):
+        """aggregate(returned): Post-Process of what the client returned (default: server.aggregate, whole
+        copies; a LoRA client's adapters: mpu/lora_aggregate.py)."""
         if slots > 1 and checkpoint is None:
             raise ValueError("parallel slots return their copies through the stage checkpoint: give one")
         self.server, self.unlearn_fn, self.ckpt, self.slots = server, unlearn_fn, checkpoint, slots
+        self.aggregate_fn = aggregate
         self.on_commit = on_commit
         self.state = checkpoint.load() if checkpoint is not None else None
         self.timings = {"server": 0.0, "client": 0.0}
@@ -123,7 +127,10 @@ class InProcessRounds:
         self.copies = None
         t = time.perf_counter()
         set_scope(f"round{r}")
-        self.server.aggregate(self.returned)
+        if self.aggregate_fn is None:
+            self.server.aggregate(self.returned)
+        else:
+            self.aggregate_fn(self.returned)
         set_scope(None)
         self.timings["server"] += time.perf_counter() - t
         self.returned = []

@@ -10,10 +10,12 @@ Layout (format "mpu-exchange/1"); every file is written atomically, and in each 
           manifest.json              its manifest; written after the file: "copy k is published"  (server)
           returned.safetensors       the client's UPDATED COPY θ̃^(k) (full weights, not the difference),
                                      float32 or the published dtype per tensor                  (client)
+          adapter_model.safetensors  instead, from a LoRA client (client.lora): its adapter's factors and
+          adapter_config.json        peft's config of it, the two files peft itself writes       (client)
           returned_manifest.json     its manifest; written after the file: "copy k is returned"   (client)
         round.json                   written after every copy's manifest: "round r is published"  (server)
 
-A manifest holds: format, kind ("published" | "returned"), run_id (a random public token of this exchange,
+A manifest holds: format, kind ("published" | "returned"), content (returned: "updated_copy" | "lora_adapter"), run_id (a random public token of this exchange,
 no secret derives from it), round, copy, n_copies, per file its SHA-256 and size, per tensor its dtype and
 shape; a returned manifest also the SHA-256 of the published file it started from (binds an update to its
 copy). Manifests never hold seeds, α, σ, transforms or θ — `check_manifest_is_public` enforces the key set.
@@ -50,6 +52,8 @@ RETURNED, RETURNED_MANIFEST = "returned.safetensors", "returned_manifest.json"
 ROUND_MARKER = "round.json"
 PUBLIC_DIR = "public"
 RETURNED_CONTENT = "updated_copy"  # returned.safetensors holds θ̃^(k), the whole updated copy
+ADAPTER, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # peft's file names
+ADAPTER_CONTENT = "lora_adapter"  # the returned files are a LoRA adapter: ADAPTER + ADAPTER_CONFIG
 
 # safetensors dtype codes <-> torch
 _ST = {
@@ -293,21 +297,48 @@ def published_manifest(run_id: str, r: int, k: int, n_copies: int, file_info: di
             "files": {PUBLISHED: file_info}, "tensors": tensor_table(spec)}
 
 
-def write_returned(exchange: Path, pub: dict, tensors: dict[str, torch.Tensor]) -> dict:
-    """The client's answer for one copy: returned.safetensors, then its manifest (the completion marker).
-    `pub` is the validated published manifest of that copy."""
+def write_returned(exchange: Path, pub: dict, tensors: dict[str, torch.Tensor],
+                   adapter_config: dict | None = None) -> dict:
+    """The client's answer for one copy: returned.safetensors (the updated copy) or, with `adapter_config`, a LoRA
+    adapter in peft's two files (`tensors` its factors); then the manifest (the completion marker) covering every
+    file. `pub` is the validated published manifest of that copy."""
     r, k = pub["round"], pub["copy"]
     d = copy_dir(exchange, r, k)
     stale = d / RETURNED_MANIFEST
     if stale.exists():
         stale.unlink()  # a redo: the old marker goes first, so a crash never leaves a marker over a new file
-    info = write_safetensors(d / RETURNED, tensors)
+    if adapter_config is None:
+        content, files = RETURNED_CONTENT, {RETURNED: write_safetensors(d / RETURNED, tensors)}
+    else:
+        atomic_write_json(d / ADAPTER_CONFIG, adapter_config)
+        digest, size = sha256_file(d / ADAPTER_CONFIG)
+        content = ADAPTER_CONTENT
+        files = {ADAPTER: write_safetensors(d / ADAPTER, tensors), ADAPTER_CONFIG: {"sha256": digest, "bytes": size}}
     manifest = {"format": FORMAT, "kind": "returned", "run_id": pub["run_id"], "round": r, "copy": k,
-                "n_copies": pub["n_copies"], "content": RETURNED_CONTENT,
-                "published_sha256": pub["files"][PUBLISHED]["sha256"], "files": {RETURNED: info},
+                "n_copies": pub["n_copies"], "content": content,
+                "published_sha256": pub["files"][PUBLISHED]["sha256"], "files": files,
                 "tensors": tensor_table({n: (tuple(t.shape), t.dtype) for n, t in tensors.items()})}
     write_manifest(d / RETURNED_MANIFEST, manifest)
     return manifest
+
+
+def read_validated_json(path: Path, manifest: dict, what: str) -> dict:
+    """A JSON file the manifest lists (a LoRA adapter's config), checked like a tensor file: a regular file, its
+    size and SHA-256 against the manifest, then parsed."""
+    path = Path(path)
+    info = manifest.get("files", {}).get(path.name)
+    if not isinstance(info, dict) or not {"sha256", "bytes"} <= set(info):
+        raise TransportError(f"{what}: the manifest does not describe {path.name}")
+    with open_regular(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != info["bytes"] or size > _JSON_LIMIT:
+            raise TransportError(f"{what}: {path.name} is {size} bytes, its manifest says {info['bytes']} "
+                                 f"(truncated or altered)")
+        digest, _ = _sha256(f)
+        if digest != info["sha256"]:
+            raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
+                                 f"({str(info['sha256'])[:12]}…): the file was altered")
+        return _json_object(f, path, what)
 
 
 # ---- reading and validation -----------------------------------------------------------------------------------
@@ -318,10 +349,16 @@ def read_json(path: Path, what: str) -> dict:
     with open_regular(path, what) as f:
         if os.fstat(f.fileno()).st_size > _JSON_LIMIT:
             raise TransportError(f"{what}: {path.name} is larger than {_JSON_LIMIT >> 20} MiB; not a manifest")
-        try:
-            obj = json.loads(f.read().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TransportError(f"{what}: {path.name} is not valid JSON ({e})") from None
+        return _json_object(f, path, what)
+
+
+def _json_object(f, path: Path, what: str) -> dict:
+    """The JSON object in the open file `f`, read from its start."""
+    f.seek(0)
+    try:
+        obj = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TransportError(f"{what}: {path.name} is not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise TransportError(f"{what}: {path.name} is not a JSON object")
     return obj

@@ -2,7 +2,7 @@
 
     init       load θ_0 (the target), start a private server state, put the public model into the exchange
     publish    Pre-Process of the next round -> exchange/round_r/
-    aggregate  validate every returned copy, then Post-Process -> θ_r
+    aggregate  validate every returned copy (or LoRA adapter), then Post-Process -> θ_r
     status     public facts (round, pending, m, κ, exposed fraction)
 
 Private state (`state_dir`, e.g. RUN/server_private; never inside the exchange folder), in the one server-state
@@ -190,23 +190,56 @@ def _finish_marker(state_dir: Path, st: dict, exchange: Path) -> None:
     print(f"mpu-server: round {r} marker written ({len(record)} copies already published)")
 
 
-def validate_returned(state_dir: Path, st: dict, exchange: Path) -> list[Path]:
-    """Every returned copy of the pending round, checked completely before anything is aggregated."""
+def validate_returned(state_dir: Path, st: dict, exchange: Path) -> tuple[list[Path], list[float] | None]:
+    """Every returned copy of the pending round, checked completely before anything is aggregated: (the files to
+    aggregate, None) for updated copies; (the adapters' factor files, each adapter's lora_alpha / r) when every
+    copy came back as a LoRA adapter."""
     r = st["round"]
     record = ServerState(state_dir).round_secrets(r)["published_sha256"]
     shapes = _theta_shapes(state_dir, st)
     expected = {n: (shapes[n], ex.returned_dtypes(c)) for n, c in st["dtypes"].items()}
-    paths, problems = [], []
+    paths, scalings, contents, problems = [], [], set(), []
     for k, pub_sha in enumerate(record):
         try:
-            paths.append(ex.check_returned(exchange, r, k, st["run_id"], pub_sha, expected))
+            what, d = ex.where(r, k), ex.copy_dir(exchange, r, k)
+            m = ex.read_json(d / ex.RETURNED_MANIFEST, what + " (not returned yet?)")
+            contents.add(m.get("content"))
+            if m.get("content") != ex.ADAPTER_CONTENT:  # an updated copy: the exchange's complete check
+                paths.append(ex.check_returned(exchange, r, k, st["run_id"], pub_sha, expected))
+                continue
+            ex.check_manifest_identity(m, "returned", st["run_id"], r, k, what)
+            if m.get("published_sha256") != pub_sha:
+                raise TransportError(f"{what}: the update was computed from another published file "
+                                     f"(published_sha256 does not match the server's record)")
+            scaling, factors = _adapter_expected(d, m, shapes, what)
+            ex.read_validated(d / ex.ADAPTER, m, factors, what, load=False)
+            paths.append(d / ex.ADAPTER)
+            scalings.append(scaling)
         except TransportError as e:
             problems.append((k, str(e)))
+    if not problems and len(contents) > 1:
+        problems.append((0, f"{ex.where(r, None)}: some copies returned {ex.ADAPTER_CONTENT!r}, others "
+                            f"{ex.RETURNED_CONTENT!r}; one round aggregates one kind"))
     if problems:
         ks = " ".join(f"--copy {k}" for k, _ in problems)
         raise TransportError(f"{'; '.join(p for _, p in problems)} — nothing was aggregated; redo with "
                              f"`mpu-client unlearn --exchange {exchange} --round {r} {ks} --config ...`")
-    return paths
+    return paths, (scalings if contents == {ex.ADAPTER_CONTENT} else None)
+
+
+def _adapter_expected(d: Path, manifest: dict, shapes: dict, what: str) -> tuple[float, dict]:
+    """(lora_alpha / r, the factors the adapter file must hold) from the checked adapter_config.json and the
+    manifest's tensor names."""
+    from mpu_cli.models.lora import expected_factors, scaling
+
+    config = ex.read_validated_json(d / ex.ADAPTER_CONFIG, manifest, what)
+    tensors = manifest.get("tensors")
+    if not isinstance(tensors, dict):
+        raise TransportError(f"{what}: the manifest has no tensor table")
+    try:
+        return scaling(config), expected_factors(tensors, shapes, config["r"])
+    except ValueError as e:
+        raise TransportError(f"{what}: {e}") from None
 
 
 def _theta_shapes(state_dir: Path, st: dict) -> dict:
@@ -226,10 +259,16 @@ def aggregate(state_dir: Path, exchange: Path | None = None) -> None:
                           f"run `mpu-server publish`")
     r = st["round"]
     t0 = time.perf_counter()
-    paths = validate_returned(state_dir, st, exchange)
+    paths, scalings = validate_returned(state_dir, st, exchange)
     server = restore(state_dir, st, with_base=False)
-    returned = [ex.LazyStateDict(p, st["dtypes"]) for p in paths]
-    server.aggregate(returned)  # streams: one tensor name at a time across the m files
+    if scalings is None:
+        returned = [ex.LazyStateDict(p, st["dtypes"]) for p in paths]
+        server.aggregate(returned)  # streams: one tensor name at a time across the m files
+    else:
+        from mpu_cli.mpu.lora_aggregate import aggregate_adapters
+
+        returned = [ex.LazyStateDict(p) for p in paths]
+        aggregate_adapters(server, returned, scalings)  # one weight at a time from the m adapters' factors
     del returned
     ServerState(state_dir).commit(server, st)  # θ_r, then state.json: the commit point of round r
     _write_public(state_dir, server)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -80,15 +80,18 @@ def unlearn_copy(
 ) -> dict[str, torch.Tensor]:
     """The loop of unlearn/loop.py (AdamW at a constant LR, gradient accumulation, clipping; a fresh optimizer
     per call, i.e. per copy and round), plainly or under accelerate.
-    Returns the updated weights as fp32 CPU tensors, wherever it trained."""
+    Returns the updated weights as fp32 CPU tensors, wherever it trained; under client.lora the trained
+    adapter instead (unlearn/adapter.Adapter: its factors under peft's names, CPU tensors, and its config)."""
     from mpu_cli.unlearn import accel
 
+    if cfg.lora.enabled:
+        check_lora(cfg)
     if not accel.wanted(cfg):  # under accelerate, accelerate places the model
         model.to(pick_device(cfg.device, "client.device"))
     load_state_into(model, published)
     retain = data.retain
     ref = None
-    if algorithm.needs_reference:
+    if algorithm.needs_reference and not cfg.lora.enabled:
         ref = _frozen(model)  # client_copy: a snapshot of the copy as received
         if cfg.reference == ReferencePolicy.server_clean:
             load_state_into(ref, reference_state)
@@ -97,6 +100,8 @@ def unlearn_copy(
     if getattr(algorithm, "needs_idk", False) and not data.idk:
         raise ValueError(f"algorithm={algorithm.name!r} needs refusal answers (ClientData.idk)")
     trainable = getattr(algorithm, "trainable_parameters", lambda _m: None)(model)
+    if cfg.lora.enabled:
+        return _unlearn_adapter(model, algorithm, data, cfg, pad, trainable, desc)
     with only_trainable(model, trainable), accel.gradient_checkpointing(model, cfg.gradient_checkpointing):
         if accel.wanted(cfg):  # under accelerate: device placement, mixed precision, sharding; full state back
             updated = accel.train_accelerated(model, algorithm, data, cfg, pad, ref, desc)
@@ -131,3 +136,28 @@ def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref,
     opt = new_optimizer(model, cfg)
     model.train()
     train_epochs(model, algorithm, data, cfg, pad, ref, desc, opt, PlainEngine(model))
+
+
+def check_lora(cfg: ClientConfig) -> None:
+    """What client.lora does not combine with; ValueError naming the setting."""
+    if cfg.reference == ReferencePolicy.server_clean:
+        raise ValueError("client.reference=server_clean with client.lora.enabled=true: a LoRA client's reference is "
+                         "its copy with the adapter disabled; accepted: client_copy")
+    for key, value in (("accelerate_config", cfg.accelerate_config), ("mixed_precision", cfg.mixed_precision),
+                       ("gradient_checkpointing", cfg.gradient_checkpointing or None)):
+        if value is not None:
+            raise ValueError(f"client.{key}={value} with client.lora.enabled=true: LoRA clients run the plain loop; "
+                             f"accepted: client.{key}=null")
+
+
+def _unlearn_adapter(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, trainable, desc: str):
+    """The plain loop on a fresh adapter over the copy; the reference is the copy with the adapter disabled."""
+    from mpu_cli.unlearn.adapter import Adapter, AdapterDisabled, lora_adapter
+
+    with lora_adapter(model, cfg.lora, cfg.seed, trainable) as peft_model:
+        ref = AdapterDisabled(peft_model) if algorithm.needs_reference else None
+        _train(peft_model, algorithm, data, replace(cfg, lr=cfg.lr * cfg.lora.lr_scale), pad, ref, desc)
+        peft_model.eval()
+        adapter = Adapter(peft_model)
+    check_state(adapter, desc, "the adapter's factor")
+    return adapter

@@ -27,6 +27,29 @@ REFERENCE_POLICIES = tuple(ReferencePolicy)
 MIXED_PRECISION = tuple(MixedPrecision)
 
 
+# The linear projections of a Llama / Qwen2 / Mistral block (models/family.py): peft matches each name as the
+# last part of a module's path, so these put an adapter on every projection of every block.
+BLOCK_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    """client.lora: unlearn each copy through a fresh LoRA adapter (peft) and upload only the adapter."""
+
+    enabled: bool = option(False, "true: each copy is unlearned through a fresh LoRA adapter and only the adapter "
+                           "goes back to the server (peft's adapter_model.safetensors + adapter_config.json)")
+    rank: int = option(8, "r: the adapter's rank", ge=1)
+    alpha: float = option(16.0, "lora_alpha: the update B·A is scaled by alpha / rank", gt=0)
+    dropout: float = option(0.0, "lora_dropout on the adapter's input", ge=0, lt=1)
+    lr_scale: float = option(10.0, "the adapter trains at client.lr times this (a rank-r adapter moves less per "
+                             "step than the whole weights at the same rate)", gt=0)
+    target_modules: list[str] = option(help="the block projections that get an adapter (peft's target_modules: "
+                                       "a module name's last part)", factory=lambda: list(BLOCK_PROJECTIONS))
+
+    def __post_init__(self):
+        self.target_modules = [str(m) for m in self.target_modules]
+
+
 @dataclass
 class ClientConfig:
     lr: float = option(1e-5, "the client's learning rate (AdamW) (default: the model's preset for the algorithm, "
@@ -48,3 +71,9 @@ class ClientConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     device: str = option("auto", "the client loop's device: auto (cuda when available) | cpu | cuda | cuda:N "
                          "(default: `device`)")
+    lora: LoraSettings = option(help="LoRA clients", factory=LoraSettings)
+
+    def __post_init__(self):
+        if isinstance(self.lora, dict):  # read back from CLIENT.json or a resolved config
+            self.lora = LoraSettings(**self.lora)
+
