@@ -65,6 +65,13 @@ reproduce-muse-tiny: install  ## CPU: MUSE on the embedded corpus, 7 algorithms 
 reproduce-muse: install  ## GPU: the paper's MUSE script (Llama-3.2-1B-Instruct, MUSE-News and MUSE-Books; needs the Hub)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_muse
 
+.PHONY: reproduce-lora lora-bench
+reproduce-lora: install  ## CPU: LoRA clients (r=8) vs full fine-tuning, NPO x {clean, MPU k=0.01, k=0.1} x 3 seeds, embedded default
+	.venv/bin/mpu-run -m --config-name reproduce_lora
+
+lora-bench: install  ## LoRA r=8,16,64 vs full: bytes uploaded per copy, client peak RSS; LoRA aggregate's cancellation -> outputs/lora_bench/
+	$(PY) scripts/lora_bench.py
+
 .PHONY: reproduce-smollm2
 reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noised, MPU} x k in {0.1, 1} x 2 seeds, data subset
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset

@@ -3,7 +3,7 @@
     python scripts/lora_bench.py [--models tiny,smollm2-135m] [--ranks 8,16,64] --out DIR
 
 Writes into DIR:
-- cost.csv / cost.md: per model and client (full fine-tuning, LoRA r = 8, 16, 64) the bytes one copy uploads (the
+- cost.csv / cost.md (cost_short.md: bytes and peak RSS only): per model and client (full fine-tuning, LoRA r = 8, 16, 64) the bytes one copy uploads (the
   files the client writes into its exchange folder: returned.safetensors, or the adapter's two files; the manifest
   adds a few kB) and the client process's peak RSS while it unlearns one copy (NPO: a reference model, one epoch of the
   embedded forget01 set, each in a fresh process); the Llama-3.2-1B shape by its tensor shapes alone (bytes only).
@@ -195,16 +195,16 @@ def cancellation(kappas=(0.01, 0.1, 1.0), ms=(2, 4), seeds=(0, 1, 2)) -> list[di
     rows = []
     for kappa in kappas:
         for m in ms:
-            errors = {"harmonic": [], "uniform": []}
+            errors: dict[str, list[float]] = {"harmonic": [], "uniform": []}
             for seed in seeds:
-                for kind in errors:
+                for kind, found in errors.items():
                     server = MPUServer(theta, layout, ServerConfig(arm="mpu", kappa=kappa, m=m, seed=seed,
                                                                    noise_reference="raw"))
                     returned = [client(pub) for pub in server.publish()]
                     weights = server.private_state()["weights"]
                     scalings = [1.0] * m if kind == "harmonic" else [1.0 / m / w for w in weights]
                     new = aggregate_adapters(server, returned, scalings)
-                    errors[kind].append(relative_error({n: new[n] - theta[n] for n in exact}, exact))
+                    found.append(relative_error({n: new[n] - theta[n] for n in exact}, exact))
             rows.append({"kappa": kappa, "m": m, "seeds": len(seeds),
                          "rel_error_harmonic": max(errors["harmonic"]), "rel_error_uniform": max(errors["uniform"])})
     return rows
@@ -224,7 +224,8 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def cost_markdown(rows: list[dict]) -> str:
+def cost_markdown(rows: list[dict], short: bool = False) -> str:
+    """The cost table; short: model, client, bytes, their share of full and the peak RSS only (README's)."""
     from mpu_cli.report.views.fmt import markdown
 
     full = {r["model"]: r for r in rows if r["client"] == "full"}
@@ -235,8 +236,10 @@ def cost_markdown(rows: list[dict]) -> str:
         growth = None if r["peak_rss_mib"] is None else r["peak_rss_mib"] - r["rss_loaded_mib"]
         out.append([r["model"], r["client"], f"{r['uploaded_tensors']:,}", _size(r["bytes_uploaded"]), share,
                     _mib(r["peak_rss_mib"]), _mib(growth), "–" if r["seconds"] is None else f"{r['seconds']:.1f} s"])
-    return markdown(["model", "client", "values uploaded", "bytes uploaded per copy", "of full",
-                     "client peak RSS", "peak over the loaded copy", "one epoch"], out)
+    header = ["model", "client", "values uploaded", "bytes uploaded per copy", "of full", "client peak RSS",
+              "peak over the loaded copy", "one epoch"]
+    keep = [0, 1, 3, 4, 5] if short else list(range(len(header)))
+    return markdown([header[i] for i in keep], [[row[i] for i in keep] for row in out])
 
 
 def cancellation_markdown(rows: list[dict]) -> str:
@@ -277,6 +280,7 @@ def main() -> None:
         rows += shape_bytes(ranks)
     pd.DataFrame(rows).to_csv(args.out / "cost.csv", index=False)
     (args.out / "cost.md").write_text(cost_markdown(rows) + "\n")
+    (args.out / "cost_short.md").write_text(cost_markdown(rows, short=True) + "\n")
     cancel = cancellation()
     pd.DataFrame(cancel).to_csv(args.out / "cancellation.csv", index=False)
     (args.out / "cancellation.md").write_text(cancellation_markdown(cancel) + "\n")

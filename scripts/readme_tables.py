@@ -297,6 +297,53 @@ def smollm2_table() -> str:
     return VIEWS["seeds"].render(root)
 
 
+# ---- LoRA clients: scripts/lora_bench.py and make reproduce-lora; the view `mpu-report DIR --view lora` ----------
+
+LORA_BENCH_DIR: Path | None = None  # --lora-bench-dir: format a finished `scripts/lora_bench.py --out DIR` instead
+LORA_DIR: Path | None = None  # --lora-dir: format a finished `make reproduce-lora` sweep instead of running one
+
+
+@cache
+def lora_bench() -> Path:
+    """The folder of one `scripts/lora_bench.py` run: both of its tables read it."""
+    out = LORA_BENCH_DIR or OUT / f"lora_bench_{_stamp()}"
+    if LORA_BENCH_DIR is None:
+        _run([sys.executable, str(REPO / "scripts" / "lora_bench.py"), "--out", str(out)], out.with_suffix(".log"))
+    return out
+
+
+@table("lora_cost", cost="~5 min on 2 cores (scripts/lora_bench.py: 8 client processes, SmolLM2's GGUF converted once)")
+def lora_cost_table() -> str:
+    return (f"`python scripts/lora_bench.py` on {machine(1)}: one copy unlearned by NPO (a reference model), one "
+            "epoch of the embedded forget01 set, each client in a fresh process; the Llama-3.2-1B shape by its "
+            "tensor shapes (bytes only: its fp32 client does not fit this machine):\n\n"
+            + (lora_bench() / "cost.md").read_text().strip())
+
+
+@table("lora_cost_short", cost="the lora_cost table's run (shared)")
+def lora_cost_short_table() -> str:
+    return (f"`python scripts/lora_bench.py` on {machine(1)} (NPO, one epoch of forget01, one client process each; "
+            "the 1B shape from its tensor shapes; [docs/lora.md](docs/lora.md) has the full table):\n\n"
+            + (lora_bench() / "cost_short.md").read_text().strip())
+
+
+@table("lora_cancellation", cost="the lora_cost table's run (shared)")
+def lora_cancellation_table() -> str:
+    return ("A linear, T-equivariant rank-8 LoRA client on the embedded target's θ (`scripts/lora_bench.py`; "
+            "largest relative error ‖aggregate − F(θ)‖ / ‖F(θ)‖ over the seeds):\n\n"
+            + (lora_bench() / "cancellation.md").read_text().strip())
+
+
+@table("lora_quality", cost="~20 min on 2 cores (make reproduce-lora, 18 runs; --lora-dir formats a finished one)")
+def lora_quality_table() -> str:
+    root = LORA_DIR
+    if root is None:
+        root = OUT / f"lora_{_stamp()}"
+        _run([str(Path(sys.executable).parent / "mpu-run"), "-m", "--config-name", "reproduce_lora",
+              f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
+    return f"`make reproduce-lora` on {machine()}:\n\n" + VIEWS["lora"].render(root)
+
+
 # ---- not measured, but generated so that it cannot drift: open-unlearning's names (cli/aliases.py) --------------
 
 
@@ -349,9 +396,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the muse table from this finished `make reproduce-muse-tiny` sweep folder (no new sweep)")
     ap.add_argument("--audit-dir", type=Path, default=None,
                     help="the audit tables from this finished `mpu-audit sweep=true seed=0` folder (no new sweep)")
+    ap.add_argument("--lora-bench-dir", type=Path, default=None,
+                    help="the lora_cost / lora_cancellation tables from this `scripts/lora_bench.py --out` folder")
+    ap.add_argument("--lora-dir", type=Path, default=None,
+                    help="the lora_quality table from this finished `make reproduce-lora` sweep folder (no new sweep)")
     args = ap.parse_args(argv)
-    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR
+    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR
     AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
+    LORA_BENCH_DIR, LORA_DIR = args.lora_bench_dir, args.lora_dir
     if args.list:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_run
+from test_aggregate import LAYOUT, random_state
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mpu_cli.finite import NonFiniteError
 from mpu_cli.models.lora import config_json, expected_factors, factor_keys, factor_pairs, peft_config, scaling
 from mpu_cli.mpu import MPUServer, ServerConfig, aggregate_adapters
+from mpu_cli.report.views import VIEWS
 from mpu_cli.transport import exchange as ex
 from mpu_cli.transport.errors import TransportError
 from mpu_cli.unlearn.adapter import Adapter, AdapterDisabled, lora_adapter
 from mpu_cli.unlearn.client import check_lora
 from mpu_cli.unlearn.settings import ClientConfig, LoraSettings, ReferencePolicy
-from tests.unit.test_aggregate import LAYOUT, random_state
 
 torch.set_num_threads(1)
 
@@ -43,7 +45,7 @@ def test_linear_lora_client_is_denoised_exactly(m, schedule):
     client, exact = bench.linear_lora_client(theta, LAYOUT, rank=RANK)
     assert sorted(exact) == sorted(MATRICES)
     doubled = {n: 2.0 * x for n, x in exact.items()}
-    update, server, returned = lora_round(theta, client, scale=2.0, arm="mpu", kappa=0.1, m=m,
+    update, _, returned = lora_round(theta, client, scale=2.0, arm="mpu", kappa=0.1, m=m,
                                           alpha_schedule=schedule, seed=11)
     assert bench.relative_error(update, doubled) < 1e-6
     assert all(torch.equal(update[n], torch.zeros_like(update[n])) for n in theta if n not in MATRICES)
@@ -145,9 +147,9 @@ def test_rmus_trained_weights_get_the_adapter_and_an_adapter_outside_the_blocks_
     model = LlamaForCausalLM(SMALL)
     with lora_adapter(model, LoraSettings(), 0, ["model.layers.1.mlp.down_proj.weight"]) as peft_model:
         assert sorted(factor_pairs(Adapter(peft_model))) == ["model.layers.1.mlp.down_proj.weight"]
-    with pytest.raises(ValueError, match="outside every transformer block"):
-        with lora_adapter(model, LoraSettings(target_modules=["lm_head"]), 0):
-            pass
+    with pytest.raises(ValueError, match="outside every transformer block"), \
+            lora_adapter(model, LoraSettings(target_modules=["lm_head"]), 0):
+        pass
     assert type(model.lm_head) is torch.nn.Linear  # removed again after the refusal
 
 
@@ -174,3 +176,20 @@ def test_the_exchange_carries_the_adapter_in_peft_files_under_the_manifest(tmp_p
     (d / ex.ADAPTER_CONFIG).write_text(json.dumps(config | {"lora_alpha": 1e6}))
     with pytest.raises(TransportError, match="adapter_config.json"):
         ex.read_validated_json(d / ex.ADAPTER_CONFIG, m, "copy 0")
+
+
+def test_the_lora_view_pairs_each_lora_run_with_the_full_run_of_its_seed(tmp_path):
+    def quick(fp):
+        return {"forget_Q_A_Prob": fp, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": 0.5, "retain_Q_A_ROUGE": 0.6}
+
+    for seed, (full, lora) in enumerate([(0.10, 0.30), (0.20, 0.36)]):
+        for on, fp in ((False, full), (True, lora)):
+            write_run(tmp_path, f"clean_{on}_s{seed}", quick(fp), arm="clean", seed=seed, algorithm__name="npo",
+                      client__lora__enabled=on)
+    text = VIEWS["lora"].render(tmp_path)
+    row = next(r for r in text.splitlines() if r.startswith("| npo"))
+    assert "LoRA r = 8" in text and "| 2 |" in row
+    # forget Prob: full 0.15 → LoRA 0.33; paired differences 0.20 and 0.16: mean 0.18 ± 12.71·0.0283/√2
+    assert "0.15 → 0.33; +0.180 [-0.074, +0.434]" in row
+    with pytest.raises(ValueError, match="both with and without"):
+        VIEWS["lora"].render(tmp_path / "none")

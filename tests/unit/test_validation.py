@@ -71,7 +71,7 @@ def _grid(config_name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "config_name,n_jobs", [("reproduce_tiny", 84), ("reproduce_m", 84), ("reproduce_tofu", 84)]
+    "config_name,n_jobs", [("reproduce_tiny", 84), ("reproduce_m", 84), ("reproduce_tofu", 84), ("reproduce_lora", 18)]
 )
 def test_reproduction_grids_compose_and_validate(config_name, n_jobs, monkeypatch):
     if config_name == "reproduce_tofu":  # Hub names: checked against the local cache only when offline

@@ -218,8 +218,9 @@ def validate_returned(state_dir: Path, st: dict, exchange: Path) -> tuple[list[P
         except TransportError as e:
             problems.append((k, str(e)))
     if not problems and len(contents) > 1:
-        problems.append((0, f"{ex.where(r, None)}: some copies returned {ex.ADAPTER_CONTENT!r}, others "
-                            f"{ex.RETURNED_CONTENT!r}; one round aggregates one kind"))
+        mixed = (f"{ex.where(r, None)}: some copies returned {ex.ADAPTER_CONTENT!r}, others "
+                 f"{ex.RETURNED_CONTENT!r}; one round aggregates one kind")
+        problems.append((0, mixed))
     if problems:
         ks = " ".join(f"--copy {k}" for k, _ in problems)
         raise TransportError(f"{'; '.join(p for _, p in problems)} — nothing was aggregated; redo with "

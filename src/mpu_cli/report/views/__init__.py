@@ -31,6 +31,8 @@ VIEWS: dict[str, View] = {
     "audit": View("an `mpu-audit sweep=true` folder: each attack per κ and m", "audit", "audit_markdown"),
     "audit_all_params": View("an `mpu-audit sweep=true` folder: the attacks on all parameters, with and without "
                              "perturbing the unprotected ones", "audit", "audit_all_params_markdown"),
+    "lora": View("a `make reproduce-lora` sweep: LoRA against full fine-tuning, paired by seed", "lora",
+                 "lora_markdown"),
     "bench": View("a `python scripts/bench.py --out DIR` folder: its bench.csv", "bench", "bench_markdown"),
     "demo": View("a folder of `make demo`'s run at several thread counts (threads<N>/): forget Prob, utility, "
                  "privleak and the target's hash per count", "demo", "demo_markdown"),
