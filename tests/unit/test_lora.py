@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_run
 from test_aggregate import LAYOUT, random_state
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import write_run
 from mpu_cli.finite import NonFiniteError
 from mpu_cli.models.lora import config_json, expected_factors, factor_keys, factor_pairs, peft_config, scaling
 from mpu_cli.mpu import MPUServer, ServerConfig, aggregate_adapters
