@@ -18,8 +18,7 @@ from mpu_cli.report.views import VIEWS
 from mpu_cli.transport import exchange as ex
 from mpu_cli.transport.errors import TransportError
 from mpu_cli.unlearn.adapter import Adapter, AdapterDisabled, lora_adapter
-from mpu_cli.unlearn.client import check_lora
-from mpu_cli.unlearn.settings import ClientConfig, LoraSettings, ReferencePolicy
+from mpu_cli.unlearn.settings import ClientConfig, LoraSettings, ReferencePolicy, check_lora
 
 torch.set_num_threads(1)
 
@@ -160,6 +159,25 @@ def test_lora_refuses_what_it_does_not_combine_with(bad, match):
     with pytest.raises(ValueError, match=match):
         check_lora(ClientConfig(lora=LoraSettings(enabled=True), **bad))
     assert ClientConfig(lora={"enabled": True, "rank": 2}).lora == LoraSettings(enabled=True, rank=2)  # CLIENT.json
+
+
+def test_mpu_run_refuses_a_lora_combination_before_any_work():
+    from hydra import compose, initialize_config_dir
+
+    from mpu_cli.config import CONF_DIR, register_configs
+    from mpu_cli.options import ConfigError
+    from mpu_cli.run.checks import validate
+
+    def config(*overrides):
+        register_configs()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            return compose(config_name="config", overrides=["client.lora.enabled=true", *overrides])
+
+    validate(config())
+    with pytest.raises(ConfigError, match="client.reference=server_clean with client.lora.enabled=true"):
+        validate(config("client.reference=server_clean"))
+    with pytest.raises(ConfigError, match=r"client.lora.rank=0 must be >= 1"):
+        validate(config("client.lora.rank=0"))
 
 
 def test_the_exchange_carries_the_adapter_in_peft_files_under_the_manifest(tmp_path):

@@ -86,8 +86,7 @@ def cmd_unlearn(args) -> None:
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, unlearn_copy
     from mpu_cli.options import check_settings
-    from mpu_cli.unlearn.settings import LoraSettings
-    from mpu_cli.unlearn.settings import ReferencePolicy
+    from mpu_cli.unlearn.settings import LoraSettings, ReferencePolicy, check_lora
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +109,8 @@ def cmd_unlearn(args) -> None:
         client_cfg = ClientConfig(**cfg["client"])
         check_settings(client_cfg, ClientConfig, "client.")  # types, choices and ranges, as mpu-run's schema checks
         check_settings(client_cfg.lora, LoraSettings, "client.lora.")
+        if client_cfg.lora.enabled:
+            check_lora(client_cfg)
     except (TypeError, ValueError) as e:
         raise ClientError(f"--config: {e}") from None
     if client_cfg.reference != ReferencePolicy.client_copy:

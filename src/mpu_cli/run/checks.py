@@ -34,6 +34,7 @@ def _validate(cfg) -> None:
     check_algorithm_params(cfg.algorithm.name, cfg.algorithm.params)
     _check_server(cfg)
     _check_accelerate(cfg.client)
+    _check_lora(cfg)
     _check_device("device", cfg.device)
     _check_device("client.device", cfg.client.device)
     check_data_config(cfg.data)
@@ -102,6 +103,18 @@ def _check_jobs(cfg) -> None:
             check(cfg.runner.submitit)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+def _check_lora(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from mpu_cli.unlearn.settings import ClientConfig, check_lora
+
+    if cfg.client.lora.enabled:
+        try:
+            check_lora(ClientConfig(**OmegaConf.to_container(cfg.client, resolve=True)))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
 
 def _check_accelerate(client) -> None:
     from mpu_cli.unlearn.accel import resolve_config

@@ -19,7 +19,7 @@ from mpu_cli.devices import pick_device
 from mpu_cli.finite import check_state
 from mpu_cli.models.io import load_state_into, state_dict_fp32
 from mpu_cli.unlearn.loop import PlainEngine, new_optimizer, train_epochs
-from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig, ReferencePolicy  # noqa: F401 (the client's settings)
+from mpu_cli.unlearn.settings import REFERENCE_POLICIES, ClientConfig, ReferencePolicy, check_lora  # noqa: F401 (the client's settings)
 
 
 @dataclass
@@ -136,18 +136,6 @@ def _train(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, ref,
     opt = new_optimizer(model, cfg)
     model.train()
     train_epochs(model, algorithm, data, cfg, pad, ref, desc, opt, PlainEngine(model))
-
-
-def check_lora(cfg: ClientConfig) -> None:
-    """What client.lora does not combine with; ValueError naming the setting."""
-    if cfg.reference == ReferencePolicy.server_clean:
-        raise ValueError("client.reference=server_clean with client.lora.enabled=true: a LoRA client's reference is "
-                         "its copy with the adapter disabled; accepted: client_copy")
-    for key, value in (("accelerate_config", cfg.accelerate_config), ("mixed_precision", cfg.mixed_precision),
-                       ("gradient_checkpointing", cfg.gradient_checkpointing or None)):
-        if value is not None:
-            raise ValueError(f"client.{key}={value} with client.lora.enabled=true: LoRA clients run the plain loop; "
-                             f"accepted: client.{key}=null")
 
 
 def _unlearn_adapter(model, algorithm, data: ClientData, cfg: ClientConfig, pad: int, trainable, desc: str):

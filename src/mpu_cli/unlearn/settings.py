@@ -77,3 +77,18 @@ class ClientConfig:
         if isinstance(self.lora, dict):  # read back from CLIENT.json or a resolved config
             self.lora = LoraSettings(**self.lora)
 
+
+def check_lora(cfg: ClientConfig) -> None:
+    """What client.lora does not combine with; ValueError naming the setting."""
+    if not cfg.lora.target_modules:
+        raise ValueError("client.lora.target_modules=[] names no module; accepted: block projections, e.g. "
+                         f"{list(BLOCK_PROJECTIONS)}")
+    if cfg.reference == ReferencePolicy.server_clean:
+        raise ValueError("client.reference=server_clean with client.lora.enabled=true: a LoRA client's reference is "
+                         "its copy with the adapter disabled; accepted: client_copy")
+    for key, value, off in (("accelerate_config", cfg.accelerate_config, None),
+                            ("mixed_precision", cfg.mixed_precision, None),
+                            ("gradient_checkpointing", cfg.gradient_checkpointing, False)):
+        if value != off:
+            raise ValueError(f"client.{key}={value} with client.lora.enabled=true: LoRA clients run the plain loop; "
+                             f"accepted: client.{key}={'null' if off is None else 'false'}")
