@@ -315,8 +315,9 @@ def lora_bench() -> Path:
 @table("lora_cost", cost="~5 min on 2 cores (scripts/lora_bench.py: 8 client processes, SmolLM2's GGUF converted once)")
 def lora_cost_table() -> str:
     return (f"`python scripts/lora_bench.py` on {machine(1)}: one copy unlearned by NPO (a reference model), one "
-            "epoch of the embedded forget01 set, each client in a fresh process; the Llama-3.2-1B shape by its "
-            "tensor shapes (bytes only: its fp32 client does not fit this machine):\n\n"
+            "epoch of the embedded forget01 set, each client in a fresh process (values: the client's state dict, "
+            "tied embeddings counted twice; the epoch times are from a shared, loaded machine); the Llama-3.2-1B "
+            "shape by its tensor shapes (bytes only: its fp32 client does not fit this machine):\n\n"
             + (lora_bench() / "cost.md").read_text().strip())
 
 
