@@ -83,18 +83,26 @@ def hydra_conf():
         yield
 
 
+class _GroupConfigs(dict):
+    """{(group, option): cfg}, each composed on first use: a worker composes only the options its tests read."""
+
+    def __missing__(self, key):
+        from hydra import compose, initialize_config_dir
+
+        from mpu_cli.config import CONF_DIR, register_configs
+
+        group, option = key
+        register_configs()
+        with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_compose"):
+            self[key] = compose("config", overrides=[f"{group}={option}"])
+        return self[key]
+
+
 @pytest.fixture(scope="session")
 def group_configs():
     """mpu-run's configuration composed with each option of each config group alone, {(group, option): cfg}:
     composed once for every test that reads them (a composition takes a Hydra pass)."""
-    from hydra import compose, initialize_config_dir
-
-    from helpers import CONFIG_GROUPS, group_options
-    from mpu_cli.config import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_compose"):
-        return {(g, o): compose("config", overrides=[f"{g}={o}"]) for g in CONFIG_GROUPS for o in group_options(g)}
+    return _GroupConfigs()
 
 
 @pytest.fixture(scope="module")

@@ -66,8 +66,6 @@ def test_an_algorithm_named_alone_gets_the_models_preset(group_configs, name):
     model = alone.model
     want = (model.algorithm_lr.get(name, model.client_lr), model.algorithm_epochs.get(name, model.client_epochs), 1)
     assert (alone.client.lr, alone.client.epochs, alone.rounds) == want
-    mine = _compose(f"algorithm={name}", "client.lr=0.5", "client.epochs=2")
-    assert (mine.client.lr, mine.client.epochs) == (0.5, 2)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -76,4 +74,13 @@ def test_the_papers_schedule_is_one_table(name):
     cfg = _compose("experiment=paper", f"algorithm={name}")
     assert cfg.rounds * cfg.client.epochs == 10 and cfg.client.lr == 1e-5
     assert (cfg.rounds, cfg.client.epochs) == (cfg.schedule[name].rounds, cfg.schedule[name].epochs)
-    assert _compose("experiment=paper", f"algorithm={name}", "rounds=3").rounds == 3  # the command line wins
+
+
+def test_the_command_line_wins_over_every_preset():
+    """One interpolation serves every algorithm: checked on an algorithm with its own lr (rmu) and one with its
+    own epochs (undial) in the model's table, and on the paper's schedule."""
+    for name in ("rmu", "undial"):
+        mine = _compose(f"algorithm={name}", "client.lr=0.5", "client.epochs=2")
+        assert (mine.client.lr, mine.client.epochs) == (0.5, 2)
+    mine = _compose("experiment=paper", "algorithm=npo", "rounds=3", "client.epochs=2", "client.lr=0.5")
+    assert (mine.rounds, mine.client.epochs, mine.client.lr) == (3, 2, 0.5)
