@@ -31,8 +31,8 @@ test: install  ## run the test suite: both layers, three workers (`make test-slo
 	# worker, so a module fixture that starts processes (the fault chain, the bad-input runs) runs once.
 	$(PY) -m pytest -q -n 3 --dist loadfile tests/unit tests/integration
 
-test-unit: install  ## the unit layer only: no process started, no model built
-	$(PY) -m pytest -q tests/unit
+test-unit: install  ## the unit layer only (plain pytest: two workers): no process started, no model built
+	$(PY) -m pytest -q
 
 test-slow: install  ## run only the slow end-to-end tests
 	$(PY) -m pytest -q -m slow tests/unit tests/integration
