@@ -22,6 +22,7 @@ from mpu_cli.models.dtypes import Dtype
 from mpu_cli.mpu.arms import ALPHA_ONE, PLAIN_SCHEDULE, ArmName, arm_of  # light: the arm names and rules, no torch
 from mpu_cli.mpu.settings import ServerConfig, ServerOptions
 from mpu_cli.options import ConfigError, check_ranges, did_you_mean, field_of, option
+from mpu_cli.run import seed_tag
 from mpu_cli.unlearn.settings import ClientConfig
 
 __all__ = [  # ConfigError and did_you_mean are options.py's, re-exported for the command lines
@@ -249,6 +250,7 @@ def register_configs() -> None:
     # a run folder's name is readable by anyone: it tells whether the run is seeded, never the seed
     OmegaConf.register_new_resolver("mpu_seed_tag", lambda seed: "unseeded" if seed is None else "seeded",
                                     replace=True)
+    OmegaConf.register_new_resolver("mpu_client_seed", seed_tag.client_seed, replace=True)
 
 
 def arm_tag(arm, kappa, m, alpha_schedule=PLAIN_SCHEDULE, noised_alpha=ALPHA_ONE) -> str:

@@ -87,6 +87,14 @@ def test_audit_views_read_each_cell_of_the_sweep(tmp_path):
     assert len(rows) == 3
 
 
+def test_an_audit_recorded_with_the_seeds_tag_shows_the_tag_and_no_seed(tmp_path):
+    _audit_sweep(tmp_path)
+    for cell in tmp_path.glob("*_cell/privacy_report.json"):
+        cell.write_text(cell.read_text().replace('"seed": 0', '"seed": "seed-0123456789ab"'))
+    assert "forget10, seed tag seed-0123456789ab; `mpu-audit sweep=true seed=<its seed>`):" in \
+        VIEWS["audit"].render(tmp_path)
+
+
 def test_mpu_report_prints_a_view_and_refuses_a_folder_it_does_not_read(tmp_path, capsys):
     (tmp_path / "bench.csv").write_text("run,m\nm-sweep,2\n")
     assert report_main([str(tmp_path), "--view", "bench"]) == 0

@@ -91,3 +91,35 @@ def test_the_hydra_record_holds_the_tag_not_the_seed(tmp_path, monkeypatch):
     tag = seed_tag.tag(987654, tmp_path / "cache")
     assert OmegaConf.load(tmp_path / "run" / ".hydra" / "overrides.yaml") == [f"seed={tag}", "client.seed=3"]
     assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").seed == tag
+
+
+def _reproduce(tmp_path, monkeypatch, seed):
+    from hydra import compose, initialize_config_dir
+
+    from mpu_cli.config import CONF_DIR, register_configs
+
+    monkeypatch.setenv("MPU_CACHE_DIR", str(tmp_path / "cache"))
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="reproduce_m", overrides=[f"seed={seed}"])
+
+
+def test_a_reproduce_sweeps_client_seed_follows_the_seed_and_tells_nothing_of_it(tmp_path, monkeypatch):
+    """The client's seed in a reproduce sweep: a keyed integer of the seed, so CLIENT.json (which the client
+    reads), run.json and results.csv hold no plain seed; equal seeds, equal client seeds."""
+    from mpu_cli.run.pipeline import result_row
+    from mpu_cli.run.settings import client_settings
+
+    cfg = _reproduce(tmp_path, monkeypatch, 987654)
+    client_json = json.dumps(client_settings(cfg))
+    assert "987654" not in client_json
+    assert json.loads(client_json)["client"]["seed"] == seed_tag.client_seed(987654, tmp_path / "cache")
+    assert seed_tag.client_seed(987654, tmp_path / "cache") == seed_tag.client_seed("987654", tmp_path / "cache")
+    assert cfg.client.seed != _reproduce(tmp_path, monkeypatch, 987655).client.seed
+    assert cfg.client.seed != seed_tag.client_seed(987654, tmp_path / "other")  # keyed: another cache, another
+    row = result_row(cfg, {}, {}, "hash")
+    assert "987654" not in json.dumps(row, default=str) and row["client.seed"] == cfg.client.seed
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.start(cfg, run, "fresh")
+    assert "987654" not in (run / "run.json").read_text()

@@ -23,6 +23,7 @@ from mpu_cli.mpu.arms import arm_of
 from mpu_cli.mpu.build import build_server, load_base
 from mpu_cli.mpu.server import MPUServer
 from mpu_cli.mpu.settings import ServerConfig
+from mpu_cli.run import seed_tag
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.settings import chat_format, client_config
 
@@ -96,7 +97,8 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
     n_protected = scorer.numel(scorer.protected)
     report = _clean({
         "config": {"model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "arm": cfg.arm,
-                   "kappa": cfg.kappa, "m": server.n_copies, "seed": cfg.seed,
+                   "kappa": cfg.kappa, "m": server.n_copies,
+                   "seed": seed_tag.tag(cfg.seed, cfg.prepare.cache_dir),  # readable: the tag, not the seed
                    "perturb_unprotected": bool(cfg.server.perturb_unprotected),
                    "alpha_schedule": cfg.server.alpha_schedule, "algorithm": cfg.algorithm.name,
                    "client_epochs": cfg.client.epochs, "client_lr": cfg.client.lr},

@@ -6,6 +6,9 @@ The tag is a keyed hash of the seed (HMAC-SHA256) under this user's key, kept be
 (`prepare.cache_dir`/seed-tag.key, 0600): runs with the same seed and the same cache get the same tag, so
 reports still pair an arm's run with the clean run of its seed, and the tag does not tell the seed (a plain
 hash of a small number would: trying every seed finds it). No heavy imports: the CLI's precheck uses it.
+
+A reproduce sweep's client follows the seed (its data order differs per seed) through `client_seed`, an integer
+keyed the same way under its own label: the client, who reads its seed, learns nothing of the server's.
 """
 from __future__ import annotations
 
@@ -51,9 +54,23 @@ def tag(seed, cache_dir) -> str | None:
     """The seed's public tag (None for an unseeded run): `seed-` and 12 hex digits."""
     if seed is None:
         return None
-    if isinstance(seed, str) and seed.startswith(PREFIX):
+    if is_tag(seed):
         return seed  # already a tag (a recorded configuration)
     return PREFIX + hmac.new(_key(cache_dir), str(seed).encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def is_tag(value) -> bool:
+    """Whether a recorded seed is a tag (records written before tags hold the plain seed)."""
+    return isinstance(value, str) and value.startswith(PREFIX)
+
+
+def client_seed(seed, cache_dir) -> int | None:
+    """`${mpu_client_seed:${seed},${prepare.cache_dir}}`: the client's seed that follows the server's seed (None
+    for an unseeded run), a 31-bit integer keyed under its own label so that it tells nothing of the seed."""
+    if seed is None:
+        return None
+    digest = hmac.new(_key(cache_dir), b"client-seed:" + str(seed).encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 def public_config(config: dict, cache_dir=None) -> dict:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mpu_cli.report.views.fmt import g, markdown
+from mpu_cli.run import seed_tag
 
 SWEEP_FILE = "privacy_sweep.json"
 CELL_FILE = "privacy_report.json"
@@ -24,9 +25,12 @@ def read_sweep(folder: Path) -> list[dict]:
 
 def _caption(r: dict) -> str:
     c, p = r["config"], r["params"]
+    # a sweep records its seed's tag (older ones the seed): the command then names the seed by its place
+    seed = f"seed tag {c['seed']}; `mpu-audit sweep=true seed=<its seed>`" if seed_tag.is_tag(c["seed"]) else \
+        f"seed {c['seed']}; `mpu-audit sweep=true seed={c['seed']}`"
     return (f"Measured on the embedded default ({p['total'] / 1e6:.2f} M parameters, {p['protected'] / 1e6:.2f} M "
             f"in blocks;\n{c['algorithm'].upper()}, {c['client_epochs']} epochs, lr {c['client_lr']:g}, "
-            f"{c['split']}, seed {c['seed']}; `mpu-audit sweep=true seed={c['seed']}`):")
+            f"{c['split']}, {seed}):")
 
 
 def audit_markdown(folder: Path) -> str:
