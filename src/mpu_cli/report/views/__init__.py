@@ -38,4 +38,6 @@ VIEWS: dict[str, View] = {
                  "privleak and the target's hash per count", "demo", "demo_markdown"),
     "muse": View("a `make reproduce-muse-tiny` folder: the MUSE metrics of the target, the retrained model and "
                  "GradDiff / NPO per arm", "muse", "muse_markdown"),
+    "scale": View("a `python scripts/scale_1b.py --out DIR` run: the wall time of every stage and the peak memory "
+                  "of every process", "scale", "scale_markdown"),
 }
