@@ -10,7 +10,7 @@ the noise survives). Models, all cast to bf16 as `model.dtype=bfloat16` loads th
 - smollm2-135m: SmolLM2-135M-Instruct fine-tuned on the embedded TOFU-shaped data as open-unlearning builds its
   TOFU targets (AdamW lr 1e-5, 5 epochs; the prepare preset of conf/reproduce_smollm2.yaml, cached: `make
   reproduce-smollm2` uses the same target; ~10 min on 2 cores to build it the first time);
-- llama-1b-shape: the Llama-3.2-1B shape of scripts/gpu_check.py at random init (bf16) as the base, 2 of its 16
+- llama-1b-shape: the Llama-3.2-1B shape of scripts/make_llama1b_shape.py at random init (bf16) as the base, 2 of its 16
   identical blocks (enough on a CPU: each block is 60.8 M parameters), and as target the base plus a Gaussian
   task vector of SmolLM2's relative size RMS(θ − θ_base)/RMS(θ) (per tensor, added in fp32, then cast to bf16
   as a bf16 fine-tune's weights are).
@@ -89,17 +89,19 @@ def _relative(theta: dict, base: dict) -> float:
 def _llama_shape(relative: float, seed: int = 0) -> tuple[dict, dict, object, dict]:
     """The 1B shape's first LLAMA_BLOCKS blocks at random init (bf16) as base, base + task vector as target."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, str(REPO / "scripts"))
-    from gpu_check import llama_config
+    from make_llama1b_shape import CONFIG
 
     from mpu_cli.models.tiny import load_embedded_tokenizer
     from mpu_cli.mpu import block_of
 
     tok = load_embedded_tokenizer()
-    config = llama_config(False, len(tok), tok)
-    config.num_hidden_layers, config.vocab_size = LLAMA_BLOCKS, len(tok)  # outside the blocks: not measured
+    # outside the blocks (embeddings: the embedded tokenizer's vocabulary) not measured
+    config = LlamaConfig.from_dict({**CONFIG, "num_hidden_layers": LLAMA_BLOCKS, "vocab_size": len(tok),
+                                    "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                                    "eos_token_id": tok.eos_token_id})
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     base = {n: t.detach().float() for n, t in model.state_dict().items()}

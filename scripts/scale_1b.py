@@ -44,7 +44,7 @@ ON_DEVICE = {"cpu": ["device=cpu", "model.dtype=float32", "server.publish_dtype=
 
 def shape_folders(models: Path, layers: int | None, extra: list[str]) -> tuple[Path, Path]:
     """The shape's base (seed 0) and target (seed 1), written once by make_llama1b_shape.py."""
-    tag = "llama1b-shape" + (f"-L{layers}" if layers else "")
+    tag = "-".join(["llama1b-shape", *([f"L{layers}"] if layers else []), *(a.lstrip("-") for a in extra)])
     folders = []
     for role, seed in (("base", 0), ("target", 1)):
         out = models / f"{tag}-{role}"
