@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-break reproduce-tofu report readme-tables
+.PHONY: help install demo test test-unit test-slow lint bench bench-eval clean reproduce-tiny reproduce-m reproduce-break reproduce-tofu report readme-tables llama1b-shape scale-1b scale-table
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,18 @@ reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noi
 
 report: install  ## summary.csv, summary.md and plots for a folder of runs: make report DIR=outputs/sweeps/<time>
 	.venv/bin/mpu-report $(DIR)
+
+# The Llama-3.2-1B shape (scripts/make_llama1b_shape.py): random init in bf16, sharded safetensors, a tokenizer with
+# Llama-3's special tokens and chat template; base (seed 0) and target (seed 1), where scripts/scale_1b.py looks.
+llama1b-shape: install  ## write the Llama-3.2-1B shape (random init, bf16, Llama-3 tokenizer) into outputs/models/
+	$(PY) scripts/make_llama1b_shape.py outputs/models/llama1b-shape-base --seed 0
+	$(PY) scripts/make_llama1b_shape.py outputs/models/llama1b-shape-target --seed 1
+
+scale-1b: install  ## CPU: the 1B shape through mpu-run (m=2, files, fp32): stage times, peak RSS per process (~1 h, ~15 GB)
+	$(PY) scripts/scale_1b.py $(if $(LAYERS),--layers $(LAYERS))
+
+scale-table: install  ## the scale tables of README and docs/scale.md from a finished run: make scale-table RUN=outputs/scale/<run>
+	$(PY) scripts/readme_tables.py --tables scale_1b,scale_1b_processes --scale-dir $(RUN)
 
 bench: install  ## cost vs m = 1,2,4,8 (wall, peak RSS, server/client time), parallel copies -> outputs/bench/
 	$(PY) scripts/bench.py

@@ -343,6 +343,30 @@ def lora_quality_table() -> str:
         _run([str(Path(sys.executable).parent / "mpu-run"), "-m", "--config-name", "reproduce_lora",
               f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
     return f"`make reproduce-lora` on {machine()}:\n\n" + VIEWS["lora"].render(root)
+# ---- the Llama-3.2-1B shape end to end: scripts/scale_1b.py; the views `scale` / `scale_processes` ------------------
+
+SCALE_DIR: Path | None = None  # --scale-dir: format a finished `python scripts/scale_1b.py` run instead of running one
+
+
+@cache
+def scale_run() -> Path:
+    """The folder of one `python scripts/scale_1b.py` run (CPU, the full 1B shape): both scale tables read it."""
+    out = SCALE_DIR or OUT / f"scale_1b_{_stamp()}"
+    if SCALE_DIR is None:
+        _run([sys.executable, str(REPO / "scripts" / "scale_1b.py"), "--out", str(out)], out.with_suffix(".log"))
+    return out
+
+
+@table("scale_1b", cost="~1 h on 2 cores and ~15 GB of memory (scripts/scale_1b.py; --scale-dir formats a finished run)")
+def scale_1b_table() -> str:
+    where = f"{cpu_model()} ({os.cpu_count()} cores)"
+    return f"`python scripts/scale_1b.py` on {where}. " + VIEWS["scale"].render(scale_run())
+
+
+@table("scale_1b_processes", cost="the scale_1b table's run (run once for both)")
+def scale_1b_processes_table() -> str:
+    where = f"{cpu_model()} ({os.cpu_count()} cores)"
+    return f"`python scripts/scale_1b.py` on {where}: " + VIEWS["scale_processes"].render(scale_run())
 
 
 # ---- not measured, but generated so that it cannot drift: open-unlearning's names (cli/aliases.py) --------------
@@ -405,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR
     AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
     LORA_BENCH_DIR, LORA_DIR = args.lora_bench_dir, args.lora_dir
+    ap.add_argument("--scale-dir", type=Path, default=None,
+                    help="the scale tables from this finished `python scripts/scale_1b.py` run (no new run)")
+    args = ap.parse_args(argv)
+    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, SCALE_DIR
+    AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
+    SCALE_DIR = args.scale_dir
     if args.list:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")

@@ -56,7 +56,7 @@ def test_seeds_give_different_weights_and_a_seed_the_same(shapes, tmp_path):
 
     proc = _make(tmp_path / "again", "--seed", "0")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    first = sorted(shapes[0].glob("model-*.safetensors"))[0].name
+    first = min(shapes[0].glob("model-*.safetensors")).name
     a, b, again = (load_file(str(d / first)) for d in (shapes[0], shapes[1], tmp_path / "again"))
     name = "model.embed_tokens.weight"
     assert a[name].equal(again[name]) and not a[name].equal(b[name])

@@ -40,4 +40,6 @@ VIEWS: dict[str, View] = {
                  "GradDiff / NPO per arm", "muse", "muse_markdown"),
     "scale": View("a `python scripts/scale_1b.py --out DIR` run: the wall time of every stage and the peak memory "
                   "of every process", "scale", "scale_markdown"),
+    "scale_processes": View("a `python scripts/scale_1b.py --out DIR` run: the peak memory of every process",
+                            "scale", "processes_markdown"),
 }

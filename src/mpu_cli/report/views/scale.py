@@ -56,8 +56,8 @@ def process_rows(record: dict) -> list[list[str]]:
     return rows
 
 
-def scale_markdown(folder: Path) -> str:
-    folder = Path(folder)
+def _read(folder: Path) -> tuple[dict, str]:
+    """scale.json and a caption naming the model, device, dtypes, algorithm, m and transport of the run."""
     f = folder / SCALE_FILE
     if not f.is_file() or not (folder / "results.csv").is_file():
         raise ValueError(f"{folder} holds no {SCALE_FILE} and results.csv (a finished `python scripts/scale_1b.py "
@@ -69,8 +69,26 @@ def scale_markdown(folder: Path) -> str:
             f"publish {cfg.get('server', {}).get('publish_dtype', '?')}, {cfg.get('algorithm', {}).get('name', '?')}, "
             f"m = {cfg.get('m', '?')}, transport={cfg.get('transport', '?')}, OMP_NUM_THREADS="
             f"{record.get('omp_num_threads')}")
+    return record, what
+
+
+_PROCESS_HEADER = ["process", "alive (from the start)", "peak RSS", "× fp32 copy", "peak GPU memory"]
+_PROCESS_NOTE = ("peak RSS: the kernel's high-water mark VmHWM, sampled every 0.2 s; × one fp32 copy of the model; "
+                 "GPU: nvidia-smi every 2 s")
+
+
+def scale_markdown(folder: Path) -> str:
+    """Both tables: every stage's wall time, then every process's peak memory."""
+    folder = Path(folder)
+    record, what = _read(folder)
     return (f"Stages ({what}):\n\n" + markdown(["stage", "wall time"], stage_rows(folder))
-            + "\n\nProcesses (peak RSS: the kernel's high-water mark VmHWM, sampled every 0.2 s; × one fp32 copy of "
-              "the model; GPU: nvidia-smi every 2 s):\n\n"
-            + markdown(["process", "alive (from the start)", "peak RSS", "× fp32 copy", "peak GPU memory"],
-                       process_rows(record)))
+            + f"\n\nProcesses ({_PROCESS_NOTE}):\n\n" + markdown(_PROCESS_HEADER, process_rows(record)))
+
+
+def processes_markdown(folder: Path) -> str:
+    """The processes' table alone, with mpu-run's total wall time in its caption."""
+    folder = Path(folder)
+    record, what = _read(folder)
+    total = duration(float(_results(folder)["time_total_s"]))
+    return (f"{what}; mpu-run in all {total} ({_PROCESS_NOTE}):\n\n"
+            + markdown(_PROCESS_HEADER, process_rows(record)))
