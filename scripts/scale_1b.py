@@ -59,7 +59,8 @@ def shape_folders(models: Path, layers: int | None, extra: list[str]) -> tuple[P
 
 
 def overrides(args) -> list[str]:
-    out = [*COMMON, *ON_DEVICE[args.device], f"hydra.run.dir={args.out}"]
+    # A cache of its own: the target's evaluation is measured, not read from an earlier run's cache.
+    out = [*COMMON, *ON_DEVICE[args.device], f"hydra.run.dir={args.out}", f"prepare.cache_dir={args.out / 'cache'}"]
     if args.hub:
         out += ["data=tofu", f"model.target={HUB_TARGET}", f"model.retain={HUB_RETAIN}"]
     else:
