@@ -115,6 +115,9 @@ class Sampler(threading.Thread):
         self.procs: dict[int, dict] = {}
         self.done = threading.Event()
 
+    def table(self) -> list[dict]:
+        return sorted((dict(r) for r in list(self.procs.values())), key=lambda r: r["start_s"])
+
     def run(self) -> None:
         import psutil
 
@@ -147,6 +150,10 @@ class Sampler(threading.Thread):
             self.done.wait(self.period)
 
 
+def _write(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
 def param_count(where: Path) -> int:
     """Parameters of the run's public model (its config, built on the meta device: no weights read)."""
     import torch
@@ -175,22 +182,30 @@ def main(argv=None) -> int:
     if args.hub:
         env.update(HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0")
     print("$ " + " ".join(cmd), flush=True)
+    # Beside the run folder while mpu-run owns it (its manifest lists the folder's files when it finishes).
+    partial = args.out.with_name(args.out.name + ".partial-" + SCALE_FILE)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     sampler = Sampler(proc.pid, t0)
     sampler.start()
-    rc = proc.wait()
+    record = {"command": cmd, "returncode": None, "device": args.device, "hub": args.hub,
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    while True:  # what has been measured so far stays readable while a long run goes on
+        try:
+            rc = proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            _write(partial, record | {"wall_s": round(time.perf_counter() - t0, 1), "processes": sampler.table()})
     sampler.done.set()
     sampler.join()
-    wall = time.perf_counter() - t0
-    record = {"command": cmd, "returncode": rc, "wall_s": round(wall, 1), "device": args.device, "hub": args.hub,
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-              "processes": sorted(sampler.procs.values(), key=lambda r: r["start_s"])}
+    record |= {"returncode": rc, "wall_s": round(time.perf_counter() - t0, 1), "processes": sampler.table()}
     public = args.out / "exchange" / "public"
     if public.is_dir():
         record["params"] = param_count(public)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / SCALE_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    _write(args.out / SCALE_FILE, record)
+    partial.unlink(missing_ok=True)
     if rc == 0:
         from mpu_cli.report.views import VIEWS
 
