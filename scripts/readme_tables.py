@@ -359,14 +359,12 @@ def scale_run() -> Path:
 
 @table("scale_1b", cost="~1 h on 2 cores and ~15 GB of memory (scripts/scale_1b.py; --scale-dir formats a finished run)")
 def scale_1b_table() -> str:
-    where = f"{cpu_model()} ({os.cpu_count()} cores)"
-    return f"`python scripts/scale_1b.py` on {where}. " + VIEWS["scale"].render(scale_run())
+    return "`python scripts/scale_1b.py`. " + VIEWS["scale"].render(scale_run())
 
 
 @table("scale_1b_processes", cost="the scale_1b table's run (run once for both)")
 def scale_1b_processes_table() -> str:
-    where = f"{cpu_model()} ({os.cpu_count()} cores)"
-    return f"`python scripts/scale_1b.py` on {where}: " + VIEWS["scale_processes"].render(scale_run())
+    return "`python scripts/scale_1b.py`: " + VIEWS["scale_processes"].render(scale_run())
 
 
 # ---- not measured, but generated so that it cannot drift: open-unlearning's names (cli/aliases.py) --------------

@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from mpu_cli.report.views.fmt import duration, markdown
+from mpu_cli.report.views.fmt import duration, machine, markdown
 
 SCALE_FILE = "scale.json"
 _COPY_LINE = re.compile(r"round (\d+) copy (\d+) returned \(([\d.]+)s\)")
@@ -67,8 +67,8 @@ def _read(folder: Path) -> tuple[dict, str]:
     params = f"{record['params'] / 1e9:.3f} B parameters" if record.get("params") else "the model"
     what = (f"{params}, device={record['device']}, model.dtype={cfg.get('model', {}).get('dtype', '?')}, "
             f"publish {cfg.get('server', {}).get('publish_dtype', '?')}, {cfg.get('algorithm', {}).get('name', '?')}, "
-            f"m = {cfg.get('m', '?')}, transport={cfg.get('transport', '?')}, OMP_NUM_THREADS="
-            f"{record.get('omp_num_threads')}")
+            f"m = {cfg.get('m', '?')}, transport={cfg.get('transport', '?')}, on "
+            f"{machine(record.get('omp_num_threads') or '(unset)')}")
     return record, what
 
 
