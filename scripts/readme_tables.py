@@ -423,16 +423,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the lora_cost / lora_cancellation tables from this `scripts/lora_bench.py --out` folder")
     ap.add_argument("--lora-dir", type=Path, default=None,
                     help="the lora_quality table from this finished `make reproduce-lora` sweep folder (no new sweep)")
-    args = ap.parse_args(argv)
-    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR
-    AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
-    LORA_BENCH_DIR, LORA_DIR = args.lora_bench_dir, args.lora_dir
     ap.add_argument("--scale-dir", type=Path, default=None,
                     help="the scale tables from this finished `python scripts/scale_1b.py` run (no new run)")
     args = ap.parse_args(argv)
-    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, SCALE_DIR
+    global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR, SCALE_DIR
     AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
-    SCALE_DIR = args.scale_dir
+    LORA_BENCH_DIR, LORA_DIR, SCALE_DIR = args.lora_bench_dir, args.lora_dir, args.scale_dir
     if args.list:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")
