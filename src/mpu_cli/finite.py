@@ -25,8 +25,17 @@ def check_loss(loss: torch.Tensor, where: str) -> None:
                              "Lower kappa or client.lr, or check the model")
 
 
+_CHUNK = 1 << 22  # elements checked at once: torch.isfinite makes temporaries larger than the tensor itself
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`, checked a slice at a time (memory of one slice, whatever the tensor's size)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + _CHUNK]).all()) for i in range(0, flat.numel(), _CHUNK))
+
+
 def check_tensor(name: str, t: torch.Tensor, where: str, what: str = "tensor") -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and not all_finite(t):
         raise NonFiniteError(f"{where}: {what} {name!r} holds {_kind(t)} values; the run is stopped")
 
 

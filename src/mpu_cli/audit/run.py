@@ -71,7 +71,7 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
         raise ValueError("the audit needs a public base model (model.base)")
     dtype = resolve_dtype(cfg.model.dtype)
     target = load_model(prepared.target, dtype)
-    base = load_base(prepared.base, dtype)
+    base = dict(load_base(prepared.base, dtype))  # the attacks work on whole models in memory
 
     # 1. server ------------------------------------------------------------------------------------------------
     server = build_server(target, ServerConfig.from_config(cfg), base=base)

@@ -23,11 +23,14 @@ class UpdateAccumulator:
     def __init__(self):
         self._sum: dict[str, torch.Tensor] = {}
 
-    def add(self, delta: dict, weight: float) -> None:
+    def add(self, delta: dict, weight: float, own: bool = False) -> None:
+        """own: the deltas are the accumulator's to change (a first one is scaled in place, not copied)."""
         for name, d in delta.items():
             d32 = d.float()
             if name in self._sum:
                 self._sum[name].add_(d32, alpha=weight)
+            elif own:
+                self._sum[name] = d32.mul_(weight)
             else:
                 self._sum[name] = d32 * weight  # a fresh tensor: never aliases the caller's delta
 

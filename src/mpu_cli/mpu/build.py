@@ -2,6 +2,8 @@
 check: θ_0 is the target's weights, the noise scales are measured from the public base."""
 from __future__ import annotations
 
+import torch
+
 from .layout import ModelLayout
 from .server import MPUServer
 from .settings import ServerConfig
@@ -14,21 +16,27 @@ def build_server(target, settings: ServerConfig, base: dict | None = None) -> MP
 
 
 def load_server(target: str, base: str | None, dtype, settings: ServerConfig) -> MPUServer:
-    """The server of the prepared models' folders, loaded in `dtype`; the target is dropped before the base is
-    loaded (peak memory: one model besides θ)."""
-    from mpu_cli.models.io import load_model
+    """The server of the prepared models' folders in `dtype`, streaming: θ and the base are read from their
+    safetensors files one tensor at a time when used (models/files.py; a model without them is loaded whole)."""
+    from transformers import AutoConfig
 
-    model = load_model(target, dtype)
-    theta, layout = _theta_of(model), ModelLayout.from_hf_config(model.config)
-    del model
-    return MPUServer(theta, layout, settings, base=load_base(base, dtype))
+    from mpu_cli.models.files import open_model
+    from mpu_cli.models.io import local_model_path
+
+    layout = ModelLayout.from_hf_config(AutoConfig.from_pretrained(local_model_path(target)))
+    return MPUServer(open_model(target, dtype), layout, settings, base=load_base(base, dtype))
 
 
-def load_base(path: str | None, dtype) -> dict | None:
-    """The public base as the server reads it: an fp32 state dict on the host (None: no base)."""
-    from mpu_cli.models.io import load_model, state_dict_fp32
+def load_base(path: str | None, dtype):
+    """The public base as the server reads it: fp32 tensors on the host, read lazily where the model has
+    safetensors files (None: no base)."""
+    from mpu_cli.models.files import TensorFiles, open_model
 
-    return state_dict_fp32(load_model(path, dtype)) if path else None
+    if not path:
+        return None
+    base = open_model(path, dtype)
+    return base.then(torch.float32) if isinstance(base, TensorFiles) else {
+        n: t.to(torch.float32) for n, t in base.items()}
 
 
 def _theta_of(model) -> dict:

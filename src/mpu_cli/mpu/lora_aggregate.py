@@ -20,9 +20,11 @@ from mpu_cli.models.lora import factor_pairs
 from .reparam import invert_lora
 
 
-def aggregate_adapters(server, adapters: Sequence[Mapping[str, torch.Tensor]], scalings: Sequence[float]) -> dict:
+def aggregate_adapters(server, adapters: Sequence[Mapping[str, torch.Tensor]], scalings: Sequence[float],
+                       out=None) -> dict:
     """θ ← θ + η Σ_k w_k s_k T_k⁻¹(B_k·A_k) for the pending round of `server` (an MPUServer); adapters[k]: copy k's
-    factors under peft's names (a dict or a lazily read file), scalings[k] its lora_alpha / r. Returns the new θ."""
+    factors under peft's names (a dict or a lazily read file), scalings[k] its lora_alpha / r; out: where θ_r is
+    written tensor by tensor (`MPUServer.merge`), None: kept in memory. Returns the new θ."""
     secrets = server.private_state()
     if not server.pending:
         raise RuntimeError("aggregate_adapters() called without a published round; call publish() first")
@@ -41,7 +43,7 @@ def aggregate_adapters(server, adapters: Sequence[Mapping[str, torch.Tensor]], s
                              "adapters on the blocks' projections")
     update = LowRankUpdate(server, adapters, pairs, weights, [w * s for w, s in zip(secrets["weights"], scalings)],
                            secrets["transforms"])
-    return server.merge(update)
+    return server.merge(update, out=out)
 
 
 class LowRankUpdate(Mapping):

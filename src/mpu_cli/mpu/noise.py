@@ -30,10 +30,10 @@ def _sq_sum(t: torch.Tensor, ref: torch.Tensor | None) -> float:
     b = None if ref is None else ref.reshape(-1).to(a.device)
     total = 0.0
     for i in range(0, a.numel(), _CHUNK):
-        v = a[i : i + _CHUNK].double()
+        v = a[i : i + _CHUNK].to(torch.float64, copy=True)  # changed in place: one chunk-sized temporary
         if b is not None:
-            v = v - b[i : i + _CHUNK].double()
-        total += float(v.square().sum())
+            v.sub_(b[i : i + _CHUNK].double())
+        total += float(v.square_().sum())
     return total
 
 
@@ -45,10 +45,11 @@ def _kappa_rms(items, base: dict | None, kappa: float) -> float:
     return kappa * math.sqrt(total / count) if count else 0.0
 
 
-def block_sigmas(theta: dict, base: dict | None, kappa: float, layout) -> dict[int, float]:
-    """σ_l = κ · RMS of (θ_l − θ_base,l) over all elements of block l (of θ_l itself when base is None)."""
-    by_block: dict[int, list] = {}
-    for name, t in theta.items():
+def block_sigmas(theta, base, kappa: float, layout) -> dict[int, float]:
+    """σ_l = κ · RMS of (θ_l − θ_base,l) over all elements of block l (of θ_l itself when base is None).
+    theta, base: mappings read one tensor at a time (a lazily read model holds one tensor of each)."""
+    names: dict[int, list] = {}
+    for name in theta:
         layer = block_of(name)
         if layer is None:
             continue
@@ -56,13 +57,13 @@ def block_sigmas(theta: dict, base: dict | None, kappa: float, layout) -> dict[i
             raise ValueError(
                 f"tensor {name!r} is in block {layer}, but the model has {layout.num_layers} layers"
             )
-        by_block.setdefault(layer, []).append((name, t))
-    return {layer: _kappa_rms(items, base, kappa) for layer, items in sorted(by_block.items())}
+        names.setdefault(layer, []).append(name)
+    return {layer: _kappa_rms(((n, theta[n]) for n in group), base, kappa) for layer, group in sorted(names.items())}
 
 
-def unprotected_sigma(theta: dict, base: dict | None, kappa: float) -> float:
+def unprotected_sigma(theta, base, kappa: float) -> float:
     """Same formula over the tensors outside every block (embeddings, final norm, lm_head)."""
-    return _kappa_rms(((n, t) for n, t in theta.items() if block_of(n) is None), base, kappa)
+    return _kappa_rms(((n, theta[n]) for n in theta if block_of(n) is None), base, kappa)
 
 
 def gaussian(shape, sigma: float, seed: int) -> torch.Tensor:
@@ -77,16 +78,24 @@ class ZeroSumNoise:
     """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed.
 
     Any one copy is regenerated on its own from its seed and the mean, so a caller producing the copies one at
-    a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean)."""
+    a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean). keep: hold
+    the m draws made for the mean (when they take at most KEEP_ELEMENTS) and hand each out once instead of
+    drawing it again — for a caller that builds every copy of the tensor once, one after another."""
 
-    def __init__(self, shape, sigma: float, seeds: list[int]):
+    KEEP_ELEMENTS = 1 << 27  # m draws of one tensor kept: at most 512 MiB of fp32
+
+    def __init__(self, shape, sigma: float, seeds: list[int], keep: bool = False):
         if len(seeds) < 2:
             raise ValueError(f"zero-sum noise needs m >= 2 copies, got m={len(seeds)}")
         self.shape, self.sigma, self.seeds = tuple(shape), float(sigma), list(seeds)
         self._scale = math.sqrt(len(seeds) / (len(seeds) - 1))
         self._mean = torch.zeros(self.shape, dtype=torch.float32)
+        keep = keep and len(seeds) * self._mean.numel() <= self.KEEP_ELEMENTS
+        self._kept: list[torch.Tensor | None] = []
         for seed in self.seeds:
-            self._mean.add_(self._z(seed))
+            z = self._z(seed)
+            self._mean.add_(z)
+            self._kept.append(z if keep else None)
         self._mean.div_(len(seeds))
 
     def __len__(self) -> int:
@@ -97,7 +106,10 @@ class ZeroSumNoise:
 
     def copy(self, k: int, scale: float = 1.0) -> torch.Tensor:
         """scale·ε⁰_k as a fresh fp32 tensor (scale: the copy's α, folded into the one multiplication)."""
-        return self._z(self.seeds[k]).sub_(self._mean).mul_(self._scale * scale)
+        z, self._kept[k] = self._kept[k], None  # a kept draw is handed out once, then drawn again if asked for
+        if z is None:
+            z = self._z(self.seeds[k])
+        return z.sub_(self._mean).mul_(self._scale * scale)
 
 
 class IndependentNoise:

@@ -4,21 +4,28 @@ Secrets (seeds, α, σ, transforms) live only in one `_RoundSecrets` object; pub
 The server never holds the published copies, the m noise tensors nor the m updates: every copy is a
 deterministic function of (θ_{r-1}, round secrets) and each copy's noise has its own seed, so a copy (or one
 tensor of it) is regenerated alone, and aggregate() streams Σ w_k Δ_k tensor by tensor, copy by copy.
-Server memory is θ (fp32) + one accumulator + what is in flight, independent of m; handing out
-whole copies one at a time (`publish_copies`) also keeps the zero-sum means for the round (one model size).
+
+θ is either in memory (a state dict, copied to fp32) or read from safetensors files one tensor at a time
+(`models.files.TensorFiles`: the target's folder, then each θ_r the server wrote). Streaming, a round holds one
+tensor at a time: `write_copies` writes the m copies side by side, tensor by tensor, and aggregate(out=…) writes
+θ_r tensor by tensor from lazily read returned copies; server memory is then a few tensors, whatever the model
+size and m. Handing out whole copies one at a time (`publish_copies` indexed) keeps the zero-sum means for the
+round (one model size).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from mpu_cli.finite import check_state, check_tensor
+from mpu_cli.finite import check_tensor
 from mpu_cli.models.family import block_of
+from mpu_cli.models.files import TensorFiles, open_file
 
 from .aggregate import UpdateAccumulator, harmonic_weights
 from .arms import arm_of
@@ -62,25 +69,33 @@ class _RoundSecrets:
     sigma_unprotected: float = 0.0
     transforms: list[Transform] = field(default_factory=list)
     noise_cache: dict = field(default_factory=dict)  # canonical name -> zero-sum noise (publish_copies only)
+    survival: dict | None = None  # the noise survival record, measured while write_copies wrote the copies
 
 
 class MPUServer:
-    def __init__(self, theta: dict, layout: ModelLayout, cfg: ServerConfig, base: dict | None = None):
+    def __init__(self, theta, layout: ModelLayout, cfg: ServerConfig, base=None):
+        """theta: a state dict, or `TensorFiles` read one tensor at a time (so is base: an fp32 mapping, or None)."""
         cfg.validate()
-        for name, t in theta.items():
-            if not t.is_floating_point():
+        lazy = isinstance(theta, TensorFiles)
+        shapes = {n: theta.shape(n) if lazy else tuple(t.shape) for n, t in _entries(theta)}
+        dtypes = {n: theta.dtype(n) if lazy else t.dtype for n, t in _entries(theta)}
+        for name, dtype in dtypes.items():
+            if not dtype.is_floating_point:
                 raise ValueError(
-                    f"tensor {name!r} has dtype {t.dtype}; the server handles floating-point tensors only"
+                    f"tensor {name!r} has dtype {dtype}; the server handles floating-point tensors only"
                 )
         layout.family.check_names(theta)  # no block tensor is ever published without a declared role
         self._layout = layout
         self._cfg = cfg
         self._arm = arm_of(cfg.arm)
         self._base = base
-        self._dtypes = {n: published_dtype(t.dtype, cfg.publish_dtype) for n, t in theta.items()}  # as published
-        self._canonical = _alias_map(theta)
-        # The exact model: private, fp32, never aliasing the caller's tensors.
-        self._theta = {n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
+        self._shapes = shapes
+        self._dtypes = {n: published_dtype(d, cfg.publish_dtype) for n, d in dtypes.items()}  # as published
+        self._canonical = {n: n for n in theta} if lazy else _alias_map(theta)
+        # The exact model: private, fp32, never aliasing the caller's tensors (read as fp32 when lazy).
+        self._theta = theta.then(torch.float32) if lazy else {
+            n: t.detach().to(torch.float32, copy=True) for n, t in theta.items()}
+        self._theta_file: dict | None = None  # {'path', 'sha256', 'bytes'} of θ once aggregate wrote it
         self._round = 0
         self._secrets: _RoundSecrets | None = None
         self._pending = False  # published but not yet aggregated
@@ -89,9 +104,14 @@ class MPUServer:
     # ---- public surface -------------------------------------------------------------------------------------
 
     @property
-    def theta(self) -> dict:
-        """Current exact θ (fp32). Do not modify the tensors in place."""
-        return dict(self._theta)
+    def theta(self):
+        """Current exact θ (fp32): a dict, or a lazily read mapping. Do not modify the tensors in place."""
+        return self._theta if isinstance(self._theta, TensorFiles) else dict(self._theta)
+
+    @property
+    def theta_file(self) -> dict | None:
+        """{'path', 'sha256', 'bytes'} of the file θ was last written to by aggregate(out=…), else None."""
+        return None if self._theta_file is None else dict(self._theta_file)
 
     @property
     def n_copies(self) -> int:
@@ -129,12 +149,29 @@ class MPUServer:
             raise RuntimeError("no published round is pending; call publish()")
         return PublishedCopies(self, self._round)
 
-    def publish_stream(self):
-        """Start round r+1 now; then yield (name, iterator over θ_pub^(k)[name] for k = 1..m) one tensor name at
-        a time, each version built when the iterator reaches it, so a caller writing the m copies to files
-        holds one tensor's noise mean and one version in memory, whatever m is."""
-        self._start_round()
-        return ((name, self._published_tensors(name)) for name in self._theta)
+    def write_copies(self, paths: list) -> list[dict]:
+        """The pending round's m copies written side by side to `paths`, tensor by tensor (each file atomically,
+        appearing on success only); returns each file's {'sha256', 'bytes'}. Measures the noise survival
+        record (`noise_survival`) on the way. Memory: one tensor of θ, its zero-sum draws and one version."""
+        from mpu_cli.transport.exchange import StreamingSafetensorsWriter
+
+        from .survival import SurvivalMeter
+
+        if not self._pending:
+            raise RuntimeError("no published round is pending; call publish_copies()")
+        if len(paths) != self.n_copies:
+            raise ValueError(f"{len(paths)} paths for {self.n_copies} copies")
+        meter = SurvivalMeter(self.n_copies)
+        writer = StreamingSafetensorsWriter(paths, self.published_spec())
+        try:
+            for name in self._theta:
+                writer.write(name, self._measured_versions(name, meter))
+            infos = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        self._secrets.survival = self._survival_record(meter)
+        return infos
 
     def _start_round(self) -> None:
         if self._pending:
@@ -148,7 +185,7 @@ class MPUServer:
 
     def published_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """name -> (shape, dtype) of every published tensor (public: the architecture and training dtype)."""
-        return {n: (tuple(t.shape), self._dtypes[n]) for n, t in self._theta.items()}
+        return {n: (tuple(self._shapes[n]), self._dtypes[n]) for n in self._theta}
 
     @property
     def round(self) -> int:
@@ -196,63 +233,89 @@ class MPUServer:
             server._pending = True
         return server
 
-    def aggregate(self, returned: list[dict]) -> dict:
-        """θ ← θ + η Σ_k w_k T_k⁻¹(returned_k − pub_k); returns the new θ (fp32)."""
+    def aggregate(self, returned: list, out=None):
+        """θ ← θ + η Σ_k w_k T_k⁻¹(returned_k − pub_k), tensor by tensor (returned copies may be read lazily);
+        returns the new θ (fp32). out: write θ_r there, tensor by tensor (atomically), and read θ from that file
+        from now on (`theta_file`); None: keep θ in memory. A refused aggregate leaves the server at θ_{r-1}."""
         if not self._pending:
             raise RuntimeError("aggregate() called without a published round; call publish() first")
         returned = list(returned)
         self._check_returned(returned)
-        where = f"round {self._round}"
-        if not self._arm.noisy and self._cfg.eta == 1.0:
-            # θ + (θ̃ − θ) can differ from θ̃ in the last bit; the clean baseline must equal plain unlearning.
-            theta = {n: returned[0][n].detach().to(torch.float32, copy=True) for n in self._theta}
-            check_state(theta, f"{where}, returned copy 1", "the returned weight")
-            self._theta = theta
-            self._pending = False
-            return self.theta
-        from mpu_cli.faults import scoped_kill_point
-
-        s = self._secrets
-        acc = UpdateAccumulator()
-        half = len(self._theta) // 2
-        for i, (name, x) in enumerate(self._theta.items()):
-            if i == half:
-                scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
-            for k, pub in enumerate(self._published_tensors(name)):
-                got = returned[k][name]
-                check_tensor(name, got, f"{where}, returned copy {k + 1}", "the returned weight")
-                # not in place: the returned tensor may be the caller's own fp32 tensor
-                delta = {name: got.to(x.device, torch.float32) - pub.float()}  # Δ'_k
-                del pub
-                if self._arm.reparameterized:
-                    delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
-                acc.add(delta, s.weights[k])
-                del delta
-        for name, d in acc.result().items():
-            # checked before θ changes: a refused aggregate leaves the server at θ_{r-1}
-            check_tensor(name, self._theta[name] + self._cfg.eta * d, where, "the aggregated weight")
-        for name, d in acc.result().items():
-            self._theta[name].add_(d, alpha=self._cfg.eta)
-        del acc
-        s.noise_cache.clear()
+        sink = _ThetaSink(out, {n: (self._shapes[n], torch.float32) for n in self._theta})
+        try:
+            for name, new in self._aggregated(returned):
+                sink.add(name, new)
+            theta, self._theta_file = sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        self._theta = theta
+        self._secrets.noise_cache.clear()
         self._pending = False
         return self.theta
 
-    def merge(self, update: Mapping[str, torch.Tensor]) -> dict:
+    def _aggregated(self, returned: list):
+        """(name, θ_r[name]) one tensor at a time, each checked before it is handed on."""
+        from mpu_cli.faults import scoped_kill_point
+
+        where = f"round {self._round}"
+        if not self._arm.noisy and self._cfg.eta == 1.0:
+            # θ + (θ̃ − θ) can differ from θ̃ in the last bit; the clean baseline must equal plain unlearning.
+            for name in self._theta:
+                new = returned[0][name].detach().to(torch.float32, copy=True)
+                check_tensor(name, new, f"{where}, returned copy 1", "the returned weight")
+                yield name, new
+            return
+        s = self._secrets
+        half = len(self._theta) // 2
+        for i, name in enumerate(self._theta):
+            if i == half:
+                scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
+            x = self._theta[name]
+            acc = UpdateAccumulator()
+            for k, pub in enumerate(self._published_tensors(name, x)):
+                got = returned[k][name]
+                check_tensor(name, got, f"{where}, returned copy {k + 1}", "the returned weight")
+                d = got.to(x.device, torch.float32)
+                if d is got and not hasattr(returned[k], "shape"):
+                    d = d.clone()  # a state dict's tensor is the caller's; a lazily read one is a fresh read
+                delta = {name: d.sub_(pub)}  # Δ'_k (pub's dtype is exactly widened to fp32)
+                del pub, got, d
+                if self._arm.reparameterized:
+                    delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
+                acc.add(delta, s.weights[k], own=True)
+                del delta
+            new = acc.result()[name]
+            torch.add(x, new, alpha=self._cfg.eta, out=new)  # θ_{r-1} itself stays as it is until the end
+            del acc, x
+            check_tensor(name, new, where, "the aggregated weight")
+            yield name, new
+
+    def merge(self, update: Mapping[str, torch.Tensor], out=None) -> dict:
         """End the pending round with an aggregate Σ_k w_k T_k⁻¹(Δ_k) formed outside `aggregate`, in exact
-        coordinates (a LoRA round: mpu/lora_aggregate.py): θ ← θ + η·update[name] for each of its names. `update`
-        may build each tensor when read (then only one is in memory); every sum is checked finite before θ
-        changes, so a refused merge leaves the server at θ_{r-1}. Returns the new θ (fp32)."""
+        coordinates (a LoRA round: mpu/lora_aggregate.py): θ_r = θ + η·update[name] for each of its names, the
+        other tensors as they are. `update` may build each tensor when read (then only one is in memory). out: as
+        in `aggregate`, θ_r written there tensor by tensor (θ may be a read-only file). Every sum is checked
+        finite before θ changes, so a refused merge leaves the server at θ_{r-1}. Returns the new θ (fp32)."""
         if not self._pending:
             raise RuntimeError("merge() called without a published round; call publish() first")
         unknown = [n for n in update if n not in self._theta]
         if unknown:
             raise ValueError(f"round {self._round}: the aggregate names {unknown[0]!r}, which is not a tensor of θ")
-        for name in update:
-            check_tensor(name, self._theta[name] + self._cfg.eta * update[name], f"round {self._round}",
-                         "the aggregated weight")
-        for name in update:
-            self._theta[name].add_(update[name].to(self._theta[name].device), alpha=self._cfg.eta)
+        sink = _ThetaSink(out, {n: (self._shapes[n], torch.float32) for n in self._theta})
+        try:
+            for name in self._theta:
+                new = x = self._theta[name]
+                if name in update:
+                    new = torch.add(x, update[name].to(x.device), alpha=self._cfg.eta)
+                    check_tensor(name, new, f"round {self._round}", "the aggregated weight")
+                sink.add(name, new)
+                del new, x
+            theta, self._theta_file = sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        self._theta = theta
         self._secrets.noise_cache.clear()
         self._pending = False
         return self.theta
@@ -290,29 +353,60 @@ class MPUServer:
     def noise_survival(self) -> dict:
         """How much of the pending round's noise survives publication in the published dtype (mpu/survival.py),
         per copy and block; the copies are rebuilt one tensor at a time. Private: it involves θ and α."""
-        from .survival import UNPROTECTED, SurvivalMeter
+        from .survival import SurvivalMeter
 
         if not self._pending:
             raise RuntimeError("no published round is pending; call publish()")
-        s, ref = self._secrets, self._base if self.noise_reference == "base" else None
+        if self._secrets.survival is not None:  # measured while write_copies wrote the copies
+            return self._secrets.survival
         meter = SurvivalMeter(self.n_copies)
-        for name, x in self._theta.items():
-            layer = block_of(name)
-            if self._canonical[name] != name or (layer is None and not self._cfg.perturb_unprotected):
-                continue  # a tied tensor counts once; unprotected tensors are published exactly
-            group = UNPROTECTED if layer is None else layer
-            meter.add_reference(group, x, None if ref is None else ref[name])
+        for name in self._theta:
+            x = self._theta[name]
+            group = self._survival_group(name, x, meter)
+            if group is None:
+                continue
             noise = self._noise_source(name)
             for k in range(self.n_copies):
-                exact = apply_transform({name: x}, self._layout, s.transforms[k])[name] if self._arm.reparameterized else x
-                meter.add(k, group, self._published_tensor(name, k, noise), exact)
+                meter.add(k, group, self._published_tensor(name, k, noise, x), self._exact(name, x, k))
+        return self._survival_record(meter)
+
+    def _measured_versions(self, name: str, meter):
+        """θ_pub^(k)[name] for k = 1..m, one at a time, each measured into the survival `meter` first."""
+        x = self._theta[name]
+        group = self._survival_group(name, x, meter)
+        for k, pub in enumerate(self._published_tensors(name, x)):
+            if group is not None:
+                meter.add(k, group, pub, self._exact(name, x, k))
+            yield pub
+            del pub  # before the next version is built
+
+    def _survival_group(self, name: str, x: torch.Tensor, meter) -> object | None:
+        """The survival group of a measured tensor, its σ reference added to `meter`; None: not measured."""
+        from .survival import UNPROTECTED
+
+        layer = block_of(name)
+        if self._canonical[name] != name or (layer is None and not self._cfg.perturb_unprotected):
+            return None  # a tied tensor counts once; unprotected tensors are published exactly
+        group = UNPROTECTED if layer is None else layer
+        ref = self._base if self.noise_reference == "base" else None
+        meter.add_reference(group, x, None if ref is None else ref[name])
+        return group
+
+    def _exact(self, name: str, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Copy k's tensor without noise, T_k(θ)[name], fp32."""
+        if not self._arm.reparameterized:
+            return x
+        return apply_transform({name: x}, self._layout, self._secrets.transforms[k])[name]
+
+    def _survival_record(self, meter) -> dict:
+        s = self._secrets
         return meter.result(self._round, self._arm.effective_kappa(self._cfg.kappa), s.alphas)
 
     def exposed_fraction(self) -> float:
         """Fraction of (unique) parameters published without noise."""
         if not self._arm.noisy or self._cfg.kappa == 0:
             return 1.0
-        unique = {self._canonical[n]: t.numel() for n, t in self._theta.items()}
+        unique = {self._canonical[n]: math.prod(shape) for n, shape in self._shapes.items()}
         total = sum(unique.values())
         if self._cfg.perturb_unprotected:
             return 0.0
@@ -345,10 +439,11 @@ class MPUServer:
             ]
         return s
 
-    def _noise_source(self, name: str, cache: bool = False) -> ZeroSumNoise | IndependentNoise | None:
+    def _noise_source(self, name: str, cache: bool = False, keep: bool = False) -> ZeroSumNoise | IndependentNoise | None:
         """The round's fp32 noise of one tensor (before α); each copy's part has its own seed, so it is
         regenerated identically, copy by copy, on every call. cache: keep it for the round (whole copies are
-        built name by name, one copy after another)."""
+        built name by name, one copy after another). keep: every copy of this tensor is built once, in turn
+        (`ZeroSumNoise`'s kept draws)."""
         s = self._secrets
         layer = block_of(name)
         sigma = s.sigma_unprotected if layer is None else s.sigmas.get(layer, 0.0)
@@ -357,11 +452,11 @@ class MPUServer:
         key = self._canonical[name]  # tied tensors (embed / lm_head) get the same noise
         if key in s.noise_cache:
             return s.noise_cache[key]
-        shape = self._theta[name].shape
+        shape = self._shapes[name]
         if not self._arm.zero_sum:
             return IndependentNoise(shape, sigma, _derive_seed(s.round_seed, "noise", key, 0))
         seeds = [_derive_seed(s.round_seed, "noise", key, k) for k in range(self.n_copies)]
-        noise = ZeroSumNoise(shape, sigma, seeds)
+        noise = ZeroSumNoise(shape, sigma, seeds, keep=keep and not cache)
         if cache:
             s.noise_cache[key] = noise
         return noise
@@ -371,20 +466,25 @@ class MPUServer:
         noise = self._noise_source(name)
         return None if noise is None else [noise.copy(k) for k in range(len(noise))]
 
-    def _published_tensor(self, name: str, k: int, noise) -> torch.Tensor:
-        """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] in the published dtype."""
-        s, x = self._secrets, self._theta[name]
+    def _published_tensor(self, name: str, k: int, noise, x: torch.Tensor | None = None,
+                          fresh: bool = True) -> torch.Tensor:
+        """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] in the published dtype (x: θ[name] when already read).
+        fresh=False: it may be x itself (an unchanged tensor in θ's dtype), for a reader that does not change it."""
+        s = self._secrets
+        x = self._theta[name] if x is None else x
         y = x if noise is None else noise.copy(k, scale=s.alphas[k]).to(x.device).add_(x)
         if self._arm.reparameterized:
             y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
         # a copy when y still is θ's own tensor: a client training in place must never touch θ
-        return y.to(self._dtypes[name], copy=y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
+        return y.to(self._dtypes[name], copy=fresh and y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
 
-    def _published_tensors(self, name: str):
-        """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it."""
-        noise = self._noise_source(name)
+    def _published_tensors(self, name: str, x: torch.Tensor | None = None):
+        """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it (x: θ[name] when already read),
+        for a reader that writes or subtracts it: a version may be x itself."""
+        x = self._theta[name] if x is None else x
+        noise = self._noise_source(name, keep=True)
         for k in range(self.n_copies):
-            yield self._published_tensor(name, k, noise)
+            yield self._published_tensor(name, k, noise, x, fresh=False)
 
     def _published_copy(self, k: int, round_: int) -> dict:
         if not self._pending or self._round != round_:
@@ -404,11 +504,11 @@ class MPUServer:
             missing = [n for n in self._theta if n not in copy]
             if missing:
                 raise ValueError(f"returned copy {k} lacks {len(missing)} tensors, e.g. {missing[0]!r}")
-            for name, x in self._theta.items():
+            for name, expected in self._shapes.items():
                 # a lazily read copy (transport.exchange.LazyStateDict) tells shapes without reading the tensors
                 shape = tuple(copy.shape(name) if hasattr(copy, "shape") else copy[name].shape)
-                if shape != tuple(x.shape):
-                    raise ValueError(f"returned copy {k}: {name!r} has shape {shape}, expected {tuple(x.shape)}")
+                if shape != tuple(expected):
+                    raise ValueError(f"returned copy {k}: {name!r} has shape {shape}, expected {tuple(expected)}")
 
 
 class PublishedCopies(Sequence):
@@ -438,3 +538,37 @@ def _alias_map(theta: dict) -> dict[str, str]:
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
         out[name] = seen.setdefault(key, name)
     return out
+
+
+def _entries(theta):
+    """(name, tensor) of a state dict; (name, None) of lazily read files (nothing is read)."""
+    return ((n, None) for n in theta) if isinstance(theta, TensorFiles) else theta.items()
+
+
+class _ThetaSink:
+    """Where aggregate puts θ_r, tensor by tensor: a new in-memory dict, or a safetensors file written as it goes
+    (appearing under its name on commit only)."""
+
+    def __init__(self, out, spec: dict):
+        from mpu_cli.transport.exchange import StreamingSafetensorsWriter
+
+        self._out = out
+        self._tensors: dict = {}
+        self._writer = None if out is None else StreamingSafetensorsWriter([out], spec)
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        if self._writer is None:
+            self._tensors[name] = t
+        else:
+            self._writer.write(name, [t])
+
+    def commit(self) -> tuple:
+        """(θ_r as the server keeps it, the file's {'path', 'sha256', 'bytes'} or None)."""
+        if self._writer is None:
+            return self._tensors, None
+        info = self._writer.commit()[0]
+        return open_file(self._out).then(torch.float32), {"path": str(self._out)} | info
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()

@@ -2,12 +2,15 @@
 private state in the one format of run/server_state.py (state.json, theta_r{r}.safetensors, round_{r}.json —
 the same files `mpu-server` keeps), plus the client's returned copies of the pending round:
 
+    round_{r}/published_{k}.safetensors  the published copy θ_pub^(k), written by the server's streaming publish,
+                                     read by the client (a published round's copies are written again on resume)
     round_{r}/copy_{k}.safetensors   the returned copy θ̃^(k) (fp32)
     round_{r}/copy_{k}.json          its marker, written after the file: SHA-256 and the round it belongs to
 
-Order of writes: publish → the round's secrets and state.json (pending) before any client work; each returned copy
-→ file, then marker; aggregate → θ_r, then state.json (the commit point), then θ_{r-1}, the round's secrets and
-round_{r}/ are removed. A returned copy is accepted only with its marker and a matching SHA-256.
+Order of writes: publish → the round's secrets and state.json (pending) before any client work, then the published
+copies; each returned copy → file, then marker; aggregate → θ_r, then state.json (the commit point), then θ_{r-1},
+the round's secrets and round_{r}/ are removed. A returned copy is accepted only with its marker and a matching
+SHA-256.
 """
 from __future__ import annotations
 
@@ -63,6 +66,19 @@ class Checkpoint:
             if old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
         return new | {"round_seed": server.export_state()[1]["round_seed"]}
+
+    def write_published(self, server) -> list[ex.LazyStateDict]:
+        """The pending round's m copies streamed to round_{r}/published_{k}.safetensors; each is handed to the
+        client lazily (its tensors read as the client's model takes them)."""
+        paths = [self.dir / f"round_{server.round}" / f"published_{k}.safetensors" for k in range(server.n_copies)]
+        for path in paths:
+            inject("save_tensors", path)
+        server.write_copies(paths)
+        return [ex.LazyStateDict(p) for p in paths]
+
+    def theta_path(self, r: int) -> Path:
+        """Where the server's aggregate writes θ_r (the state's own θ file)."""
+        return self.store.theta_path(r)
 
     def commit_round(self, server, st: dict | None) -> dict:
         """Round r was aggregated: θ_r, then the state (commit point), then drop θ_{r-1} and the round's copies."""

@@ -196,7 +196,7 @@ def adapter_aggregate(server, cfg):
     from mpu_cli.mpu.lora_aggregate import aggregate_adapters
 
     s = scaling(config_json(peft_config(client_config(cfg, 0).lora)))  # what the client's adapter_config.json says
-    return lambda returned: aggregate_adapters(server, returned, [s] * len(returned))
+    return lambda returned, out: aggregate_adapters(server, returned, [s] * len(returned), out=out)
 
 
 # results.csv names these config leaves by short names; every other leaf keeps its dotted key.

@@ -277,11 +277,11 @@ class ProcessRounds:
         atomic_write_json(self.out / "server_public.json", json.loads((self.state / "public.json").read_text()))
 
     def result(self) -> tuple[dict, dict]:
-        from safetensors.torch import load_file
+        from mpu_cli.models.files import open_file
 
         # Pre- and Post-Process as measured inside mpu-server (no interpreter start, no init), as in process.
         lines = (self.state / "log.jsonl").read_text().splitlines()
         self.timings["server"] = sum(e["seconds"] for e in map(_json_line, lines)
                                      if e and e.get("command") in ("publish", "aggregate"))
         st = json.loads((self.state / "state.json").read_text())
-        return load_file(str(self.state / st["theta_file"])), self.timings
+        return open_file(self.state / st["theta_file"]), self.timings  # read one tensor at a time

@@ -3,9 +3,11 @@
 `drive(rounds, R)` runs it over a backend that carries out the steps:
 
 - `InProcessRounds`: server (MPUServer) and client (a function unlearning one copy) are calls in this process.
-  Copies are built one at a time as the client takes them; with a stage checkpoint (run/checkpoint.py) the
-  round's secrets are recorded before any client work and every returned copy is saved and read back lazily, so
-  server memory does not grow with m and a resumed run redoes only what was not returned; `slots > 1` unlearns
+  With a stage checkpoint (run/checkpoint.py) the round's secrets are recorded before any client work, the server
+  streams the m copies to files tensor by tensor, the client reads its copy from its file, every returned copy is
+  saved and read back lazily and θ_r is written tensor by tensor, so server memory does not grow with the model
+  nor with m, and a resumed run redoes only what was not returned; without one (the audit, gpu_check) copies are
+  built one at a time in memory as the client takes them; `slots > 1` unlearns
   copies in forked CPU workers (run/slots.py). Without a checkpoint (the audit, gpu_check) returned copies stay
   in memory.
 - `ProcessRounds` (run/processes.py): separate `mpu-server` / `mpu-client` processes exchanging files.
@@ -47,9 +49,10 @@ UnlearnFn = Callable[[int, int, dict], dict]
 class InProcessRounds:
     def __init__(self, server, unlearn_fn: UnlearnFn, checkpoint=None, slots: int = 1,
                  on_commit: Callable[[object], None] | None = None,
-                 aggregate: Callable[[list], object] | None = None):
-        """aggregate(returned): Post-Process of what the client returned (default: server.aggregate, whole
-        copies; a LoRA client's adapters: mpu/lora_aggregate.py)."""
+                 aggregate: Callable[[list, object], object] | None = None):
+        """aggregate(returned, out): Post-Process of what the client returned, writing θ_r to `out` when it is
+        not None, as `server.aggregate(returned, out=out)` does (the default, whole copies; a LoRA client's
+        adapters: mpu/lora_aggregate.py)."""
         if slots > 1 and checkpoint is None:
             raise ValueError("parallel slots return their copies through the stage checkpoint: give one")
         self.server, self.unlearn_fn, self.ckpt, self.slots = server, unlearn_fn, checkpoint, slots
@@ -70,6 +73,8 @@ class InProcessRounds:
             self.copies = self.server.publish_copies()
             if self.ckpt is not None:
                 self.state = self.ckpt.published(self.server, self.state)  # the secrets, before any client work
+        if self.ckpt is not None:
+            self.copies = self.ckpt.write_published(self.server)
         self.timings["server"] += time.perf_counter() - t
         if self.ckpt is not None:  # a measurement, not part of Pre-Process: outside the server's time
             self.ckpt.store.record_survival(self.server)
@@ -127,10 +132,11 @@ class InProcessRounds:
         self.copies = None
         t = time.perf_counter()
         set_scope(f"round{r}")
+        out = self.ckpt.theta_path(r) if self.ckpt is not None else None  # θ_r written there tensor by tensor
         if self.aggregate_fn is None:
-            self.server.aggregate(self.returned)
+            self.server.aggregate(self.returned, out=out)
         else:
-            self.aggregate_fn(self.returned)
+            self.aggregate_fn(self.returned, out)
         set_scope(None)
         self.timings["server"] += time.perf_counter() - t
         self.returned = []

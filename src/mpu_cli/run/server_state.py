@@ -130,9 +130,10 @@ class ServerState:
 
     # ---- θ --------------------------------------------------------------------------------------------------
 
-    def theta(self, st: dict) -> dict | None:
-        """θ of the state, checked against its recorded SHA-256 (None: θ_0, the target)."""
-        from safetensors.torch import load_file
+    def theta(self, st: dict):
+        """θ of the state, checked against its recorded SHA-256, read one tensor at a time when used
+        (models.files.TensorFiles); None: θ_0, the target."""
+        from mpu_cli.models.files import open_file
 
         if not st.get("theta_file"):
             return None
@@ -145,17 +146,27 @@ class ServerState:
             raise _damaged(path, f"cannot be read ({e})") from None
         if digest != st["theta_sha256"]:
             raise _damaged(path, f"does not match the SHA-256 recorded in {self.path} (the server's θ was altered)")
-        return load_file(str(path))
+        return open_file(path)
 
-    def write_theta(self, r: int, theta: dict) -> dict:
-        """θ_r to its file; returns the state fields that name it."""
+    def theta_path(self, r: int) -> Path:
+        """Where θ_r goes: a server streaming its aggregate writes it there itself (`MPUServer.aggregate(out=)`)."""
         from mpu_cli.faults import inject
 
         self._private()
-        name = theta_name(r)
-        inject("save_tensors", self.dir / name)
-        info = ex.write_safetensors(self.dir / name, theta)
-        return {"theta_file": name, "theta_sha256": info["sha256"]}
+        inject("save_tensors", self.dir / theta_name(r))
+        return self.dir / theta_name(r)
+
+    def write_theta(self, r: int, theta) -> dict:
+        """θ_r to its file; returns the state fields that name it."""
+        info = ex.write_safetensors(self.theta_path(r), theta)
+        return {"theta_file": theta_name(r), "theta_sha256": info["sha256"]}
+
+    def _theta_fields(self, server) -> dict:
+        """The state fields of the server's θ_r: the file its aggregate wrote, else θ_r written now."""
+        r, written = server.round, server.theta_file
+        if written is not None and Path(written["path"]) == self.dir / theta_name(r):
+            return {"theta_file": theta_name(r), "theta_sha256": written["sha256"]}
+        return self.write_theta(r, server.theta)
 
     # ---- rounds ---------------------------------------------------------------------------------------------
 
@@ -183,7 +194,7 @@ class ServerState:
         """Round r was aggregated: θ_r, then the state (the commit point), then θ_{r-1} and the round's secrets
         go."""
         r = server.round
-        new = self.write(server, st, **self.write_theta(r, server.theta))
+        new = self.write(server, st, **self._theta_fields(server))
         old = st.get("theta_file")
         if old and old != new["theta_file"]:
             (self.dir / old).unlink(missing_ok=True)

@@ -39,11 +39,13 @@ import os
 import stat
 import struct
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from mpu_cli.files import atomic_write_json, file_mode
+from mpu_cli.finite import all_finite
 from mpu_cli.transport.errors import TransportError
 
 FORMAT = "mpu-exchange/1"
@@ -222,18 +224,26 @@ class StreamingSafetensorsWriter:
             self.abort()
             raise
 
-    def write(self, name: str, tensors: list[torch.Tensor]) -> None:
-        """The next tensor (in spec order) of every file: tensors[i] goes to paths[i]."""
+    def write(self, name: str, tensors) -> None:
+        """The next tensor (in spec order) of every file: the i-th of `tensors` goes to paths[i]. An iterator is
+        consumed one tensor at a time, each written before the next is asked for."""
         if self._next >= len(self._names) or self._names[self._next] != name:
             raise ValueError(f"expected tensor {self._names[self._next:self._next + 1]}, got {name!r}")
         shape, dtype = self._spec[name]
+        n = 0
         for i, t in enumerate(tensors):
+            if i >= len(self._files):
+                raise ValueError(f"{name}: more tensors than the {len(self._files)} files")
             if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
                 raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, spec says {tuple(shape)} {dtype}")
             data = _tensor_bytes(t)
             self._files[i].write(data)
             self._hashes[i].update(data)
             self._sizes[i] += data.nbytes
+            n = i + 1
+            del t, data  # an iterator's next tensor is built without this one
+        if n != len(self._files):
+            raise ValueError(f"{name}: {n} tensors for {len(self._files)} files")
         self._next += 1
 
     def commit(self) -> list[dict]:
@@ -259,13 +269,17 @@ class StreamingSafetensorsWriter:
         self._tmps = []
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
-    """One file, atomically; returns {'sha256', 'bytes'}."""
-    spec = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
+def write_safetensors(path: Path, tensors) -> dict:
+    """One file, atomically; returns {'sha256', 'bytes'}. tensors: a state dict, or a lazily read mapping that
+    tells each tensor's shape and dtype (`shape(name)`, `dtype(name)`) and is read one tensor at a time."""
+    if hasattr(tensors, "dtype"):
+        spec = {n: (tuple(tensors.shape(n)), tensors.dtype(n)) for n in tensors}
+    else:
+        spec = {n: (tuple(t.shape), t.dtype) for n, t in tensors.items()}
     w = StreamingSafetensorsWriter([path], spec)
     try:
-        for n, t in tensors.items():
-            w.write(n, [t])
+        for n in spec:
+            w.write(n, [tensors[n]])
         return w.commit()[0]
     except BaseException:
         w.abort()
@@ -467,7 +481,7 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
         out: dict[str, torch.Tensor] = {}
         for name in expected:
             t = _read_tensor(f, start, header[name], f"{what}: {path.name}: {name!r}")
-            if is_float_code(header[name]["dtype"]) and not torch.isfinite(t).all():
+            if is_float_code(header[name]["dtype"]) and not all_finite(t):
                 bad = int((~torch.isfinite(t)).sum())
                 raise TransportError(f"{what}: {path.name}: {name!r} has {bad} non-finite values")
             if load:
@@ -567,7 +581,7 @@ def returned_refusal(exchange: Path, r: int, k: int) -> str | None:
     return None
 
 
-class LazyStateDict:
+class LazyStateDict(Mapping):
     """A read-only mapping over a validated safetensors file: each tensor is read when asked for, so a
     consumer that streams by name (the server's aggregate) never holds the whole file. Tensors are read with
     plain file reads, not through a memory map: mapped pages of the m files would count in the process's
@@ -594,6 +608,12 @@ class LazyStateDict:
         if name not in self._names:
             raise KeyError(name)
         return tuple(self._header[name]["shape"])
+
+    def dtype(self, name) -> torch.dtype:
+        """A tensor's dtype from the header, without reading it."""
+        if name not in self._names:
+            raise KeyError(name)
+        return torch_dtype(self._header[name]["dtype"])
 
     def keys(self):
         return list(self._names)

@@ -149,15 +149,8 @@ def publish(state_dir: Path, exchange: Path | None = None) -> None:
         raise ServerError(f"{ex.round_dir(exchange, r)} already holds a published round; nothing was overwritten")
     n = server.n_copies
     spec = server.published_spec()
-    stream = server.publish_stream()  # round r starts: fresh secrets
-    writer = ex.StreamingSafetensorsWriter([ex.copy_dir(exchange, r, k) / ex.PUBLISHED for k in range(n)], spec)
-    try:
-        for name, tensors in stream:
-            writer.write(name, tensors)
-        infos = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    server.publish_copies()  # round r starts: fresh secrets
+    infos = server.write_copies([ex.copy_dir(exchange, r, k) / ex.PUBLISHED for k in range(n)])
     for k, info in enumerate(infos):
         ex.write_manifest(ex.copy_dir(exchange, r, k) / ex.PUBLISHED_MANIFEST,
                           ex.published_manifest(st["run_id"], r, k, n, info, spec))
@@ -165,7 +158,7 @@ def publish(state_dir: Path, exchange: Path | None = None) -> None:
     _write_round_marker(exchange, st["run_id"], r, n)  # last: clients may start
     _write_public(state_dir, server)
     _log(state_dir, "publish", r, time.perf_counter() - t0)
-    t0 = time.perf_counter()  # a measurement, not part of Pre-Process: logged on its own
+    t0 = time.perf_counter()  # measured while the copies were written: this only stores the record
     ServerState(state_dir).record_survival(server)
     _log(state_dir, "noise_survival", r, time.perf_counter() - t0)
     print(f"mpu-server: published round {r}: {n} copies in {ex.round_dir(exchange, r)}")
@@ -262,16 +255,18 @@ def aggregate(state_dir: Path, exchange: Path | None = None) -> None:
     t0 = time.perf_counter()
     paths, scalings = validate_returned(state_dir, st, exchange)
     server = restore(state_dir, st, with_base=False)
+    store = ServerState(state_dir)
+    out = store.theta_path(r)  # θ_r is written there tensor by tensor
     if scalings is None:
         returned = [ex.LazyStateDict(p, st["dtypes"]) for p in paths]
-        server.aggregate(returned)  # streams: one tensor name at a time across the m files
+        server.aggregate(returned, out=out)  # streams: one tensor at a time across the m files
     else:
         from mpu_cli.mpu.lora_aggregate import aggregate_adapters
 
         returned = [ex.LazyStateDict(p) for p in paths]
-        aggregate_adapters(server, returned, scalings)  # one weight at a time from the m adapters' factors
+        aggregate_adapters(server, returned, scalings, out=out)  # one weight at a time from the m adapters
     del returned
-    ServerState(state_dir).commit(server, st)  # θ_r, then state.json: the commit point of round r
+    store.commit(server, st)  # θ_r is written; state.json names it: the commit point of round r
     _write_public(state_dir, server)
     _log(state_dir, "aggregate", r, time.perf_counter() - t0)
     print(f"mpu-server: aggregated round {r} from {len(paths)} copies")
