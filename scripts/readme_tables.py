@@ -267,6 +267,16 @@ def bench_table() -> str:
 BENCH_ARGS = ["--models", "tiny", "--no-goal-run"]
 
 
+# ---- the streaming server: make bench-server --------------------------------------------------------------------
+
+
+@table("bench_server", cost="~40 min on 2 cores, ~50 GB of disk at the peak (scripts/bench_server.py: 135M and 1B shapes)")
+def bench_server_table() -> str:
+    out = OUT / f"bench_server_{_stamp()}"
+    _run([sys.executable, str(REPO / "scripts" / "bench_server.py"), "--out", str(out)], out.with_suffix(".log"))
+    return f"`python scripts/bench_server.py` on {machine()}:\n\n" + (out / "bench_server.md").read_text().strip()
+
+
 # ---- the noise that survives publication: scripts/noise_survival.py ------------------------------------------------
 
 

@@ -55,8 +55,10 @@ class SurvivalMeter:
             acc[0] += pc.numel()
             acc[1] += int((pc != cast).sum())
             pf = pc.float()
-            acc[2] += float((pf - cast.float()).double().square().sum())
-            acc[3] += float((pf - ec).double().square().sum())
+            sq_cast = float((pf - cast.float()).double().square_().sum())
+            acc[2] += sq_cast
+            # published in fp32: the cast is the exact copy itself, so both differences are the same
+            acc[3] += sq_cast if cast.dtype == ec.dtype else float((pf - ec).double().square_().sum())
 
     @property
     def published_dtype(self) -> str:
