@@ -146,3 +146,20 @@ def test_gaussian_noise_depends_on_the_seed_only():
     assert torch.equal(one, two) and one.dtype == torch.float32 and one.shape == (300, 1000)
     assert abs(one.std().item() / 0.5 - 1) < 0.01 and abs(one.mean().item()) < 0.005
     assert not torch.equal(gaussian((300, 1000), 0.5, 1235), one)
+
+
+def test_kept_draws_drawn_side_by_side_equal_the_sequential_ones():
+    """ZeroSumNoise(keep=True) draws the m streams on several threads: each copy is bit for bit the one drawn alone."""
+    from mpu_cli.mpu.noise import ZeroSumNoise
+
+    seeds = [11, 22, 33, 44]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        kept = ZeroSumNoise((64, 33), 0.5, seeds, keep=True)
+        together = [kept.copy(k, scale=1.5) for k in range(4)]
+    finally:
+        torch.set_num_threads(threads)
+    alone = ZeroSumNoise((64, 33), 0.5, seeds)
+    assert all(torch.equal(a, alone.copy(k, scale=1.5)) for k, a in enumerate(together))
+    assert all(torch.equal(a, kept.copy(k, scale=1.5)) for k, a in enumerate(together))  # drawn again once handed out

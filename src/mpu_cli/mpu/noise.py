@@ -74,6 +74,18 @@ def gaussian(shape, sigma: float, seed: int) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=torch.float32).normal_(0.0, sigma, generator=g)
 
 
+def _draws(shape, sigma: float, seeds: list[int]) -> list[torch.Tensor]:
+    """gaussian() for each seed, in the order of the seeds; the independent streams are drawn side by side on up
+    to torch.get_num_threads() threads (each stream is the same whichever thread draws it)."""
+    workers = min(len(seeds), torch.get_num_threads())
+    if workers <= 1:
+        return [gaussian(shape, sigma, seed) for seed in seeds]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda seed: gaussian(shape, sigma, seed), seeds))
+
+
 class ZeroSumNoise:
     """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed.
 
@@ -91,11 +103,11 @@ class ZeroSumNoise:
         self._scale = math.sqrt(len(seeds) / (len(seeds) - 1))
         self._mean = torch.zeros(self.shape, dtype=torch.float32)
         keep = keep and len(seeds) * self._mean.numel() <= self.KEEP_ELEMENTS
-        self._kept: list[torch.Tensor | None] = []
-        for seed in self.seeds:
-            z = self._z(seed)
-            self._mean.add_(z)
-            self._kept.append(z if keep else None)
+        self._kept: list[torch.Tensor | None] = [None] * len(seeds)
+        if keep:  # all m draws are held anyway: drawn side by side
+            self._kept = _draws(self.shape, self.sigma, self.seeds)
+        for k, seed in enumerate(self.seeds):
+            self._mean.add_(self._kept[k] if keep else self._z(seed))  # summed in copy order, however drawn
         self._mean.div_(len(seeds))
 
     def __len__(self) -> int:
