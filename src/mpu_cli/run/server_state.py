@@ -149,12 +149,16 @@ class ServerState:
         return open_file(path)
 
     def theta_path(self, r: int) -> Path:
-        """Where θ_r goes: a server streaming its aggregate writes it there itself (`MPUServer.aggregate(out=)`)."""
+        """Where θ_r goes: a server streaming its aggregate writes it there itself (`MPUServer.aggregate(out=)`).
+        The temporary file of an aggregate killed while writing it is removed (one process owns this folder)."""
         from mpu_cli.faults import inject
 
         self._private()
-        inject("save_tensors", self.dir / theta_name(r))
-        return self.dir / theta_name(r)
+        path = self.dir / theta_name(r)
+        for stale in self.dir.glob(f".{path.name}.*.tmp"):
+            stale.unlink()
+        inject("save_tensors", path)
+        return path
 
     def write_theta(self, r: int, theta) -> dict:
         """θ_r to its file; returns the state fields that name it."""
