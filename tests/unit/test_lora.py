@@ -88,6 +88,34 @@ def test_a_refused_merge_leaves_theta_and_bad_adapters_are_refused():
         aggregate_adapters(server, returned[:1], [1.0])
 
 
+def test_merge_of_a_lazily_read_theta_writes_theta_r_to_out(tmp_path):
+    """θ read from a file one tensor at a time (the streaming server): the merge writes θ_r to `out` tensor by
+    tensor, bit for bit the merge of θ held in memory, and leaves θ's own file as it was; without `out` the merged
+    θ is kept in memory."""
+    from mpu_cli.models.files import open_file
+
+    theta = random_state()
+    ex.write_safetensors(tmp_path / "theta.safetensors", theta)
+    before = ex.sha256_file(tmp_path / "theta.safetensors")
+    client, _ = bench.linear_lora_client(theta, LAYOUT, rank=RANK)
+
+    def merged(th, out=None):
+        server = MPUServer(th, LAYOUT, ServerConfig(arm="mpu", kappa=0.1, m=2, seed=5))
+        returned = [client(pub) for pub in server.publish()]
+        new = aggregate_adapters(server, returned, [1.5, 1.5], out=out)
+        return server, {n: new[n] for n in theta}
+
+    _, want = merged(theta)
+    assert all(not torch.equal(want[n], theta[n]) for n in MATRICES)
+    out = tmp_path / "theta_r.safetensors"
+    server, got = merged(open_file(tmp_path / "theta.safetensors"), out=out)
+    assert all(torch.equal(got[n], want[n]) for n in theta)
+    assert server.theta_file["path"] == str(out) and server.theta_file["sha256"] == ex.sha256_file(out)[0]
+    _, kept = merged(open_file(tmp_path / "theta.safetensors"))
+    assert all(torch.equal(kept[n], want[n]) for n in theta)
+    assert ex.sha256_file(tmp_path / "theta.safetensors") == before
+
+
 def test_adapter_names_scaling_and_expected_factors():
     w = "model.layers.1.mlp.down_proj.weight"
     a, b = factor_keys(w)

@@ -241,9 +241,14 @@ class MPUServer:
             raise RuntimeError("aggregate() called without a published round; call publish() first")
         returned = list(returned)
         self._check_returned(returned)
+        return self._end_round(self._aggregated(returned), out)
+
+    def _end_round(self, tensors, out):
+        """θ_r from (name, tensor) pairs, kept or written to `out` as they come; the round ends only once all
+        are in (an exception on the way leaves θ_{r-1} and no file)."""
         sink = _ThetaSink(out, {n: (self._shapes[n], torch.float32) for n in self._theta})
         try:
-            for name, new in self._aggregated(returned):
+            for name, new in tensors:
                 sink.add(name, new)
             theta, self._theta_file = sink.commit()
         except BaseException:
@@ -299,26 +304,20 @@ class MPUServer:
         finite before θ changes, so a refused merge leaves the server at θ_{r-1}. Returns the new θ (fp32)."""
         if not self._pending:
             raise RuntimeError("merge() called without a published round; call publish() first")
+        names = set(update)  # by iteration: a Mapping's `in` would build the tensor
         unknown = [n for n in update if n not in self._theta]
         if unknown:
             raise ValueError(f"round {self._round}: the aggregate names {unknown[0]!r}, which is not a tensor of θ")
-        sink = _ThetaSink(out, {n: (self._shapes[n], torch.float32) for n in self._theta})
-        try:
-            for name in self._theta:
-                new = x = self._theta[name]
-                if name in update:
-                    new = torch.add(x, update[name].to(x.device), alpha=self._cfg.eta)
-                    check_tensor(name, new, f"round {self._round}", "the aggregated weight")
-                sink.add(name, new)
-                del new, x
-            theta, self._theta_file = sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
-        self._theta = theta
-        self._secrets.noise_cache.clear()
-        self._pending = False
-        return self.theta
+        return self._end_round(self._merged(update, names), out)
+
+    def _merged(self, update: Mapping[str, torch.Tensor], names: set):
+        """(name, θ_r[name]) one tensor at a time: θ + η·update where `names` has it, θ's own tensor elsewhere."""
+        for name in self._theta:
+            x = self._theta[name]
+            if name in names:
+                x = torch.add(x, update[name].to(x.device), alpha=self._cfg.eta)
+                check_tensor(name, x, f"round {self._round}", "the aggregated weight")
+            yield name, x
 
     def public_info(self) -> dict:
         """JSON-able facts about the run that reveal no secret."""
