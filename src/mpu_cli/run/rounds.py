@@ -6,9 +6,9 @@
   With a stage checkpoint (run/checkpoint.py) the round's secrets are recorded before any client work, the server
   streams the m copies to files tensor by tensor, the client reads its copy from its file, every returned copy is
   saved and read back lazily and θ_r is written tensor by tensor, so server memory does not grow with the model
-  nor with m, and a resumed run redoes only what was not returned; without one (the audit, gpu_check) copies are
+  nor with m, and a resumed run redoes only what was not returned; without one (the audit) copies are
   built one at a time in memory as the client takes them; `slots > 1` unlearns
-  copies in forked CPU workers (run/slots.py). Without a checkpoint (the audit, gpu_check) returned copies stay
+  copies in forked CPU workers (run/slots.py). Without a checkpoint (the audit) returned copies stay
   in memory.
 - `ProcessRounds` (run/processes.py): separate `mpu-server` / `mpu-client` processes exchanging files.
 
