@@ -77,6 +77,15 @@ reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noi
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
 	.venv/bin/mpu-run -m --config-name reproduce_smollm2
 
+# The privacy audit of a real model: SmolLM2-135M fine-tuned as `make reproduce-smollm2` prepares it, one round at
+# each cell (AUDIT_SMOLLM2_CELLS), A0-A6 and B1 with each phase's time and peak memory. AUDIT_DIR= names the folder.
+AUDIT_SMOLLM2_CELLS := kappa=0.01,server.publish_dtype=float32;kappa=0.1;kappa=1;kappa=0.1,m=4;kappa=0.1,server.alpha_schedule=random
+AUDIT_DIR ?= outputs/audit/smollm2_$(BREAK_TIME)
+.PHONY: audit-smollm2 frontier
+audit-smollm2: install  ## CPU: mpu-audit on SmolLM2-135M, kappa 0.01 (fp32 copies) / 0.1 / 1 at m=2, m=4 and random alpha at 0.1 (~1 h)
+	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
+	.venv/bin/mpu-audit config=reproduce_smollm2 sweep=true seed=0 m=2 "cells=$(AUDIT_SMOLLM2_CELLS)" out=$(AUDIT_DIR)
+
 report: install  ## summary.csv, summary.md and plots for a folder of runs: make report DIR=outputs/sweeps/<time>
 	.venv/bin/mpu-report $(DIR)
 

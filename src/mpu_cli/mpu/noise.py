@@ -77,12 +77,16 @@ class ZeroSumNoise:
     """ε⁰_k = sqrt(m/(m−1))·(z_k − mean_j z_j), z_k ~ N(0, σ²) drawn from copy k's own seed.
 
     Any one copy is regenerated on its own from its seed and the mean, so a caller producing the copies one at
-    a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean)."""
+    a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean).
 
-    def __init__(self, shape, sigma: float, seeds: list[int]):
+    common: (σ_c, seed) adds c ~ N(0, σ_c²), the same in every copy and not scaled by α, which the harmonic
+    aggregate does not cancel (None: no common part)."""
+
+    def __init__(self, shape, sigma: float, seeds: list[int], common: tuple[float, int] | None = None):
         if len(seeds) < 2:
             raise ValueError(f"zero-sum noise needs m >= 2 copies, got m={len(seeds)}")
         self.shape, self.sigma, self.seeds = tuple(shape), float(sigma), list(seeds)
+        self.common = common
         self._scale = math.sqrt(len(seeds) / (len(seeds) - 1))
         self._mean = torch.zeros(self.shape, dtype=torch.float32)
         for seed in self.seeds:
@@ -96,8 +100,12 @@ class ZeroSumNoise:
         return gaussian(self.shape, self.sigma, seed)
 
     def copy(self, k: int, scale: float = 1.0) -> torch.Tensor:
-        """scale·ε⁰_k as a fresh fp32 tensor (scale: the copy's α, folded into the one multiplication)."""
-        return self._z(self.seeds[k]).sub_(self._mean).mul_(self._scale * scale)
+        """scale·ε⁰_k (+ the common part) as a fresh fp32 tensor (scale: the copy's α, folded into the one
+        multiplication)."""
+        out = self._z(self.seeds[k]).sub_(self._mean).mul_(self._scale * scale)
+        if self.common is not None:
+            out.add_(gaussian(self.shape, *self.common))
+        return out
 
 
 class IndependentNoise:
