@@ -86,6 +86,12 @@ audit-smollm2: install  ## CPU: mpu-audit on SmolLM2-135M, kappa 0.01 (fp32 copi
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
 	.venv/bin/mpu-audit config=reproduce_smollm2 sweep=true seed=0 m=2 "cells=$(AUDIT_SMOLLM2_CELLS)" out=$(AUDIT_DIR)
 
+# The privacy–utility frontier (scripts/frontier.py): conf/reproduce_frontier.yaml and _common.yaml's runs, then
+# mpu-audit of each setting and seed; frontier.md, frontier.csv and plot_frontier.png in FRONTIER_DIR.
+FRONTIER_DIR ?= outputs/frontier/$(BREAK_TIME)
+frontier: install  ## CPU: client error vs deg_avg: NPO x {noised, MPU m=2/4, MPU + common noise} x kappa up to 2 x 3 seeds (~25 min)
+	$(PY) scripts/frontier.py --out $(FRONTIER_DIR)
+
 report: install  ## summary.csv, summary.md and plots for a folder of runs: make report DIR=outputs/sweeps/<time>
 	.venv/bin/mpu-report $(DIR)
 
