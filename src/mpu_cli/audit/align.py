@@ -127,6 +127,9 @@ class AlignedCopy(Mapping):
         x = {name: self.copy[name].float()}
         return x[name] if self.transform is None else invert_transform(x, self.layout, self.transform)[name]
 
+    def __contains__(self, name) -> bool:
+        return name in self.copy  # without reading the tensor
+
     def __iter__(self):
         return iter(self.copy.keys())
 

@@ -124,6 +124,9 @@ class HullPoint(Mapping):
             v = x if v is None else v.add_(x)
         return v.float()
 
+    def __contains__(self, name) -> bool:
+        return name in self.aligned[0]
+
     def __iter__(self):
         return iter(self.aligned[0])
 

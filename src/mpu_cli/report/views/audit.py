@@ -26,7 +26,7 @@ def read_sweep(folder: Path) -> list[dict]:
 
 def _caption(r: dict, command: str | None = None) -> str:
     c, p = r["config"], r["params"]
-    model = "the embedded default" if c["model"] == "tiny" else c["model"]
+    model = "the embedded default" if c.get("model", "tiny") == "tiny" else c["model"]
     # a sweep records its seed's tag (older ones the seed): the command then names the seed by its place
     tagged = seed_tag.is_tag(c["seed"])
     command = command or f"mpu-audit sweep=true seed={'<its seed>' if tagged else c['seed']}"
