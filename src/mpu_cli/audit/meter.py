@@ -4,10 +4,12 @@ The peak is the kernel's high-water mark (VmHWM), reset at the start of each pha
 (Linux); where that is not available the peak is None and only the time is measured."""
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
@@ -47,6 +49,7 @@ class PhaseMeter:
             old = self.phases.get(name, {"seconds": 0.0, "peak_rss_mb": peak})
             peaks = [p for p in (old["peak_rss_mb"], peak) if p is not None]
             self.phases[name] = {"seconds": old["seconds"] + seconds, "peak_rss_mb": max(peaks) if peaks else None}
+            log.info("phase %s: %.1f s, peak %s MiB", name, seconds, "?" if peak is None else f"{peak:.0f}")
 
     def peak(self) -> float | None:
         """The largest peak of all phases measured."""

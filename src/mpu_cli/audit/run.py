@@ -126,7 +126,7 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
             fmt, pad = chat_format(cfg.model), pad_id(tokenizer)
             groups = split_names(cfg.data.split)
             pool = {g: [_encode(tokenizer, r, fmt) for r in load_split(cfg.data.source, groups[g])]
-                    for g in ("forget", "retain", "holdout")}
+                    for g in ("forget", "retain", "holdout")[:3 if b1 else 2]}  # holdout: B1's candidates only
             bs = cfg.eval.batch_size
             with meter.phase("losses"):
                 utility["theta_prev"] = _losses(target, server.theta, pool, pad, bs)

@@ -126,15 +126,15 @@ def estimate_errors(scorer: Scorer, est: Mapping, mod_t: bool = True) -> dict:
 
 def score_client_attacks(est: ClientEstimates, scorer: Scorer, copies: list[Mapping], exposed_server: float) -> dict:
     """Every client-side attack scored against θ (and, for the alignment, the true T_k). Errors "mod T" are
-    computed for the estimates a client would use as θ̂ (one copy, an aligned copy, A4, A5), not for the base
-    or the copy-to-copy alignment A3 (their raw errors say what they are)."""
+    computed where they say something the raw error does not: for the aligned copies (A2) and the hull points
+    A5 / A6 (a copy's raw error is the reparameterization's; A1 mod T is A2's; A4 is between A2 and A5)."""
     exposed_names = set(est.exact_names)
     out = {
         "A0": {"exposed_fraction": scorer.numel([n for n in scorer.names if n in exposed_names])
                / scorer.numel(scorer.names),
                "exact_fraction_true": sum(scorer.exact_fraction(c) for c in copies) / len(copies),
                "exposed_fraction_server": exposed_server},
-        "A1": _mean([estimate_errors(scorer, AlignedCopy(c, None, scorer.layout)) for c in copies]),
+        "A1": _mean([estimate_errors(scorer, AlignedCopy(c, None, scorer.layout), mod_t=False) for c in copies]),
         "base": estimate_errors(scorer, est.estimates["base"], mod_t=False),
     }
     for name in ("A2", "A3"):
@@ -143,7 +143,7 @@ def score_client_attacks(est: ClientEstimates, scorer: Scorer, copies: list[Mapp
             out[name] |= scorer.transform_accuracy(est.transforms[name])
     for name in ("A4", "A5"):
         if name in est.estimates:
-            out[name] = estimate_errors(scorer, est.estimates[name])
+            out[name] = estimate_errors(scorer, est.estimates[name], mod_t=name == "A5")
     if "A5" in out:
         out["A5"]["hull_weights"] = est.hull_weights
         out["A5"]["weights_max_abs_err"] = scorer.weights_error(est.hull_weights)

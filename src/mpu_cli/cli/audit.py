@@ -24,7 +24,8 @@ Keys (key=value):
   sweep_m=M1,M2         the sweep's numbers of copies (default: 2,4)
   sweep_perturb=...     the sweep's server.perturb_unprotected values (default: false,true)
   cells=C1;C2           instead of the product above, the sweep's cells, each a comma-separated list of
-                        overrides (e.g. "kappa=0.1,m=4;kappa=0.1,server.alpha_schedule=random")
+                        overrides (e.g. "kappa=0.1,m=4;kappa=0.1,server.alpha_schedule=random"); a cell's own
+                        b1= / fit= replace the sweep's for that cell
   any other key=value   an mpu-run override (kappa, m, seed, model, algorithm, server.*, client.*, ...;
                         `mpu-run --help` lists them)
 """
@@ -152,7 +153,12 @@ def main(argv: list[str] | None = None) -> None:
             cells = opts["cells"] or [
                 [f"kappa={kappa}", f"m={m}", f"server.perturb_unprotected={str(pert).lower()}"]
                 for kappa in opts["sweep_kappa"] for m in opts["sweep_m"] for pert in opts["sweep_perturb"]]
-            cfgs = [compose_config([*overrides, *cell], opts["config"]) for cell in cells]
+            cfgs, steps = [], []
+            for cell in cells:
+                own = {k: _bool(k, v) for k, _, v in (o.partition("=") for o in cell) if k in ("b1", "fit")}
+                steps.append({"b1": opts["b1"], "fit": opts["fit"]} | own)
+                cfgs.append(compose_config([*overrides, *(o for o in cell if o.partition("=")[0] not in own)],
+                                           opts["config"]))
         else:
             cfgs = [compose_config(overrides, opts["config"])]
             out = Path(opts["out"] or f"outputs/audit/{stamp}_{_cell_name(cfgs[0])}")
@@ -164,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"mpu-audit: wrote {out / 'privacy_report.md'}")
             return
         rows = []
-        for i, cfg in enumerate(cfgs):
+        for i, (cfg, step) in enumerate(zip(cfgs, steps)):
             log.info("sweep cell %d/%d: %s", i + 1, len(cfgs), _cell_name(cfg))
-            rows.append(audit(cfg, out / f"{i}_{_cell_name(cfg)}", b1=opts["b1"], fit=opts["fit"]))
+            rows.append(audit(cfg, out / f"{i}_{_cell_name(cfg)}", **step))
         write_sweep(rows, out)
         print(f"mpu-audit: wrote {out / 'privacy_sweep.md'}")
     except (AuditError, FileNotFoundError) as e:
