@@ -64,12 +64,12 @@ def cells_markdown(folder: Path) -> str:
         b1 = a.get("B1", {})
         a2 = a.get("A2", {})
         rows.append([
-            cell_label(c), g(a["A0"]["exposed_fraction"]), _err(a, "A1"),
+            cell_label(c), g(a["A0"]["exposed_fraction"]), g(a["A1"]["rel_err_protected"]),
             f"{a2.get('perm_accuracy', float('nan')):.3f} / {g(a2.get('angle_err_mean_rad'), 2)} rad",
             _err(a, "A2"), _err(a, "A4"), _err(a, "A5"), _err(a, "A6"),
             f"{g(b1.get('auc'))} ({g(b1.get('auc_vs_retain'))} / {g(b1.get('auc_vs_holdout'))})",
         ])
-    header = ["cell", "A0 exposed", "A1 err (mod T)", "A2 perm acc / angle err", "A2 err (mod T)", "A4 err (mod T)",
+    header = ["cell", "A0 exposed", "A1 err", "A2 perm acc / angle err", "A2 err (mod T)", "A4 err (mod T)",
               "A5 err (mod T)", "A6 err (mod T)", "B1 AUC (vs retain / holdout)"]
     return _caption(reports[0], "make audit-smollm2") + "\n\n" + markdown(header, rows)
 
@@ -99,8 +99,9 @@ def cost_markdown(folder: Path) -> str:
             f"{cost[p]['seconds']:.0f} s / {g(cost[p]['peak_rss_mb'] / 1024, 2)} GB" if p in cost
             and cost[p]["peak_rss_mb"] is not None else "–" for p in phases),
             f"{g(r.get('peak_rss_mb', 0) / 1024, 3)} GB"])
-    return ("Each phase's wall time / the process's peak resident memory during it (one process per cell; 2 shared "
-            "cores):\n\n" + markdown(["cell", *phases, "peak"], rows))
+    return ("Each phase's wall time / the process's peak resident memory during it (the cells run one after another "
+            "in one process: a later cell's peaks include heap an earlier cell freed but the allocator kept):\n\n"
+            + markdown(["cell", *phases, "peak"], rows))
 
 
 def audit_markdown(folder: Path) -> str:
