@@ -30,7 +30,7 @@ from mpu_cli.mpu.build import build_server, load_base
 from mpu_cli.mpu.server import MPUServer
 from mpu_cli.mpu.settings import ServerConfig
 from mpu_cli.run import seed_tag
-from mpu_cli.run.rounds import drive
+from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.settings import chat_format, client_config
 from mpu_cli.transport.exchange import LazyStateDict, write_safetensors
 
@@ -229,14 +229,15 @@ def _unlearn_and_aggregate(cfg, prepared, target, server: MPUServer, paths: list
 
     # client: its own data, the published copies (the model object's weights are overwritten by each copy)
     client_data = benchmarks.of(cfg.data).client_data(tokenizer, fmt, cfg.data, algorithm)
-    returned = []
-    for k, path in enumerate(paths):
-        updated = unlearn_copy(target, LazyStateDict(path), algorithm, client_data, client_config(cfg, 1), pad,
+    def unlearn_fn(r: int, k: int, published) -> LazyStateDict:
+        # each returned copy goes to a file at once and is read back lazily: the server aggregates streaming
+        updated = unlearn_copy(target, published, algorithm, client_data, client_config(cfg, 1), pad,
                                desc=f"audit copy {k + 1}/{len(paths)}")
-        returned.append(folder / f"returned_{k}.safetensors")
-        write_safetensors(returned[-1], updated)
-        del updated
-    server.aggregate([LazyStateDict(p) for p in returned])
+        path = folder / f"returned_{k}.safetensors"
+        write_safetensors(path, updated)
+        return LazyStateDict(path)
+
+    drive(InProcessRounds(server, unlearn_fn, published=[LazyStateDict(p) for p in paths]), server.round)
 
 
 def _encode(tokenizer, row: dict, fmt) -> dict:
