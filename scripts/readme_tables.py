@@ -145,6 +145,50 @@ def audit_all_params_table() -> str:
     return VIEWS["audit_all_params"].render(audit_sweep())
 
 
+# ---- the privacy audit of SmolLM2-135M: make audit-smollm2; the views audit_cells / _recovered / _cost -------------
+
+AUDIT_SMOLLM2_DIR: Path | None = None  # --audit-smollm2-dir: format a finished `make audit-smollm2` folder
+
+
+@cache
+def audit_smollm2_sweep() -> Path:
+    """The folder of one `make audit-smollm2` (its three tables read the same sweep)."""
+    out = AUDIT_SMOLLM2_DIR or OUT / f"audit_smollm2_{_stamp()}"
+    if AUDIT_SMOLLM2_DIR is None:
+        _run(["make", "audit-smollm2", f"AUDIT_DIR={out}"], out.with_suffix(".log"))
+    return out
+
+
+@table("audit_smollm2", cost="~1 h on 2 cores with the SmolLM2 target cached (make audit-smollm2; shared with "
+                             "audit_smollm2_recovered and audit_smollm2_cost)")
+def audit_smollm2_table() -> str:
+    return VIEWS["audit_cells"].render(audit_smollm2_sweep())
+
+
+@table("audit_smollm2_recovered", cost="the audit_smollm2 table's sweep")
+def audit_smollm2_recovered_table() -> str:
+    return VIEWS["audit_recovered"].render(audit_smollm2_sweep())
+
+
+@table("audit_smollm2_cost", cost="the audit_smollm2 table's sweep")
+def audit_smollm2_cost_table() -> str:
+    return (f"On {machine()}. " + VIEWS["audit_cost"].render(audit_smollm2_sweep()))
+
+
+# ---- the privacy–utility frontier: make frontier (scripts/frontier.py) ----------------------------------------------
+
+FRONTIER_DIR: Path | None = None  # --frontier-dir: format a finished `make frontier` folder
+
+
+@table("frontier", cost="~25 min of one core (make frontier: 48 runs, then an audit of each setting and seed)")
+def frontier_table() -> str:
+    out = FRONTIER_DIR
+    if out is None:
+        out = OUT / f"frontier_{_stamp()}"
+        _run([sys.executable, str(REPO / "scripts" / "frontier.py"), "--out", str(out)], out.with_suffix(".log"))
+    return (Path(out) / "frontier.md").read_text().strip()
+
+
 # ---- where MPU breaks: make reproduce-break; the view `mpu-report DIR --view break_map` -------------------------
 
 BREAK_CONFIGS = ("reproduce_break", "reproduce_break_alpha")  # what `make reproduce-break` runs, in this order
@@ -435,7 +479,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the lora_quality table from this finished `make reproduce-lora` sweep folder (no new sweep)")
     ap.add_argument("--scale-dir", type=Path, default=None,
                     help="the scale tables from this finished `python scripts/scale_1b.py` run (no new run)")
+    ap.add_argument("--audit-smollm2-dir", type=Path, default=None,
+                    help="the audit_smollm2* tables from this finished `make audit-smollm2` folder (no new sweep)")
+    ap.add_argument("--frontier-dir", type=Path, default=None,
+                    help="the frontier table from this finished `make frontier` folder (no new runs)")
     args = ap.parse_args(argv)
+    global AUDIT_SMOLLM2_DIR, FRONTIER_DIR
+    AUDIT_SMOLLM2_DIR, FRONTIER_DIR = args.audit_smollm2_dir, args.frontier_dir
     global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR, SCALE_DIR
     AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
     LORA_BENCH_DIR, LORA_DIR, SCALE_DIR = args.lora_bench_dir, args.lora_dir, args.scale_dir

@@ -12,8 +12,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from mpu_cli.config import CONF_DIR, MPUConfig, register_configs
+from mpu_cli.mpu import ModelLayout, MPUServer, ServerConfig
 from mpu_cli.models import prepare
 from mpu_cli.run import rundir
 from mpu_cli.run.settings import chat_format
@@ -152,3 +154,32 @@ def muse_rows(folder: Path, rel: str) -> list[dict]:
 
 def muse_texts(folder: Path, split: str) -> list[str]:
     return [r["text"] for r in muse_rows(folder, f"raw/{split}.jsonl")]
+
+
+# ---- small GQA models with a known fine-tuning difference (the audit and the server's noise) ----------------------
+
+SMALL = {"vocab_size": 64, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32}
+MODELS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def target_and_base(kind: str = "llama", finetune: float = 0.02):
+    """A small random GQA model θ and its public base = θ minus a small "fine-tuning" difference."""
+    config_cls, model_cls = MODELS[kind]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**SMALL))
+    g = torch.Generator().manual_seed(1)
+    theta, base = {}, {}
+    for name, p in model.state_dict().items():
+        if "norm" in name:
+            w = 1 + 0.1 * torch.randn(p.shape, generator=g)
+        else:
+            w = 0.15 * torch.randn(p.shape, generator=g)
+        theta[name] = w
+        base[name] = w - finetune * torch.randn(p.shape, generator=g)
+    return theta, base, ModelLayout.from_hf_config(model.config)
+
+
+def publish(theta, base, layout, **cfg):
+    server = MPUServer(theta, layout, ServerConfig(seed=0, **cfg), base=base)
+    return server, server.publish()

@@ -180,11 +180,15 @@ def test_every_server_setting_is_a_config_key_an_mpu_server_option_and_travels(t
         assert f.metadata["help"], f.name
         assert (f"server.{f.name}" in run_help and f.name in schema.server) if f.name in options else f.name in schema
         assert (f"--{f.name.replace('_', '-')}" in init_help) is not f.metadata["secret"], f.name
-    changed = ServerConfig(alpha_schedule="pow2", eta=0.5, publish_dtype="float32", perturb_unprotected=True,
-                           noise_reference="raw", noised_alpha="mean", arm="noised", kappa=0.2, m=3, seed=11)
-    assert all(getattr(changed, f.name) != f.default for f in fields(ServerConfig)), "every field changed"
-    changed.write(tmp_path / "server.json")
-    assert ServerConfig.read(tmp_path / "server.json") == changed
+    # two configs between them change every field: noised_alpha needs arm=noised, common_noise an mpu arm
+    noised = ServerConfig(alpha_schedule="pow2", eta=0.5, publish_dtype="float32", perturb_unprotected=True,
+                          noise_reference="raw", noised_alpha="mean", arm="noised", kappa=0.2, m=3, seed=11)
+    common = ServerConfig(arm="mpu", kappa=0.2, m=3, seed=11, common_noise=0.5)
+    assert all(any(getattr(c, f.name) != f.default for c in (noised, common)) for f in fields(ServerConfig)), \
+        "every field changed"
+    for changed in (noised, common):
+        changed.write(tmp_path / "server.json")
+        assert ServerConfig.read(tmp_path / "server.json") == changed
 
 
 def test_a_rule_added_to_the_server_settings_is_checked_by_mpu_run_before_any_work(monkeypatch):

@@ -183,3 +183,11 @@ def test_a_benchmarks_client_data_is_asked_of_its_benchmark_object():
                        if isinstance(node, ast.ImportFrom) and node.module == "mpu_cli.unlearn.client"
                        and encoders & {a.name for a in node.names})
     assert importers == ["mpu_cli.evals.muse_benchmark", "mpu_cli.evals.tofu_benchmark"], importers
+
+
+def test_test_files_have_unique_basenames():
+    """The test folders have no __init__.py, so pytest imports each test file by its basename: two files with the
+    same name in tests/unit and tests/integration make the second one fail to collect when both layers run."""
+    tests = SRC.parent / "tests"
+    names = sorted(p.name for p in tests.rglob("test_*.py"))
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})

@@ -14,6 +14,7 @@ architecture (ModelLayout). The reparameterization *family* is public (Kerckhoff
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -24,14 +25,20 @@ from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.reparam import Transform, invert_transform
 
 
-def block_tensors(state: dict, layer: int) -> dict[str, torch.Tensor]:
-    """{suffix: tensor} of block `layer` (suffix = the name after "layers.{l}.")."""
-    out = {}
-    for name, t in state.items():
+def layer_names(names, num_layers: int) -> dict[int, list[str]]:
+    """{layer: names of block `layer`} for layers 0..num_layers−1 (names outside every block left out)."""
+    out: dict[int, list[str]] = {layer: [] for layer in range(num_layers)}
+    for name in names:
         split = split_block(name)
-        if split is not None and split[0] == layer:
-            out[split[1]] = t
+        if split is not None and split[0] in out:
+            out[split[0]].append(name)
     return out
+
+
+def block_tensors(state: Mapping, names: list[str]) -> dict[str, torch.Tensor]:
+    """{suffix: tensor} of the given names of one block (suffix = the name after "layers.{l}."), each read
+    from `state` when needed: a lazily read copy is read one block at a time."""
+    return {split_block(n)[1]: state[n] for n in names}
 
 
 def _mlp_features(block: dict, family: Family) -> torch.Tensor:
@@ -97,23 +104,45 @@ def match_plane_angles(copy_block: dict, base_block: dict, layout: ModelLayout) 
     return torch.remainder(-psi, 2 * math.pi)
 
 
-def estimate_transform(copy: dict, base: dict, layout: ModelLayout) -> Transform:
-    """T̂ for one published copy, from the copy and the public base only."""
+def estimate_transform(copy: Mapping, base: Mapping, layout: ModelLayout) -> Transform:
+    """T̂ for one published copy, from the copy and the public base only (one block in memory at a time); a
+    copy restricted to some blocks gets a T̂ for those blocks."""
     perms, angles = {}, {}
-    for layer in range(layout.num_layers):
-        cb, bb = block_tensors(copy, layer), block_tensors(base, layer)
+    for layer, names in layer_names(copy.keys(), layout.num_layers).items():
+        if not names:
+            continue
+        cb, bb = block_tensors(copy, names), block_tensors(base, names)
         perms[layer] = match_mlp_channels(cb, bb, layout.family)
         angles[layer] = match_plane_angles(cb, bb, layout)
     return Transform(perms, angles)
 
 
-def align_copy(copy: dict, base: dict, layout: ModelLayout) -> tuple[dict, Transform]:
-    """(T̂⁻¹(copy) in fp32, T̂): the copy brought back into the base's coordinates."""
+class AlignedCopy(Mapping):
+    """T̂⁻¹(copy) in fp32, each tensor computed when asked for (T is linear and acts tensor by tensor)."""
+
+    def __init__(self, copy: Mapping, transform: Transform | None, layout: ModelLayout):
+        self.copy, self.transform, self.layout = copy, transform, layout
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        x = {name: self.copy[name].float()}
+        return x[name] if self.transform is None else invert_transform(x, self.layout, self.transform)[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self.copy  # without reading the tensor
+
+    def __iter__(self):
+        return iter(self.copy.keys())
+
+    def __len__(self) -> int:
+        return len(self.copy.keys())
+
+
+def align_copy(copy: Mapping, base: Mapping, layout: ModelLayout) -> tuple[AlignedCopy, Transform]:
+    """(T̂⁻¹(copy) in fp32, read lazily, T̂): the copy brought back into the base's coordinates."""
     est = estimate_transform(copy, base, layout)
-    copy32 = {n: t.float() for n, t in copy.items()}
-    return invert_transform(copy32, layout, est), est
+    return AlignedCopy(copy, est, layout), est
 
 
-def align_to_reference(copy: dict, reference: dict, layout: ModelLayout) -> tuple[dict, Transform]:
+def align_to_reference(copy: Mapping, reference: Mapping, layout: ModelLayout) -> tuple[AlignedCopy, Transform]:
     """Same as align_copy, with any reference in base coordinates (e.g. a copy already aligned)."""
     return align_copy(copy, reference, layout)

@@ -5,17 +5,23 @@ The three roles are kept apart in `audit()`:
   2. attacks  — client_attacks(ClientView(copies, base, layout)) and, after a real round of unlearning,
                 B1 from (θ_{r-1}, θ_r, candidate texts). No secrets are passed to either.
   3. scorer   — Scorer(θ, base, secrets): ground truth, used only to score.
+A6 also takes the client's own forget set; B1 takes θ_{r-1}, θ_r and the candidate texts. Each phase is timed
+and its peak resident memory measured (meter.py).
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
+import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import OmegaConf
 
 from mpu_cli.files import atomic_write_json, atomic_write_text
@@ -26,9 +32,19 @@ from mpu_cli.mpu.settings import ServerConfig
 from mpu_cli.run import seed_tag
 from mpu_cli.run.rounds import InProcessRounds, drive
 from mpu_cli.run.settings import chat_format, client_config
+from mpu_cli.transport.exchange import LazyStateDict, write_safetensors
 
-from .attacks import ClientView, b1_rank_forget_items, client_attacks, item_losses, unique_names
-from .score import Scorer, score_client_attacks
+from .attacks import (
+    ClientView,
+    a6_hull_fit,
+    b1_rank_forget_items,
+    client_attacks,
+    forget_loss,
+    item_losses,
+    unique_names,
+)
+from .meter import PhaseMeter
+from .score import Scorer, estimate_errors, score_client_attacks
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +56,12 @@ DESCRIPTIONS = {
     "A3": "align copies 2..m to the aligned copy 1 (copy-to-copy)",
     "A4": "align (A3), then average the copies",
     "A5": "align (A3), then the point of the copies' affine hull closest to θ_base (α unknown)",
-    "oracle": "WITH the secrets: Σ w_k T_k⁻¹(copy_k) (harness check; must be round-off)",
+    "A6": "align (A3), then the hull point under which the model best fits the client's own forget set "
+          "(Newton steps on the hull coordinates from A5's point)",
+    "oracle": "WITH the secrets: Σ w_k T_k⁻¹(copy_k) (harness check: round-off, or the common noise)",
     "B1": "server ranks forget items among retain + holdout items by loss increase θ_{r-1} → θ_r",
 }
+COPIES_DIR = ".copies"  # the published copies, written under the report folder while the audit runs
 
 
 def _clean(obj):
@@ -59,55 +78,103 @@ def _clean(obj):
     return obj
 
 
-def audit(cfg, out: Path, b1: bool = True) -> dict:
-    from mpu_cli.models.io import load_model, resolve_dtype
+def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
+    """One cell. Memory: θ (the server's), the base, one model and what one tensor (or block) of the m copies
+    needs: the copies are written to files and every attack, the scorer and the round read them lazily.
+    fit: also mount A6 (it needs the client's forget set and the model)."""
+    from mpu_cli.data.formatting import pad_id
+    from mpu_cli.data.tofu import load_split, split_names
+    from mpu_cli.models.io import load_model, load_tokenizer, resolve_dtype
     from mpu_cli.models.prepare import prepare_models
 
+    gc.collect()  # a sweep's earlier cell must not count in this cell's memory
     t0 = time.perf_counter()
     out = Path(out)
-    model_cfg = OmegaConf.merge(cfg.model, {"retain": None})  # the audit needs no retain model
-    prepared = prepare_models(model_cfg, cfg.data, cfg.prepare)
-    if not prepared.base:
-        raise ValueError("the audit needs a public base model (model.base)")
-    dtype = resolve_dtype(cfg.model.dtype)
-    target = load_model(prepared.target, dtype)
-    base = dict(load_base(prepared.base, dtype))  # the attacks work on whole models in memory
-
-    # 1. server ------------------------------------------------------------------------------------------------
-    server = build_server(target, ServerConfig.from_config(cfg), base=base)
+    meter = PhaseMeter()
+    with meter.phase("load"):
+        model_cfg = OmegaConf.merge(cfg.model, {"retain": None})  # the audit needs no retain model
+        prepared = prepare_models(model_cfg, cfg.data, cfg.prepare)
+        if not prepared.base:
+            raise ValueError("the audit needs a public base model (model.base)")
+        dtype = resolve_dtype(cfg.model.dtype)
+        target = load_model(prepared.target, dtype)
+        names = unique_names(target.state_dict())  # tied tensors once
+        base_all = load_base(prepared.base, dtype)
+        base = {n: base_all[n] for n in names}
+        # 1. server --------------------------------------------------------------------------------------------
+        server = build_server(target, ServerConfig.from_config(cfg), base=base_all)
+        del base_all
     layout = server.layout
-    copies = server.publish()
+    with meter.phase("publish"):
+        paths = _publish_to_files(server, out / COPIES_DIR)
+    try:
+        copies = [LazyStateDict(p, names) for p in paths]
 
-    # 2. client-side attacks: copies, public base, public architecture — nothing else -------------------------
-    t1 = time.perf_counter()
-    estimates = client_attacks(ClientView(copies=copies, base=base, layout=layout),
-                               align_copies=arm_of(cfg.arm).reparameterized)
-    t_attacks = time.perf_counter() - t1
+        # 2. client-side attacks: copies, public base, public architecture — nothing else ---------------------
+        estimates = client_attacks(ClientView(copies=copies, base=base, layout=layout),
+                                   align_copies=arm_of(cfg.arm).reparameterized, phase=meter.phase)
 
-    # 3. scorer: ground truth (θ_{r-1} and the round's secrets) ----------------------------------------------
-    scorer = Scorer(server.theta, base, server.private_state(), layout)
-    attacks = score_client_attacks(estimates, scorer, copies, server.exposed_fraction())
-    del estimates
+        # 3. scorer: ground truth (θ_{r-1} and the round's secrets) ------------------------------------------
+        with meter.phase("scoring"):
+            scorer = Scorer(server.theta, base, server.private_state(), layout, names)
+            attacks = score_client_attacks(estimates, scorer, copies, server.exposed_fraction())
+        n_total, n_protected = scorer.numel(names), scorer.numel(scorer.protected)
 
-    utility = {}
-    if b1:
-        b1_result, utility = _server_side_round(cfg, prepared, target, server, copies)
-        attacks["B1"] = b1_result
-    names = unique_names(server.theta)
-    n_protected = scorer.numel(scorer.protected)
+        utility, pool, tokenizer = {}, None, None
+        if fit or b1:
+            tokenizer = load_tokenizer(prepared.tokenizer)
+            fmt, pad = chat_format(cfg.model), pad_id(tokenizer)
+            groups = split_names(cfg.data.split)
+            pool = {g: [_encode(tokenizer, r, fmt) for r in load_split(cfg.data.source, groups[g])]
+                    for g in ("forget", "retain", "holdout")[:3 if b1 else 2]}  # holdout: B1's candidates only
+            bs = cfg.eval.batch_size
+            with meter.phase("losses"):
+                utility["theta_prev"] = _losses(target, server.theta, pool, pad, bs)
+                utility["copy_1"] = _losses(target, copies[0], pool, pad, bs)
+        hull = estimates.aligned.get("A3")
+        if fit and hull is not None and len(hull) > 1:
+            # 4. A6: the client's own forget set picks the hull point (the model's weights are overwritten)
+            with meter.phase("A6"):
+                a6, w6, info = a6_hull_fit(hull, estimates.hull_weights, target, forget_loss(pool["forget"], pad))
+            with meter.phase("scoring"):
+                attacks["A6"] = estimate_errors(scorer, a6) | info | {
+                    "hull_weights": w6, "weights_max_abs_err": scorer.weights_error(w6)}
+            with meter.phase("losses"):
+                utility["A5"] = _losses(target, estimates.estimates["A5"], pool, pad, bs)
+                utility["A6"] = _losses(target, a6, pool, pad, bs)
+        del scorer, estimates, hull
+
+        if b1:
+            # 5. one real round; the server needs no base to aggregate: drop it (memory for the client)
+            theta, meta = server.export_state()
+            server = MPUServer.restore(theta, meta, layout)
+            del theta, base
+            with meter.phase("B1 round"):
+                _unlearn_and_aggregate(cfg, prepared, target, server, paths, out / COPIES_DIR)
+            with meter.phase("B1 losses"):
+                utility["theta_next"] = _losses(target, server.theta, pool, pad, bs)
+                attacks["B1"] = b1_rank_forget_items(utility["theta_prev"], utility["theta_next"], positive="forget")
+    finally:
+        shutil.rmtree(out / COPIES_DIR, ignore_errors=True)
+
+    def probs(ls: dict) -> dict:
+        return {f"{g}_prob": float(np.mean(np.exp(-np.asarray(v)))) for g, v in ls.items()}
+
     report = _clean({
         "config": {"model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "arm": cfg.arm,
                    "kappa": cfg.kappa, "m": server.n_copies,
                    "seed": seed_tag.tag(cfg.seed, cfg.prepare.cache_dir),  # readable: the tag, not the seed
                    "perturb_unprotected": bool(cfg.server.perturb_unprotected),
-                   "alpha_schedule": cfg.server.alpha_schedule, "algorithm": cfg.algorithm.name,
-                   "client_epochs": cfg.client.epochs, "client_lr": cfg.client.lr},
-        "params": {"total": scorer.numel(names), "protected": n_protected,
-                   "unprotected": scorer.numel(names) - n_protected},
+                   "alpha_schedule": cfg.server.alpha_schedule, "publish_dtype": cfg.server.publish_dtype,
+                   "common_noise": cfg.server.common_noise, "model_dtype": cfg.model.dtype,
+                   "algorithm": cfg.algorithm.name, "client_epochs": cfg.client.epochs, "client_lr": cfg.client.lr},
+        "params": {"total": n_total, "protected": n_protected, "unprotected": n_total - n_protected},
         "attacks": attacks,
-        "utility": utility,
+        "utility": {name: probs(ls) for name, ls in utility.items()},
         "descriptions": DESCRIPTIONS,
-        "time_s": {"attacks": t_attacks, "total": time.perf_counter() - t0},
+        "cost": meter.phases,
+        "peak_rss_mb": meter.peak(),
+        "time_s": {"total": time.perf_counter() - t0},
     })
     atomic_write_json(out / "privacy_report.json", report)
     atomic_write_text(out / "privacy_report.md", report_markdown(report))
@@ -115,12 +182,44 @@ def audit(cfg, out: Path, b1: bool = True) -> dict:
     return report
 
 
-def _server_side_round(cfg, prepared, target, server: MPUServer, copies: list[dict]) -> tuple[dict, dict]:
-    """One real round: the client unlearns every copy; the server aggregates, then mounts B1."""
+def _publish_to_files(server: MPUServer, folder: Path) -> list[Path]:
+    """Publish one round straight to m safetensors files, one tensor at a time (as mpu-server does)."""
+    from mpu_cli.transport.exchange import StreamingSafetensorsWriter
+
+    paths = [folder / f"copy_{k}.safetensors" for k in range(server.n_copies)]
+    spec = server.published_spec()
+    writer = StreamingSafetensorsWriter(paths, spec)
+    try:
+        for name, tensors in server.publish_stream():
+            writer.write(name, list(tensors))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return paths
+
+
+def _set_weights(model, state: Mapping) -> None:
+    """Copy `state` (any mapping; tied tensors may be given once) into the model, tensor by tensor."""
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if name in state:
+                p.copy_(state[name].to(p.dtype))
+
+
+def _losses(model, state: Mapping, pool: dict, pad: int, batch_size: int) -> dict:
+    """Per-item answer NLL of every candidate group under `state`."""
+    _set_weights(model, state)
+    model.eval()
+    return {g: item_losses(model, ex, pad, batch_size) for g, ex in pool.items()}
+
+
+def _unlearn_and_aggregate(cfg, prepared, target, server: MPUServer, paths: list[Path], folder: Path) -> None:
+    """One real round: the client unlearns every copy (read from its file), each returned copy goes to a file,
+    the server aggregates them streaming."""
     from mpu_cli.data.formatting import pad_id
-    from mpu_cli.data.tofu import load_split, split_names
     from mpu_cli.evals import benchmarks
-    from mpu_cli.models.io import load_state_into, load_tokenizer
+    from mpu_cli.models.io import load_tokenizer
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import unlearn_copy
 
@@ -130,34 +229,15 @@ def _server_side_round(cfg, prepared, target, server: MPUServer, copies: list[di
 
     # client: its own data, the published copies (the model object's weights are overwritten by each copy)
     client_data = benchmarks.of(cfg.data).client_data(tokenizer, fmt, cfg.data, algorithm)
+    def unlearn_fn(r: int, k: int, published) -> LazyStateDict:
+        # each returned copy goes to a file at once and is read back lazily: the server aggregates streaming
+        updated = unlearn_copy(target, published, algorithm, client_data, client_config(cfg, 1), pad,
+                               desc=f"audit copy {k + 1}/{len(paths)}")
+        path = folder / f"returned_{k}.safetensors"
+        write_safetensors(path, updated)
+        return LazyStateDict(path)
 
-    def unlearn_fn(r: int, k: int, published: dict) -> dict:
-        return unlearn_copy(target, published, algorithm, client_data, client_config(cfg, r), pad,
-                            desc=f"audit copy {k + 1}/{len(copies)}")
-
-    # server: θ_{r-1} (snapshot: aggregate updates θ in place), then the published round, unlearned and aggregated
-    theta_prev = {n: t.clone() for n, t in server.theta.items()}
-    theta_next, _ = drive(InProcessRounds(server, unlearn_fn), server.round)
-    names = split_names(cfg.data.split)
-    encode = lambda rows: [_encode(tokenizer, r, fmt) for r in rows]
-    pool = {"forget": encode(load_split(cfg.data.source, names["forget"])),
-            "retain": encode(load_split(cfg.data.source, names["retain"])),
-            "holdout": encode(load_split(cfg.data.source, names["holdout"]))}
-    bs = cfg.eval.batch_size
-
-    def losses(state) -> dict:
-        load_state_into(target, state)
-        target.eval()
-        return {g: item_losses(target, ex, pad, bs) for g, ex in pool.items()}
-
-    before, after, copy1 = losses(theta_prev), losses(theta_next), losses(copies[0])
-    b1 = b1_rank_forget_items(before, after, positive="forget")
-
-    def probs(ls: dict) -> dict:
-        return {f"{g}_prob": float(np.mean(np.exp(-np.asarray(v)))) for g, v in ls.items()}
-
-    utility = {"theta_prev": probs(before), "copy_1": probs(copy1), "theta_next": probs(after)}
-    return b1, utility
+    drive(InProcessRounds(server, unlearn_fn, published=[LazyStateDict(p) for p in paths]), server.round)
 
 
 def _encode(tokenizer, row: dict, fmt) -> dict:
@@ -194,7 +274,7 @@ def report_markdown(report: dict) -> str:
     a0 = a["A0"]
     lines.append(f"| A0 | {DESCRIPTIONS['A0']} | – | – | – | – | exposed fraction {_f(a0['exposed_fraction'])} "
                  f"(true exact fraction {_f(a0['exact_fraction_true'])}) |")
-    for key in ("base", "A1", "A2", "A3", "A4", "A5", "oracle"):
+    for key in ("base", "A1", "A2", "A3", "A4", "A5", "A6", "oracle"):
         if key not in a:
             continue
         r = a[key]
@@ -202,6 +282,9 @@ def report_markdown(report: dict) -> str:
         if "perm_accuracy" in r:
             other.append(f"perm acc {_f(r['perm_accuracy'])}, angle err mean {_f(r['angle_err_mean_rad'])} rad "
                          f"(max {_f(r['angle_err_max_rad'])})")
+        if r.get("loss_fit") is not None:
+            other.append(f"forget loss {_f(r['loss_start'])} at A5 → {_f(r['loss_fit'])} "
+                         f"({r['evaluations']} evaluations)")
         if r.get("weights_max_abs_err") is not None:
             other.append(f"hull weights {[_f(w, 3) for w in r['hull_weights']]} "
                          f"(max err vs harmonic {_f(r['weights_max_abs_err'])})")
@@ -219,6 +302,10 @@ def report_markdown(report: dict) -> str:
                   "|---|" + "---|" * len(report["utility"]["theta_prev"])]
         for name, u in report["utility"].items():
             lines.append(f"| {name} | " + " | ".join(_f(v) for v in u.values()) + " |")
+    if report.get("cost"):
+        lines += ["", f"Cost per phase (peak resident memory of the process during the phase; overall "
+                  f"{_f(report.get('peak_rss_mb'))} MiB):", "", "| phase | seconds | peak RSS (MiB) |", "|---|---|---|"]
+        lines += [f"| {name} | {_f(c['seconds'], 3)} | {_f(c['peak_rss_mb'], 4)} |" for name, c in report["cost"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +319,8 @@ SWEEP_COLUMNS = [
     ("A4 err", ("A4", "rel_err_protected")),
     ("A5 err", ("A5", "rel_err_protected")),
     ("A5 err mod T", ("A5", "rel_err_protected_mod_T")),
+    ("A6 err", ("A6", "rel_err_protected")),
+    ("A6 err mod T", ("A6", "rel_err_protected_mod_T")),
     ("A1 err all mod T", ("A1", "rel_err_all_mod_T")),
     ("A5 err all mod T", ("A5", "rel_err_all_mod_T")),
     ("B1 AUC", ("B1", "auc")),
@@ -244,10 +333,11 @@ def sweep_row(report: dict) -> dict:
     for label, (attack, key) in SWEEP_COLUMNS:
         row[label] = report["attacks"].get(attack, {}).get(key)
     u = report.get("utility") or {}
-    if u:
+    if "theta_next" in u:
         row["retain prob copy 1"] = u["copy_1"]["retain_prob"]
         row["retain prob θ_r"] = u["theta_next"]["retain_prob"]
         row["forget prob θ_r"] = u["theta_next"]["forget_prob"]
+    row["peak RSS (MiB)"] = report.get("peak_rss_mb")
     return row
 
 

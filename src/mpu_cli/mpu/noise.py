@@ -92,14 +92,19 @@ class ZeroSumNoise:
     Any one copy is regenerated on its own from its seed and the mean, so a caller producing the copies one at
     a time holds the mean plus one copy, whatever m is; each z_k is drawn twice (once for the mean). keep: hold
     the m draws made for the mean (when they take at most KEEP_ELEMENTS) and hand each out once instead of
-    drawing it again — for a caller that builds every copy of the tensor once, one after another."""
+    drawing it again — for a caller that builds every copy of the tensor once, one after another.
+
+    common: (σ_c, seed) adds c ~ N(0, σ_c²), the same in every copy and not scaled by α, which the harmonic
+    aggregate does not cancel (None: no common part)."""
 
     KEEP_ELEMENTS = 1 << 27  # m draws of one tensor kept: at most 512 MiB of fp32
 
-    def __init__(self, shape, sigma: float, seeds: list[int], keep: bool = False):
+    def __init__(self, shape, sigma: float, seeds: list[int], keep: bool = False,
+                 common: tuple[float, int] | None = None):
         if len(seeds) < 2:
             raise ValueError(f"zero-sum noise needs m >= 2 copies, got m={len(seeds)}")
         self.shape, self.sigma, self.seeds = tuple(shape), float(sigma), list(seeds)
+        self.common = common
         self._scale = math.sqrt(len(seeds) / (len(seeds) - 1))
         self._mean = torch.zeros(self.shape, dtype=torch.float32)
         keep = keep and len(seeds) * self._mean.numel() <= self.KEEP_ELEMENTS
@@ -117,11 +122,15 @@ class ZeroSumNoise:
         return gaussian(self.shape, self.sigma, seed)
 
     def copy(self, k: int, scale: float = 1.0) -> torch.Tensor:
-        """scale·ε⁰_k as a fresh fp32 tensor (scale: the copy's α, folded into the one multiplication)."""
+        """scale·ε⁰_k (+ the common part) as a fresh fp32 tensor (scale: the copy's α, folded into the one
+        multiplication)."""
         z, self._kept[k] = self._kept[k], None  # a kept draw is handed out once, then drawn again if asked for
         if z is None:
             z = self._z(self.seeds[k])
-        return z.sub_(self._mean).mul_(self._scale * scale)
+        out = z.sub_(self._mean).mul_(self._scale * scale)
+        if self.common is not None:
+            out.add_(gaussian(self.shape, *self.common))
+        return out
 
 
 class IndependentNoise:

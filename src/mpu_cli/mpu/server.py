@@ -455,7 +455,10 @@ class MPUServer:
         if not self._arm.zero_sum:
             return IndependentNoise(shape, sigma, _derive_seed(s.round_seed, "noise", key, 0))
         seeds = [_derive_seed(s.round_seed, "noise", key, k) for k in range(self.n_copies)]
-        noise = ZeroSumNoise(shape, sigma, seeds, keep=keep and not cache)
+        common = None  # server.common_noise: a part all copies share, left in the aggregate (off: no draw)
+        if self._cfg.common_noise:
+            common = (self._cfg.common_noise * sigma, _derive_seed(s.round_seed, "common", key))
+        noise = ZeroSumNoise(shape, sigma, seeds, keep=keep and not cache, common=common)
         if cache:
             s.noise_cache[key] = noise
         return noise

@@ -62,6 +62,8 @@ class ServerOptions:
     noised_alpha: NoisedAlpha = _opt(NoisedAlpha.one, "arm=noised: the copy's noise α·σ, α = one (1) | mean | max of "
                                      "the α_k that m MPU copies would carry under alpha_schedule (like-for-like with "
                                      "MPU)")
+    common_noise: float = _opt(0.0, "arm=mpu: add noise common to all m copies, std common_noise·σ_l per block; "
+                               "the aggregate keeps it (0: off)", ge=0)
 
 
 @dataclass
@@ -83,6 +85,9 @@ class ServerConfig(ServerOptions):
         rules on m (mpu/arms.py). Raises a ValueError (ConfigError) with one line."""
         check_settings(self, type(self))
         arm_of(self.arm).check(self.m, self.noised_alpha)
+        if self.common_noise and not arm_of(self.arm).zero_sum:
+            raise ValueError(f"common_noise={self.common_noise!r} is not valid; accepted: 0 with arm={self.arm} "
+                             "(only an arm with zero-sum copies shares a common noise part)")
 
     @classmethod
     def from_config(cls, cfg) -> ServerConfig:

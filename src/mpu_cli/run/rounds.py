@@ -49,14 +49,16 @@ UnlearnFn = Callable[[int, int, dict], dict]
 class InProcessRounds:
     def __init__(self, server, unlearn_fn: UnlearnFn, checkpoint=None, slots: int = 1,
                  on_commit: Callable[[object], None] | None = None,
-                 aggregate: Callable[[list, object], object] | None = None):
+                 aggregate: Callable[[list, object], object] | None = None, published: list | None = None):
         """aggregate(returned, out): Post-Process of what the client returned, writing θ_r to `out` when it is
         not None, as `server.aggregate(returned, out=out)` does (the default, whole copies; a LoRA client's
-        adapters: mpu/lora_aggregate.py)."""
+        adapters: mpu/lora_aggregate.py). published: the pending round's copies as the caller already holds them
+        (e.g. read lazily from the files it wrote), used instead of building them again."""
         if slots > 1 and checkpoint is None:
             raise ValueError("parallel slots return their copies through the stage checkpoint: give one")
         self.server, self.unlearn_fn, self.ckpt, self.slots = server, unlearn_fn, checkpoint, slots
         self.aggregate_fn = aggregate
+        self.published = published
         self.on_commit = on_commit
         self.state = checkpoint.load() if checkpoint is not None else None
         self.timings = {"server": 0.0, "client": 0.0}
@@ -68,7 +70,7 @@ class InProcessRounds:
     def publish(self, r: int) -> None:
         t = time.perf_counter()
         if self.server.pending:  # resumed (or published by the caller) inside round r: the same copies again
-            self.copies = self.server.pending_copies()
+            self.copies = self.published if self.published is not None else self.server.pending_copies()
         else:
             self.copies = self.server.publish_copies()
             if self.ckpt is not None:

@@ -551,6 +551,16 @@ def returned_dtypes(published_code: str) -> tuple[str, ...]:
     return ("F32",) if published_code == "F32" else ("F32", published_code)
 
 
+def check_returned_origin(m: dict, run_id: str, r: int, k: int, published_sha256: str) -> None:
+    """A returned manifest names this run, round and copy, and was computed from the published file of SHA-256
+    `published_sha256` (the server's record); TransportError otherwise. Whatever the returned content is."""
+    what = where(r, k)
+    check_manifest_identity(m, "returned", run_id, r, k, what)
+    if m.get("published_sha256") != published_sha256:
+        raise TransportError(f"{what}: the update was computed from another published file "
+                             f"(published_sha256 does not match the server's record)")
+
+
 def check_returned(exchange: Path, r: int, k: int, run_id: str, published_sha256: str,
                    expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]) -> Path:
     """Copy k's returned file of round r, checked completely (its manifest, that it was computed from the
@@ -558,10 +568,7 @@ def check_returned(exchange: Path, r: int, k: int, run_id: str, published_sha256
     what = where(r, k)
     d = copy_dir(exchange, r, k)
     m = read_json(d / RETURNED_MANIFEST, what + " (not returned yet?)")
-    check_manifest_identity(m, "returned", run_id, r, k, what)
-    if m.get("published_sha256") != published_sha256:
-        raise TransportError(f"{what}: the update was computed from another published file "
-                             f"(published_sha256 does not match the server's record)")
+    check_returned_origin(m, run_id, r, k, published_sha256)
     if m.get("content") != RETURNED_CONTENT:
         raise TransportError(f"{what}: content {m.get('content')!r}, expected {RETURNED_CONTENT!r}")
     read_validated(d / RETURNED, m, expected, what, load=False)

@@ -200,10 +200,7 @@ def validate_returned(state_dir: Path, st: dict, exchange: Path) -> tuple[list[P
             if m.get("content") != ex.ADAPTER_CONTENT:  # an updated copy: the exchange's complete check
                 paths.append(ex.check_returned(exchange, r, k, st["run_id"], pub_sha, expected))
                 continue
-            ex.check_manifest_identity(m, "returned", st["run_id"], r, k, what)
-            if m.get("published_sha256") != pub_sha:
-                raise TransportError(f"{what}: the update was computed from another published file "
-                                     f"(published_sha256 does not match the server's record)")
+            ex.check_returned_origin(m, st["run_id"], r, k, pub_sha)
             scaling, factors = _adapter_expected(d, m, shapes, what)
             ex.read_validated(d / ex.ADAPTER, m, factors, what, load=False)
             paths.append(d / ex.ADAPTER)

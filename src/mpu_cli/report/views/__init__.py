@@ -33,6 +33,12 @@ VIEWS: dict[str, View] = {
                              "perturbing the unprotected ones", "audit", "audit_all_params_markdown"),
     "lora": View("a `make reproduce-lora` sweep: LoRA against full fine-tuning, paired by seed", "lora",
                  "lora_markdown"),
+    "audit_cells": View("an `mpu-audit sweep=true` folder of any cells: each attack's error per cell", "audit",
+                        "cells_markdown"),
+    "audit_recovered": View("an `mpu-audit sweep=true` folder: forget / retain Prob of θ, a copy, the recovered "
+                            "models and θ_r", "audit", "recovered_markdown"),
+    "audit_cost": View("an `mpu-audit sweep=true` folder: each phase's time and peak memory per cell", "audit",
+                       "cost_markdown"),
     "bench": View("a `python scripts/bench.py --out DIR` folder: its bench.csv", "bench", "bench_markdown"),
     "demo": View("a folder of `make demo`'s run at several thread counts (threads<N>/): forget Prob, utility, "
                  "privleak and the target's hash per count", "demo", "demo_markdown"),
