@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,8 +60,10 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def read_published(exchange: Path, r: int, k: int, run_id: str, skeleton_spec: dict) -> tuple[dict, dict]:
-    """One published copy, validated against its manifest and against the public architecture."""
+def read_published(exchange: Path, r: int, k: int, run_id: str, skeleton_spec: dict) -> tuple[Mapping, dict]:
+    """One published copy, validated against its manifest and against the public architecture, then read lazily
+    (a tensor at a time, as the server reads returned copies): loading it into the model never holds a second
+    whole copy."""
     what = ex.where(r, k)
     d = ex.copy_dir(exchange, r, k)
     m = ex.read_json(d / ex.PUBLISHED_MANIFEST, what)
@@ -72,7 +75,8 @@ def read_published(exchange: Path, r: int, k: int, run_id: str, skeleton_spec: d
         if not ex.is_float_code(code):
             raise TransportError(f"{what}: {name!r} is published as {code}, a floating dtype is required")
         expected[name] = (shape, (code,))
-    return ex.read_validated(d / ex.PUBLISHED, m, expected, what), m
+    ex.read_validated(d / ex.PUBLISHED, m, expected, what, load=False)
+    return ex.LazyStateDict(d / ex.PUBLISHED, list(expected)), m
 
 
 def cmd_unlearn(args) -> None:
