@@ -4,6 +4,7 @@ the wall time of every stage recorded into the run folder (scale.json); `mpu-rep
 
     python scripts/scale_1b.py                      # CPU: the 1B shape in fp32, transport=files (~1 h on 2 cores)
     python scripts/scale_1b.py --layers 2           # the same at full width with 2 blocks (to try the path)
+    python scripts/scale_1b.py --cache RUN/cache    # reuse an earlier attempt's cache (its target evaluation)
     python scripts/scale_1b.py --device cuda        # GPU: the 1B shape, published and trained in bf16
     python scripts/scale_1b.py --device cuda --hub  # GPU: the real meta-llama/Llama-3.2-1B-Instruct (the Hub)
 
@@ -59,8 +60,9 @@ def shape_folders(models: Path, layers: int | None, extra: list[str]) -> tuple[P
 
 
 def overrides(args) -> list[str]:
-    # A cache of its own: the target's evaluation is measured, not read from an earlier run's cache.
-    out = [*COMMON, *ON_DEVICE[args.device], f"hydra.run.dir={args.out}", f"prepare.cache_dir={args.out / 'cache'}"]
+    # A cache of its own by default: the target's evaluation is measured, not read from an earlier run's cache.
+    cache = args.cache or args.out / "cache"
+    out = [*COMMON, *ON_DEVICE[args.device], f"hydra.run.dir={args.out}", f"prepare.cache_dir={cache}"]
     if args.hub:
         out += ["data=tofu", f"model.target={HUB_TARGET}", f"model.retain={HUB_RETAIN}"]
     else:
@@ -173,6 +175,9 @@ def main(argv=None) -> int:
                    help="more make_llama1b_shape.py flags for the shape, one string (e.g. '--hidden 64 --heads 4')")
     p.add_argument("--models", type=Path, default=REPO / "outputs" / "models", help="where the shape folders live")
     p.add_argument("--out", type=Path, default=None, help="the run folder (default: outputs/scale/<time>_<device>)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="the prepare cache (default: the run folder's own, so the target's evaluation is measured); "
+                        "an earlier attempt's cache skips that evaluation")
     p.add_argument("extra", nargs="*", help="more mpu-run overrides (after --)")
     args = p.parse_args(argv)
     args.out = (args.out or REPO / "outputs" / "scale" /
