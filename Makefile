@@ -5,7 +5,7 @@ TORCH   := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help install demo test test-unit test-slow lint bench bench-server bench-eval clean reproduce-tiny reproduce-m reproduce-break reproduce-tofu report readme-tables llama1b-shape scale-1b scale-table
+.PHONY: help install demo test test-unit test-slow lint bench bench-server bench-eval clean reproduce-tiny reproduce-m reproduce-break reproduce-tofu report readme-tables llama1b-shape scale-1b scale-table bench-server-table
 
 help:  ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -118,6 +118,9 @@ lint: install  ## ruff
 
 bench-server: install  ## streaming server: peak RSS and Pre+Post time at the 135M and 1B shapes, m = 2 and 8, vs the read/write floor -> outputs/bench_server/
 	$(PY) scripts/bench_server.py
+
+bench-server-table: install  ## the bench_server table of docs/scale.md from a finished run: make bench-server-table RUN=outputs/bench_server
+	$(PY) scripts/readme_tables.py --tables bench_server --bench-server-dir $(RUN)
 
 bench-eval: install  ## items/s of the batched TOFU evaluator vs one item at a time (embedded target, smollm2-135m)
 	$(PY) scripts/bench_eval.py

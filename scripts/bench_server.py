@@ -12,7 +12,8 @@ RSS (VmHWM) is its own:
 Peak RSS (VmHWM) is given as a multiple of one fp32 copy of the model (4 bytes per parameter), and so is the peak
 after the imports (Python, torch, transformers: the part no streaming can shrink). Times exclude the imports.
 Writes DIR/bench_server.json
-and bench_server.md and prints the table; the model and copy files go under --work (deleted afterwards).
+(keeping the rows of an earlier run into DIR for the shapes and m not measured again) and bench_server.md and
+prints the table; the model and copy files go under --work (deleted afterwards).
 
     python scripts/bench_server.py [--shapes 135m,1b] [--m 2,8] [--work /tmp/bench_server] [--out DIR]
 """
@@ -182,6 +183,7 @@ def measure(shape: str, ms: list[int], work: Path) -> list[dict]:
     rows = []
     try:
         for m in ms:
+            load = os.getloadavg()[0]  # other work on the machine slows both the floor and the server
             fl = _step("floor", work, shape, m)
             _clean(work)
             sv = _step("server", work, shape, m)
@@ -192,21 +194,30 @@ def measure(shape: str, ms: list[int], work: Path) -> list[dict]:
                          "pre_post_vs_floor": round(sv["seconds"] / fl["seconds"], 2),
                          "server_peak_rss_x": round(sv["peak_mb"] / fp32_mb, 2),
                          "floor_peak_rss_x": round(fl["peak_mb"] / fp32_mb, 2),
-                         "imported_rss_x": round(sv["imported_mb"] / fp32_mb, 2)})
+                         "imported_rss_x": round(sv["imported_mb"] / fp32_mb, 2), "load_1min": round(load, 1)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
+def _with_earlier(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier run into the same --out folder that this one did not measure again (one shape at a
+    time into one table), in the order of SHAPES and m."""
+    new = {(r["shape"], r["m"]) for r in rows}
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    merged = [r for r in earlier if (r["shape"], r["m"]) not in new] + rows
+    return sorted(merged, key=lambda r: (list(SHAPES).index(r["shape"]), r["m"]))
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [("| shape | params | dtype | m | floor (s) | Pre (s) | Post (s) | Pre+Post / floor | server peak RSS "
-              "| floor peak RSS | after imports |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| floor peak RSS | after imports | load |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['params_m']} M | {r['dtype']} | {r['m']} | {r['floor_s']} | {r['pre_s']} | "
                      f"{r['post_s']} | {r['pre_post_vs_floor']}× | {r['server_peak_rss_x']}× | "
-                     f"{r['floor_peak_rss_x']}× | {r['imported_rss_x']}× |")
+                     f"{r['floor_peak_rss_x']}× | {r['imported_rss_x']}× | {r.get('load_1min', '–')} |")
     return "\n".join(lines)
 
 
@@ -232,6 +243,7 @@ def main(argv=None) -> int:
         return 0
     rows = [row for shape in shapes for row in measure(shape, [int(m) for m in args.m.split(",")], args.work)]
     args.out.mkdir(parents=True, exist_ok=True)
+    rows = _with_earlier(args.out / "bench_server.json", rows)
     (args.out / "bench_server.json").write_text(json.dumps(rows, indent=1) + "\n")
     table = markdown(rows)
     (args.out / "bench_server.md").write_text(table + "\n")

@@ -314,10 +314,15 @@ BENCH_ARGS = ["--models", "tiny", "--no-goal-run"]
 # ---- the streaming server: make bench-server --------------------------------------------------------------------
 
 
-@table("bench_server", cost="~40 min on 2 cores, ~50 GB of disk at the peak (scripts/bench_server.py: 135M and 1B shapes)")
+BENCH_SERVER_DIR: Path | None = None  # --bench-server-dir: format a finished `make bench-server` folder
+
+
+@table("bench_server", cost="~40 min on 2 cores, ~50 GB of disk at the peak (scripts/bench_server.py: 135M and 1B "
+                            "shapes; --bench-server-dir formats a finished run)")
 def bench_server_table() -> str:
-    out = OUT / f"bench_server_{_stamp()}"
-    _run([sys.executable, str(REPO / "scripts" / "bench_server.py"), "--out", str(out)], out.with_suffix(".log"))
+    out = BENCH_SERVER_DIR or OUT / f"bench_server_{_stamp()}"
+    if BENCH_SERVER_DIR is None:
+        _run([sys.executable, str(REPO / "scripts" / "bench_server.py"), "--out", str(out)], out.with_suffix(".log"))
     return f"`python scripts/bench_server.py` on {machine()}:\n\n" + (out / "bench_server.md").read_text().strip()
 
 
@@ -479,13 +484,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="the lora_quality table from this finished `make reproduce-lora` sweep folder (no new sweep)")
     ap.add_argument("--scale-dir", type=Path, default=None,
                     help="the scale tables from this finished `python scripts/scale_1b.py` run (no new run)")
+    ap.add_argument("--bench-server-dir", type=Path, default=None,
+                    help="the bench_server table from this finished `scripts/bench_server.py --out` folder (no new run)")
     ap.add_argument("--audit-smollm2-dir", type=Path, default=None,
                     help="the audit_smollm2* tables from this finished `make audit-smollm2` folder (no new sweep)")
     ap.add_argument("--frontier-dir", type=Path, default=None,
                     help="the frontier table from this finished `make frontier` folder (no new runs)")
     args = ap.parse_args(argv)
-    global AUDIT_SMOLLM2_DIR, FRONTIER_DIR
+    global AUDIT_SMOLLM2_DIR, FRONTIER_DIR, BENCH_SERVER_DIR
     AUDIT_SMOLLM2_DIR, FRONTIER_DIR = args.audit_smollm2_dir, args.frontier_dir
+    BENCH_SERVER_DIR = args.bench_server_dir
     global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR, SCALE_DIR
     AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir
     LORA_BENCH_DIR, LORA_DIR, SCALE_DIR = args.lora_bench_dir, args.lora_dir, args.scale_dir
