@@ -155,3 +155,11 @@ def test_muse_view_gives_the_target_the_retrained_model_and_each_arm(tmp_path):
         "| npo | clean | 0.700 | 0.400 | 0.300 | 0.0123 | −14.3 |",
         "| npo | mpu κ 0.01 | 0.600 | 0.400 | 0.300 | 0.0123 | −13.3 |",
         "| npo | mpu κ 0.1 | 0.500 | 0.400 | 0.300 | 0.0123 | −12.3 |"]
+
+
+def test_the_scale_view_says_when_the_targets_evaluation_came_from_another_runs_cache():
+    from mpu_cli.report.views.scale import _reused_cache
+
+    own = {"command": ["mpu-run", "hydra.run.dir=/r/run2", "prepare.cache_dir=/r/run2/cache"]}
+    other = {"command": ["mpu-run", "hydra.run.dir=/r/run2", "prepare.cache_dir=/r/run1/cache"]}
+    assert not _reused_cache(own) and _reused_cache(other) and not _reused_cache({})

@@ -32,11 +32,25 @@ def _copies(folder: Path) -> list[tuple[int, int, float]]:
     return sorted(found)
 
 
-def stage_rows(folder: Path) -> list[list[str]]:
+def _override(record: dict, key: str) -> str | None:
+    """The value of one `key=value` override of the recorded mpu-run command (None: not given)."""
+    return next((a.split("=", 1)[1] for a in record.get("command", []) if a.startswith(key + "=")), None)
+
+
+def _reused_cache(record: dict) -> bool:
+    """The run read its prepare cache from outside its own folder (scale_1b.py --cache): the target's evaluation
+    was then an earlier run's."""
+    cache, run_dir = _override(record, "prepare.cache_dir"), _override(record, "hydra.run.dir")
+    return bool(cache and run_dir) and not Path(cache).is_relative_to(run_dir)
+
+
+def stage_rows(folder: Path, record: dict | None = None) -> list[list[str]]:
     res = {k: float(v) for k, v in _results(folder).items() if k.startswith("time_") and v}
     target_eval = res["time_total_s"] - res["time_prepare_s"] - res["time_unlearn_s"] - res["time_eval_s"]
+    reused = record is not None and _reused_cache(record)
     rows = [["input checks, model identities (prepare)", duration(res["time_prepare_s"])],
-            ["evaluation of the target", duration(target_eval)]]
+            ["evaluation of the target" + (" (read from an earlier run's cache)" if reused else ""),
+             duration(target_eval)]]
     rows += [[f"mpu-server {e['command']} (round {e['round']})", duration(e["seconds"])] for e in _server_log(folder)]
     rows += [[f"mpu-client round {r} copy {k + 1}", duration(s)] for r, k, s in _copies(folder)]
     rows += [["rounds together (server + client + process starts)", duration(res["time_unlearn_s"])],
@@ -81,7 +95,7 @@ def scale_markdown(folder: Path) -> str:
     """Both tables: every stage's wall time, then every process's peak memory."""
     folder = Path(folder)
     record, what = _read(folder)
-    return (f"Stages ({what}):\n\n" + markdown(["stage", "wall time"], stage_rows(folder))
+    return (f"Stages ({what}):\n\n" + markdown(["stage", "wall time"], stage_rows(folder, record))
             + f"\n\nProcesses ({_PROCESS_NOTE}):\n\n" + markdown(_PROCESS_HEADER, process_rows(record)))
 
 
