@@ -70,7 +70,10 @@ def _audit_sweep(folder):
     cells = [(0.01, 2, False, 1.5), (0.1, 4, False, 15.0), (0.01, 2, True, 1.5)]
     for i, cell in enumerate(cells):
         (folder / f"{i}_cell").mkdir()
-        (folder / f"{i}_cell" / "privacy_report.json").write_text(json.dumps(_audit_cell(*cell)))
+        report = _audit_cell(*cell)
+        if i == 1:  # A6 mounted in this cell only
+            report["attacks"]["A6"] = {"rel_err_protected": 4.0, "rel_err_protected_mod_T": 0.5}
+        (folder / f"{i}_cell" / "privacy_report.json").write_text(json.dumps(report))
     (folder / "privacy_sweep.json").write_text("{}")
 
 
@@ -80,8 +83,8 @@ def test_audit_views_read_each_cell_of_the_sweep(tmp_path):
     assert text.startswith("Measured on the embedded default (2.50 M parameters, 2.00 M in blocks;\nNPO, 5 epochs, "
                            "lr 0.0001, forget10, seed 0; `mpu-audit sweep=true seed=0`):")
     rows = [r for r in text.splitlines() if r.startswith("| 0.")]
-    assert rows == ["| 0.01 | 2 | 0 | 1.5 (0.75) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – (– / –) |",
-                    "| 0.1 | 4 | 0 | 15 (7.5) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – (– / –) |"]
+    assert rows == ["| 0.01 | 2 | 0 | 1.5 (0.75) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – | – (– / –) |",
+                    "| 0.1 | 4 | 0 | 15 (7.5) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | 4 (0.5) | – (– / –) |"]
     rows = [r for r in VIEWS["audit_all_params"].render(tmp_path).splitlines() if r.startswith("| 0.")]
     assert rows[2] == "| 0.01 | 2 | true | 0 | 0.375 | 0.125 | 0.9123 | 0.5 | – |"
     assert len(rows) == 3

@@ -107,6 +107,7 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
     layout = server.layout
     with meter.phase("publish"):
         paths = _publish_to_files(server, out / COPIES_DIR)
+        server = _without_base(server)  # the base is needed to publish only; the scorer's denominator reads it
     try:
         copies = [LazyStateDict(p, names) for p in paths]
 
@@ -119,6 +120,8 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
             scorer = Scorer(server.theta, base, server.private_state(), layout, names)
             attacks = score_client_attacks(estimates, scorer, copies, server.exposed_fraction())
         n_total, n_protected = scorer.numel(names), scorer.numel(scorer.protected)
+        estimates.estimates.pop("base")  # scored: nothing after this needs the base
+        del base
 
         utility, pool, tokenizer = {}, None, None
         if fit or b1:
@@ -145,12 +148,11 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
         del scorer, estimates, hull
 
         if b1:
-            # 5. one real round; the server needs no base to aggregate: drop it (memory for the client)
-            theta, meta = server.export_state()
-            server = MPUServer.restore(theta, meta, layout)
-            del theta, base
+            # 5. one real round; while the client works the server's θ waits in a file (memory for the client)
+            parked = _ParkedServer(server, out / COPIES_DIR / "server_theta.safetensors")
+            del server
             with meter.phase("B1 round"):
-                _unlearn_and_aggregate(cfg, prepared, target, server, paths, out / COPIES_DIR)
+                server = _unlearn_and_aggregate(cfg, prepared, target, parked, paths, out / COPIES_DIR)
             with meter.phase("B1 losses"):
                 utility["theta_next"] = _losses(target, server.theta, pool, pad, bs)
                 attacks["B1"] = b1_rank_forget_items(utility["theta_prev"], utility["theta_next"], positive="forget")
@@ -199,6 +201,57 @@ def _publish_to_files(server: MPUServer, folder: Path) -> list[Path]:
     return paths
 
 
+def _without_base(server: MPUServer) -> MPUServer:
+    """The same server (θ, pending round and its secrets) without the public base: a pending round's σ are in
+    its exported state, and only publishing needs the base."""
+    theta, meta = server.export_state()
+    return MPUServer.restore(theta, meta, server.layout)
+
+
+class _OnDisk(Mapping):
+    """A safetensors file as a mapping read tensor by tensor (MPUServer.restore copies θ one tensor at a time)."""
+
+    def __init__(self, path: Path):
+        self.file = LazyStateDict(path)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.file[name]
+
+    def __iter__(self):
+        return iter(self.file)
+
+    def __len__(self) -> int:
+        return len(self.file)
+
+
+class _ParkedServer:
+    """A server with a pending round whose θ waits in a file while the client works, as between mpu-server's
+    publish and aggregate invocations; restored (exactly: θ in fp32, the round's secrets from its seed) to
+    aggregate. The round loop asks it for the round, whether it is pending, and to aggregate."""
+
+    def __init__(self, server: MPUServer, path: Path):
+        theta, self.meta = server.export_state()
+        self.layout, self.path, self.server = server.layout, path, None
+        write_safetensors(path, theta)
+
+    @property
+    def round(self) -> int:
+        return self.meta["round"] if self.server is None else self.server.round
+
+    @property
+    def pending(self) -> bool:
+        return self.meta["pending"] if self.server is None else self.server.pending
+
+    def aggregate(self, returned: list) -> dict:
+        self.server = MPUServer.restore(_OnDisk(self.path), self.meta, self.layout)
+        self.path.unlink()
+        return self.server.aggregate(returned)
+
+    @property
+    def theta(self) -> dict:
+        return self.server.theta
+
+
 def _set_weights(model, state: Mapping) -> None:
     """Copy `state` (any mapping; tied tensors may be given once) into the model, tensor by tensor."""
     with torch.no_grad():
@@ -214,9 +267,10 @@ def _losses(model, state: Mapping, pool: dict, pad: int, batch_size: int) -> dic
     return {g: item_losses(model, ex, pad, batch_size) for g, ex in pool.items()}
 
 
-def _unlearn_and_aggregate(cfg, prepared, target, server: MPUServer, paths: list[Path], folder: Path) -> None:
+def _unlearn_and_aggregate(cfg, prepared, target, server: _ParkedServer, paths: list[Path], folder: Path
+                           ) -> MPUServer:
     """One real round: the client unlearns every copy (read from its file), each returned copy goes to a file,
-    the server aggregates them streaming."""
+    the server (restored from its file) aggregates them streaming. Returns the server after the round."""
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.evals import benchmarks
     from mpu_cli.models.io import load_tokenizer
@@ -238,6 +292,7 @@ def _unlearn_and_aggregate(cfg, prepared, target, server: MPUServer, paths: list
         return LazyStateDict(path)
 
     drive(InProcessRounds(server, unlearn_fn, published=[LazyStateDict(p) for p in paths]), server.round)
+    return server.server
 
 
 def _encode(tokenizer, row: dict, fmt) -> dict:
