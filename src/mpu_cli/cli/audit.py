@@ -149,7 +149,9 @@ def _run_cell(cfg, out: Path, step: dict) -> None:
     """One cell of a sweep, in the process of its own that _audit_cell starts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from mpu_cli.audit.run import audit
+    from mpu_cli.config import register_configs
 
+    register_configs()  # the configuration's resolvers (e.g. pypi_gguf) are registered per process
     try:
         audit(cfg, out, **step)
     except (AuditError, FileNotFoundError) as e:
