@@ -79,8 +79,8 @@ def _clean(obj):
 
 
 def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
-    """One cell. Memory: θ (the server's), the base, one model and what one tensor (or block) of the m copies
-    needs: the copies are written to files and every attack, the scorer and the round read them lazily.
+    """One cell. Memory: one model and what one tensor (or block) of the m copies needs: the base, the copies and,
+    once published, θ are files that every attack, the scorer and the round read one tensor at a time.
     fit: also mount A6 (it needs the client's forget set and the model)."""
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.data.tofu import load_split, split_names
@@ -99,15 +99,13 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
         dtype = resolve_dtype(cfg.model.dtype)
         target = load_model(prepared.target, dtype)
         names = unique_names(target.state_dict())  # tied tensors once
-        base_all = load_base(prepared.base, dtype)
-        base = {n: base_all[n] for n in names}
+        base = load_base(prepared.base, dtype)  # read from its files one tensor at a time where it has them
         # 1. server --------------------------------------------------------------------------------------------
-        server = build_server(target, ServerConfig.from_config(cfg), base=base_all)
-        del base_all
+        server = build_server(target, ServerConfig.from_config(cfg), base=base)
     layout = server.layout
     with meter.phase("publish"):
         paths = _publish_to_files(server, out / COPIES_DIR)
-        server = _without_base(server)  # the base is needed to publish only; the scorer's denominator reads it
+        server = _theta_in_file(server, out / COPIES_DIR / "theta.safetensors")
     try:
         copies = [LazyStateDict(p, names) for p in paths]
 
@@ -120,8 +118,6 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
             scorer = Scorer(server.theta, base, server.private_state(), layout, names)
             attacks = score_client_attacks(estimates, scorer, copies, server.exposed_fraction())
         n_total, n_protected = scorer.numel(names), scorer.numel(scorer.protected)
-        estimates.estimates.pop("base")  # scored: nothing after this needs the base
-        del base
 
         utility, pool, tokenizer = {}, None, None
         if fit or b1:
@@ -148,11 +144,9 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
         del scorer, estimates, hull
 
         if b1:
-            # 5. one real round; while the client works the server's θ waits in a file (memory for the client)
-            parked = _ParkedServer(server, out / COPIES_DIR / "server_theta.safetensors")
-            del server
+            # 5. one real round (the server reads θ_{r-1} from its file; θ_r is kept in memory)
             with meter.phase("B1 round"):
-                server = _unlearn_and_aggregate(cfg, prepared, target, parked, paths, out / COPIES_DIR)
+                _unlearn_and_aggregate(cfg, prepared, target, server, paths, out / COPIES_DIR)
             with meter.phase("B1 losses"):
                 utility["theta_next"] = _losses(target, server.theta, pool, pad, bs)
                 attacks["B1"] = b1_rank_forget_items(utility["theta_prev"], utility["theta_next"], positive="forget")
@@ -186,70 +180,21 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
 
 def _publish_to_files(server: MPUServer, folder: Path) -> list[Path]:
     """Publish one round straight to m safetensors files, one tensor at a time (as mpu-server does)."""
-    from mpu_cli.transport.exchange import StreamingSafetensorsWriter
-
     paths = [folder / f"copy_{k}.safetensors" for k in range(server.n_copies)]
-    spec = server.published_spec()
-    writer = StreamingSafetensorsWriter(paths, spec)
-    try:
-        for name, tensors in server.publish_stream():
-            writer.write(name, list(tensors))
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    server.publish_copies()  # starts the round; its copies are built as they are written
+    server.write_copies(paths)
     return paths
 
 
-def _without_base(server: MPUServer) -> MPUServer:
-    """The same server (θ, pending round and its secrets) without the public base: a pending round's σ are in
-    its exported state, and only publishing needs the base."""
+def _theta_in_file(server: MPUServer, path: Path) -> MPUServer:
+    """The same server, its round pending, with θ written to `path` and read from it one tensor at a time (as
+    mpu-server between publish and aggregate), and without the base (the round's σ are in its exported state;
+    only publishing needs the base)."""
+    from mpu_cli.models.files import open_file
+
     theta, meta = server.export_state()
-    return MPUServer.restore(theta, meta, server.layout)
-
-
-class _OnDisk(Mapping):
-    """A safetensors file as a mapping read tensor by tensor (MPUServer.restore copies θ one tensor at a time)."""
-
-    def __init__(self, path: Path):
-        self.file = LazyStateDict(path)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.file[name]
-
-    def __iter__(self):
-        return iter(self.file)
-
-    def __len__(self) -> int:
-        return len(self.file)
-
-
-class _ParkedServer:
-    """A server with a pending round whose θ waits in a file while the client works, as between mpu-server's
-    publish and aggregate invocations; restored (exactly: θ in fp32, the round's secrets from its seed) to
-    aggregate. The round loop asks it for the round, whether it is pending, and to aggregate."""
-
-    def __init__(self, server: MPUServer, path: Path):
-        theta, self.meta = server.export_state()
-        self.layout, self.path, self.server = server.layout, path, None
-        write_safetensors(path, theta)
-
-    @property
-    def round(self) -> int:
-        return self.meta["round"] if self.server is None else self.server.round
-
-    @property
-    def pending(self) -> bool:
-        return self.meta["pending"] if self.server is None else self.server.pending
-
-    def aggregate(self, returned: list) -> dict:
-        self.server = MPUServer.restore(_OnDisk(self.path), self.meta, self.layout)
-        self.path.unlink()
-        return self.server.aggregate(returned)
-
-    @property
-    def theta(self) -> dict:
-        return self.server.theta
+    write_safetensors(path, theta)
+    return MPUServer.restore(open_file(path), meta, server.layout)
 
 
 def _set_weights(model, state: Mapping) -> None:
@@ -267,10 +212,9 @@ def _losses(model, state: Mapping, pool: dict, pad: int, batch_size: int) -> dic
     return {g: item_losses(model, ex, pad, batch_size) for g, ex in pool.items()}
 
 
-def _unlearn_and_aggregate(cfg, prepared, target, server: _ParkedServer, paths: list[Path], folder: Path
-                           ) -> MPUServer:
+def _unlearn_and_aggregate(cfg, prepared, target, server: MPUServer, paths: list[Path], folder: Path) -> None:
     """One real round: the client unlearns every copy (read from its file), each returned copy goes to a file,
-    the server (restored from its file) aggregates them streaming. Returns the server after the round."""
+    the server aggregates them streaming."""
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.evals import benchmarks
     from mpu_cli.models.io import load_tokenizer
@@ -292,7 +236,6 @@ def _unlearn_and_aggregate(cfg, prepared, target, server: _ParkedServer, paths: 
         return LazyStateDict(path)
 
     drive(InProcessRounds(server, unlearn_fn, published=[LazyStateDict(p) for p in paths]), server.round)
-    return server.server
 
 
 def _encode(tokenizer, row: dict, fmt) -> dict:
