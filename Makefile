@@ -83,9 +83,10 @@ reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noi
 # tables follow once every cell is there; AUDIT_TARGET= a fine-tuned target folder to use instead of preparing one
 # (the prepare cache is keyed by the code's version: a new version fine-tunes the target again).
 # Cut to fit 2 shared cores (~25 min): A6 at kappa 0.1 and 1 (m=2); B1 in the kappa=0.1 cell only, its client
-# one fp32 epoch (AUDIT_SMOLLM2_CLIENT) instead of the five bf16-autocast epochs of reproduce-smollm2.
+# one fp32 epoch (AUDIT_SMOLLM2_CLIENT) instead of the five bf16-autocast epochs of reproduce-smollm2, with gradient
+# checkpointing (the same numbers; the activations are recomputed instead of kept: the round within 4 GB).
 AUDIT_SMOLLM2_CELLS := kappa=0.01,server.publish_dtype=float32,fit=false;kappa=0.1,b1=true;kappa=1;kappa=0.1,m=4,fit=false;kappa=0.1,server.alpha_schedule=random,fit=false
-AUDIT_SMOLLM2_CLIENT := client.epochs=1 client.mixed_precision=null
+AUDIT_SMOLLM2_CLIENT := client.epochs=1 client.mixed_precision=null client.gradient_checkpointing=true
 AUDIT_DIR ?= outputs/audit/smollm2_$(BREAK_TIME)
 .PHONY: audit-smollm2 frontier
 audit-smollm2: install  ## CPU: mpu-audit on SmolLM2-135M, kappa 0.01 (fp32 copies) / 0.1 / 1 at m=2, m=4 and random alpha at 0.1 (~25 min)
