@@ -78,16 +78,20 @@ reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noi
 	.venv/bin/mpu-run -m --config-name reproduce_smollm2
 
 # The privacy audit of a real model: SmolLM2-135M fine-tuned as `make reproduce-smollm2` prepares it, one round at
-# each cell (AUDIT_SMOLLM2_CELLS), A0-A6 and B1 with each phase's time and peak memory. AUDIT_DIR= names the folder.
+# each cell (AUDIT_SMOLLM2_CELLS), A0-A6 and B1 with each phase's time and peak memory, each cell in a process of its
+# own. AUDIT_DIR= names the folder; AUDIT_ONLY=0,2 runs only those cells (numbered from 0) into it, the sweep's
+# tables follow once every cell is there; AUDIT_TARGET= a fine-tuned target folder to use instead of preparing one
+# (the prepare cache is keyed by the code's version: a new version fine-tunes the target again).
 # Cut to fit 2 shared cores (~25 min): A6 at kappa 0.1 and 1 (m=2); B1 in the kappa=0.1 cell only, its client
-# one fp32 epoch (AUDIT_SMOLLM2_CLIENT) instead of the five bf16-autocast epochs of reproduce-smollm2.
+# one fp32 epoch (AUDIT_SMOLLM2_CLIENT) instead of the five bf16-autocast epochs of reproduce-smollm2, with gradient
+# checkpointing (the same numbers; the activations are recomputed instead of kept: the round within 4 GB).
 AUDIT_SMOLLM2_CELLS := kappa=0.01,server.publish_dtype=float32,fit=false;kappa=0.1,b1=true;kappa=1;kappa=0.1,m=4,fit=false;kappa=0.1,server.alpha_schedule=random,fit=false
-AUDIT_SMOLLM2_CLIENT := client.epochs=1 client.mixed_precision=null
+AUDIT_SMOLLM2_CLIENT := client.epochs=1 client.mixed_precision=null client.gradient_checkpointing=true
 AUDIT_DIR ?= outputs/audit/smollm2_$(BREAK_TIME)
 .PHONY: audit-smollm2 frontier
 audit-smollm2: install  ## CPU: mpu-audit on SmolLM2-135M, kappa 0.01 (fp32 copies) / 0.1 / 1 at m=2, m=4 and random alpha at 0.1 (~25 min)
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
-	.venv/bin/mpu-audit config=reproduce_smollm2 sweep=true seed=0 m=2 b1=false $(AUDIT_SMOLLM2_CLIENT) "cells=$(AUDIT_SMOLLM2_CELLS)" out=$(AUDIT_DIR)
+	.venv/bin/mpu-audit config=reproduce_smollm2 sweep=true seed=0 m=2 b1=false $(AUDIT_SMOLLM2_CLIENT) "cells=$(AUDIT_SMOLLM2_CELLS)" $(if $(AUDIT_ONLY),only=$(AUDIT_ONLY)) $(if $(AUDIT_TARGET),model.target=$(AUDIT_TARGET)) out=$(AUDIT_DIR)
 
 # The privacy–utility frontier (scripts/frontier.py): conf/reproduce_frontier.yaml and _common.yaml's runs, then
 # mpu-audit of each setting and seed; frontier.md, frontier.csv and plot_frontier.png in FRONTIER_DIR.

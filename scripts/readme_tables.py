@@ -159,7 +159,7 @@ def audit_smollm2_sweep() -> Path:
     return out
 
 
-@table("audit_smollm2", cost="~1 h on 2 cores with the SmolLM2 target cached (make audit-smollm2; shared with "
+@table("audit_smollm2", cost="~25 min on 2 cores with the SmolLM2 target cached (make audit-smollm2; shared with "
                              "audit_smollm2_recovered and audit_smollm2_cost)")
 def audit_smollm2_table() -> str:
     return VIEWS["audit_cells"].render(audit_smollm2_sweep())

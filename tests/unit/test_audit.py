@@ -155,7 +155,8 @@ def test_b1_ranks_items_whose_loss_rose():
 
 # ---- CLI -----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [["b1=maybe"], ["kappa=-1"], ["no_such_key=1"], ["sweep_m=two"], ["kappa"]])
+@pytest.mark.parametrize("args", [["b1=maybe"], ["kappa=-1"], ["no_such_key=1"], ["sweep_m=two"], ["kappa"],
+                                  ["sweep=true", "cells=kappa=0.1;kappa=1", "only=2"], ["only=0"]])
 def test_cli_bad_input_exits_2(args, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         audit_main([*args, f"out={tmp_path / 'x'}"])

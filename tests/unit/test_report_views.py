@@ -58,8 +58,9 @@ def _audit_cell(kappa, m, perturb, a1):
                    "kappa": kappa, "m": m, "perturb_unprotected": perturb},
         "params": {"total": 2_500_000, "protected": 2_000_000},
         "attacks": {"A0": {"exposed_fraction": 0.0},
-                    "A1": {"rel_err_protected": a1, "rel_err_protected_mod_T": a1 / 2, "rel_err_all_mod_T": a1 / 4},
-                    "A2": {"perm_accuracy": 0.5, "angle_err_mean_rad": 1.234, "rel_err_protected": 1.0},
+                    "A1": {"rel_err_protected": a1},
+                    "A2": {"perm_accuracy": 0.5, "angle_err_mean_rad": 1.234, "rel_err_protected": 1.0,
+                           "rel_err_protected_mod_T": a1 / 2, "rel_err_all_mod_T": a1 / 4},
                     "A4": {"rel_err_protected": 2.0},
                     "A5": {"rel_err_protected": 3.0, "rel_err_protected_mod_T": 0.25, "rel_err_all_mod_T": 0.125}},
         "utility": {"theta_prev": {"retain_prob": 0.91234}, "copy_1": {"retain_prob": 0.5}},
@@ -70,7 +71,10 @@ def _audit_sweep(folder):
     cells = [(0.01, 2, False, 1.5), (0.1, 4, False, 15.0), (0.01, 2, True, 1.5)]
     for i, cell in enumerate(cells):
         (folder / f"{i}_cell").mkdir()
-        (folder / f"{i}_cell" / "privacy_report.json").write_text(json.dumps(_audit_cell(*cell)))
+        report = _audit_cell(*cell)
+        if i == 1:  # A6 mounted in this cell only
+            report["attacks"]["A6"] = {"rel_err_protected": 4.0, "rel_err_protected_mod_T": 0.5}
+        (folder / f"{i}_cell" / "privacy_report.json").write_text(json.dumps(report))
     (folder / "privacy_sweep.json").write_text("{}")
 
 
@@ -80,8 +84,8 @@ def test_audit_views_read_each_cell_of_the_sweep(tmp_path):
     assert text.startswith("Measured on the embedded default (2.50 M parameters, 2.00 M in blocks;\nNPO, 5 epochs, "
                            "lr 0.0001, forget10, seed 0; `mpu-audit sweep=true seed=0`):")
     rows = [r for r in text.splitlines() if r.startswith("| 0.")]
-    assert rows == ["| 0.01 | 2 | 0 | 1.5 (0.75) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – (– / –) |",
-                    "| 0.1 | 4 | 0 | 15 (7.5) | 0.500 / 1.2 rad | 1 | 2 | 3 | 0.25 | – | – (– / –) |"]
+    assert rows == ["| 0.01 | 2 | 0 | 1.5 | 0.500 / 1.2 rad | 1 (0.75) | 2 | 3 | 0.25 | – | – | – (– / –) |",
+                    "| 0.1 | 4 | 0 | 15 | 0.500 / 1.2 rad | 1 (7.5) | 2 | 3 | 0.25 | – | 4 (0.5) | – (– / –) |"]
     rows = [r for r in VIEWS["audit_all_params"].render(tmp_path).splitlines() if r.startswith("| 0.")]
     assert rows[2] == "| 0.01 | 2 | true | 0 | 0.375 | 0.125 | 0.9123 | 0.5 | – |"
     assert len(rows) == 3

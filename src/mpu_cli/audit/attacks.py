@@ -29,6 +29,34 @@ from mpu_cli.mpu.reparam import Transform
 
 from .align import AlignedCopy, align_copy, align_to_reference
 
+# float64 work on a tensor goes in slices along its first dimension of at most this many elements (32 MiB in
+# float64): the largest tensors (a vocabulary-sized embedding) never get a whole float64 copy.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def row_slices(t: torch.Tensor, elements: int | None = None):
+    """Indices of `t` along its first dimension, each covering at most `elements` elements (at least one row);
+    a small (or 0-d) tensor comes whole."""
+    elements = elements or CHUNK_ELEMENTS
+    if t.dim() == 0 or t.numel() <= elements:
+        yield ...
+        return
+    rows = max(1, elements // max(1, t[0].numel()))
+    for i in range(0, t.shape[0], rows):
+        yield slice(i, i + rows)
+
+
+def float64_slices(*tensors: torch.Tensor, elements: int | None = None):
+    """Matching slices of same-shaped tensors (row_slices of the first), as float64. Sums over the slices differ
+    from sums over the whole tensor only in the order of summation."""
+    for idx in row_slices(tensors[0], elements):
+        yield tuple(t[idx].double() for t in tensors)
+
+
+def sqdist64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖² accumulated in float64, slice by slice."""
+    return sum(float((x - y).square().sum()) for x, y in float64_slices(a, b))
+
 
 @dataclass
 class ClientView:
@@ -112,17 +140,22 @@ def a3_align_to_first(view: ClientView, first_aligned: Mapping, first_transform:
 # ---- A4 / A5: points of the aligned copies' affine hull ------------------------------------------------------
 
 class HullPoint(Mapping):
-    """Σ_k w_k x_k of the aligned copies (Σ w_k = 1), each tensor computed in float64 when read, fp32 out."""
+    """Σ_k w_k x_k of the aligned copies (Σ w_k = 1), each tensor computed in float64 when read (slice by slice),
+    fp32 out."""
 
     def __init__(self, aligned: list[Mapping], weights: list[float]):
         self.aligned, self.weights = aligned, [float(w) for w in weights]
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        v = None
-        for w, a in zip(self.weights, self.aligned):
-            x = a[name].double().mul_(w)
-            v = x if v is None else v.add_(x)
-        return v.float()
+        xs = [a[name] for a in self.aligned]
+        out = torch.empty(xs[0].shape, dtype=torch.float32)
+        for idx in row_slices(xs[0]):
+            v = None
+            for w, x in zip(self.weights, xs):
+                x = x[idx].double() * w
+                v = x if v is None else v.add_(x)
+            out[idx] = v
+        return out
 
     def __contains__(self, name) -> bool:
         return name in self.aligned[0]
@@ -140,18 +173,20 @@ def a4_average(aligned: list[Mapping]) -> HullPoint:
 
 def hull_gram(aligned: list[Mapping], target: Mapping | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(G, b): G_ij = ⟨d_i, d_j⟩ of the hull's directions d_i = x_{i+1} − x_1 and b_i = ⟨d_i, target − x_1⟩
-    (b = 0 without a target), accumulated tensor by tensor in float64."""
+    (b = 0 without a target), accumulated tensor by tensor (and slice by slice) in float64."""
     k = len(aligned) - 1
     gram, rhs = np.zeros((k, k)), np.zeros(k)
     for n in unique_names(aligned[0]):
-        x1 = aligned[0][n].double()
-        dirs = [a[n].double() - x1 for a in aligned[1:]]
-        gap = None if target is None else target[n].double() - x1
-        for i in range(k):
-            for j in range(i, k):
-                gram[i, j] += float((dirs[i] * dirs[j]).sum())
-            if gap is not None:
-                rhs[i] += float((dirs[i] * gap).sum())
+        xs = [a[n] for a in aligned] + ([] if target is None else [target[n]])
+        for parts in float64_slices(*xs):
+            x1 = parts[0]
+            dirs = [x - x1 for x in parts[1:k + 1]]
+            gap = None if target is None else parts[-1] - x1
+            for i in range(k):
+                for j in range(i, k):
+                    gram[i, j] += float((dirs[i] * dirs[j]).sum())
+                if gap is not None:
+                    rhs[i] += float((dirs[i] * gap).sum())
     return np.triu(gram) + np.triu(gram, 1).T, rhs
 
 
@@ -245,10 +280,9 @@ class _HullModel:
             grad = self.params[n].grad
             if grad is None:
                 continue
-            grad = grad.double()
-            x1 = self.aligned[0][n].double()
-            for i, a in enumerate(self.aligned[1:]):
-                g[i] += float((grad * (a[n].double() - x1)).sum())
+            for gr, x1, *others in float64_slices(grad, *(a[n] for a in self.aligned)):
+                for i, x in enumerate(others):
+                    g[i] += float((gr * (x - x1)).sum())
         self.model.zero_grad(set_to_none=True)
         return value, g
 

@@ -79,8 +79,8 @@ def _clean(obj):
 
 
 def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
-    """One cell. Memory: θ (the server's), the base, one model and what one tensor (or block) of the m copies
-    needs: the copies are written to files and every attack, the scorer and the round read them lazily.
+    """One cell. Memory: one model and what one tensor (or block) of the m copies needs: the base, the copies and,
+    once published, θ are files that every attack, the scorer and the round read one tensor at a time.
     fit: also mount A6 (it needs the client's forget set and the model)."""
     from mpu_cli.data.formatting import pad_id
     from mpu_cli.data.tofu import load_split, split_names
@@ -99,14 +99,13 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
         dtype = resolve_dtype(cfg.model.dtype)
         target = load_model(prepared.target, dtype)
         names = unique_names(target.state_dict())  # tied tensors once
-        base_all = load_base(prepared.base, dtype)
-        base = {n: base_all[n] for n in names}
+        base = load_base(prepared.base, dtype)  # read from its files one tensor at a time where it has them
         # 1. server --------------------------------------------------------------------------------------------
-        server = build_server(target, ServerConfig.from_config(cfg), base=base_all)
-        del base_all
+        server = build_server(target, ServerConfig.from_config(cfg), base=base)
     layout = server.layout
     with meter.phase("publish"):
         paths = _publish_to_files(server, out / COPIES_DIR)
+        server = _theta_in_file(server, out / COPIES_DIR / "theta.safetensors")
     try:
         copies = [LazyStateDict(p, names) for p in paths]
 
@@ -145,10 +144,7 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
         del scorer, estimates, hull
 
         if b1:
-            # 5. one real round; the server needs no base to aggregate: drop it (memory for the client)
-            theta, meta = server.export_state()
-            server = MPUServer.restore(theta, meta, layout)
-            del theta, base
+            # 5. one real round (the server reads θ_{r-1} from its file; θ_r is kept in memory)
             with meter.phase("B1 round"):
                 _unlearn_and_aggregate(cfg, prepared, target, server, paths, out / COPIES_DIR)
             with meter.phase("B1 losses"):
@@ -184,19 +180,21 @@ def audit(cfg, out: Path, b1: bool = True, fit: bool = True) -> dict:
 
 def _publish_to_files(server: MPUServer, folder: Path) -> list[Path]:
     """Publish one round straight to m safetensors files, one tensor at a time (as mpu-server does)."""
-    from mpu_cli.transport.exchange import StreamingSafetensorsWriter
-
     paths = [folder / f"copy_{k}.safetensors" for k in range(server.n_copies)]
-    spec = server.published_spec()
-    writer = StreamingSafetensorsWriter(paths, spec)
-    try:
-        for name, tensors in server.publish_stream():
-            writer.write(name, list(tensors))
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    server.publish_copies()  # starts the round; its copies are built as they are written
+    server.write_copies(paths)
     return paths
+
+
+def _theta_in_file(server: MPUServer, path: Path) -> MPUServer:
+    """The same server, its round pending, with θ written to `path` and read from it one tensor at a time (as
+    mpu-server between publish and aggregate), and without the base (the round's σ are in its exported state;
+    only publishing needs the base)."""
+    from mpu_cli.models.files import open_file
+
+    theta, meta = server.export_state()
+    write_safetensors(path, theta)
+    return MPUServer.restore(open_file(path), meta, server.layout)
 
 
 def _set_weights(model, state: Mapping) -> None:

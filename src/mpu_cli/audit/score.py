@@ -14,17 +14,17 @@ from mpu_cli.mpu.layout import ModelLayout
 from mpu_cli.mpu.reparam import Transform, invert_transform
 
 from .align import AlignedCopy, estimate_transform, layer_names
-from .attacks import ClientEstimates, HullPoint, unique_names
+from .attacks import ClientEstimates, HullPoint, float64_slices, sqdist64, unique_names
 
 
 class Scorer:
     """θ (fp32 or any float dtype) is read tensor by tensor and must not change while scoring: the audit scores
-    before the round is aggregated. Every error streams over one tensor, or one block, at a time."""
+    before the round is aggregated. Every error streams over one tensor, or one block, at a time. The base is
+    read once (the errors' denominator) and not kept."""
 
     def __init__(self, theta: Mapping, base: Mapping, secrets: dict, layout: ModelLayout,
                  names: list[str] | None = None):
         self.theta = theta
-        self.base = base
         self.secrets = secrets
         self.layout = layout
         self.names = list(names) if names is not None else unique_names(theta)
@@ -36,7 +36,7 @@ class Scorer:
         """Σ (θ̂ − θ)² over the protected tensors and over all tensors, float64, one tensor at a time."""
         out = {"protected": 0.0, "all": 0.0}
         for n in self.names:
-            e = float((est[n].double() - self.theta[n].double()).square().sum())
+            e = sqdist64(est[n], self.theta[n])
             out["all"] += e
             if block_of(n) is not None:
                 out["protected"] += e
@@ -71,12 +71,12 @@ class Scorer:
             sq["all"] += e
         for n in self.names:
             if block_of(n) is None:
-                sq["all"] += float((est[n].double() - self.theta[n].double()).square().sum())
+                sq["all"] += sqdist64(est[n], self.theta[n])
         return self._ratio(sq)
 
     def exact_fraction(self, copy: Mapping) -> float:
         """Fraction of parameters (elements) of a copy equal to θ."""
-        equal = sum(int((copy[n].double() == self.theta[n].double()).sum()) for n in self.names)
+        equal = sum(int((x == y).sum()) for n in self.names for x, y in float64_slices(copy[n], self.theta[n]))
         return equal / self.numel(self.names)
 
     def transform_accuracy(self, estimated: list[Transform]) -> dict:

@@ -7,11 +7,12 @@ aligned copies averaged), A5 (the point of their affine hull closest to θ_base)
 the model best fits the client's own forget set); after one real round of unlearning, from the server's view,
 B1 (forget items ranked by their loss increase). The server's secrets are used only to score. The copies are
 written to files and read one tensor at a time; each phase's time and peak memory are reported. Writes
-privacy_report.json / privacy_report.md, or for a sweep one folder per cell plus privacy_sweep.{json,csv,md}.
+privacy_report.json / privacy_report.md, or for a sweep one folder per cell plus privacy_sweep.{json,csv,md}; each
+cell of a sweep runs in a process of its own, so no cell's memory counts in another's.
 
     mpu-audit kappa=0.1 m=2 seed=0 [model=tiny] [out=DIR] [b1=false] [any mpu-run override]
     mpu-audit sweep=true seed=0 [sweep_kappa=0.01,0.1] [sweep_m=2,4] [sweep_perturb=false,true] [out=DIR]
-    mpu-audit sweep=true config=reproduce_smollm2 cells="kappa=0.1,m=2;kappa=0.1,m=4" seed=0
+    mpu-audit sweep=true config=reproduce_smollm2 cells="kappa=0.1,m=2;kappa=0.1,m=4" seed=0 [only=1]
 
 Keys (key=value):
   out=DIR               the output folder (default: outputs/audit/<time>_<cell> or <time>_sweep); never
@@ -26,6 +27,8 @@ Keys (key=value):
   cells=C1;C2           instead of the product above, the sweep's cells, each a comma-separated list of
                         overrides (e.g. "kappa=0.1,m=4;kappa=0.1,server.alpha_schedule=random"); a cell's own
                         b1= / fit= replace the sweep's for that cell
+  only=I,J              run only these cells of the sweep (numbered from 0 in sweep order) into out=, which may
+                        hold other cells already; privacy_sweep.* is written once every cell's report is there
   any other key=value   an mpu-run override (kappa, m, seed, model, algorithm, server.*, client.*, ...;
                         `mpu-run --help` lists them)
 """
@@ -46,7 +49,7 @@ log = logging.getLogger("mpu_cli.audit")
 
 USAGE = ("usage: mpu-audit [kappa=K] [m=M] [seed=S] [model=tiny] [out=DIR] [config=NAME] [b1=true|false] "
          "[fit=true|false] [sweep=true [sweep_kappa=0.01,0.1] [sweep_m=2,4] [sweep_perturb=false,true] "
-         "[cells=C1;C2]] [mpu-run overrides]")
+         "[cells=C1;C2] [only=I,J]] [mpu-run overrides]")
 
 
 class AuditError(ValueError):
@@ -75,7 +78,7 @@ def _list(key: str, value: str, cast) -> list:
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     """Split the audit's own keys from the config overrides passed to Hydra's compose."""
     opts = {"out": None, "config": "config", "sweep": False, "b1": True, "fit": True, "sweep_kappa": [0.01, 0.1],
-            "sweep_m": [2, 4], "sweep_perturb": [False, True], "cells": None}
+            "sweep_m": [2, 4], "sweep_perturb": [False, True], "cells": None, "only": None}
     overrides = []
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -94,7 +97,7 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
             opts[key] = _bool(key, value)
         elif key == "sweep_kappa":
             opts[key] = _list(key, value, float)
-        elif key == "sweep_m":
+        elif key in ("sweep_m", "only"):
             opts[key] = _list(key, value, int)
         elif key == "sweep_perturb":
             opts[key] = [_bool(key, v) for v in value.split(",")]
@@ -142,6 +145,57 @@ def _check_out(out: Path, names: tuple[str, ...]) -> None:
             raise AuditError(f"out={out} already holds {n}; choose another out= (nothing is overwritten)")
 
 
+def _run_cell(cfg, out: Path, step: dict) -> None:
+    """One cell of a sweep, in the process of its own that _audit_cell starts."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from mpu_cli.audit.run import audit
+    from mpu_cli.config import register_configs
+
+    register_configs()  # the configuration's resolvers (e.g. pypi_gguf) are registered per process
+    try:
+        audit(cfg, out, **step)
+    except (AuditError, FileNotFoundError) as e:
+        print(f"mpu-audit: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _audit_cell(cfg, out: Path, step: dict) -> dict:
+    """Audit one cell in a fresh process (its memory goes back to the system when it ends); its report."""
+    import json
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=_run_cell, args=(cfg, out, step))
+    proc.start()
+    proc.join()
+    if proc.exitcode == 2:
+        sys.exit(2)  # bad input: the cell's process printed its one line
+    if proc.exitcode != 0:
+        raise RuntimeError(f"mpu-audit: the sweep's cell {out.name} failed (exit code {proc.exitcode})")
+    return json.loads((out / "privacy_report.json").read_text())
+
+
+def _sweep(cfgs: list, steps: list[dict], out: Path, only: list[int] | None) -> bool:
+    """Run the cells (those of `only`, or all), each in its own process; write privacy_sweep.* once every cell's
+    report is in `out`. True when it was written."""
+    import json
+
+    from mpu_cli.audit.run import write_sweep
+
+    folders = [out / f"{i}_{_cell_name(cfg)}" for i, cfg in enumerate(cfgs)]
+    todo = list(range(len(cfgs))) if only is None else only
+    for i in todo:
+        _check_out(folders[i], ("privacy_report.json",))
+    reports = {}
+    for i in todo:
+        log.info("sweep cell %d/%d: %s", i + 1, len(cfgs), _cell_name(cfgs[i]))
+        reports[i] = _audit_cell(cfgs[i], folders[i], steps[i])
+    if not all((f / "privacy_report.json").is_file() for f in folders):
+        return False
+    write_sweep([reports.get(i) or json.loads((f / "privacy_report.json").read_text())
+                 for i, f in enumerate(folders)], out)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -149,32 +203,34 @@ def main(argv: list[str] | None = None) -> None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         if opts["sweep"]:
             out = Path(opts["out"] or f"outputs/audit/{stamp}_sweep")
-            _check_out(out, ("privacy_sweep.json",))
             cells = opts["cells"] or [
                 [f"kappa={kappa}", f"m={m}", f"server.perturb_unprotected={str(pert).lower()}"]
                 for kappa in opts["sweep_kappa"] for m in opts["sweep_m"] for pert in opts["sweep_perturb"]]
+            bad = [i for i in opts["only"] or [] if not 0 <= i < len(cells)]
+            if bad:
+                raise AuditError(f"only= names cells {bad} the sweep does not have; accepted: 0 to {len(cells) - 1}")
+            _check_out(out, ("privacy_sweep.json",))
             cfgs, steps = [], []
             for cell in cells:
                 own = {k: _bool(k, v) for k, _, v in (o.partition("=") for o in cell) if k in ("b1", "fit")}
                 steps.append({"b1": opts["b1"], "fit": opts["fit"]} | own)
                 cfgs.append(compose_config([*overrides, *(o for o in cell if o.partition("=")[0] not in own)],
                                            opts["config"]))
-        else:
-            cfgs = [compose_config(overrides, opts["config"])]
-            out = Path(opts["out"] or f"outputs/audit/{stamp}_{_cell_name(cfgs[0])}")
-            _check_out(out, ("privacy_report.json",))
-        from mpu_cli.audit.run import audit, write_sweep
-
-        if not opts["sweep"]:
-            audit(cfgs[0], out, b1=opts["b1"], fit=opts["fit"])
-            print(f"mpu-audit: wrote {out / 'privacy_report.md'}")
+            if _sweep(cfgs, steps, out, opts["only"]):
+                print(f"mpu-audit: wrote {out / 'privacy_sweep.md'}")
+            else:
+                print(f"mpu-audit: wrote cells {opts['only']} into {out}; privacy_sweep.md follows once every "
+                      "cell is there")
             return
-        rows = []
-        for i, (cfg, step) in enumerate(zip(cfgs, steps)):
-            log.info("sweep cell %d/%d: %s", i + 1, len(cfgs), _cell_name(cfg))
-            rows.append(audit(cfg, out / f"{i}_{_cell_name(cfg)}", **step))
-        write_sweep(rows, out)
-        print(f"mpu-audit: wrote {out / 'privacy_sweep.md'}")
+        if opts["only"] is not None:
+            raise AuditError("only= chooses cells of a sweep; accepted with sweep=true")
+        cfg = compose_config(overrides, opts["config"])
+        out = Path(opts["out"] or f"outputs/audit/{stamp}_{_cell_name(cfg)}")
+        _check_out(out, ("privacy_report.json",))
+        from mpu_cli.audit.run import audit
+
+        audit(cfg, out, b1=opts["b1"], fit=opts["fit"])
+        print(f"mpu-audit: wrote {out / 'privacy_report.md'}")
     except (AuditError, FileNotFoundError) as e:
         print(f"mpu-audit: error: {e}", file=sys.stderr)
         sys.exit(2)

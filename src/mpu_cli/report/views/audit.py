@@ -99,8 +99,8 @@ def cost_markdown(folder: Path) -> str:
             f"{cost[p]['seconds']:.0f} s / {g(cost[p]['peak_rss_mb'] / 1024, 2)} GB" if p in cost
             and cost[p]["peak_rss_mb"] is not None else "–" for p in phases),
             f"{g(r.get('peak_rss_mb', 0) / 1024, 3)} GB"])
-    return ("Each phase's wall time / the process's peak resident memory during it (the cells run one after another "
-            "in one process: a later cell's peaks include heap an earlier cell freed but the allocator kept):\n\n"
+    return ("Each phase's wall time / the process's peak resident memory during it (each cell runs "
+            "in a process of its own):\n\n"
             + markdown(["cell", *phases, "peak"], rows))
 
 
@@ -112,29 +112,28 @@ def audit_markdown(folder: Path) -> str:
         a, c = r["attacks"], r["config"]
         b1 = a.get("B1", {})
         rows.append([
-            g(c["kappa"]), str(c["m"]), g(a["A0"]["exposed_fraction"]),
-            f"{g(a['A1']['rel_err_protected'])} ({g(a['A1']['rel_err_protected_mod_T'])})",
+            g(c["kappa"]), str(c["m"]), g(a["A0"]["exposed_fraction"]), g(a["A1"]["rel_err_protected"]),
             f"{a['A2']['perm_accuracy']:.3f} / {g(a['A2']['angle_err_mean_rad'], 2)} rad",
-            g(a["A2"]["rel_err_protected"]), g(a["A4"]["rel_err_protected"]), g(a["A5"]["rel_err_protected"]),
-            g(a["A5"]["rel_err_protected_mod_T"]), g(a["A5"].get("weights_max_abs_err"), 2),
+            _err(a, "A2"), g(a["A4"]["rel_err_protected"]), g(a["A5"]["rel_err_protected"]),
+            g(a["A5"]["rel_err_protected_mod_T"]), g(a["A5"].get("weights_max_abs_err"), 2), _err(a, "A6"),
             f"{g(b1.get('auc'))} ({g(b1.get('auc_vs_retain'))} / {g(b1.get('auc_vs_holdout'))})",
         ])
-    header = ["κ", "m", "A0 exposed", "A1 err (mod T)", "A2 perm acc / angle err", "A2 err", "A4 err", "A5 err",
-              "A5 err mod T", "A5 weights max err", "B1 AUC (vs retain / holdout)"]
+    header = ["κ", "m", "A0 exposed", "A1 err", "A2 perm acc / angle err", "A2 err (mod T)", "A4 err", "A5 err",
+              "A5 err mod T", "A5 weights max err", "A6 err (mod T)", "B1 AUC (vs retain / holdout)"]
     return _caption(reports[0]) + "\n\n" + markdown(header, rows)
 
 
 def audit_all_params_markdown(folder: Path) -> str:
-    """Every cell, with and without perturbing the unprotected parameters: the attacks on all parameters and
-    the retain Prob of θ_{r−1}, copy 1 and θ_r."""
+    """Every cell, with and without perturbing the unprotected parameters: the attacks on all parameters (one
+    aligned copy, A2, mod T: what A1 is mod T; and A5) and the retain Prob of θ_{r−1}, copy 1 and θ_r."""
     rows = []
     for r in read_sweep(folder):
         a, c, u = r["attacks"], r["config"], r.get("utility") or {}
         rows.append([
             g(c["kappa"]), str(c["m"]), str(c["perturb_unprotected"]).lower(), g(a["A0"]["exposed_fraction"]),
-            g(a["A1"].get("rel_err_all_mod_T")), g(a["A5"].get("rel_err_all_mod_T")),
+            g(a["A2"].get("rel_err_all_mod_T")), g(a["A5"].get("rel_err_all_mod_T")),
             *(g(u.get(model, {}).get("retain_prob"), 4) for model in ("theta_prev", "copy_1", "theta_next")),
         ])
-    header = ["κ", "m", "perturb_unprotected", "A0 exposed", "A1 err all params mod T",
+    header = ["κ", "m", "perturb_unprotected", "A0 exposed", "A2 err all params mod T",
               "A5 err all params mod T", "retain prob: θ_{r−1}", "copy 1", "θ_r"]
     return markdown(header, rows)
