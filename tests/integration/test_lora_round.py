@@ -1,7 +1,8 @@
 """LoRA clients end to end on the embedded target: every algorithm unlearns through an adapter, and a round over
 the file transport (separate mpu-server / mpu-client processes, parallel copies) lets only the adapter's files
 cross and gives the in-process LoRA run's θ bitwise. The same run stopped before its aggregate: mpu-server
-refuses the round once one copy is swapped for a full copy."""
+refuses the round once one copy is swapped for a full copy, and the resumed run keeps the sound adapter, redoes
+the damaged one and ends where the uninterrupted run did."""
 import json
 import os
 import shutil
@@ -134,7 +135,8 @@ def _files(d: Path) -> dict[str, bytes]:
 
 def test_mpu_server_refuses_a_round_mixing_a_full_copy_and_an_adapter(stopped_run, tmp_path):
     """Copy 0 answered with a full updated copy, copy 1 with its adapter: `mpu-server aggregate` says so in one
-    line, exit 2, and neither its state nor a returned file changes (on a copy of the stopped run)."""
+    line, exit 2, and neither its state nor a returned file changes (a copy of the stopped run, so the resume test
+    below finds it as it was)."""
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
     exchange, state = run / "exchange", run / "server_private"
@@ -152,3 +154,28 @@ def test_mpu_server_refuses_a_round_mixing_a_full_copy_and_an_adapter(stopped_ru
     assert f"some copies returned {ex.ADAPTER_CONTENT!r}, others {ex.RETURNED_CONTENT!r}" in lines[0]
     assert "nothing was aggregated" in lines[0]
     assert {p: _files(p) for p in before} == before
+
+
+def test_a_resumed_lora_run_keeps_the_sound_adapter_and_redoes_the_damaged_one(stopped_run, files_run, mpu_run_cmd):
+    """Copy 1's adapter damaged while the run was stopped: the resume hands copy 0's returned adapter to the server
+    as it is (its files untouched), has the client redo copy 1 only, and ends with the uninterrupted run's θ."""
+    out, exchange = stopped_run, stopped_run / "exchange"
+    d0, d1 = ex.copy_dir(exchange, 1, 0), ex.copy_dir(exchange, 1, 1)
+    data = bytearray((d1 / ex.ADAPTER).read_bytes())
+    data[-4] ^= 0xFF
+    (d1 / ex.ADAPTER).write_bytes(bytes(data))
+    assert ex.returned_refusal(exchange, 1, 0) is None
+    assert "SHA-256" in ex.returned_refusal(exchange, 1, 1)
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in d0.iterdir()}
+    proc = subprocess.run([*mpu_run_cmd, *FILES, f"hydra.run.dir={out}", "resume=true"], check=False,
+                          capture_output=True, text=True, timeout=900, env=NO_FAULTS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "round 1 copy 2/2: the returned copy would be refused" in log and "copy 1/2: the returned" not in log
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in d0.iterdir()} == kept
+    assert ex.returned_refusal(exchange, 1, 1) is None
+    final = load_file(str(out / "server_private" / "theta_r1.safetensors"))
+    reference = load_file(str(files_run / "server_private" / "theta_r1.safetensors"))
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[n], reference[n]) for n in reference)
+    assert (out / "COMPLETE").exists()
