@@ -71,13 +71,25 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def worker(model_name: str, rank: int, shape: Path | None = None) -> dict:
-    """One copy unlearned by one client (this process), as mpu-client does it; what it uploads and its memory."""
+def publish(model_name: str, path: Path, shape: Path | None = None) -> None:
+    """The copy a client receives (the model's fp32 weights), written once per model as the server publishes it,
+    by a process of its own: the workers' peak memory never includes building it."""
+    import torch
+
+    from mpu_cli.models.io import load_model, state_dict_fp32
+    from mpu_cli.transport import exchange as ex
+
+    ex.write_safetensors(path, state_dict_fp32(load_model(model_folder(model_name, shape), torch.float32)))
+
+
+def worker(model_name: str, rank: int, published_path: Path, shape: Path | None = None) -> dict:
+    """One copy unlearned by one client (this process), as mpu-client does it (the published file read lazily, a
+    tensor at a time, into the model); what it uploads and its memory."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mpu_cli.data.formatting import ChatFormat, pad_id
-    from mpu_cli.models.io import load_model, load_tokenizer, state_dict_fp32
+    from mpu_cli.models.io import load_tokenizer
     from mpu_cli.transport import exchange as ex
     from mpu_cli.unlearn.algorithms import build_algorithm
     from mpu_cli.unlearn.client import ClientConfig, encode_client_data, unlearn_copy
@@ -85,7 +97,7 @@ def worker(model_name: str, rank: int, shape: Path | None = None) -> dict:
 
     torch.set_num_threads(1)
     folder = model_folder(model_name, shape)
-    published = state_dict_fp32(load_model(folder, torch.float32))  # what the client receives
+    published = ex.LazyStateDict(published_path)  # what the client receives, read as mpu-client reads it
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
     tok = load_tokenizer(folder)
     algorithm = build_algorithm("npo", {})
@@ -103,7 +115,7 @@ def worker(model_name: str, rank: int, shape: Path | None = None) -> dict:
         uploaded = sum(p.stat().st_size for p in ex.copy_dir(Path(tmp), 1, 0).iterdir()
                        if p.name != ex.RETURNED_MANIFEST)  # the payload; the manifest adds a few kB
     return {"model": model_name, "client": client_label(rank),
-            "params": sum(t.numel() for t in published.values()),
+            "params": sum(torch.Size(published.shape(n)).numel() for n in published),
             "uploaded_tensors": sum(t.numel() for t in returned.values()), "bytes_uploaded": uploaded,
             "rss_loaded_mib": round(loaded, 1), "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1)}
 
@@ -262,6 +274,14 @@ def cancellation_markdown(rows: list[dict]) -> str:
                       f"{r['rel_error_uniform']:.1e}"] for r in rows])
 
 
+def _child(cmd: list[str], env: dict, what: str) -> str:
+    """Run one step in a process of its own; its stdout, or SystemExit naming the step that failed."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0 or (cmd[2] == "--worker" and "RESULT " not in proc.stdout):
+        raise SystemExit(f"{what}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="tiny,smollm2-135m")
@@ -273,11 +293,17 @@ def main() -> None:
                    help="the LoRA ranks measured on the 1B shape (default 8: ~16 GB and minutes each; its other "
                         "clients by their tensor shapes, bytes only; 'none': all of them)")
     p.add_argument("--shape", type=Path, default=None, help=argparse.SUPPRESS)  # a worker's 1B-shape folder
+    p.add_argument("--publish", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--published", type=Path, default=None, help=argparse.SUPPRESS)  # a worker's received copy
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "lora_bench")
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "RANK"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.publish:
+        publish(args.publish[0], Path(args.publish[1]), args.shape)
+        return
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker[0], int(args.worker[1]), args.shape)), flush=True)
+        print("RESULT " + json.dumps(worker(args.worker[0], int(args.worker[1]), args.published, args.shape)),
+              flush=True)
         return
     import pandas as pd
 
@@ -292,15 +318,16 @@ def main() -> None:
         clients += [(SHAPE, rank) for rank in measured]
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    for name, rank in clients:  # each client in a fresh process: its own peak RSS
-        cmd = [sys.executable, __file__, "--worker", name, str(rank)]
-        cmd += ["--shape", str(args.shape)] if args.shape else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise SystemExit(f"{name} rank {rank}: worker failed: {proc.stderr.strip().splitlines()[-1:]}")
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
-        print(rows[-1], flush=True)
+    shape = ["--shape", str(args.shape)] if args.shape else []
+    with tempfile.TemporaryDirectory(dir=args.out) as tmp:  # the published copies (the 1B shape's: 6 GB)
+        for name, rank in clients:  # each client in a fresh process: its own peak RSS
+            published = Path(tmp) / f"{name}.safetensors"
+            if not published.exists():
+                _child([sys.executable, __file__, "--publish", name, str(published), *shape], env, f"{name}: publish")
+            cmd = [sys.executable, __file__, "--worker", name, str(rank), "--published", str(published), *shape]
+            lines = [ln for ln in _child(cmd, env, f"{name} rank {rank}").splitlines() if ln.startswith("RESULT ")]
+            rows.append(json.loads(lines[-1][len("RESULT "):]))
+            print(rows[-1], flush=True)
     if not args.no_shape:  # the shape's clients not measured (full fine-tuning at least): bytes from the shapes
         rows += shape_bytes([r for r in [FULL, *ranks] if r not in measured])
         order = [client_label(r) for r in [FULL, *ranks, *measured]]
