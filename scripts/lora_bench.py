@@ -7,9 +7,9 @@ Writes into DIR:
   files the client writes into its exchange folder: returned.safetensors, or the adapter's two files; the manifest
   adds a few kB) and the client process's peak RSS while it unlearns one copy (NPO: a reference model, one epoch of the
   embedded forget01 set, each in a fresh process); the Llama-3.2-1B shape's LoRA clients of --shape-ranks measured
-  the same way (its folder made by scripts/make_llama1b_shape.py when missing, as `make llama1b-shape`; ~16 GB
-  each), its other clients by their tensor shapes alone (bytes only; full fine-tuning in fp32 holds the copy, the
-  copy received, a frozen reference, gradients and AdamW's two moments, ~30 GB: no 24 GB machine runs it).
+  the same way (its folder made by scripts/make_llama1b_shape.py when missing, as `make llama1b-shape`; ~11 GB
+  each), its other clients by their tensor shapes alone (bytes only; full fine-tuning in fp32 holds the copy, a
+  frozen reference, gradients and AdamW's two moments, ~25 GB: no 24 GB machine runs it).
 - cancellation.csv / cancellation.md: a linear, T-equivariant rank-8 client on the embedded target's θ: the relative
   error ‖aggregate − F(θ)‖ / ‖F(θ)‖ of the server's LoRA aggregate with the harmonic weights, against the same
   factors averaged uniformly, per κ and m.
@@ -290,7 +290,7 @@ def main() -> None:
     p.add_argument("--shape-models", type=Path, default=REPO / "outputs" / "models",
                    help="where the Llama-3.2-1B shape's folders live (`make llama1b-shape`); made there when missing")
     p.add_argument("--shape-ranks", default="8",
-                   help="the LoRA ranks measured on the 1B shape (default 8: ~16 GB and minutes each; its other "
+                   help="the LoRA ranks measured on the 1B shape (default 8: ~11 GB and minutes each; its other "
                         "clients by their tensor shapes, bytes only; 'none': all of them)")
     p.add_argument("--shape", type=Path, default=None, help=argparse.SUPPRESS)  # a worker's 1B-shape folder
     p.add_argument("--publish", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)

@@ -371,7 +371,7 @@ def lora_bench() -> Path:
     return out
 
 
-@table("lora_cost", cost="~7 min on 2 cores and ~16 GB of memory (scripts/lora_bench.py: 9 client processes, "
+@table("lora_cost", cost="~7 min on 2 cores and ~11 GB of memory (scripts/lora_bench.py: 9 client processes, "
                          "SmolLM2's GGUF converted once, the 1B shape's folders made once)")
 def lora_cost_table() -> str:
     return (f"`python scripts/lora_bench.py` on {machine(1)}: one copy unlearned by NPO (a reference model), one "
@@ -379,8 +379,8 @@ def lora_cost_table() -> str:
             "tied embeddings counted twice; the epoch times are from a shared, loaded machine); the Llama-3.2-1B "
             "shape (`make llama1b-shape`, random init): its LoRA r = 8 client (lora_bench.py's default "
             "--shape-ranks) measured like the others, its other clients by their tensor shapes (bytes only: its full "
-            "fine-tuning in fp32 holds the copy, the copy received, a frozen reference, gradients and AdamW's two "
-            "moments, ~30 GB, more than this machine's 24 GB):\n\n"
+            "fine-tuning in fp32 holds the copy, a frozen reference, gradients and AdamW's two moments, ~25 GB, "
+            "more than this machine's 24 GB):\n\n"
             + (lora_bench() / "cost.md").read_text().strip())
 
 
@@ -388,7 +388,7 @@ def lora_cost_table() -> str:
 def lora_cost_short_table() -> str:
     return (f"`python scripts/lora_bench.py` on {machine(1)} (NPO, one epoch of forget01, one client process each; "
             "the 1B shape's LoRA r = 8 client measured, its others by their tensor shapes: bytes only, its full "
-            "fine-tuning in fp32 needs ~30 GB; [docs/lora.md](docs/lora.md) has the full table):\n\n"
+            "fine-tuning in fp32 needs ~25 GB; [docs/lora.md](docs/lora.md) has the full table):\n\n"
             + (lora_bench() / "cost_short.md").read_text().strip())
 
 
