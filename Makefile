@@ -69,7 +69,7 @@ reproduce-muse: install  ## GPU: the paper's MUSE script (Llama-3.2-1B-Instruct,
 reproduce-lora: install  ## CPU: LoRA clients (r=8) vs full fine-tuning, NPO x {clean, MPU k=0.01, k=0.1} x 3 seeds, embedded default
 	.venv/bin/mpu-run -m --config-name reproduce_lora
 
-lora-bench: install  ## LoRA r=8,16,64 vs full: bytes uploaded per copy, client peak RSS; LoRA aggregate's cancellation -> outputs/lora_bench/
+lora-bench: install  ## LoRA r=8,16,64 vs full: bytes uploaded per copy, client peak RSS (1B shape: LoRA r=8, ~11 GB); LoRA aggregate's cancellation -> outputs/lora_bench/
 	$(PY) scripts/lora_bench.py
 
 .PHONY: reproduce-smollm2

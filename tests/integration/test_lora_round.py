@@ -1,9 +1,13 @@
 """LoRA clients end to end on the embedded target: every algorithm unlearns through an adapter, and a round over
 the file transport (separate mpu-server / mpu-client processes, parallel copies) lets only the adapter's files
-cross and gives the in-process LoRA run's θ bitwise."""
+cross and gives the in-process LoRA run's θ bitwise. The same run stopped before its aggregate: mpu-server
+refuses the round once one copy is swapped for a full copy, and the resumed run keeps the sound adapter, redoes
+the damaged one and ends where the uninterrupted run did."""
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,12 +73,27 @@ def test_every_algorithm_forgets_through_an_adapter(tmp_path, prepared_models, a
     assert unlearned < target - 0.05, (target, unlearned)
 
 
+FILES = [*LORA, *FAST, "transport=files", "runner.parallel_copies=2"]
+NO_FAULTS = {k: v for k, v in ENV.items() if k not in ("MPU_KILL_AT", "MPU_KILL_SIGNAL", "MPU_FAULT_INJECT")}
+
+
 @pytest.fixture(scope="module")
 def files_run(tmp_path_factory, mpu_run_cmd):
     out = tmp_path_factory.mktemp("lora") / "files"
-    proc = subprocess.run([*mpu_run_cmd, *LORA, *FAST, "transport=files", "runner.parallel_copies=2",
-                           f"hydra.run.dir={out}"], check=False, capture_output=True, text=True, timeout=900, env=ENV)
+    proc = subprocess.run([*mpu_run_cmd, *FILES, f"hydra.run.dir={out}"], check=False, capture_output=True,
+                          text=True, timeout=900, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, mpu_run_cmd):
+    """files_run's run killed after both adapters came back, before the server aggregated them."""
+    out = tmp_path_factory.mktemp("lora") / "stopped"
+    proc = subprocess.run([*mpu_run_cmd, *FILES, f"hydra.run.dir={out}"], check=False, capture_output=True,
+                          text=True, timeout=900, env=NO_FAULTS | {"MPU_KILL_AT": "round1_before_aggregate"})
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert all(ex.is_returned(out / "exchange", 1, k) for k in range(2))
     return out
 
 
@@ -108,3 +127,55 @@ def test_peft_loads_the_returned_adapter(files_run):
     params = dict(model.named_parameters())
     for key, factor in load_file(str(d / ex.ADAPTER)).items():
         assert torch.equal(params[key.replace(".weight", ".default.weight")], factor)
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_mpu_server_refuses_a_round_mixing_a_full_copy_and_an_adapter(stopped_run, tmp_path):
+    """Copy 0 answered with a full updated copy, copy 1 with its adapter: `mpu-server aggregate` says so in one
+    line, exit 2, and neither its state nor a returned file changes (a copy of the stopped run, so the resume test
+    below finds it as it was)."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    exchange, state = run / "exchange", run / "server_private"
+    d0 = ex.copy_dir(exchange, 1, 0)
+    pub = ex.read_json(d0 / ex.PUBLISHED_MANIFEST, "copy 0")
+    ex.write_returned(exchange, pub, {n: t.float() for n, t in load_file(str(d0 / ex.PUBLISHED)).items()})
+    assert ex.returned_refusal(exchange, 1, 0) is None and ex.returned_refusal(exchange, 1, 1) is None  # each sound
+    before = {p: _files(p) for p in (state, d0, ex.copy_dir(exchange, 1, 1))}
+    proc = subprocess.run([sys.executable, "-m", "mpu_cli.cli.server", "aggregate", "--state", str(state),
+                           "--exchange", str(exchange)], check=False, capture_output=True, text=True, timeout=300,
+                          env=NO_FAULTS)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpu-server: error: round 1: "), proc.stderr[-3000:]
+    assert f"some copies returned {ex.ADAPTER_CONTENT!r}, others {ex.RETURNED_CONTENT!r}" in lines[0]
+    assert "nothing was aggregated" in lines[0]
+    assert {p: _files(p) for p in before} == before
+
+
+def test_a_resumed_lora_run_keeps_the_sound_adapter_and_redoes_the_damaged_one(stopped_run, files_run, mpu_run_cmd):
+    """Copy 1's adapter damaged while the run was stopped: the resume hands copy 0's returned adapter to the server
+    as it is (its files untouched), has the client redo copy 1 only, and ends with the uninterrupted run's θ."""
+    out, exchange = stopped_run, stopped_run / "exchange"
+    d0, d1 = ex.copy_dir(exchange, 1, 0), ex.copy_dir(exchange, 1, 1)
+    data = bytearray((d1 / ex.ADAPTER).read_bytes())
+    data[-4] ^= 0xFF
+    (d1 / ex.ADAPTER).write_bytes(bytes(data))
+    assert ex.returned_refusal(exchange, 1, 0) is None
+    assert "SHA-256" in ex.returned_refusal(exchange, 1, 1)
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in d0.iterdir()}
+    proc = subprocess.run([*mpu_run_cmd, *FILES, f"hydra.run.dir={out}", "resume=true"], check=False,
+                          capture_output=True, text=True, timeout=900, env=NO_FAULTS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "round 1 copy 2/2: the returned copy would be refused" in log and "copy 1/2: the returned" not in log
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in d0.iterdir()} == kept
+    assert ex.returned_refusal(exchange, 1, 1) is None
+    final = load_file(str(out / "server_private" / "theta_r1.safetensors"))
+    reference = load_file(str(files_run / "server_private" / "theta_r1.safetensors"))
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[n], reference[n]) for n in reference)
+    assert (out / "COMPLETE").exists()

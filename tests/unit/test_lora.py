@@ -224,6 +224,28 @@ def test_the_exchange_carries_the_adapter_in_peft_files_under_the_manifest(tmp_p
         ex.read_validated_json(d / ex.ADAPTER_CONFIG, m, "copy 0")
 
 
+def test_a_sound_returned_adapter_is_kept_and_a_damaged_one_refused(tmp_path):
+    """returned_refusal, which mpu-run asks before redoing copies of a resumed round, judges an adapter as the server
+    does (its config, factor shapes against the published copy, hashes) instead of refusing it for not being a full
+    copy; an updated copy of the same copy is judged as before."""
+    spec = {MATRICES[0]: ((64, 32), torch.float32)}
+    pub = ex.published_manifest("x", 1, 0, 2, {"sha256": "0" * 64, "bytes": 1}, spec)
+    ex.write_manifest(ex.copy_dir(tmp_path, 1, 0) / ex.PUBLISHED_MANIFEST, pub)
+    ex.write_returned(tmp_path, pub, {MATRICES[0]: torch.ones(64, 32)})
+    assert ex.returned_refusal(tmp_path, 1, 0) is None
+    factors = dict(zip(factor_keys(MATRICES[0]), (torch.ones(RANK, 32), torch.ones(64, RANK))))
+    ex.write_returned(tmp_path, pub, factors, config_json(peft_config(LoraSettings(rank=RANK))))
+    assert ex.returned_refusal(tmp_path, 1, 0) is None
+    adapter = ex.copy_dir(tmp_path, 1, 0) / ex.ADAPTER
+    data = bytearray(adapter.read_bytes())
+    data[-4] ^= 0xFF
+    adapter.write_bytes(bytes(data))
+    assert "round 1 copy 0: adapter_model.safetensors SHA-256" in ex.returned_refusal(tmp_path, 1, 0)
+    wrong_rank = dict(zip(factor_keys(MATRICES[0]), (torch.ones(RANK + 1, 32), torch.ones(64, RANK + 1))))
+    ex.write_returned(tmp_path, pub, wrong_rank, config_json(peft_config(LoraSettings(rank=RANK))))
+    assert "shape" in ex.returned_refusal(tmp_path, 1, 0)
+
+
 def test_the_lora_view_pairs_each_lora_run_with_the_full_run_of_its_seed(tmp_path):
     def quick(fp):
         return {"forget_Q_A_Prob": fp, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": 0.5, "retain_Q_A_ROUGE": 0.6}

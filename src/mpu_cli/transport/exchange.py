@@ -46,6 +46,7 @@ import torch
 
 from mpu_cli.files import atomic_write_json, file_mode
 from mpu_cli.finite import all_finite
+from mpu_cli.models import lora
 from mpu_cli.transport.errors import TransportError
 
 FORMAT = "mpu-exchange/1"
@@ -562,27 +563,48 @@ def check_returned_origin(m: dict, run_id: str, r: int, k: int, published_sha256
 
 
 def check_returned(exchange: Path, r: int, k: int, run_id: str, published_sha256: str,
-                   expected: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]) -> Path:
-    """Copy k's returned file of round r, checked completely (its manifest, that it was computed from the
-    published file of SHA-256 `published_sha256`, then `read_validated`); TransportError naming what is wrong."""
+                   published: dict[str, tuple[tuple[int, ...], str]]) -> tuple[Path, float | None]:
+    """Copy k's returned files of round r, checked completely whatever their content (the manifest, that it was
+    computed from the published file of SHA-256 `published_sha256`, then every file it lists): (the updated copy's
+    file, None), or (the adapter's factor file, its lora_alpha / r) for a LoRA adapter. `published`: name ->
+    (shape, dtype code) of the copy as published. TransportError naming what is wrong."""
     what = where(r, k)
     d = copy_dir(exchange, r, k)
     m = read_json(d / RETURNED_MANIFEST, what + " (not returned yet?)")
     check_returned_origin(m, run_id, r, k, published_sha256)
-    if m.get("content") != RETURNED_CONTENT:
-        raise TransportError(f"{what}: content {m.get('content')!r}, expected {RETURNED_CONTENT!r}")
+    content = m.get("content")
+    if content == ADAPTER_CONTENT:
+        return _check_adapter(d, m, {n: shape for n, (shape, _) in published.items()}, what)
+    if content != RETURNED_CONTENT:
+        raise TransportError(f"{what}: content {content!r}; accepted: {RETURNED_CONTENT!r}, {ADAPTER_CONTENT!r}")
+    expected = {n: (shape, returned_dtypes(code)) for n, (shape, code) in published.items()}
     read_validated(d / RETURNED, m, expected, what, load=False)
-    return d / RETURNED
+    return d / RETURNED, None
+
+
+def _check_adapter(d: Path, m: dict, shapes: dict[str, tuple[int, ...]], what: str) -> tuple[Path, float]:
+    """A returned LoRA adapter: its checked adapter_config.json gives the scale and the rank, the manifest's tensor
+    names the weights, `shapes` the model's; the factor file must hold exactly those factors."""
+    config = read_validated_json(d / ADAPTER_CONFIG, m, what)
+    tensors = m.get("tensors")
+    if not isinstance(tensors, dict):
+        raise TransportError(f"{what}: the manifest has no tensor table")
+    try:
+        s, factors = lora.scaling(config), lora.expected_factors(tensors, shapes, config["r"])
+    except ValueError as e:
+        raise TransportError(f"{what}: {e}") from None
+    read_validated(d / ADAPTER, m, factors, what, load=False)
+    return d / ADAPTER, s
 
 
 def returned_refusal(exchange: Path, r: int, k: int) -> str | None:
-    """Why the server would refuse copy k's returned file, judged from the exchange folder alone (its published
-    manifest as the record); None when the copy is returned and sound. mpu-run asks it before a resumed round, so
-    that a refused copy is redone instead of refused again."""
+    """Why the server would refuse copy k's returned files (an updated copy or a LoRA adapter), judged from the
+    exchange folder alone (its published manifest as the record); None when the copy is returned and sound.
+    mpu-run asks it before a resumed round, so that a refused copy is redone instead of refused again."""
     try:
         pub = read_json(copy_dir(exchange, r, k) / PUBLISHED_MANIFEST, where(r, k))
-        expected = {n: (tuple(t["shape"]), returned_dtypes(t["dtype"])) for n, t in pub["tensors"].items()}
-        check_returned(exchange, r, k, pub["run_id"], pub["files"][PUBLISHED]["sha256"], expected)
+        published = {n: (tuple(t["shape"]), t["dtype"]) for n, t in pub["tensors"].items()}
+        check_returned(exchange, r, k, pub["run_id"], pub["files"][PUBLISHED]["sha256"], published)
     except (TransportError, KeyError, TypeError, AttributeError) as e:
         return str(e)
     return None

@@ -190,24 +190,17 @@ def validate_returned(state_dir: Path, st: dict, exchange: Path) -> tuple[list[P
     r = st["round"]
     record = ServerState(state_dir).round_secrets(r)["published_sha256"]
     shapes = _theta_shapes(state_dir, st)
-    expected = {n: (shapes[n], ex.returned_dtypes(c)) for n, c in st["dtypes"].items()}
-    paths, scalings, contents, problems = [], [], set(), []
+    published = {n: (shapes[n], c) for n, c in st["dtypes"].items()}
+    paths, scalings, problems = [], [], []
     for k, pub_sha in enumerate(record):
         try:
-            what, d = ex.where(r, k), ex.copy_dir(exchange, r, k)
-            m = ex.read_json(d / ex.RETURNED_MANIFEST, what + " (not returned yet?)")
-            contents.add(m.get("content"))
-            if m.get("content") != ex.ADAPTER_CONTENT:  # an updated copy: the exchange's complete check
-                paths.append(ex.check_returned(exchange, r, k, st["run_id"], pub_sha, expected))
-                continue
-            ex.check_returned_origin(m, st["run_id"], r, k, pub_sha)
-            scaling, factors = _adapter_expected(d, m, shapes, what)
-            ex.read_validated(d / ex.ADAPTER, m, factors, what, load=False)
-            paths.append(d / ex.ADAPTER)
-            scalings.append(scaling)
+            path, scaling = ex.check_returned(exchange, r, k, st["run_id"], pub_sha, published)
+            paths.append(path)
+            scalings.append(scaling)  # None: an updated copy
         except TransportError as e:
             problems.append((k, str(e)))
-    if not problems and len(contents) > 1:
+    adapters = [s is not None for s in scalings]
+    if not problems and any(adapters) and not all(adapters):
         mixed = (f"{ex.where(r, None)}: some copies returned {ex.ADAPTER_CONTENT!r}, others "
                  f"{ex.RETURNED_CONTENT!r}; one round aggregates one kind")
         problems.append((0, mixed))
@@ -215,22 +208,7 @@ def validate_returned(state_dir: Path, st: dict, exchange: Path) -> tuple[list[P
         ks = " ".join(f"--copy {k}" for k, _ in problems)
         raise TransportError(f"{'; '.join(p for _, p in problems)} — nothing was aggregated; redo with "
                              f"`mpu-client unlearn --exchange {exchange} --round {r} {ks} --config ...`")
-    return paths, (scalings if contents == {ex.ADAPTER_CONTENT} else None)
-
-
-def _adapter_expected(d: Path, manifest: dict, shapes: dict, what: str) -> tuple[float, dict]:
-    """(lora_alpha / r, the factors the adapter file must hold) from the checked adapter_config.json and the
-    manifest's tensor names."""
-    from mpu_cli.models.lora import expected_factors, scaling
-
-    config = ex.read_validated_json(d / ex.ADAPTER_CONFIG, manifest, what)
-    tensors = manifest.get("tensors")
-    if not isinstance(tensors, dict):
-        raise TransportError(f"{what}: the manifest has no tensor table")
-    try:
-        return scaling(config), expected_factors(tensors, shapes, config["r"])
-    except ValueError as e:
-        raise TransportError(f"{what}: {e}") from None
+    return paths, (scalings if all(adapters) else None)
 
 
 def _theta_shapes(state_dir: Path, st: dict) -> dict:
