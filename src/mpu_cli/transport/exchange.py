@@ -341,19 +341,30 @@ def read_validated_json(path: Path, manifest: dict, what: str) -> dict:
     """A JSON file the manifest lists (a LoRA adapter's config), checked like a tensor file: a regular file, its
     size and SHA-256 against the manifest, then parsed."""
     path = Path(path)
-    info = manifest.get("files", {}).get(path.name)
-    if not isinstance(info, dict) or not {"sha256", "bytes"} <= set(info):
-        raise TransportError(f"{what}: the manifest does not describe {path.name}")
+    info = _listed(manifest, path, what)
     with open_regular(path, what) as f:
         size = os.fstat(f.fileno()).st_size
         if size != info["bytes"] or size > _JSON_LIMIT:
             raise TransportError(f"{what}: {path.name} is {size} bytes, its manifest says {info['bytes']} "
                                  f"(truncated or altered)")
-        digest, _ = _sha256(f)
-        if digest != info["sha256"]:
-            raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
-                                 f"({str(info['sha256'])[:12]}…): the file was altered")
+        _check_digest(f, info, path, what)
         return _json_object(f, path, what)
+
+
+def _listed(manifest: dict, path: Path, what: str) -> dict:
+    """The manifest's record of `path` ({'sha256', 'bytes'}); TransportError when it has none."""
+    info = manifest.get("files", {}).get(path.name)
+    if not isinstance(info, dict) or not {"sha256", "bytes"} <= set(info):
+        raise TransportError(f"{what}: the manifest does not describe {path.name}")
+    return info
+
+
+def _check_digest(f, info: dict, path: Path, what: str) -> None:
+    """The open file's SHA-256 against the manifest's record of it."""
+    digest, _ = _sha256(f)
+    if digest != info["sha256"]:
+        raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
+                             f"({str(info['sha256'])[:12]}…): the file was altered")
 
 
 # ---- reading and validation -----------------------------------------------------------------------------------
@@ -461,9 +472,7 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
     tensor)."""
     path = Path(path)
     check_manifest_is_public(manifest)
-    info = manifest.get("files", {}).get(path.name)
-    if not isinstance(info, dict) or not {"sha256", "bytes"} <= set(info):
-        raise TransportError(f"{what}: the manifest does not describe {path.name}")
+    info = _listed(manifest, path, what)
     with open_regular(path, what) as f:
         size = os.fstat(f.fileno()).st_size
         if size != info["bytes"]:
@@ -474,10 +483,7 @@ def read_validated(path: Path, manifest: dict, expected: dict[str, tuple[tuple[i
                                  f"take ({_max_bytes(expected)})")
         header = _header_of(path, size, what, f)
         _check_header(path, header, manifest, expected, what)
-        digest, _ = _sha256(f)
-        if digest != info["sha256"]:
-            raise TransportError(f"{what}: {path.name} SHA-256 {digest[:12]}… does not match its manifest "
-                                 f"({str(info['sha256'])[:12]}…): the file was altered")
+        _check_digest(f, info, path, what)
         start = _data_start(f)
         out: dict[str, torch.Tensor] = {}
         for name in expected:
