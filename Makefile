@@ -65,9 +65,13 @@ reproduce-muse-tiny: install  ## CPU: MUSE on the embedded corpus, 7 algorithms 
 reproduce-muse: install  ## GPU: the paper's MUSE script (Llama-3.2-1B-Instruct, MUSE-News and MUSE-Books; needs the Hub)
 	HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 .venv/bin/mpu-run -m --config-name reproduce_muse
 
-.PHONY: reproduce-lora lora-bench
+.PHONY: reproduce-lora reproduce-lora-smollm2 lora-bench
 reproduce-lora: install  ## CPU: LoRA clients (r=8) vs full fine-tuning, NPO x {clean, MPU k=0.01, k=0.1} x 3 seeds, embedded default
 	.venv/bin/mpu-run -m --config-name reproduce_lora
+
+reproduce-lora-smollm2: install  ## CPU: the same on SmolLM2-135M (2 client epochs, data subset, forget05; ~TIME on 2 cores)
+	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
+	.venv/bin/mpu-run -m --config-name reproduce_lora_smollm2
 
 lora-bench: install  ## LoRA r=8,16,64 vs full: bytes uploaded per copy, client peak RSS (1B shape: LoRA r=8, ~11 GB); LoRA aggregate's cancellation -> outputs/lora_bench/
 	$(PY) scripts/lora_bench.py

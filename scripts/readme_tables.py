@@ -119,6 +119,24 @@ def _stamp() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def _sweep(config_name: str, given: Path | None, subset: bool = False, parts: dict[str, list[str]] | None = None,
+           stem: str | None = None) -> Path:
+    """The folder of a finished `mpu-run -m --config-name <config_name>` sweep: `given`, else one run now into
+    outputs/readme_tables/<stem>_<time> (after writing the data subset its config reads, when `subset`). `parts`:
+    sub-folder -> extra overrides, one sweep each into the folder (default: the config's own grid, into it)."""
+    if given is not None:
+        return given
+    root = OUT / f"{stem or config_name}_{_stamp()}"
+    if subset:
+        _run([sys.executable, str(REPO / "scripts" / "make_tofu_subset.py"), "outputs/data/embedded-subset"],
+             root.with_suffix(".subset.log"))
+    for part, overrides in (parts or {"": []}).items():
+        out = root / part
+        _run([str(Path(sys.executable).parent / "mpu-run"), "-m", "--config-name", config_name, *overrides,
+              f"hydra.sweep.dir={out}"], out.with_suffix(".log"))
+    return root
+
+
 # ---- the privacy audit: the views `mpu-report DIR --view audit / audit_all_params` -------------------------------
 
 AUDIT_ARGS = ["sweep=true", "seed=0"]
@@ -346,20 +364,14 @@ SMOLLM2_DIR: Path | None = None  # --smollm2-dir: format a finished sweep instea
 
 @table("smollm2", cost="~1 h on 2 cores (the sweep of make reproduce-smollm2; --smollm2-dir formats a finished one)")
 def smollm2_table() -> str:
-    root = SMOLLM2_DIR
-    if root is None:
-        root = OUT / f"smollm2_{_stamp()}"
-        _run([sys.executable, str(REPO / "scripts" / "make_tofu_subset.py"), "outputs/data/embedded-subset"],
-             root.with_suffix(".subset.log"))
-        _run([sys.executable, "-c", "from mpu_cli.cli.run import run_main; run_main()", "-m", "--config-name",
-              "reproduce_smollm2", f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
-    return VIEWS["seeds"].render(root)
+    return VIEWS["seeds"].render(_sweep("reproduce_smollm2", SMOLLM2_DIR, subset=True))
 
 
 # ---- LoRA clients: scripts/lora_bench.py and make reproduce-lora; the view `mpu-report DIR --view lora` ----------
 
 LORA_BENCH_DIR: Path | None = None  # --lora-bench-dir: format a finished `scripts/lora_bench.py --out DIR` instead
 LORA_DIR: Path | None = None  # --lora-dir: format a finished `make reproduce-lora` sweep instead of running one
+LORA_SMOLLM2_DIR: Path | None = None  # --lora-smollm2-dir: the same for `make reproduce-lora-smollm2`
 
 
 @cache
@@ -401,12 +413,41 @@ def lora_cancellation_table() -> str:
 
 @table("lora_quality", cost="~20 min on 2 cores (make reproduce-lora, 18 runs; --lora-dir formats a finished one)")
 def lora_quality_table() -> str:
-    root = LORA_DIR
-    if root is None:
-        root = OUT / f"lora_{_stamp()}"
-        _run([str(Path(sys.executable).parent / "mpu-run"), "-m", "--config-name", "reproduce_lora",
-              f"hydra.sweep.dir={root}"], root.with_suffix(".log"))
-    return f"`make reproduce-lora` on {machine()}:\n\n" + VIEWS["lora"].render(root)
+    return f"`make reproduce-lora` on {machine()}:\n\n" + VIEWS["lora"].render(_sweep("reproduce_lora", LORA_DIR))
+
+
+# The pilot that chose reproduce_lora_smollm2's client.lora.lr_scale: seed 0, clean, the full client and the adapter
+# at each of these scales; the scale whose forget Prob lies closest to the full client's is the one the sweep uses.
+LORA_SMOLLM2_PILOT_SCALES = "10,30,100"
+LORA_SMOLLM2_PILOT_DIR: Path | None = None  # --lora-smollm2-pilot-dir: format a finished pilot instead of running one
+
+
+@table("lora_smollm2_pilot", cost="~15 min on 2 cores (4 SmolLM2 runs; --lora-smollm2-pilot-dir formats finished ones)")
+def lora_smollm2_pilot_table() -> str:
+    one = ["variant=clean", "seed=0"]
+    root = _sweep("reproduce_lora_smollm2", LORA_SMOLLM2_PILOT_DIR, subset=True, stem="lora_smollm2_pilot",
+                  parts={"full": [*one, "client.lora.enabled=false"],
+                         "lora": [*one, "client.lora.enabled=true", f"client.lora.lr_scale={LORA_SMOLLM2_PILOT_SCALES}"]})
+    return (f"`make reproduce-lora-smollm2`'s runs at seed 0, clean, the adapter at lr_scale {LORA_SMOLLM2_PILOT_SCALES} "
+            f"(`make readme-tables TABLES=lora_smollm2_pilot`), on {machine()}:\n\n" + VIEWS["lora_pilot"].render(root))
+
+
+@cache
+def lora_smollm2_sweep() -> Path:
+    """The folder of one `make reproduce-lora-smollm2` sweep: both of its tables read it."""
+    return _sweep("reproduce_lora_smollm2", LORA_SMOLLM2_DIR, subset=True)
+
+
+@table("lora_quality_smollm2", cost="~1 h on 2 cores (make reproduce-lora-smollm2, 18 runs; --lora-smollm2-dir "
+                                    "formats a finished one)")
+def lora_quality_smollm2_table() -> str:
+    return f"`make reproduce-lora-smollm2` on {machine()}:\n\n" + VIEWS["lora"].render(lora_smollm2_sweep())
+
+
+@table("lora_quality_smollm2_short", cost="the lora_quality_smollm2 table's sweep (shared)")
+def lora_quality_smollm2_short_table() -> str:
+    return (f"`make reproduce-lora-smollm2` on {machine()} ([docs/lora.md](docs/lora.md) has every metric):\n\n"
+            + VIEWS["lora_short"].render(lora_smollm2_sweep()))
 # ---- the Llama-3.2-1B shape end to end: scripts/scale_1b.py; the views `scale` / `scale_processes` ------------------
 
 SCALE_DIR: Path | None = None  # --scale-dir: format a finished `python scripts/scale_1b.py` run instead of running one
@@ -487,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the lora_cost / lora_cancellation tables from this `scripts/lora_bench.py --out` folder")
     ap.add_argument("--lora-dir", type=Path, default=None,
                     help="the lora_quality table from this finished `make reproduce-lora` sweep folder (no new sweep)")
+    ap.add_argument("--lora-smollm2-pilot-dir", type=Path, default=None,
+                    help="the lora_smollm2_pilot table from these finished runs (no new runs)")
+    ap.add_argument("--lora-smollm2-dir", type=Path, default=None,
+                    help="the lora_quality_smollm2 tables from this finished `make reproduce-lora-smollm2` sweep "
+                         "folder (no new sweep)")
     ap.add_argument("--scale-dir", type=Path, default=None,
                     help="the scale tables from this finished `python scripts/scale_1b.py` run (no new run)")
     ap.add_argument("--bench-server-dir", type=Path, default=None,
@@ -506,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in TABLES.values():
             print(f"{t.name:<18} {t.cost}")
         return 0
-    global SMOLLM2_DIR
-    SMOLLM2_DIR = args.smollm2_dir
+    global SMOLLM2_DIR, LORA_SMOLLM2_DIR, LORA_SMOLLM2_PILOT_DIR
+    SMOLLM2_DIR, LORA_SMOLLM2_DIR, LORA_SMOLLM2_PILOT_DIR = (args.smollm2_dir, args.lora_smollm2_dir,
+                                                             args.lora_smollm2_pilot_dir)
     names = [n.strip() for n in args.tables.split(",") if n.strip()] or list(TABLES)
     unknown = [n for n in names if n not in TABLES]
     if unknown:

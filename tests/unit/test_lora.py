@@ -261,3 +261,34 @@ def test_the_lora_view_pairs_each_lora_run_with_the_full_run_of_its_seed(tmp_pat
     assert "0.15 → 0.33; +0.180 [-0.074, +0.434]" in row
     with pytest.raises(ValueError, match="both with and without"):
         VIEWS["lora"].render(tmp_path / "none")
+
+
+def _quick(forget, retain=0.5):
+    return {"forget_Q_A_Prob": forget, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": retain, "retain_Q_A_ROUGE": 0.6}
+
+
+def test_the_short_lora_view_gives_forget_and_retain_prob_with_the_full_clients_spread(tmp_path):
+    for seed, (full, lora) in enumerate([(0.10, 0.30), (0.20, 0.36)]):
+        for on, fp in ((False, full), (True, lora)):
+            write_run(tmp_path, f"clean_{on}_s{seed}", _quick(fp), arm="clean", seed=seed, algorithm__name="npo",
+                      client__lora__enabled=on)
+    text = VIEWS["lora_short"].render(tmp_path)
+    header = next(r for r in text.splitlines() if r.startswith("| algorithm"))
+    row = next(r for r in text.splitlines() if r.startswith("| npo"))
+    assert "forget_Q_A_Prob" in header and "retain_Q_A_Prob" in header and "ROUGE" not in header
+    # forget Prob as the long view has it, then the full client's sd over seeds: |0.10 − 0.20| / √2 = 0.0707
+    assert "0.15 → 0.33; +0.180 [-0.074, +0.434]; full sd 0.071" in row
+    assert "0.5 → 0.5; +0.000 [+0.000, +0.000]; full sd 0.000" in row
+
+
+def test_the_pilot_view_marks_the_lr_scale_whose_forget_prob_is_closest_to_the_full_clients(tmp_path):
+    write_run(tmp_path, "full", _quick(0.06, 0.21), arm="clean", algorithm__name="npo", client__lora__enabled=False)
+    for scale, forget in ((10, 0.43), (30, 0.07), (100, 0.04)):
+        write_run(tmp_path, f"lora{scale}", _quick(forget), arm="clean", algorithm__name="npo",
+                  client__lora__enabled=True, client__lora__lr_scale=scale)
+    rows = {r.split(" | ")[1]: r for r in VIEWS["lora_pilot"].render(tmp_path).splitlines() if r.startswith("| LoRA")}
+    assert list(rows) == ["10", "30", "100"]
+    assert rows["10"].endswith("| +0.370 |") and rows["100"].endswith("| -0.020 |")
+    assert rows["30"].endswith("| +0.010 (closest) |")
+    with pytest.raises(ValueError, match="both with and without"):
+        VIEWS["lora_pilot"].render(tmp_path / "none")

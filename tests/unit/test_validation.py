@@ -163,6 +163,31 @@ def test_break_map_grid_composes_with_the_stated_size_and_distinct_run_names():
     assert {a for a, _, _ in names[len(main):]} == {"npo"}
 
 
+LORA_SMOLLM2_LR_SCALE = 30.0  # the pilot's choice (docs/lora.md): forget Prob closest to the full client's
+
+
+def test_lora_smollm2_grid_pairs_full_and_lora_clients_at_the_cut_schedule():
+    """`make reproduce-lora-smollm2`: NPO x {clean, MPU κ 0.01 / 0.1} x {full, LoRA} x 3 seeds = 18 runs, each
+    composing reproduce_smollm2's setting with both clients at 2 fp32 epochs, no retain model and the adapter at
+    the lr_scale the pilot chose."""
+    from hydra import compose, initialize_config_dir
+
+    jobs = _sweep_jobs("reproduce_lora_smollm2")
+    assert len(jobs) == len({tuple(job) for job in jobs}) == 18
+    assert {o for job in jobs for o in job} == {
+        "algorithm=npo", "variant=clean", "variant=mpu_k0.01", "variant=mpu_k0.1",
+        "client.lora.enabled=False", "client.lora.enabled=True", "seed=0", "seed=1", "seed=2"}
+    with initialize_config_dir(version_base=None, config_dir=CONF_DIR, job_name="test_lora_smollm2"):
+        cfg = compose("reproduce_lora_smollm2", overrides=["variant=mpu_k0.1", "client.lora.enabled=true", "seed=1"])
+        base = compose("reproduce_smollm2", overrides=["variant=mpu_k0.1", "seed=1"])
+    assert (cfg.arm, cfg.kappa, cfg.m, cfg.client.lora.enabled, cfg.client.lora.rank) == ("mpu", 0.1, 2, True, 8)
+    assert (cfg.client.epochs, cfg.client.mixed_precision, cfg.model.retain, cfg.client.lora.lr_scale) == (
+        2, None, None, LORA_SMOLLM2_LR_SCALE)
+    assert (base.client.epochs, base.client.mixed_precision) == (5, "bf16")  # what the cut changes
+    for key in ("model.name", "model.target", "data", "prepare", "eval", "client.lr", "client.batch_size"):
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(base, key), key
+
+
 def _ranged_fields():
     from mpu_cli.config import SCHEMAS
     from mpu_cli.options import accepted_range, leaf_fields

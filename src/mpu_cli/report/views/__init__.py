@@ -33,6 +33,10 @@ VIEWS: dict[str, View] = {
                              "perturbing the unprotected ones", "audit", "audit_all_params_markdown"),
     "lora": View("a `make reproduce-lora` sweep: LoRA against full fine-tuning, paired by seed", "lora",
                  "lora_markdown"),
+    "lora_short": View("a `make reproduce-lora` sweep: forget and retain Prob, LoRA against full, paired by seed, "
+                       "with the full client's spread over seeds", "lora", "lora_short_markdown"),
+    "lora_pilot": View("a folder of full and LoRA runs at several client.lora.lr_scale: each client's quick metrics "
+                       "and how far its forget Prob lies from the full client's", "lora", "pilot_markdown"),
     "audit_cells": View("an `mpu-audit sweep=true` folder of any cells: each attack's error per cell", "audit",
                         "cells_markdown"),
     "audit_recovered": View("an `mpu-audit sweep=true` folder: forget / retain Prob of θ, a copy, the recovered "
