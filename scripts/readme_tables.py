@@ -428,7 +428,8 @@ def lora_smollm2_pilot_table() -> str:
     root = _sweep("reproduce_lora_smollm2", LORA_SMOLLM2_PILOT_DIR, subset=True, stem="lora_smollm2_pilot",
                   parts={"full": [*one, "client.lora.enabled=false"],
                          "lora": [*one, "client.lora.enabled=true", f"client.lora.lr_scale={LORA_SMOLLM2_PILOT_SCALES}"]})
-    return (f"`make reproduce-lora-smollm2`'s runs at seed 0, clean, the adapter at lr_scale {LORA_SMOLLM2_PILOT_SCALES} "
+    return (f"`make reproduce-lora-smollm2`'s runs at seed 0, clean, the adapter at lr_scale "
+            f"{LORA_SMOLLM2_PILOT_SCALES.replace(',', ', ')} "
             f"(`make readme-tables TABLES=lora_smollm2_pilot`), on {machine()}:\n\n" + VIEWS["lora_pilot"].render(root))
 
 

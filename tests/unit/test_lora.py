@@ -246,14 +246,20 @@ def test_a_sound_returned_adapter_is_kept_and_a_damaged_one_refused(tmp_path):
     assert "shape" in ex.returned_refusal(tmp_path, 1, 0)
 
 
-def test_the_lora_view_pairs_each_lora_run_with_the_full_run_of_its_seed(tmp_path):
-    def quick(fp):
-        return {"forget_Q_A_Prob": fp, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": 0.5, "retain_Q_A_ROUGE": 0.6}
+def _quick(forget, retain=0.5):
+    return {"forget_Q_A_Prob": forget, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": retain, "retain_Q_A_ROUGE": 0.6}
 
+
+def _two_seed_pairs(root: Path) -> None:
+    """Clean NPO runs, full and LoRA, at two seeds: forget Prob 0.10 / 0.30 and 0.20 / 0.36."""
     for seed, (full, lora) in enumerate([(0.10, 0.30), (0.20, 0.36)]):
         for on, fp in ((False, full), (True, lora)):
-            write_run(tmp_path, f"clean_{on}_s{seed}", quick(fp), arm="clean", seed=seed, algorithm__name="npo",
+            write_run(root, f"clean_{on}_s{seed}", _quick(fp), arm="clean", seed=seed, algorithm__name="npo",
                       client__lora__enabled=on)
+
+
+def test_the_lora_view_pairs_each_lora_run_with_the_full_run_of_its_seed(tmp_path):
+    _two_seed_pairs(tmp_path)
     text = VIEWS["lora"].render(tmp_path)
     row = next(r for r in text.splitlines() if r.startswith("| npo"))
     assert "LoRA r = 8" in text and "| 2 |" in row
@@ -263,15 +269,8 @@ def test_the_lora_view_pairs_each_lora_run_with_the_full_run_of_its_seed(tmp_pat
         VIEWS["lora"].render(tmp_path / "none")
 
 
-def _quick(forget, retain=0.5):
-    return {"forget_Q_A_Prob": forget, "forget_Q_A_ROUGE": 0.4, "retain_Q_A_Prob": retain, "retain_Q_A_ROUGE": 0.6}
-
-
 def test_the_short_lora_view_gives_forget_and_retain_prob_with_the_full_clients_spread(tmp_path):
-    for seed, (full, lora) in enumerate([(0.10, 0.30), (0.20, 0.36)]):
-        for on, fp in ((False, full), (True, lora)):
-            write_run(tmp_path, f"clean_{on}_s{seed}", _quick(fp), arm="clean", seed=seed, algorithm__name="npo",
-                      client__lora__enabled=on)
+    _two_seed_pairs(tmp_path)
     text = VIEWS["lora_short"].render(tmp_path)
     header = next(r for r in text.splitlines() if r.startswith("| algorithm"))
     row = next(r for r in text.splitlines() if r.startswith("| npo"))
