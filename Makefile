@@ -69,7 +69,7 @@ reproduce-muse: install  ## GPU: the paper's MUSE script (Llama-3.2-1B-Instruct,
 reproduce-lora: install  ## CPU: LoRA clients (r=8) vs full fine-tuning, NPO x {clean, MPU k=0.01, k=0.1} x 3 seeds, embedded default
 	.venv/bin/mpu-run -m --config-name reproduce_lora
 
-reproduce-lora-smollm2: install  ## CPU: the same on SmolLM2-135M (2 client epochs, data subset, forget05; ~TIME on 2 cores)
+reproduce-lora-smollm2: install  ## CPU: the same on SmolLM2-135M (2 client epochs, data subset, forget05; ~2 h on one core)
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
 	.venv/bin/mpu-run -m --config-name reproduce_lora_smollm2
 
