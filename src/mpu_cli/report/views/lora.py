@@ -1,6 +1,8 @@
 """LoRA clients against full fine-tuning (`make reproduce-lora`): per algorithm, arm and κ, each quick metric's mean
 over seeds with the full client and with the LoRA client, the LoRA − full difference paired by seed with its 95 %
-t-interval, and each client's deg_avg against its own clean run of the same seed."""
+t-interval, and each client's deg_avg against its own clean run of the same seed. The short view keeps forget and
+retain Prob and adds the full client's spread over seeds; the pilot view compares the adapter at several
+client.lora.lr_scale with the full client (which scale forgets about as much)."""
 
 from __future__ import annotations
 
