@@ -44,6 +44,7 @@ from .reparam import Transform, apply_transform, invert_transform, sample_transf
 from .settings import ServerConfig
 
 log = logging.getLogger(__name__)
+_ROW_SLICE_ELEMENTS = 1 << 22  # a tensor aggregated by rows: elements per slice
 
 
 def published_dtype(model_dtype: torch.dtype, publish_dtype: str) -> torch.dtype:
@@ -294,38 +295,60 @@ class MPUServer:
                 check_tensor(name, new, f"{where}, returned copy 1", "the returned weight")
                 yield name, new
             return
-        s = self._secrets
         half = len(self._theta) // 2
         for i, name in enumerate(self._theta):
             if i == half:
                 scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
-            x = self._theta[name]
-            acc = UpdateAccumulator()
-            if published is None or self._published_exactly(name):
-                versions = self._published_tensors(name, x)  # θ itself, cast: cheaper than reading it
+            if self._published_exactly(name) and self._shapes[name]:
                 if published is not None:
                     published.skip(name)
+                new = self._aggregated_by_rows(name, returned, where)
             else:
-                versions = published.versions(name)
-            for k, pub in enumerate(versions):
-                got = returned[k][name]
-                check_tensor(name, got, f"{where}, returned copy {k + 1}", "the returned weight")
-                d = got.to(x.device, torch.float32)
-                if d is got and not hasattr(returned[k], "shape"):
-                    d = d.clone()  # a state dict's tensor is the caller's; a lazily read one is a fresh read
-                delta = {name: d.sub_(pub)}  # Δ'_k (pub's dtype is exactly widened to fp32)
-                del pub, got, d
-                if self._arm.reparameterized:
-                    delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
-                acc.add(delta, s.weights[k], own=True)
-                del delta
-            new = acc.result()[name]
-            torch.add(x, new, alpha=self._cfg.eta, out=new)  # θ_{r-1} itself stays as it is until the end
-            del acc, x
+                x = self._theta[name]
+                versions = self._published_tensors(name, x) if published is None else published.versions(name)
+                new = self._combined(name, x, versions, lambda k, n=name: returned[k][n], returned, where)
+                del x
             check_tensor(name, new, where, "the aggregated weight")
             yield name, new
         if published is not None:
             published.verify()
+
+    def _aggregated_by_rows(self, name: str, returned: list, where: str) -> torch.Tensor:
+        """θ_r[name] of a tensor every copy received as θ's own (cast): its update is elementwise, so it is formed
+        a slice of rows at a time, each read alone from θ and the returned copies (the same numbers as the whole
+        tensor at once). Memory: θ_r's tensor and one slice of each input, however large the tensor (an
+        embedding or a tied LM head)."""
+        shape = self._shapes[name]
+        new = torch.empty(shape, dtype=torch.float32)
+        step = max(1, _ROW_SLICE_ELEMENTS // max(1, math.prod(shape[1:])))
+        for a in range(0, shape[0], step):
+            b = min(shape[0], a + step)
+            x = _rows(self._theta, name, a, b)
+            versions = (x.to(self._dtypes[name]) for _ in range(self.n_copies))
+            self._combined(name, x, versions, lambda k, a=a, b=b: _rows(returned[k], name, a, b), returned, where,
+                           out=new[a:b])
+        return new
+
+    def _combined(self, name: str, x: torch.Tensor, versions, got, returned: list, where: str,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """x + η Σ_k w_k T_k⁻¹(got(k) − pub_k) for one tensor (or a slice of its rows, which no T_k changes):
+        versions gives pub_k in turn; written into `out` when given, else into the sum's own tensor."""
+        s = self._secrets
+        acc = UpdateAccumulator()
+        for k, pub in enumerate(versions):
+            g = got(k)
+            check_tensor(name, g, f"{where}, returned copy {k + 1}", "the returned weight")
+            d = g.to(x.device, torch.float32)
+            if d is g and not hasattr(returned[k], "shape"):
+                d = d.clone()  # a state dict's tensor is the caller's; a lazily read one is a fresh read
+            delta = {name: d.sub_(pub)}  # Δ'_k (pub's dtype is exactly widened to fp32)
+            del pub, g, d
+            if self._arm.reparameterized:
+                delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
+            acc.add(delta, s.weights[k], own=True)
+            del delta
+        new = acc.result()[name]
+        return torch.add(x, new, alpha=self._cfg.eta, out=new if out is None else out)  # θ_{r-1} stays as it is
 
     def merge(self, update: Mapping[str, torch.Tensor], out=None) -> dict:
         """End the pending round with an aggregate Σ_k w_k T_k⁻¹(Δ_k) formed outside `aggregate`, in exact
@@ -552,6 +575,11 @@ class MPUServer:
                 shape = tuple(copy.shape(name) if hasattr(copy, "shape") else copy[name].shape)
                 if shape != tuple(expected):
                     raise ValueError(f"returned copy {k}: {name!r} has shape {shape}, expected {tuple(expected)}")
+
+
+def _rows(tensors, name: str, start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of tensors[name]: read alone from a lazily read file, a view of an in-memory tensor."""
+    return tensors.rows(name, start, stop) if hasattr(tensors, "rows") else tensors[name][start:stop]
 
 
 class _PublishedChanged(Exception):

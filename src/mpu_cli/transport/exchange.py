@@ -799,6 +799,18 @@ class LazyStateDict(Mapping):
         with open_regular(self._path, str(self._path)) as f:
             return _read_tensor(f, self._data_start, self._header[name], f"{self._path}: {name!r}")
 
+    def rows(self, name, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop (the first axis) of a tensor, read alone."""
+        if name not in self._names:
+            raise KeyError(name)
+        info = self._header[name]
+        shape, (a, b) = info["shape"], info["data_offsets"]
+        row_bytes = (b - a) // shape[0] if shape and shape[0] else 0
+        part = {"dtype": info["dtype"], "shape": [stop - start, *shape[1:]],
+                "data_offsets": [a + start * row_bytes, a + stop * row_bytes]}
+        with open_regular(self._path, str(self._path)) as f:
+            return _read_tensor(f, self._data_start, part, f"{self._path}: {name!r}")
+
     def shape(self, name) -> tuple[int, ...]:
         """A tensor's shape from the header, without reading it."""
         if name not in self._names:
