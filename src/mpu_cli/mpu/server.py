@@ -324,7 +324,7 @@ class MPUServer:
         for a in range(0, shape[0], step):
             b = min(shape[0], a + step)
             x = _rows(self._theta, name, a, b)
-            versions = (x.to(self._dtypes[name]) for _ in range(self.n_copies))
+            versions = [x.to(self._dtypes[name])] * self.n_copies
             self._combined(name, x, versions, lambda k, a=a, b=b: _rows(returned[k], name, a, b), returned, where,
                            out=new[a:b])
         return new
@@ -548,6 +548,9 @@ class MPUServer:
         """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it (x: θ[name] when already read),
         for a reader that writes or subtracts it: a version may be x itself."""
         x = self._theta[name] if x is None else x
+        if self._published_exactly(name):  # the same tensor in every copy: cast once
+            yield from [self._published_tensor(name, 0, None, x, fresh=False)] * self.n_copies
+            return
         noise = self._noise_source(name, keep=True)
         for k in range(self.n_copies):
             yield self._published_tensor(name, k, noise, x, fresh=False)
