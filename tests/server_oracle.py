@@ -111,9 +111,10 @@ def whole_model_round(target: Path, base: Path, dtype: str, settings: dict, work
     return {"copies": copies, "theta_r": theta}
 
 
-def streaming_round(target: Path, base: Path, dtype: str, settings: dict, work: Path) -> dict:
+def streaming_round(target: Path, base: Path, dtype: str, settings: dict, work: Path, damage=None) -> dict:
     """The streaming path: θ and the base read lazily from their folders, the copies written side by side tensor
-    by tensor, the returned copies read lazily, θ_r written tensor by tensor."""
+    by tensor, the returned copies read lazily, θ_r written tensor by tensor. damage(paths): done to the
+    published files after the client's copies were made, before the aggregate reads them back."""
     from mpu_cli.models.files import TensorFiles
     from mpu_cli.models.io import resolve_dtype
     from mpu_cli.mpu.build import load_server
@@ -129,6 +130,8 @@ def streaming_round(target: Path, base: Path, dtype: str, settings: dict, work: 
     for k, path in enumerate(paths):
         ex.write_safetensors(work / f"stream_ret_{k}.safetensors", returned_copy(ex.LazyStateDict(path), k))
         returned.append(ex.LazyStateDict(work / f"stream_ret_{k}.safetensors"))
+    if damage is not None:
+        damage(paths)
     server.aggregate(returned, out=work / "stream_theta.safetensors")
     assert isinstance(server.theta, TensorFiles)
     return {"copies": copies, "theta_r": server.theta_file["sha256"]}

@@ -29,7 +29,11 @@ _CHUNK = 1 << 22  # elements checked at once: torch.isfinite makes temporaries l
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """No NaN or infinity in `t`, checked a slice at a time (memory of one slice, whatever the tensor's size)."""
+    """No NaN or infinity in `t`. A NaN or infinity makes the sum non-finite, so a finite sum (one pass, no
+    temporary) settles it; only a non-finite sum, which finite values can also give by overflowing, is checked
+    element by element, a slice at a time (memory of one slice, whatever the tensor's size)."""
+    if bool(torch.isfinite(t.sum())):
+        return True
     flat = t.reshape(-1)
     return all(bool(torch.isfinite(flat[i:i + _CHUNK]).all()) for i in range(0, flat.numel(), _CHUNK))
 

@@ -283,7 +283,8 @@ def test_tampered_or_truncated_update_is_rejected_and_the_copy_can_be_redone(sce
     for name in (ex.RETURNED, ex.RETURNED_MANIFEST):
         shutil.copy2(ex.copy_dir(iso / "exchange", 1, 0) / name, ex.copy_dir(exchange, 1, 0) / name)
     assert returned0.read_bytes() == good  # deterministic client: the redo reproduces the update
-    _server(["aggregate", "--state", state], recs / "agg_ok")
+    agg = _server(["aggregate", "--state", state], recs / "agg_ok")
+    assert "is not as it was written" not in agg.stderr  # the published copies were read back, not rebuilt
     st = json.loads((state / "state.json").read_text())
     assert st["round"] == 1 and not st["pending"] and st["theta_file"] == "theta_r1.safetensors"
     assert not (state / "theta_r0.safetensors").exists()

@@ -32,6 +32,14 @@ class TensorFiles(Mapping):
             t = t.to(dtype)
         return t
 
+    def rows(self, name, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop (the first axis) of a tensor, read alone and cast like a whole one."""
+        src, key = self._sources[name]
+        t = src.rows(key, start, stop)
+        for dtype in self._casts:
+            t = t.to(dtype)
+        return t
+
     def __iter__(self):
         return iter(self._sources)
 

@@ -44,16 +44,31 @@ def identity_transform(layout: ModelLayout) -> Transform:
     )
 
 
-def _rotate_rows(x: torch.Tensor, angles: torch.Tensor, sign: float) -> torch.Tensor:
-    """Rotate each head's row block by sign·φ on the planes (i, i + head_dim/2); float64 inside, dtype kept."""
+def _rotate(x: torch.Tensor, angles: torch.Tensor, sign: float, columns: bool) -> torch.Tensor:
+    """Rotate each head's block of the head axis (the rows, or the columns) by sign·φ on the planes
+    (i, i + head_dim/2); float64 inside, dtype kept. The products and sums are written into one output (no
+    concatenation, no transposed copy); each element gets the same float64 operations in the same order."""
     n_heads, half = angles.shape
-    if x.shape[0] != n_heads * 2 * half:
-        raise ValueError(f"tensor with {x.shape[0]} rows does not split into {n_heads} heads of {2 * half}")
-    v = x.double().reshape(n_heads, 2 * half, -1)
-    phi = angles.to(v.device).unsqueeze(-1)
+    length = x.shape[1] if columns else x.shape[0]
+    if length != n_heads * 2 * half:
+        raise ValueError(f"tensor with {length} {'columns' if columns else 'rows'} does not split into {n_heads} "
+                         f"heads of {2 * half}")
+    v = x.double()
+    phi = angles.to(v.device)
+    if columns:  # [rows, head, plane half, i]
+        v, half_axis = v.reshape(x.shape[0], n_heads, 2, half), 2
+    else:  # [head, plane half, i, cols]
+        v, half_axis, phi = v.reshape(n_heads, 2, half, -1), 1, phi.unsqueeze(-1)
     cos, sin = torch.cos(phi), sign * torch.sin(phi)
-    a, b = v[:, :half], v[:, half:]
-    return torch.cat((cos * a - sin * b, sin * a + cos * b), dim=1).reshape(x.shape).to(x.dtype)
+    a, b = v.select(half_axis, 0), v.select(half_axis, 1)
+    out = torch.empty_like(v)
+    first, second = out.select(half_axis, 0), out.select(half_axis, 1)
+    tmp = torch.empty(a.shape, dtype=v.dtype, device=v.device)
+    torch.mul(cos, a, out=first)
+    first.sub_(torch.mul(sin, b, out=tmp))  # cos·a − sin·b
+    torch.mul(sin, a, out=second)
+    second.add_(torch.mul(cos, b, out=tmp))  # sin·a + cos·b
+    return out.reshape(x.shape).to(x.dtype)
 
 
 def _angles(layout: ModelLayout, t: Transform, layer: int, heads: str) -> torch.Tensor:
@@ -72,9 +87,7 @@ def _transform_tensor(
         perm = t.perms[layer].to(x.device)
         return x.index_select(role.axis, torch.argsort(perm) if inverse else perm)
     angles, sign = _angles(layout, t, layer, role.heads), 1.0 if inverse else -1.0
-    if role.axis == COLUMNS:
-        return _rotate_rows(x.T, angles, sign).T.contiguous()
-    return _rotate_rows(x, angles, sign)
+    return _rotate(x, angles, sign, columns=role.axis == COLUMNS)
 
 
 def _map(state: dict, layout: ModelLayout, t: Transform, inverse: bool) -> dict:

@@ -9,13 +9,16 @@ tensor of it) is regenerated alone, and aggregate() streams Σ w_k Δ_k tensor b
 (`models.files.TensorFiles`: the target's folder, then each θ_r the server wrote). Streaming, a round holds one
 tensor at a time: `write_copies` writes the m copies side by side, tensor by tensor, and aggregate(out=…) writes
 θ_r tensor by tensor from lazily read returned copies; server memory is then a few tensors, whatever the model
-size and m. Handing out whole copies one at a time (`publish_copies` indexed) keeps the zero-sum means for the
-round (one model size).
+size and m. Post-Process reads the copies write_copies wrote back from their files, each hashed as it is read
+against the digest recorded when it was written, instead of building them again (a changed or missing file is
+not used: the copies are then built again from the secrets, with the same result). Handing out whole copies one
+at a time (`publish_copies` indexed) keeps the zero-sum means for the round (one model size).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import secrets
 from collections.abc import Mapping, Sequence
@@ -39,6 +42,9 @@ from .noise import (
 )
 from .reparam import Transform, apply_transform, invert_transform, sample_transform
 from .settings import ServerConfig
+
+log = logging.getLogger(__name__)
+_ROW_SLICE_ELEMENTS = 1 << 22  # a tensor aggregated by rows: elements per slice
 
 
 def published_dtype(model_dtype: torch.dtype, publish_dtype: str) -> torch.dtype:
@@ -70,6 +76,7 @@ class _RoundSecrets:
     transforms: list[Transform] = field(default_factory=list)
     noise_cache: dict = field(default_factory=dict)  # canonical name -> zero-sum noise (publish_copies only)
     survival: dict | None = None  # the noise survival record, measured while write_copies wrote the copies
+    published_files: list = field(default_factory=list)  # [(path, sha256)] of the copies write_copies wrote
 
 
 class MPUServer:
@@ -171,6 +178,7 @@ class MPUServer:
             writer.abort()
             raise
         self._secrets.survival = self._survival_record(meter)
+        self._secrets.published_files = [(p, info["sha256"]) for p, info in zip(paths, infos)]
         return infos
 
     def _start_round(self) -> None:
@@ -233,14 +241,29 @@ class MPUServer:
             server._pending = True
         return server
 
-    def aggregate(self, returned: list, out=None):
+    def aggregate(self, returned: list, out=None, published: list | None = None):
         """θ ← θ + η Σ_k w_k T_k⁻¹(returned_k − pub_k), tensor by tensor (returned copies may be read lazily);
         returns the new θ (fp32). out: write θ_r there, tensor by tensor (atomically), and read θ from that file
-        from now on (`theta_file`); None: keep θ in memory. A refused aggregate leaves the server at θ_{r-1}."""
+        from now on (`theta_file`); None: keep θ in memory. A refused aggregate leaves the server at θ_{r-1}.
+
+        pub_k is read back from the file the round's copy k was written to, hashed as it is read — the files
+        `write_copies` wrote, or `published` [(path, sha256)] for a server restored after publishing — which is
+        cheaper than building the copies again from the secrets. A file that is missing or no longer hashes to
+        its record is not used: the aggregate is then redone from copies built again (the same numbers)."""
         if not self._pending:
             raise RuntimeError("aggregate() called without a published round; call publish() first")
         returned = list(returned)
         self._check_returned(returned)
+        files = self._secrets.published_files if published is None else published
+        if files and len(files) == self.n_copies:
+            reader = _PublishedFiles(files)
+            try:
+                return self._end_round(self._aggregated(returned, reader), out)
+            except _PublishedChanged as e:
+                log.warning("round %d: the file of published copy %d is not as it was written; the copies are "
+                            "built again from the round's secrets", self._round, e.copy + 1)
+            finally:
+                reader.close()
         return self._end_round(self._aggregated(returned), out)
 
     def _end_round(self, tensors, out):
@@ -259,8 +282,9 @@ class MPUServer:
         self._pending = False
         return self.theta
 
-    def _aggregated(self, returned: list):
-        """(name, θ_r[name]) one tensor at a time, each checked before it is handed on."""
+    def _aggregated(self, returned: list, published: _PublishedFiles | None = None):
+        """(name, θ_r[name]) one tensor at a time, each checked before it is handed on. published: read pub_k
+        from there (its files are verified after the last tensor, before θ_r can be committed)."""
         from mpu_cli.faults import scoped_kill_point
 
         where = f"round {self._round}"
@@ -271,30 +295,60 @@ class MPUServer:
                 check_tensor(name, new, f"{where}, returned copy 1", "the returned weight")
                 yield name, new
             return
-        s = self._secrets
         half = len(self._theta) // 2
         for i, name in enumerate(self._theta):
             if i == half:
                 scoped_kill_point("mid_aggregate")  # fault-injection tests only (MPU_KILL_AT)
-            x = self._theta[name]
-            acc = UpdateAccumulator()
-            for k, pub in enumerate(self._published_tensors(name, x)):
-                got = returned[k][name]
-                check_tensor(name, got, f"{where}, returned copy {k + 1}", "the returned weight")
-                d = got.to(x.device, torch.float32)
-                if d is got and not hasattr(returned[k], "shape"):
-                    d = d.clone()  # a state dict's tensor is the caller's; a lazily read one is a fresh read
-                delta = {name: d.sub_(pub)}  # Δ'_k (pub's dtype is exactly widened to fp32)
-                del pub, got, d
-                if self._arm.reparameterized:
-                    delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
-                acc.add(delta, s.weights[k], own=True)
-                del delta
-            new = acc.result()[name]
-            torch.add(x, new, alpha=self._cfg.eta, out=new)  # θ_{r-1} itself stays as it is until the end
-            del acc, x
+            if self._published_exactly(name) and self._shapes[name]:
+                if published is not None:
+                    published.skip(name)
+                new = self._aggregated_by_rows(name, returned, where)
+            else:
+                x = self._theta[name]
+                versions = self._published_tensors(name, x) if published is None else published.versions(name)
+                new = self._combined(name, x, versions, lambda k, n=name: returned[k][n], returned, where)
+                del x
             check_tensor(name, new, where, "the aggregated weight")
             yield name, new
+        if published is not None:
+            published.verify()
+
+    def _aggregated_by_rows(self, name: str, returned: list, where: str) -> torch.Tensor:
+        """θ_r[name] of a tensor every copy received as θ's own (cast): its update is elementwise, so it is formed
+        a slice of rows at a time, each read alone from θ and the returned copies (the same numbers as the whole
+        tensor at once). Memory: θ_r's tensor and one slice of each input, however large the tensor (an
+        embedding or a tied LM head)."""
+        shape = self._shapes[name]
+        new = torch.empty(shape, dtype=torch.float32)
+        step = max(1, _ROW_SLICE_ELEMENTS // max(1, math.prod(shape[1:])))
+        for a in range(0, shape[0], step):
+            b = min(shape[0], a + step)
+            x = _rows(self._theta, name, a, b)
+            versions = [x.to(self._dtypes[name])] * self.n_copies
+            self._combined(name, x, versions, lambda k, a=a, b=b: _rows(returned[k], name, a, b), returned, where,
+                           out=new[a:b])
+        return new
+
+    def _combined(self, name: str, x: torch.Tensor, versions, got, returned: list, where: str,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """x + η Σ_k w_k T_k⁻¹(got(k) − pub_k) for one tensor (or a slice of its rows, which no T_k changes):
+        versions gives pub_k in turn; written into `out` when given, else into the sum's own tensor."""
+        s = self._secrets
+        acc = UpdateAccumulator()
+        for k, pub in enumerate(versions):
+            g = got(k)
+            check_tensor(name, g, f"{where}, returned copy {k + 1}", "the returned weight")
+            d = g.to(x.device, torch.float32)
+            if d is g and not hasattr(returned[k], "shape"):
+                d = d.clone()  # a state dict's tensor is the caller's; a lazily read one is a fresh read
+            delta = {name: d.sub_(pub)}  # Δ'_k (pub's dtype is exactly widened to fp32)
+            del pub, g, d
+            if self._arm.reparameterized:
+                delta = invert_transform(delta, self._layout, s.transforms[k])  # Δ_k
+            acc.add(delta, s.weights[k], own=True)
+            del delta
+        new = acc.result()[name]
+        return torch.add(x, new, alpha=self._cfg.eta, out=new if out is None else out)  # θ_{r-1} stays as it is
 
     def merge(self, update: Mapping[str, torch.Tensor], out=None) -> dict:
         """End the pending round with an aggregate Σ_k w_k T_k⁻¹(Δ_k) formed outside `aggregate`, in exact
@@ -379,6 +433,17 @@ class MPUServer:
             yield pub
             del pub  # before the next version is built
 
+    def _sigma(self, name: str) -> float:
+        """The noise scale of one tensor this round (0: published without noise)."""
+        if not self._arm.noisy:
+            return 0.0
+        layer = block_of(name)
+        return self._secrets.sigma_unprotected if layer is None else self._secrets.sigmas.get(layer, 0.0)
+
+    def _published_exactly(self, name: str) -> bool:
+        """Every copy of this tensor is θ's own, in the published dtype: no noise and outside every block."""
+        return block_of(name) is None and self._sigma(name) == 0.0
+
     def _survival_group(self, name: str, x: torch.Tensor, meter) -> object | None:
         """The survival group of a measured tensor, its σ reference added to `meter`; None: not measured."""
         from .survival import UNPROTECTED
@@ -444,9 +509,8 @@ class MPUServer:
         built name by name, one copy after another). keep: every copy of this tensor is built once, in turn
         (`ZeroSumNoise`'s kept draws)."""
         s = self._secrets
-        layer = block_of(name)
-        sigma = s.sigma_unprotected if layer is None else s.sigmas.get(layer, 0.0)
-        if not self._arm.noisy or sigma == 0.0:
+        sigma = self._sigma(name)
+        if sigma == 0.0:
             return None
         key = self._canonical[name]  # tied tensors (embed / lm_head) get the same noise
         if key in s.noise_cache:
@@ -484,6 +548,9 @@ class MPUServer:
         """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it (x: θ[name] when already read),
         for a reader that writes or subtracts it: a version may be x itself."""
         x = self._theta[name] if x is None else x
+        if self._published_exactly(name):  # the same tensor in every copy: cast once
+            yield from [self._published_tensor(name, 0, None, x, fresh=False)] * self.n_copies
+            return
         noise = self._noise_source(name, keep=True)
         for k in range(self.n_copies):
             yield self._published_tensor(name, k, noise, x, fresh=False)
@@ -511,6 +578,51 @@ class MPUServer:
                 shape = tuple(copy.shape(name) if hasattr(copy, "shape") else copy[name].shape)
                 if shape != tuple(expected):
                     raise ValueError(f"returned copy {k}: {name!r} has shape {shape}, expected {tuple(expected)}")
+
+
+def _rows(tensors, name: str, start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of tensors[name]: read alone from a lazily read file, a view of an in-memory tensor."""
+    return tensors.rows(name, start, stop) if hasattr(tensors, "rows") else tensors[name][start:stop]
+
+
+class _PublishedChanged(Exception):
+    """A published copy's file no longer holds what was written (copy: its index)."""
+
+    def __init__(self, copy: int):
+        super().__init__(copy)
+        self.copy = copy
+
+
+class _PublishedFiles:
+    """The pending round's published copies read back from their files, tensor by tensor, each file hashed as it
+    is read (transport.exchange.HashedReader); `_PublishedChanged` when one is not as recorded."""
+
+    def __init__(self, files: list):
+        from mpu_cli.transport.exchange import HashedReader
+
+        self._readers = [HashedReader(path, sha256) for path, sha256 in files]
+
+    def versions(self, name: str):
+        for k, reader in enumerate(self._readers):
+            t = reader.read(name)
+            if t is None:
+                raise _PublishedChanged(k)
+            yield t
+
+    def skip(self, name: str) -> None:
+        """The tensor hashed in every file but not kept (the caller builds it itself)."""
+        for k, reader in enumerate(self._readers):
+            if not reader.skip(name):
+                raise _PublishedChanged(k)
+
+    def verify(self) -> None:
+        for k, reader in enumerate(self._readers):
+            if not reader.verified():
+                raise _PublishedChanged(k)
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
 
 
 class PublishedCopies(Sequence):

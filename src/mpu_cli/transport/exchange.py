@@ -31,14 +31,17 @@ This module is shared by both parties: it imports neither the server (mpu/) nor 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import stat
 import struct
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -197,10 +200,80 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
+class _BackgroundWrites:
+    """One thread that writes and hashes byte blocks in the order they were handed in, so the caller builds its
+    next tensor while the last one goes to disk. At most `budget` bytes wait at once; a larger block waits until
+    nothing else does and is then written by the caller itself, so a large tensor never stays alive beside the
+    next. An error in the thread is raised in the caller at its next call."""
+
+    def __init__(self, budget: int):
+        self._budget = budget
+        self._pending = 0  # bytes handed in, not yet written
+        self._jobs: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="safetensors-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, f, digest, data: memoryview, keep) -> None:
+        """Write `data` to `f` and feed it to `digest`; `keep` (the tensor `data` views) lives until then."""
+        n = data.nbytes
+        with self._cond:
+            self._cond.wait_for(lambda: self._error is not None or not self._pending
+                                or (n <= self._budget and self._pending + n <= self._budget))
+            self._raise()
+            if n > self._budget:
+                f.write(data)
+                digest.update(data)
+                return
+            self._pending += n
+            self._jobs.append((f, digest, data, keep))
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every block handed in is written."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._error is not None or not self._pending)
+            self._raise()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._jobs or self._stop)
+                if not self._jobs:
+                    return
+                f, digest, data, keep = self._jobs.popleft()
+            try:
+                if self._error is None:
+                    f.write(data)
+                    digest.update(data)
+            except BaseException as e:  # noqa: BLE001 (any failure is handed to the caller at its next call)
+                self._error = e
+            with self._cond:
+                self._pending -= data.nbytes
+                del f, digest, data, keep
+                self._cond.notify_all()
+
+
 class StreamingSafetensorsWriter:
     """Writes n safetensors files side by side, tensor by tensor, in the order of `spec` (the header is known
-    up front from shapes and dtypes). Holds no tensor; computes each file's SHA-256 while writing. Files appear
-    under their final names only on `commit()` (temp file + fsync + rename)."""
+    up front from shapes and dtypes). Computes each file's SHA-256 while writing; writing and hashing run in a
+    background thread beside the caller, which may hold on to at most 1/16 of the largest file's bytes in
+    tensors not yet written (a larger tensor is written at once). Files appear under their final names only on
+    `commit()` (temp file + fsync + rename)."""
+
+    WAITING_SHARE = 16  # bytes waiting to be written: at most 1/16 of the largest file
 
     def __init__(self, paths: list[Path], spec: dict[str, tuple[tuple[int, ...], torch.dtype]]):
         self._paths = [Path(p) for p in paths]
@@ -209,6 +282,7 @@ class StreamingSafetensorsWriter:
         self._next = 0
         header = _header(self._spec, {"format": FORMAT})
         self._files, self._tmps, self._hashes, self._sizes = [], [], [], []
+        self._writes: _BackgroundWrites | None = None
         try:
             for p in self._paths:
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -221,13 +295,16 @@ class StreamingSafetensorsWriter:
                 f.write(header)
                 self._hashes.append(hashlib.sha256(header))
                 self._sizes.append(len(header))
+            data_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self._spec.values())
+            self._writes = _BackgroundWrites(data_bytes // self.WAITING_SHARE)
         except BaseException:
             self.abort()
             raise
 
     def write(self, name: str, tensors) -> None:
         """The next tensor (in spec order) of every file: the i-th of `tensors` goes to paths[i]. An iterator is
-        consumed one tensor at a time, each written before the next is asked for."""
+        consumed one tensor at a time, each handed to the writing thread before the next is asked for; the
+        tensors must not be changed afterwards."""
         if self._next >= len(self._names) or self._names[self._next] != name:
             raise ValueError(f"expected tensor {self._names[self._next:self._next + 1]}, got {name!r}")
         shape, dtype = self._spec[name]
@@ -237,9 +314,9 @@ class StreamingSafetensorsWriter:
                 raise ValueError(f"{name}: more tensors than the {len(self._files)} files")
             if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
                 raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, spec says {tuple(shape)} {dtype}")
+            t = t.detach().cpu().contiguous()
             data = _tensor_bytes(t)
-            self._files[i].write(data)
-            self._hashes[i].update(data)
+            self._writes.submit(self._files[i], self._hashes[i], data, t)
             self._sizes[i] += data.nbytes
             n = i + 1
             del t, data  # an iterator's next tensor is built without this one
@@ -251,6 +328,8 @@ class StreamingSafetensorsWriter:
         """Close and rename every file; returns [{'sha256', 'bytes'}] per file."""
         if self._next != len(self._names):
             raise ValueError(f"only {self._next} of {len(self._names)} tensors were written")
+        self._writes.drain()
+        self._writes.close()
         for f in self._files:
             f.flush()
             os.fsync(f.fileno())
@@ -261,6 +340,8 @@ class StreamingSafetensorsWriter:
         return [{"sha256": h.hexdigest(), "bytes": n} for h, n in zip(self._hashes, self._sizes)]
 
     def abort(self) -> None:
+        if self._writes is not None:
+            self._writes.close()
         for f in self._files:
             if not f.closed:
                 f.close()
@@ -406,6 +487,86 @@ def latest_round(exchange: Path) -> int:
     return max(rounds)
 
 
+class HashedReader:
+    """A safetensors file read front to back, one tensor at a time in the file's own order, every byte read also
+    fed to a SHA-256: `verified()` reads what is left and says whether the whole file hashes to `sha256`. The
+    bytes handed out are the bytes hashed, so a file changed before or while it is read is caught. Any problem
+    reading it (missing, not a regular file, a tensor not next in the file) makes `read` return None."""
+
+    def __init__(self, path: Path, sha256: str):
+        self._sha256 = sha256
+        self._hash = hashlib.sha256()
+        self._f = None
+        self._header: dict = {}
+        self._pos = 0  # offset in the data section of the next unread byte
+        try:
+            self._f = open_regular(path, str(path))
+            head = self._take(8)
+            raw = self._take(struct.unpack("<Q", head)[0]) if len(head) == 8 else b""
+            self._header = json.loads(raw) if raw else {}
+        except (TransportError, OSError, ValueError):
+            self.close()
+
+    def _take(self, n: int) -> bytes:
+        data = self._f.read(n)
+        self._hash.update(data)
+        return data
+
+    def read(self, name: str) -> torch.Tensor | None:
+        """The next tensor of the file if it is `name` (as stored), else None."""
+        info = self._header.get(name) if self._f is not None else None
+        if not isinstance(info, dict) or info.get("data_offsets", [None])[0] != self._pos:
+            return None
+        try:
+            a, b = info["data_offsets"]
+            dtype, shape = torch_dtype(info["dtype"]), info["shape"]
+            buf = torch.empty(b - a, dtype=torch.uint8)
+            if b > a and self._f.readinto(memoryview(buf.numpy())) != b - a:
+                return None
+            self._hash.update(memoryview(buf.numpy()))
+            self._pos = b
+            return buf.view(dtype).reshape(shape)
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError, TransportError):
+            return None
+
+    def skip(self, name: str) -> bool:
+        """Hash the next tensor without keeping it (memory of one read chunk); False when it is not `name`."""
+        info = self._header.get(name) if self._f is not None else None
+        if not isinstance(info, dict) or info.get("data_offsets", [None])[0] != self._pos:
+            return False
+        try:
+            a, b = info["data_offsets"]
+            left = b - a
+            while left > 0:
+                chunk = self._f.read(min(left, _CHUNK))
+                if not chunk:
+                    return False
+                self._hash.update(chunk)
+                left -= len(chunk)
+        except (KeyError, TypeError, ValueError, OSError):
+            return False
+        self._pos = b
+        return True
+
+    def verified(self) -> bool:
+        """The rest of the file read; True when the whole file hashes to the expected SHA-256. Closes the file."""
+        if self._f is None:
+            return False
+        try:
+            while chunk := self._f.read(_CHUNK):
+                self._hash.update(chunk)
+        except OSError:
+            return False
+        finally:
+            self.close()
+        return self._hash.hexdigest() == self._sha256
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
     with open_regular(path, str(path)) as f:
         return _sha256(f)
@@ -526,14 +687,14 @@ def _data_start(f) -> int:
 def _read_tensor(f, data_start: int, info: dict, what: str) -> torch.Tensor:
     """One tensor by plain reads (no memory map) from an open safetensors file whose header was checked."""
     a, b = info["data_offsets"]
-    buf = bytearray(b - a)
-    f.seek(data_start + a)
-    if f.readinto(buf) != len(buf):
-        raise TransportError(f"{what} is truncated")
     dtype = torch_dtype(info["dtype"])
-    if not buf:
+    if b == a:
         return torch.empty(info["shape"], dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
+    buf = torch.empty(b - a, dtype=torch.uint8)  # not zero-filled first: the read fills every byte
+    f.seek(data_start + a)
+    if f.readinto(memoryview(buf.numpy())) != b - a:
+        raise TransportError(f"{what} is truncated")
+    return buf.view(dtype).reshape(info["shape"])
 
 
 def is_float_code(code: str) -> bool:
@@ -637,6 +798,18 @@ class LazyStateDict(Mapping):
             raise KeyError(name)
         with open_regular(self._path, str(self._path)) as f:
             return _read_tensor(f, self._data_start, self._header[name], f"{self._path}: {name!r}")
+
+    def rows(self, name, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop (the first axis) of a tensor, read alone."""
+        if name not in self._names:
+            raise KeyError(name)
+        info = self._header[name]
+        shape, (a, b) = info["shape"], info["data_offsets"]
+        row_bytes = (b - a) // shape[0] if shape and shape[0] else 0
+        part = {"dtype": info["dtype"], "shape": [stop - start, *shape[1:]],
+                "data_offsets": [a + start * row_bytes, a + stop * row_bytes]}
+        with open_regular(self._path, str(self._path)) as f:
+            return _read_tensor(f, self._data_start, part, f"{self._path}: {name!r}")
 
     def shape(self, name) -> tuple[int, ...]:
         """A tensor's shape from the header, without reading it."""

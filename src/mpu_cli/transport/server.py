@@ -234,7 +234,9 @@ def aggregate(state_dir: Path, exchange: Path | None = None) -> None:
     out = store.theta_path(r)  # θ_r is written there tensor by tensor
     if scalings is None:
         returned = [ex.LazyStateDict(p, st["dtypes"]) for p in paths]
-        server.aggregate(returned, out=out)  # streams: one tensor at a time across the m files
+        record = store.round_secrets(r)["published_sha256"]
+        published = [(ex.copy_dir(exchange, r, k) / ex.PUBLISHED, sha) for k, sha in enumerate(record)]
+        server.aggregate(returned, out=out, published=published)  # streams: one tensor at a time across the files
     else:
         from mpu_cli.mpu.lora_aggregate import aggregate_adapters
 
