@@ -73,7 +73,7 @@ reproduce-lora-smollm2: install  ## CPU: the same on SmolLM2-135M (2 client epoc
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
 	.venv/bin/mpu-run -m --config-name reproduce_lora_smollm2
 
-lora-bench: install  ## LoRA r=8,16,64 vs full: bytes uploaded per copy, client peak RSS (1B shape: LoRA r=8, ~11 GB); LoRA aggregate's cancellation -> outputs/lora_bench/
+lora-bench: install  ## LoRA r=8,16,64 vs full: bytes uploaded per copy, client peak RSS (1B shape: LoRA r=8, 16, 64, ~11 GB each); LoRA aggregate's cancellation -> outputs/lora_bench/
 	$(PY) scripts/lora_bench.py
 
 .PHONY: reproduce-smollm2

@@ -1,6 +1,6 @@
 """What a LoRA client (client.lora) saves, and whether MPU's denoising still holds for its updates.
 
-    python scripts/lora_bench.py [--models tiny,smollm2-135m] [--ranks 8,16,64] [--shape-ranks 8] --out DIR
+    python scripts/lora_bench.py [--models tiny,smollm2-135m] [--ranks 8,16,64] [--shape-ranks 8,16,64] --out DIR
 
 Writes into DIR:
 - cost.csv / cost.md (cost_short.md: bytes and peak RSS only): per model and client (full fine-tuning, LoRA r = 8, 16, 64) the bytes one copy uploads (the
@@ -289,9 +289,9 @@ def main() -> None:
     p.add_argument("--no-shape", action="store_true", help="leave out the Llama-3.2-1B shape's rows")
     p.add_argument("--shape-models", type=Path, default=REPO / "outputs" / "models",
                    help="where the Llama-3.2-1B shape's folders live (`make llama1b-shape`); made there when missing")
-    p.add_argument("--shape-ranks", default="8",
-                   help="the LoRA ranks measured on the 1B shape (default 8: ~11 GB and minutes each; its other "
-                        "clients by their tensor shapes, bytes only; 'none': all of them)")
+    p.add_argument("--shape-ranks", default="8,16,64",
+                   help="the LoRA ranks measured on the 1B shape (~11 GB and minutes each; its other clients by "
+                        "their tensor shapes, bytes only; 'none': all of them)")
     p.add_argument("--shape", type=Path, default=None, help=argparse.SUPPRESS)  # a worker's 1B-shape folder
     p.add_argument("--publish", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     p.add_argument("--published", type=Path, default=None, help=argparse.SUPPRESS)  # a worker's received copy

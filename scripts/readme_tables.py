@@ -383,24 +383,23 @@ def lora_bench() -> Path:
     return out
 
 
-@table("lora_cost", cost="~7 min on 2 cores and ~11 GB of memory (scripts/lora_bench.py: 9 client processes, "
-                         "SmolLM2's GGUF converted once, the 1B shape's folders made once)")
+@table("lora_cost", cost="~30 min on a shared 2-core machine and ~11 GB of memory (scripts/lora_bench.py: 12 client "
+                         "processes, SmolLM2's GGUF converted once, the 1B shape's folders made once)")
 def lora_cost_table() -> str:
     return (f"`python scripts/lora_bench.py` on {machine(1)}: one copy unlearned by NPO (a reference model), one "
             "epoch of the embedded forget01 set, each client in a fresh process (values: the client's state dict, "
             "tied embeddings counted twice; the epoch times are from a shared, loaded machine); the Llama-3.2-1B "
-            "shape (`make llama1b-shape`, random init): its LoRA r = 8 client (lora_bench.py's default "
-            "--shape-ranks) measured like the others, its other clients by their tensor shapes (bytes only: its full "
-            "fine-tuning in fp32 holds the copy, a frozen reference, gradients and AdamW's two moments, ~25 GB, "
-            "more than this machine's 24 GB):\n\n"
+            "shape (`make llama1b-shape`, random init): its LoRA clients measured like the others, its full "
+            "fine-tuning by its tensor shapes (bytes only: in fp32 it holds the copy, a frozen reference, gradients "
+            "and AdamW's two moments, ~25 GB, more than this machine's 24 GB):\n\n"
             + (lora_bench() / "cost.md").read_text().strip())
 
 
 @table("lora_cost_short", cost="the lora_cost table's run (shared)")
 def lora_cost_short_table() -> str:
     return (f"`python scripts/lora_bench.py` on {machine(1)} (NPO, one epoch of forget01, one client process each; "
-            "the 1B shape's LoRA r = 8 client measured, its others by their tensor shapes: bytes only, its full "
-            "fine-tuning in fp32 needs ~25 GB; [docs/lora.md](docs/lora.md) has the full table):\n\n"
+            "the 1B shape's full fine-tuning by its tensor shapes: bytes only, in fp32 it needs ~25 GB; "
+            "[docs/lora.md](docs/lora.md) has the full table):\n\n"
             + (lora_bench() / "cost_short.md").read_text().strip())
 
 
