@@ -27,15 +27,14 @@ class TensorFiles(Mapping):
 
     def __getitem__(self, name) -> torch.Tensor:
         src, key = self._sources[name]
-        t = src[key]
-        for dtype in self._casts:
-            t = t.to(dtype)
-        return t
+        return self._cast(src[key])
 
     def rows(self, name, start: int, stop: int) -> torch.Tensor:
         """Rows start:stop (the first axis) of a tensor, read alone and cast like a whole one."""
         src, key = self._sources[name]
-        t = src.rows(key, start, stop)
+        return self._cast(src.rows(key, start, stop))
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
         for dtype in self._casts:
             t = t.to(dtype)
         return t

@@ -499,11 +499,13 @@ class HashedReader:
         self._f = None
         self._header: dict = {}
         self._pos = 0  # offset in the data section of the next unread byte
+        self._start = 0  # where the data section begins in the file
         try:
             self._f = open_regular(path, str(path))
             head = self._take(8)
             raw = self._take(struct.unpack("<Q", head)[0]) if len(head) == 8 else b""
             self._header = json.loads(raw) if raw else {}
+            self._start = 8 + len(raw)
         except (TransportError, OSError, ValueError):
             self.close()
 
@@ -512,27 +514,30 @@ class HashedReader:
         self._hash.update(data)
         return data
 
-    def read(self, name: str) -> torch.Tensor | None:
-        """The next tensor of the file if it is `name` (as stored), else None."""
+    def _next(self, name: str) -> dict | None:
+        """The header entry of `name` if it is the next tensor of the file, else None."""
         info = self._header.get(name) if self._f is not None else None
         if not isinstance(info, dict) or info.get("data_offsets", [None])[0] != self._pos:
             return None
+        return info
+
+    def read(self, name: str) -> torch.Tensor | None:
+        """The next tensor of the file if it is `name` (as stored), else None."""
+        info = self._next(name)
+        if info is None:
+            return None
         try:
-            a, b = info["data_offsets"]
-            dtype, shape = torch_dtype(info["dtype"]), info["shape"]
-            buf = torch.empty(b - a, dtype=torch.uint8)
-            if b > a and self._f.readinto(memoryview(buf.numpy())) != b - a:
-                return None
-            self._hash.update(memoryview(buf.numpy()))
-            self._pos = b
-            return buf.view(dtype).reshape(shape)
+            t = _read_tensor(self._f, self._start, info, name)
         except (KeyError, TypeError, ValueError, RuntimeError, OSError, TransportError):
             return None
+        self._hash.update(_tensor_bytes(t))
+        self._pos = info["data_offsets"][1]
+        return t
 
     def skip(self, name: str) -> bool:
         """Hash the next tensor without keeping it (memory of one read chunk); False when it is not `name`."""
-        info = self._header.get(name) if self._f is not None else None
-        if not isinstance(info, dict) or info.get("data_offsets", [None])[0] != self._pos:
+        info = self._next(name)
+        if info is None:
             return False
         try:
             a, b = info["data_offsets"]
