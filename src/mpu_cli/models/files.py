@@ -27,15 +27,25 @@ class TensorFiles(Mapping):
 
     def __getitem__(self, name) -> torch.Tensor:
         src, key = self._sources[name]
-        return self._cast(src[key])
+        dtype, rest = self._conversion(src.dtype(key))
+        return self._cast(src.read(key, dtype), rest)
 
     def rows(self, name, start: int, stop: int) -> torch.Tensor:
         """Rows start:stop (the first axis) of a tensor, read alone and cast like a whole one."""
         src, key = self._sources[name]
-        return self._cast(src.rows(key, start, stop))
+        dtype, rest = self._conversion(src.dtype(key))
+        return self._cast(src.rows(key, start, stop, dtype), rest)
 
-    def _cast(self, t: torch.Tensor) -> torch.Tensor:
-        for dtype in self._casts:
+    def _conversion(self, stored: torch.dtype) -> tuple[torch.dtype | None, tuple[torch.dtype, ...]]:
+        """(the dtype the read converts to, the casts left after it): the read converts when the casts change
+        the dtype once (stored -> fp32); a chain that changes it twice (fp32 -> bf16 -> fp32) rounds on the way,
+        so the read keeps the stored dtype and every cast is applied."""
+        changes = [d for prev, d in zip((stored, *self._casts), self._casts) if d != prev]
+        return (changes[0], ()) if len(changes) == 1 else (None, self._casts)
+
+    @staticmethod
+    def _cast(t: torch.Tensor, casts: tuple[torch.dtype, ...]) -> torch.Tensor:
+        for dtype in casts:
             t = t.to(dtype)
         return t
 

@@ -11,6 +11,7 @@ from mpu_cli.models.family import block_of
 from .settings import ALPHA_SCHEDULES
 
 _CHUNK = 1 << 22  # elements per float64 chunk: bounds the temporary memory of a reduction on a large tensor
+_SLICE = 1 << 16  # elements per slice of a chunk: formed while in the core's cache
 
 
 def _reference(base: dict | None, name: str, t: torch.Tensor) -> torch.Tensor | None:
@@ -25,28 +26,41 @@ def _reference(base: dict | None, name: str, t: torch.Tensor) -> torch.Tensor | 
 
 
 def _sq_sum(t: torch.Tensor, ref: torch.Tensor | None) -> float:
-    """sum((t - ref)^2) in float64, chunked so a large tensor never gets a full float64 copy."""
+    """sum((t - ref)^2) in float64, chunked so a large tensor never gets a full float64 copy. Each chunk's squares
+    are formed a cache-sized slice at a time into one buffer, then the chunk is summed as a whole."""
     a = t.reshape(-1)
     b = None if ref is None else ref.reshape(-1).to(a.device)
     total = 0.0
+    buf = torch.empty(min(_CHUNK, a.numel()), dtype=torch.float64, device=a.device)
     for i in range(0, a.numel(), _CHUNK):
-        v = a[i : i + _CHUNK].to(torch.float64, copy=True)  # changed in place: one chunk-sized temporary
-        if b is not None:
-            v.sub_(b[i : i + _CHUNK].double())
-        total += float(v.square_().sum())
+        v = buf[: min(_CHUNK, a.numel() - i)]
+        for j in range(0, v.numel(), _SLICE):
+            w = v[j : j + _SLICE]
+            w.copy_(a[i + j : i + j + w.numel()])
+            if b is not None:
+                w.sub_(b[i + j : i + j + w.numel()].double())
+            w.square_()
+        total += float(v.sum())
     return total
 
 
-def _kappa_rms(items, base: dict | None, kappa: float) -> float:
+def _sq_sum_count(items, base: dict | None) -> tuple[float, int]:
     total, count = 0.0, 0
     for name, t in items:
         total += _sq_sum(t, _reference(base, name, t))
         count += t.numel()
+    return total, count
+
+
+def sigma_of(sq_sum_count: tuple[float, int], kappa: float) -> float:
+    """κ · RMS from (Σ(θ − θ_base)², element count); 0 for no element."""
+    total, count = sq_sum_count
     return kappa * math.sqrt(total / count) if count else 0.0
 
 
-def block_sigmas(theta, base, kappa: float, layout) -> dict[int, float]:
-    """σ_l = κ · RMS of (θ_l − θ_base,l) over all elements of block l (of θ_l itself when base is None).
+def block_sq_sums(theta, base, layout) -> dict[int, tuple[float, int]]:
+    """Per block l: (Σ(θ_l − θ_base,l)² in float64, its element count); Σθ_l² when base is None. σ_l is made from
+    it (`sigma_of`), and so is the noise survival record's reference, so one read of θ and the base serves both.
     theta, base: mappings read one tensor at a time (a lazily read model holds one tensor of each)."""
     names: dict[int, list] = {}
     for name in theta:
@@ -58,12 +72,17 @@ def block_sigmas(theta, base, kappa: float, layout) -> dict[int, float]:
                 f"tensor {name!r} is in block {layer}, but the model has {layout.num_layers} layers"
             )
         names.setdefault(layer, []).append(name)
-    return {layer: _kappa_rms(((n, theta[n]) for n in group), base, kappa) for layer, group in sorted(names.items())}
+    return {layer: _sq_sum_count(((n, theta[n]) for n in group), base) for layer, group in sorted(names.items())}
+
+
+def block_sigmas(theta, base, kappa: float, layout) -> dict[int, float]:
+    """σ_l = κ · RMS of (θ_l − θ_base,l) over all elements of block l (of θ_l itself when base is None)."""
+    return {layer: sigma_of(sums, kappa) for layer, sums in block_sq_sums(theta, base, layout).items()}
 
 
 def unprotected_sigma(theta, base, kappa: float) -> float:
     """Same formula over the tensors outside every block (embeddings, final norm, lm_head)."""
-    return _kappa_rms(((n, theta[n]) for n in theta if block_of(n) is None), base, kappa)
+    return sigma_of(_sq_sum_count(((n, theta[n]) for n in theta if block_of(n) is None), base), kappa)
 
 
 def gaussian(shape, sigma: float, seed: int) -> torch.Tensor:
@@ -109,11 +128,18 @@ class ZeroSumNoise:
         self._mean = torch.zeros(self.shape, dtype=torch.float32)
         keep = keep and len(seeds) * self._mean.numel() <= self.KEEP_ELEMENTS
         self._kept: list[torch.Tensor | None] = [None] * len(seeds)
-        if keep:  # all m draws are held anyway: drawn side by side
+        if keep:  # all m draws are held anyway: drawn side by side, then summed in copy order a slice at a time
             self._kept = _draws(self.shape, self.sigma, self.seeds)
-        for k, seed in enumerate(self.seeds):
-            self._mean.add_(self._kept[k] if keep else self._z(seed))  # summed in copy order, however drawn
-        self._mean.div_(len(seeds))
+            mean, kept = self._mean.reshape(-1), [z.reshape(-1) for z in self._kept]
+            for a in range(0, mean.numel(), _SLICE):
+                part = mean[a : a + _SLICE]
+                for z in kept:
+                    part.add_(z[a : a + _SLICE])
+                part.div_(len(seeds))
+        else:
+            for seed in self.seeds:
+                self._mean.add_(self._z(seed))
+            self._mean.div_(len(seeds))
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -121,16 +147,24 @@ class ZeroSumNoise:
     def _z(self, seed: int) -> torch.Tensor:
         return gaussian(self.shape, self.sigma, seed)
 
-    def copy(self, k: int, scale: float = 1.0) -> torch.Tensor:
-        """scale·ε⁰_k (+ the common part) as a fresh fp32 tensor (scale: the copy's α, folded into the one
-        multiplication)."""
+    def copy(self, k: int, scale: float = 1.0, plus: torch.Tensor | None = None) -> torch.Tensor:
+        """scale·ε⁰_k (+ the common part) (+ plus) as a fresh fp32 tensor (scale: the copy's α, folded into the one
+        multiplication; plus: added last, the same as `.add_(plus)` on the result)."""
+        if plus is not None and plus.device != self._mean.device:
+            return self.copy(k, scale).to(plus.device).add_(plus)
         z, self._kept[k] = self._kept[k], None  # a kept draw is handed out once, then drawn again if asked for
         if z is None:
             z = self._z(self.seeds[k])
-        out = z.sub_(self._mean).mul_(self._scale * scale)
-        if self.common is not None:
-            out.add_(gaussian(self.shape, *self.common))
-        return out
+        common = None if self.common is None else gaussian(self.shape, *self.common).reshape(-1)
+        added = None if plus is None else plus.reshape(-1)
+        out, mean, c = z.reshape(-1), self._mean.reshape(-1), self._scale * scale
+        for a in range(0, out.numel(), _SLICE):  # every step on a slice while it is in the core's cache
+            part = out[a : a + _SLICE].sub_(mean[a : a + _SLICE]).mul_(c)
+            if common is not None:
+                part.add_(common[a : a + _SLICE])
+            if added is not None:
+                part.add_(added[a : a + _SLICE])
+        return z
 
 
 class IndependentNoise:
@@ -143,10 +177,12 @@ class IndependentNoise:
     def __len__(self) -> int:
         return 1
 
-    def copy(self, k: int, scale: float = 1.0) -> torch.Tensor:
+    def copy(self, k: int, scale: float = 1.0, plus: torch.Tensor | None = None) -> torch.Tensor:
+        """As `ZeroSumNoise.copy`: the copy's noise (+ plus), a fresh fp32 tensor."""
         if k != 0:
             raise IndexError(f"independent noise has one copy, asked for copy {k}")
-        return gaussian(self.shape, self.sigma * scale, self.seed)
+        out = gaussian(self.shape, self.sigma * scale, self.seed)
+        return out if plus is None else out.to(plus.device).add_(plus)
 
 
 def zero_sum_noise(shape, sigma: float, seeds: list[int]) -> list[torch.Tensor]:

@@ -44,15 +44,33 @@ def identity_transform(layout: ModelLayout) -> Transform:
     )
 
 
+_SLICE = 1 << 17  # elements rotated at once: a slice's float64 temporaries stay in the core's cache
+
+
 def _rotate(x: torch.Tensor, angles: torch.Tensor, sign: float, columns: bool) -> torch.Tensor:
     """Rotate each head's block of the head axis (the rows, or the columns) by sign·φ on the planes
-    (i, i + head_dim/2); float64 inside, dtype kept. The products and sums are written into one output (no
-    concatenation, no transposed copy); each element gets the same float64 operations in the same order."""
+    (i, i + head_dim/2); float64 inside, dtype kept. Done a slice of the other axis at a time (each element gets
+    the same float64 operations in the same order, whatever the slice)."""
     n_heads, half = angles.shape
     length = x.shape[1] if columns else x.shape[0]
     if length != n_heads * 2 * half:
         raise ValueError(f"tensor with {length} {'columns' if columns else 'rows'} does not split into {n_heads} "
                          f"heads of {2 * half}")
+    if x.dim() < 2:
+        return _rotated(x, angles, sign, columns)
+    other = 0 if columns else 1
+    out = torch.empty_like(x)
+    step = max(1, _SLICE // length)
+    for a in range(0, x.shape[other], step):
+        n = min(step, x.shape[other] - a)
+        out.narrow(other, a, n).copy_(_rotated(x.narrow(other, a, n), angles, sign, columns))
+    return out
+
+
+def _rotated(x: torch.Tensor, angles: torch.Tensor, sign: float, columns: bool) -> torch.Tensor:
+    """`_rotate` on a whole tensor: the products and sums are written into one output (no concatenation, no
+    transposed copy)."""
+    n_heads, half = angles.shape
     v = x.double()
     phi = angles.to(v.device)
     if columns:  # [rows, head, plane half, i]
@@ -102,6 +120,13 @@ def _map(state: dict, layout: ModelLayout, t: Transform, inverse: bool) -> dict:
             raise KeyError(f"transform has no entry for block {layer} (tensor {name!r})")
         out[name] = _transform_tensor(suffix, x, layout, t, layer, inverse)
     return out
+
+
+def moves_only(name: str, layout: ModelLayout) -> bool:
+    """T changes no value of this tensor, only where each value sits (a permutation, or nothing), so T commutes
+    with any elementwise map, a cast included; False where T rotates."""
+    split = split_block(name)
+    return split is None or layout.family.role(split[1]).op in (KEEP, PERMUTE)
 
 
 def apply_transform(state: dict, layout: ModelLayout, t: Transform) -> dict:

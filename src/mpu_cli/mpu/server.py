@@ -23,6 +23,7 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -37,10 +38,11 @@ from .noise import (
     IndependentNoise,
     ZeroSumNoise,
     alpha_schedule,
-    block_sigmas,
+    block_sq_sums,
+    sigma_of,
     unprotected_sigma,
 )
-from .reparam import Transform, apply_transform, invert_transform, sample_transform
+from .reparam import Transform, apply_transform, invert_transform, moves_only, sample_transform
 from .settings import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class _RoundSecrets:
     weights: list[float]
     sigmas: dict[int, float] = field(default_factory=dict)
     sigma_unprotected: float = 0.0
+    references: dict = field(default_factory=dict)  # block -> Σ(θ − θ_base)² of σ's pass (the survival reference)
     transforms: list[Transform] = field(default_factory=list)
     noise_cache: dict = field(default_factory=dict)  # canonical name -> zero-sum noise (publish_copies only)
     survival: dict | None = None  # the noise survival record, measured while write_copies wrote the copies
@@ -168,7 +171,7 @@ class MPUServer:
             raise RuntimeError("no published round is pending; call publish_copies()")
         if len(paths) != self.n_copies:
             raise ValueError(f"{len(paths)} paths for {self.n_copies} copies")
-        meter = SurvivalMeter(self.n_copies)
+        meter = SurvivalMeter(self.n_copies, self._secrets.references)
         writer = StreamingSafetensorsWriter(paths, self.published_spec())
         try:
             for name in self._theta:
@@ -412,7 +415,7 @@ class MPUServer:
             raise RuntimeError("no published round is pending; call publish()")
         if self._secrets.survival is not None:  # measured while write_copies wrote the copies
             return self._secrets.survival
-        meter = SurvivalMeter(self.n_copies)
+        meter = SurvivalMeter(self.n_copies, self._secrets.references)
         for name in self._theta:
             x = self._theta[name]
             group = self._survival_group(name, x, meter)
@@ -420,16 +423,15 @@ class MPUServer:
                 continue
             noise = self._noise_source(name)
             for k in range(self.n_copies):
-                meter.add(k, group, self._published_tensor(name, k, noise, x), self._exact(name, x, k))
+                self._published_tensor(name, k, noise, x, measure=partial(meter.add, k, group))
         return self._survival_record(meter)
 
     def _measured_versions(self, name: str, meter):
         """θ_pub^(k)[name] for k = 1..m, one at a time, each measured into the survival `meter` first."""
         x = self._theta[name]
         group = self._survival_group(name, x, meter)
-        for k, pub in enumerate(self._published_tensors(name, x)):
-            if group is not None:
-                meter.add(k, group, pub, self._exact(name, x, k))
+        measure = None if group is None else lambda k, p, e: meter.add(k, group, p, e)
+        for pub in self._published_tensors(name, x, measure):
             yield pub
             del pub  # before the next version is built
 
@@ -452,14 +454,13 @@ class MPUServer:
         if self._canonical[name] != name or (layer is None and not self._cfg.perturb_unprotected):
             return None  # a tied tensor counts once; unprotected tensors are published exactly
         group = UNPROTECTED if layer is None else layer
-        ref = self._base if self.noise_reference == "base" else None
-        meter.add_reference(group, x, None if ref is None else ref[name])
+        if meter.needs_reference(group):
+            ref = self._base if self.noise_reference == "base" else None
+            meter.add_reference(group, x, None if ref is None else ref[name])
         return group
 
     def _exact(self, name: str, x: torch.Tensor, k: int) -> torch.Tensor:
         """Copy k's tensor without noise, T_k(θ)[name], fp32."""
-        if not self._arm.reparameterized:
-            return x
         return apply_transform({name: x}, self._layout, self._secrets.transforms[k])[name]
 
     def _survival_record(self, meter) -> dict:
@@ -493,7 +494,10 @@ class MPUServer:
         if arm.noisy and sigmas is not None:
             s.sigmas, s.sigma_unprotected = {int(k): float(v) for k, v in sigmas[0].items()}, float(sigmas[1])
         elif arm.noisy:
-            s.sigmas = block_sigmas(self._theta, ref, cfg.kappa, self._layout)
+            sums = block_sq_sums(self._theta, ref, self._layout)
+            s.sigmas = {layer: sigma_of(v, cfg.kappa) for layer, v in sums.items()}
+            tied = {block_of(n) for n in self._theta if self._canonical[n] != n}  # the record counts a tie once
+            s.references = {layer: v[0] for layer, v in sums.items() if layer not in tied}
             if cfg.perturb_unprotected:
                 s.sigma_unprotected = unprotected_sigma(self._theta, ref, cfg.kappa)
         if arm.reparameterized:
@@ -533,27 +537,48 @@ class MPUServer:
         return None if noise is None else [noise.copy(k) for k in range(len(noise))]
 
     def _published_tensor(self, name: str, k: int, noise, x: torch.Tensor | None = None,
-                          fresh: bool = True) -> torch.Tensor:
+                          fresh: bool = True, measure=None) -> torch.Tensor:
         """θ_pub^(k)[name] = T_k(θ + α_k ε⁰_k)[name] in the published dtype (x: θ[name] when already read).
-        fresh=False: it may be x itself (an unchanged tensor in θ's dtype), for a reader that does not change it."""
+        fresh=False: it may be x itself (an unchanged tensor in θ's dtype), for a reader that does not change it.
+        measure(published, exact): given the tensor and its noise-free fp32 counterpart, element for element."""
         s = self._secrets
         x = self._theta[name] if x is None else x
-        y = x if noise is None else noise.copy(k, scale=s.alphas[k]).to(x.device).add_(x)
-        if self._arm.reparameterized:
-            y = apply_transform({name: y}, self._layout, s.transforms[k])[name]
-        # a copy when y still is θ's own tensor: a client training in place must never touch θ
-        return y.to(self._dtypes[name], copy=fresh and y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr())
+        y = x if noise is None else noise.copy(k, scale=s.alphas[k], plus=x)
+        t = s.transforms[k] if self._arm.reparameterized else None
+        if t is not None and not moves_only(name, self._layout):
+            pub = self._cast(name, apply_transform({name: y}, self._layout, t)[name], x, fresh)
+            if measure is not None:
+                measure(pub, self._exact(name, x, k))
+            return pub
+        # T_k only moves elements here, so it commutes with the cast: cast first (T_k then moves fewer bytes), and
+        # the survival pairs are measured unmoved, against θ itself
+        pub = self._cast(name, y, x, fresh)
+        if measure is not None:
+            measure(pub, x)
+        return pub if t is None else apply_transform({name: pub}, self._layout, t)[name]
 
-    def _published_tensors(self, name: str, x: torch.Tensor | None = None):
+    def _cast(self, name: str, y: torch.Tensor, x: torch.Tensor, fresh: bool) -> torch.Tensor:
+        """y in the published dtype; a copy when it still is θ's own tensor x and fresh: a client training in place
+        must never touch θ."""
+        same = y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        return y.to(self._dtypes[name], copy=fresh and same)
+
+    def _published_tensors(self, name: str, x: torch.Tensor | None = None, measure=None):
         """θ_pub^(k)[name] for k = 1..m, each built when the iteration reaches it (x: θ[name] when already read),
-        for a reader that writes or subtracts it: a version may be x itself."""
+        for a reader that writes or subtracts it: a version may be x itself. measure(k, published, exact): as in
+        `_published_tensor`, for each copy."""
         x = self._theta[name] if x is None else x
         if self._published_exactly(name):  # the same tensor in every copy: cast once
-            yield from [self._published_tensor(name, 0, None, x, fresh=False)] * self.n_copies
+            pub = self._published_tensor(name, 0, None, x, fresh=False)
+            for k in range(self.n_copies):
+                if measure is not None:
+                    measure(k, pub, x)
+                yield pub
             return
         noise = self._noise_source(name, keep=True)
         for k in range(self.n_copies):
-            yield self._published_tensor(name, k, noise, x, fresh=False)
+            yield self._published_tensor(name, k, noise, x, fresh=False,
+                                         measure=None if measure is None else partial(measure, k))
 
     def _published_copy(self, k: int, round_: int) -> dict:
         if not self._pending or self._round != round_:

@@ -689,17 +689,45 @@ def _data_start(f) -> int:
     return 8 + struct.unpack("<Q", f.read(8))[0]
 
 
-def _read_tensor(f, data_start: int, info: dict, what: str) -> torch.Tensor:
-    """One tensor by plain reads (no memory map) from an open safetensors file whose header was checked."""
+def _read_tensor(f, data_start: int, info: dict, what: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One tensor by plain reads (no memory map) from an open safetensors file whose header was checked.
+    dtype: the tensor converted to it as it is read (the same values as `.to(dtype)` after the read), a slice at a
+    time through one small buffer, so the stored dtype never takes a tensor-sized temporary."""
     a, b = info["data_offsets"]
-    dtype = torch_dtype(info["dtype"])
+    stored = torch_dtype(info["dtype"])
+    if dtype is not None and dtype != stored and b - a > _CONVERT_SLICE:
+        return _read_converted(f, data_start, info, what, stored, dtype)
     if b == a:
-        return torch.empty(info["shape"], dtype=dtype)
-    buf = torch.empty(b - a, dtype=torch.uint8)  # not zero-filled first: the read fills every byte
+        t = torch.empty(info["shape"], dtype=stored)
+    else:
+        buf = torch.empty(b - a, dtype=torch.uint8)  # not zero-filled first: the read fills every byte
+        f.seek(data_start + a)
+        if f.readinto(memoryview(buf.numpy())) != b - a:
+            raise TransportError(f"{what} is truncated")
+        t = buf.view(stored).reshape(info["shape"])
+    return t if dtype is None else t.to(dtype)
+
+
+_CONVERT_SLICE = 1 << 20  # bytes read at once when converting as read: the slice stays in the core's cache
+
+
+def _read_converted(f, data_start: int, info: dict, what: str, stored: torch.dtype, dtype: torch.dtype):
+    a, b = info["data_offsets"]
+    out = torch.empty(info["shape"], dtype=dtype)
+    flat = out.reshape(-1)
+    step = _CONVERT_SLICE - _CONVERT_SLICE % stored.itemsize
+    buf = torch.empty(step, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
     f.seek(data_start + a)
-    if f.readinto(memoryview(buf.numpy())) != b - a:
-        raise TransportError(f"{what} is truncated")
-    return buf.view(dtype).reshape(info["shape"])
+    done = 0
+    for start in range(0, b - a, step):
+        n = min(step, b - a - start)
+        if f.readinto(view[:n]) != n:
+            raise TransportError(f"{what} is truncated")
+        part = buf[:n].view(stored)
+        flat[done : done + part.numel()].copy_(part)
+        done += part.numel()
+    return out
 
 
 def is_float_code(code: str) -> bool:
@@ -799,13 +827,17 @@ class LazyStateDict(Mapping):
         return name in self._names
 
     def __getitem__(self, name) -> torch.Tensor:
+        return self.read(name)
+
+    def read(self, name, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor; dtype: converted to it as it is read (the values of `.to(dtype)`)."""
         if name not in self._names:
             raise KeyError(name)
         with open_regular(self._path, str(self._path)) as f:
-            return _read_tensor(f, self._data_start, self._header[name], f"{self._path}: {name!r}")
+            return _read_tensor(f, self._data_start, self._header[name], f"{self._path}: {name!r}", dtype)
 
-    def rows(self, name, start: int, stop: int) -> torch.Tensor:
-        """Rows start:stop (the first axis) of a tensor, read alone."""
+    def rows(self, name, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows start:stop (the first axis) of a tensor, read alone (dtype: as in `read`)."""
         if name not in self._names:
             raise KeyError(name)
         info = self._header[name]
@@ -814,7 +846,7 @@ class LazyStateDict(Mapping):
         part = {"dtype": info["dtype"], "shape": [stop - start, *shape[1:]],
                 "data_offsets": [a + start * row_bytes, a + stop * row_bytes]}
         with open_regular(self._path, str(self._path)) as f:
-            return _read_tensor(f, self._data_start, part, f"{self._path}: {name!r}")
+            return _read_tensor(f, self._data_start, part, f"{self._path}: {name!r}", dtype)
 
     def shape(self, name) -> tuple[int, ...]:
         """A tensor's shape from the header, without reading it."""
