@@ -214,3 +214,20 @@ def test_the_survival_record_stays_in_the_private_state_of_both_servers(tmp_path
     rounds = json.loads((run / "server_private" / "noise_survival.json").read_text())["rounds"]
     assert sorted(rounds) == ["1", "2"]
     assert stat.S_IMODE(os.stat(run / "server_private" / "noise_survival.json").st_mode) == 0o600
+
+
+def test_the_record_from_the_sigma_pass_sums_equals_the_one_summed_for_it():
+    """A server publishing sums σ's pass once and reuses it as the record's reference; a server restored with its
+    σ (no sums) measures the reference itself: the same record."""
+    theta = _theta(torch.bfloat16)
+    base = _base(theta, 1e-3)
+    server = MPUServer(theta, LAYOUT, ServerConfig(arm="mpu", kappa=0.1, m=2, seed=0), base=base)
+    server.publish()
+    exported, meta = server.export_state()
+    restored = MPUServer.restore(exported, meta, LAYOUT, base=base)
+    assert server._secrets.references and not restored._secrets.references  # the two paths under test
+    a, b = server.noise_survival(), restored.noise_survival()
+    for ca, cb in zip(a["copies"], b["copies"]):
+        for metric in ("changed_frac", "effective_kappa", "effective_kappa_vs_exact"):
+            assert ca[metric] == pytest.approx(cb[metric], rel=1e-12)
+            assert ca["blocks"][metric] == pytest.approx(cb["blocks"][metric], rel=1e-12)
