@@ -92,7 +92,7 @@ reproduce-smollm2: install  ## CPU: SmolLM2-135M, NPO and GradDiff x {clean, noi
 AUDIT_SMOLLM2_CELLS := kappa=0.01,server.publish_dtype=float32,fit=false;kappa=0.1,b1=true;kappa=1;kappa=0.1,m=4,fit=false;kappa=0.1,server.alpha_schedule=random,fit=false
 AUDIT_SMOLLM2_CLIENT := client.epochs=1 client.mixed_precision=null client.gradient_checkpointing=true
 AUDIT_DIR ?= outputs/audit/smollm2_$(BREAK_TIME)
-.PHONY: audit-smollm2 frontier
+.PHONY: audit-smollm2 frontier frontier-smollm2
 audit-smollm2: install  ## CPU: mpu-audit on SmolLM2-135M, kappa 0.01 (fp32 copies) / 0.1 / 1 at m=2, m=4 and random alpha at 0.1 (~25 min)
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
 	.venv/bin/mpu-audit config=reproduce_smollm2 sweep=true seed=0 m=2 b1=false $(AUDIT_SMOLLM2_CLIENT) "cells=$(AUDIT_SMOLLM2_CELLS)" $(if $(AUDIT_ONLY),only=$(AUDIT_ONLY)) $(if $(AUDIT_TARGET),model.target=$(AUDIT_TARGET)) out=$(AUDIT_DIR)
@@ -102,6 +102,14 @@ audit-smollm2: install  ## CPU: mpu-audit on SmolLM2-135M, kappa 0.01 (fp32 copi
 FRONTIER_DIR ?= outputs/frontier/$(BREAK_TIME)
 frontier: install  ## CPU: client error vs deg_avg: NPO x {noised, MPU m=2/4, MPU + common noise} x kappa 0.1-2 x 3 seeds (~20 min)
 	$(PY) scripts/frontier.py --out $(FRONTIER_DIR)
+
+# The same on SmolLM2-135M at seed 0 (conf/reproduce_frontier_smollm2*.yaml: the data subset, forget05, the client
+# schedule of AUDIT_SMOLLM2_CLIENT); AUDIT_TARGET= a fine-tuned target folder as for audit-smollm2. FRONTIER_SMOLLM2_ARGS=
+# cuts the grid (e.g. --variants clean,noised_k1 --common-noise 10).
+FRONTIER_SMOLLM2_DIR ?= outputs/frontier_smollm2/$(BREAK_TIME)
+frontier-smollm2: install  ## CPU: the frontier on SmolLM2-135M, seed 0, one client epoch (~100 min on one core)
+	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
+	$(PY) scripts/frontier.py --model smollm2 --out $(FRONTIER_SMOLLM2_DIR) $(FRONTIER_SMOLLM2_ARGS) $(if $(AUDIT_TARGET),--set model.target=$(AUDIT_TARGET))
 
 report: install  ## summary.csv, summary.md and plots for a folder of runs: make report DIR=outputs/sweeps/<time>
 	.venv/bin/mpu-report $(DIR)

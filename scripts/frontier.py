@@ -1,24 +1,31 @@
-"""`make frontier`: the privacy–utility frontier — how far from θ a client holding the public base is left, against
-what the unlearning pays — on the embedded default, over 3 seeds.
+"""`make frontier` / `make frontier-smollm2`: the privacy–utility frontier — how far from θ a client holding the
+public base is left, against what the unlearning pays — on the embedded default (3 seeds) or SmolLM2-135M (1 seed).
 
-    python scripts/frontier.py [--out DIR] [--runs DIR]
+    python scripts/frontier.py [--model embedded|smollm2] [--out DIR] [--runs DIR] [--seeds 0,1]
+                               [--variants clean,mpu_k0.1,...] [--common-noise 10,20] [--set KEY=VALUE ...]
 
-1. The runs (unless --runs names a finished folder): `mpu-run -m --config-name reproduce_frontier`, then
-   `reproduce_frontier_common`, into DIR/runs: NPO x {clean, noised, MPU m=2, MPU m=4} x κ, and MPU with a noise
-   component common to all copies (server.common_noise), x 3 seeds. deg_avg: each run against the clean run of
-   its seed (the sweep report's pairing), mean over seeds with its 95 % t-interval.
-2. The client's error, per setting and seed: `mpu-audit` of the same round (same seed: the same copies), b1 and
-   A6 off; the client's best estimate among A1 (one copy), A2 (an aligned copy), A4 and A5 (hull point closest to
-   θ_base): ‖θ̂ − θ‖ / ‖θ − θ_base‖ over the transformer blocks (1: no better than the public base).
+1. The runs (unless --runs names a finished folder): `mpu-run -m --config-name <preset's grid>`, then its
+   common-noise grid, into DIR/runs: NPO x {clean, noised, MPU m=2, MPU m=4} x κ, and MPU with a noise component
+   common to all copies (server.common_noise), x the seeds. deg_avg: each run against the clean run of its seed
+   (the sweep report's pairing), mean over seeds with its 95 % t-interval.
+2. The client's error, per setting and seed: `mpu-audit` of the same round (the run's own configuration and
+   seed: the same copies), b1 and A6 off, each in a process of its own (an audit already in DIR/audit is
+   reused); the client's best estimate among A1 (one copy), A2 (an aligned copy), A4 and A5 (hull point closest
+   to θ_base): ‖θ̂ − θ‖ / ‖θ − θ_base‖ over the transformer blocks (1: no better than the public base).
 3. DIR/frontier.{csv,md} and DIR/plot_frontier.png.
+
+--set KEY=VALUE overrides every run and every audit alike (e.g. model.target=DIR, a fine-tuned target to use
+instead of preparing one); --variants / --common-noise / --seeds cut the grids.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -30,15 +37,43 @@ from mpu_cli.report.tables import collect
 from mpu_cli.report.views.fmt import g, markdown
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = ("reproduce_frontier", "reproduce_frontier_common")
 ATTACKS = ("A1", "A2", "A4", "A5")  # what a client can use as θ̂ (scored without the secrets' help)
 COMMON = "server.common_noise"
 
 
-def run_sweeps(runs: Path) -> None:
+@dataclass(frozen=True)
+class Preset:
+    """One model's frontier: its two grids (conf/<name>.yaml; the first is also what every audit composes, so the
+    audit's copies and client are the run's) and how the caption names it."""
+
+    grid: str          # the main grid: clean, noised, MPU m=2 / m=4 x κ
+    common_grid: str   # MPU with common noise, into the same folder
+    title: str         # the model and schedule, for the caption and the plot
+    make: str          # the make target that runs it
+
+
+PRESETS = {
+    "embedded": Preset("reproduce_frontier", "reproduce_frontier_common", "NPO on the embedded default",
+                       "make frontier"),
+    "smollm2": Preset("reproduce_frontier_smollm2", "reproduce_frontier_smollm2_common",
+                      "NPO on SmolLM2-135M (data subset, forget05; client: 1 fp32 epoch, gradient checkpointing)",
+                      "make frontier-smollm2"),
+}
+
+
+def sweep_commands(preset: Preset, runs: Path, sets: list[str], seeds: str | None = None,
+                   variants: str | None = None, common: str | None = None) -> list[list[str]]:
+    """The two mpu-run sweeps: the preset's grids, cut by the given seeds / variants / common-noise scales."""
     mpu_run = str(Path(sys.executable).parent / "mpu-run")
-    for name in SWEEPS:
-        subprocess.run([mpu_run, "-m", "--config-name", name, f"hydra.sweep.dir={runs}"], check=True, cwd=REPO)
+    cut = [f"seed={seeds}"] if seeds else []
+    return [[mpu_run, "-m", "--config-name", name, *sets, *cut, *extra, f"hydra.sweep.dir={runs}"]
+            for name, extra in ((preset.grid, [f"variant={variants}"] if variants else []),
+                                (preset.common_grid, [f"{COMMON}={common}"] if common else []))]
+
+
+def run_sweeps(commands: list[list[str]]) -> None:
+    for cmd in commands:
+        subprocess.run(cmd, check=True, cwd=REPO)
 
 
 def _setting(row) -> tuple:
@@ -47,28 +82,37 @@ def _setting(row) -> tuple:
     return row["arm"], float(row["kappa"]), int(row["m"]), common
 
 
-def client_error(setting: tuple, seed: int, out: Path) -> tuple[float, str]:
-    """(the client's smallest error, the attack that reached it) for one setting and seed."""
-    from mpu_cli.audit.run import audit
+def audit_config(preset: Preset, setting: tuple, seed: int, sets: list[str]):
+    """The configuration the audit of one setting and seed composes: the preset's grid (the run's configuration,
+    its client schedule included) with the setting, the seed and the --set overrides."""
     from mpu_cli.cli.audit import compose_config
 
     arm, kappa, m, common = setting
-    cfg = compose_config(["algorithm=npo", f"arm={arm}", f"kappa={kappa}", f"m={m}", f"{COMMON}={common}",
-                          f"seed={seed}", "eval.metrics=quick"])
+    return compose_config([*sets, f"arm={arm}", f"kappa={kappa}", f"m={m}", f"{COMMON}={common}", f"seed={seed}"],
+                          preset.grid)
+
+
+def client_error(preset: Preset, setting: tuple, seed: int, out: Path, sets: list[str]) -> tuple[float, str]:
+    """(the client's smallest error, the attack that reached it) for one setting and seed."""
+    from mpu_cli.cli.audit import audit_cell
+
+    arm, kappa, m, common = setting
     folder = out / f"{arm}_k{kappa:g}_m{m}_c{common:g}_s{seed}"
-    report = audit(cfg, folder, b1=False, fit=False)
+    done = folder / "privacy_report.json"
+    report = (json.loads(done.read_text()) if done.is_file()
+              else audit_cell(audit_config(preset, setting, seed, sets), folder, {"b1": False, "fit": False}))
     errors = {a: report["attacks"][a]["rel_err_protected"] for a in ATTACKS if a in report["attacks"]}
     best = min(errors, key=errors.get)
     return errors[best], best
 
 
-def frontier(runs: Path, out: Path) -> pd.DataFrame:
+def frontier(preset: Preset, runs: Path, out: Path, sets: list[str]) -> pd.DataFrame:
     col = collect(runs)
     used = col.used
     rows = []
     for _, r in used[used.arm.map(lambda a: arm_of(a).noisy)].iterrows():
         setting = _setting(r)
-        err, attack = client_error(setting, int(r["seed"]), out / "audit")
+        err, attack = client_error(preset, setting, int(r["seed"]), out / "audit", sets)
         rows.append({"arm": setting[0], "kappa": setting[1], "m": setting[2], "common_noise": setting[3],
                      "seed": int(r["seed"]), "client_error": err, "attack": attack,
                      "deg_avg": float(r["deg_avg"]), "forget_prob": float(r["forget_Q_A_Prob"]),
@@ -97,25 +141,29 @@ def series(r) -> str:
     return f"MPU m={int(r['m'])}" + (" + common noise" if r["common_noise"] else "")
 
 
-def frontier_markdown(table: pd.DataFrame) -> str:
+def frontier_markdown(table: pd.DataFrame, preset: Preset, note: str = "") -> str:
+    """The frontier table with its caption; `note`: what of the preset's grid was left out, and why."""
+    several = int(table.seeds.max()) > 1
     rows = []
     for _, r in table.sort_values(["arm", "common_noise", "m", "kappa"]).iterrows():
         ci = "" if math.isnan(r.deg_low) else f" [{100 * r.deg_low:+.1f}, {100 * r.deg_high:+.1f}]"
         rows.append([series(r), g(r.kappa), g(r.common_noise) if r.common_noise else "–", g(r.uncancelled, 2),
-                     f"{g(r.client_error, 3)} ± {g(r.client_error_sd, 2)} ({r.attack})",
+                     f"{g(r.client_error, 3)}{f' ± {g(r.client_error_sd, 2)}' if several else ''} ({r.attack})",
                      f"{100 * r.deg_avg:+.1f} %{ci}", g(r.forget_prob, 3), g(r.retain_prob, 3)])
     f, rt, n = table.attrs.get("clean", (math.nan, math.nan, 0))
-    return (f"NPO on the embedded default, {int(table.seeds.max())} seeds (`make frontier`). Client error = "
+    seeds = f"{int(table.seeds.max())} seeds" if several else "1 seed (seed 0)"
+    return (f"{preset.title}, {seeds} (`{preset.make}`). Client error = "
             "‖θ̂ − θ‖ / ‖θ − θ_base‖ over the transformer blocks of the best of A1/A2/A4/A5 (1 = no better than the "
-            "public base; mean ± sd over seeds); uncancelled noise = the noise the aggregate keeps, in units of "
-            "RMS(θ − θ_base) (noised: κ; MPU: γκ with server.common_noise = γ; plain MPU cancels all of it); deg_avg "
-            f"against clean, paired by seed [95 % CI]. Clean: forget Prob {g(f, 3)}, retain Prob {g(rt, 3)} "
-            f"({n} runs).\n\n"
+            f"public base{'; mean ± sd over seeds' if several else ''}); uncancelled noise = the noise the aggregate "
+            "keeps, in units of RMS(θ − θ_base) (noised: κ; MPU: γκ with server.common_noise = γ; plain MPU cancels "
+            "all of it); deg_avg against clean, "
+            f"{'paired by seed [95 % CI]' if several else 'the same seed'}. Clean: forget Prob {g(f, 3)}, retain "
+            f"Prob {g(rt, 3)} ({n} run{'s' if n != 1 else ''}).{f' {note}' if note else ''}\n\n"
             + markdown(["arm", "κ", "common γ", "uncancelled noise", "client error (attack)", "deg_avg vs clean",
                         "forget Prob", "retain Prob"], rows))
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
+def plot(table: pd.DataFrame, path: Path, preset: Preset) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +173,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     markers = {"noised": "s", "MPU m=2": "o", "MPU m=4": "^", "MPU m=2 + common noise": "D"}
     for name, grp in table.assign(series=table.apply(series, axis=1)).groupby("series", sort=False):
         grp = grp.sort_values("client_error")
-        ax.errorbar(grp.client_error, 100 * grp.deg_avg, xerr=grp.client_error_sd,
+        ax.errorbar(grp.client_error, 100 * grp.deg_avg, xerr=grp.client_error_sd.fillna(0),
                     yerr=[100 * (grp.deg_avg - grp.deg_low).fillna(0), 100 * (grp.deg_high - grp.deg_avg).fillna(0)],
                     marker=markers.get(name, "o"), capsize=2, label=name)
         for _, r in grp.iterrows():
@@ -138,27 +186,56 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("client's error ‖θ̂ − θ‖ / ‖θ − θ_base‖ (log; higher = θ better hidden)")
     ax.set_ylabel("deg_avg vs clean (%; higher = unlearning worse)")
-    ax.set_title("Privacy–utility frontier: NPO, embedded default, mean over seeds")
+    seeds = int(table.seeds.max())
+    ax.set_title(f"Privacy–utility frontier: {preset.title.split(' (')[0]}, "
+                 + ("mean over seeds" if seeds > 1 else "one seed"), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
+def left_out(preset: Preset, variants: str | None, common: str | None) -> str:
+    """The caption's note on the settings of the preset's grids that --variants / --common-noise cut away."""
+    from omegaconf import OmegaConf
+
+    def grid(name: str, key: str) -> list[str]:
+        params = OmegaConf.load(REPO / "conf" / f"{name}.yaml").hydra.sweeper.params
+        return [v.strip() for v in str(params[key]).split(",") if v.strip()]
+
+    dropped = [v for v in grid(preset.grid, "variant") if variants and v not in variants.split(",")]
+    with_common = ",".join(grid(preset.common_grid, "variant"))
+    dropped += [f"{with_common} + γ={v}" for v in grid(preset.common_grid, COMMON)
+                if common and v not in common.split(",")]
+    return f"Not run (to fit the time on one core): {', '.join(dropped)}." if dropped else ""
+
+
 def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(PRESETS), default="embedded", help="which frontier (default embedded)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default outputs/frontier/<time>)")
     ap.add_argument("--runs", type=Path, default=None, help="a finished folder of the two sweeps (else run them)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grids' own")
+    ap.add_argument("--variants", default=None, help="comma-separated variants instead of the main grid's")
+    ap.add_argument("--common-noise", default=None, help="comma-separated server.common_noise scales instead of "
+                    "the common-noise grid's")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every run and audit (repeatable), e.g. model.target=DIR")
     args = ap.parse_args(argv)
+    bad = [s for s in args.set if "=" not in s]
+    if bad:
+        ap.error(f"--set {bad[0]!r} is not KEY=VALUE")
+    preset = PRESETS[args.model]
     out = args.out or REPO / "outputs" / "frontier" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     runs = args.runs or out / "runs"
     if args.runs is None:
-        run_sweeps(runs)
-    table = frontier(runs, out)
-    (out / "frontier.md").write_text(frontier_markdown(table) + "\n")
-    plot(table, out / "plot_frontier.png")
+        run_sweeps(sweep_commands(preset, runs, args.set, args.seeds, args.variants, args.common_noise))
+    table = frontier(preset, runs, out, args.set)
+    note = left_out(preset, args.variants, args.common_noise)
+    (out / "frontier.md").write_text(frontier_markdown(table, preset, note) + "\n")
+    plot(table, out / "plot_frontier.png", preset)
     print(f"frontier: wrote {out / 'frontier.md'} and {out / 'plot_frontier.png'}")
     return out
 

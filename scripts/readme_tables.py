@@ -196,15 +196,29 @@ def audit_smollm2_cost_table() -> str:
 # ---- the privacy–utility frontier: make frontier (scripts/frontier.py) ----------------------------------------------
 
 FRONTIER_DIR: Path | None = None  # --frontier-dir: format a finished `make frontier` folder
+FRONTIER_SMOLLM2_DIR: Path | None = None  # --frontier-smollm2-dir: format a finished `make frontier-smollm2` folder
+
+
+def _frontier(given: Path | None, stem: str, command: Callable[[Path], list[str]]) -> str:
+    """frontier.md of a finished frontier folder: `given`, else the one `command(out)` writes now."""
+    out = given
+    if out is None:
+        out = OUT / f"{stem}_{_stamp()}"
+        _run(command(out), out.with_suffix(".log"))
+    return (Path(out) / "frontier.md").read_text().strip()
 
 
 @table("frontier", cost="~25 min of one core (make frontier: 48 runs, then an audit of each setting and seed)")
 def frontier_table() -> str:
-    out = FRONTIER_DIR
-    if out is None:
-        out = OUT / f"frontier_{_stamp()}"
-        _run([sys.executable, str(REPO / "scripts" / "frontier.py"), "--out", str(out)], out.with_suffix(".log"))
-    return (Path(out) / "frontier.md").read_text().strip()
+    return _frontier(FRONTIER_DIR, "frontier",
+                     lambda out: [sys.executable, str(REPO / "scripts" / "frontier.py"), "--out", str(out)])
+
+
+@table("frontier_smollm2", cost="~100 min of one core with the SmolLM2 target cached (make frontier-smollm2: 13 runs, "
+                              "then an audit of each setting)")
+def frontier_smollm2_table() -> str:
+    return _frontier(FRONTIER_SMOLLM2_DIR, "frontier_smollm2",
+                     lambda out: ["make", "frontier-smollm2", f"FRONTIER_SMOLLM2_DIR={out}"])
 
 
 # ---- where MPU breaks: make reproduce-break; the view `mpu-report DIR --view break_map` -------------------------
@@ -541,9 +555,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the audit_smollm2* tables from this finished `make audit-smollm2` folder (no new sweep)")
     ap.add_argument("--frontier-dir", type=Path, default=None,
                     help="the frontier table from this finished `make frontier` folder (no new runs)")
+    ap.add_argument("--frontier-smollm2-dir", type=Path, default=None,
+                    help="the frontier_smollm2 table from this finished `make frontier-smollm2` folder (no new runs)")
     args = ap.parse_args(argv)
-    global AUDIT_SMOLLM2_DIR, FRONTIER_DIR, BENCH_SERVER_DIR
+    global AUDIT_SMOLLM2_DIR, FRONTIER_DIR, FRONTIER_SMOLLM2_DIR, BENCH_SERVER_DIR
     AUDIT_SMOLLM2_DIR, FRONTIER_DIR = args.audit_smollm2_dir, args.frontier_dir
+    FRONTIER_SMOLLM2_DIR = args.frontier_smollm2_dir
     BENCH_SERVER_DIR = args.bench_server_dir
     global AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR, LORA_BENCH_DIR, LORA_DIR, SCALE_DIR
     AUDIT_DIR, BREAK_DIR, DEMO_DIR, MUSE_DIR = args.audit_dir, args.break_dir, args.demo_dir, args.muse_dir

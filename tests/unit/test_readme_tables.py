@@ -66,3 +66,15 @@ def test_every_registered_table_has_its_markers_in_the_docs():
     assert set(rt.TABLES) <= set(marked), sorted(set(rt.TABLES) - set(marked))
     assert len(marked) == len(set(marked)), "a table is marked twice"
     assert sorted(set(marked) - set(rt.TABLES)) == [], "a marked table has no command"
+
+
+@pytest.mark.parametrize("name,flag", [("frontier", "--frontier-dir"), ("frontier_smollm2", "--frontier-smollm2-dir")])
+def test_a_frontier_table_is_formatted_from_a_finished_folder(tmp_path, name, flag):
+    folder = tmp_path / "done"
+    folder.mkdir()
+    (folder / "frontier.md").write_text(f"{name}: caption\n\n| arm | client error |\n|---|---|\n| noised | 1 (A1) |\n\n")
+    readme = tmp_path / "page.md"
+    readme.write_text(f"text\n<!-- table: {name} -->\nold\n<!-- /table -->\nafter\n")
+    assert rt.main(["--readme", str(readme), "--tables", name, flag, str(folder)]) == 0
+    assert readme.read_text() == (f"text\n<!-- table: {name} -->\n{name}: caption\n\n| arm | client error |\n|---|---|\n"
+                                  "| noised | 1 (A1) |\n<!-- /table -->\nafter\n")

@@ -146,7 +146,7 @@ def _check_out(out: Path, names: tuple[str, ...]) -> None:
 
 
 def _run_cell(cfg, out: Path, step: dict) -> None:
-    """One cell of a sweep, in the process of its own that _audit_cell starts."""
+    """One cell of a sweep, in the process of its own that audit_cell starts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from mpu_cli.audit.run import audit
     from mpu_cli.config import register_configs
@@ -159,7 +159,7 @@ def _run_cell(cfg, out: Path, step: dict) -> None:
         sys.exit(2)
 
 
-def _audit_cell(cfg, out: Path, step: dict) -> dict:
+def audit_cell(cfg, out: Path, step: dict) -> dict:
     """Audit one cell in a fresh process (its memory goes back to the system when it ends); its report."""
     import json
     import multiprocessing
@@ -188,7 +188,7 @@ def _sweep(cfgs: list, steps: list[dict], out: Path, only: list[int] | None) -> 
     reports = {}
     for i in todo:
         log.info("sweep cell %d/%d: %s", i + 1, len(cfgs), _cell_name(cfgs[i]))
-        reports[i] = _audit_cell(cfgs[i], folders[i], steps[i])
+        reports[i] = audit_cell(cfgs[i], folders[i], steps[i])
     if not all((f / "privacy_report.json").is_file() for f in folders):
         return False
     write_sweep([reports.get(i) or json.loads((f / "privacy_report.json").read_text())
