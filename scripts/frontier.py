@@ -106,15 +106,33 @@ def client_error(preset: Preset, setting: tuple, seed: int, out: Path, sets: lis
     return errors[best], best
 
 
-def frontier(preset: Preset, runs: Path, out: Path, sets: list[str]) -> pd.DataFrame:
+def run_seed(recorded, cache_dir, candidates) -> int:
+    """The seed of a run: recorded plainly, or as the tag of one of `candidates` (tags are keyed under the cache
+    folder, which the operator holds)."""
+    from mpu_cli.run import seed_tag
+
+    if not seed_tag.is_tag(recorded):
+        return int(recorded)
+    found = [s for s in candidates if seed_tag.tag(s, cache_dir) == recorded]
+    if not found:
+        raise ValueError(f"the runs' seed tag {recorded} is the tag of none of the seeds {min(candidates)}.."
+                         f"{max(candidates)} under {cache_dir}; accepted: runs of those seeds (--seeds)")
+    return found[0]
+
+
+def frontier(preset: Preset, runs: Path, out: Path, sets: list[str], seeds: list[int] | None = None) -> pd.DataFrame:
+    """seeds: the seeds the runs may have (default 0..99), to read their tags."""
+    from mpu_cli.cli.audit import compose_config
+
+    cache_dir = compose_config(sets, preset.grid).prepare.cache_dir
     col = collect(runs)
     used = col.used
     rows = []
     for _, r in used[used.arm.map(lambda a: arm_of(a).noisy)].iterrows():
-        setting = _setting(r)
-        err, attack = client_error(preset, setting, int(r["seed"]), out / "audit", sets)
+        setting, seed = _setting(r), run_seed(r["seed"], cache_dir, seeds or range(100))
+        err, attack = client_error(preset, setting, seed, out / "audit", sets)
         rows.append({"arm": setting[0], "kappa": setting[1], "m": setting[2], "common_noise": setting[3],
-                     "seed": int(r["seed"]), "client_error": err, "attack": attack,
+                     "seed": seed, "client_error": err, "attack": attack,
                      "deg_avg": float(r["deg_avg"]), "forget_prob": float(r["forget_Q_A_Prob"]),
                      "retain_prob": float(r["retain_Q_A_Prob"])})
     per_seed = pd.DataFrame(rows)
@@ -232,7 +250,8 @@ def main(argv: list[str] | None = None) -> Path:
     runs = args.runs or out / "runs"
     if args.runs is None:
         run_sweeps(sweep_commands(preset, runs, args.set, args.seeds, args.variants, args.common_noise))
-    table = frontier(preset, runs, out, args.set)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    table = frontier(preset, runs, out, args.set, seeds)
     note = left_out(preset, args.variants, args.common_noise)
     (out / "frontier.md").write_text(frontier_markdown(table, preset, note) + "\n")
     plot(table, out / "plot_frontier.png", preset)

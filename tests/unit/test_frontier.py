@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from omegaconf import OmegaConf
 
 from mpu_cli.cli.audit import compose_config
@@ -106,3 +107,12 @@ def test_caption_names_the_model_the_seeds_and_the_schedule():
 def test_plot_writes_a_figure_for_one_seed(tmp_path):
     fr.plot(frontier_table(1), tmp_path / "plot.png", SMOLLM2)
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_run_seed_reads_a_seed_tag_with_the_cache_key(tmp_path):
+    from mpu_cli.run import seed_tag
+
+    tag = seed_tag.tag(2, tmp_path)
+    assert fr.run_seed(tag, tmp_path, range(5)) == 2 and fr.run_seed(1, tmp_path, range(5)) == 1
+    with pytest.raises(ValueError, match="none of the seeds 0..1"):
+        fr.run_seed(tag, tmp_path, range(2))
