@@ -107,7 +107,7 @@ frontier: install  ## CPU: client error vs deg_avg: NPO x {noised, MPU m=2/4, MP
 # schedule of AUDIT_SMOLLM2_CLIENT); AUDIT_TARGET= a fine-tuned target folder as for audit-smollm2. FRONTIER_SMOLLM2_ARGS=
 # cuts the grid (e.g. --variants clean,noised_k1 --common-noise 10).
 FRONTIER_SMOLLM2_DIR ?= outputs/frontier_smollm2/$(BREAK_TIME)
-frontier-smollm2: install  ## CPU: the frontier on SmolLM2-135M, seed 0, one client epoch (~100 min on one core)
+frontier-smollm2: install  ## CPU: the frontier on SmolLM2-135M, seed 0, one client epoch (~70 min on one core)
 	$(PY) scripts/make_tofu_subset.py outputs/data/embedded-subset
 	$(PY) scripts/frontier.py --model smollm2 --out $(FRONTIER_SMOLLM2_DIR) $(FRONTIER_SMOLLM2_ARGS) $(if $(AUDIT_TARGET),--set model.target=$(AUDIT_TARGET))
 

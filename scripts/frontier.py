@@ -199,7 +199,8 @@ def plot(table: pd.DataFrame, path: Path, preset: Preset) -> None:
             ax.annotate(label, (r.client_error, 100 * r.deg_avg), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.axvline(1.0, color="grey", ls="--", lw=0.8)
-    ax.text(1.02, ax.get_ylim()[1] * 0.9, "no better than\nthe public base", fontsize=7, color="grey")
+    ax.text(1.02, 0.97, "no better than\nthe public base", fontsize=7, color="grey", va="top",
+            transform=ax.get_xaxis_transform())  # x in data, y in axes units: inside the plot whatever the range
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("client's error ‖θ̂ − θ‖ / ‖θ − θ_base‖ (log; higher = θ better hidden)")

@@ -214,7 +214,7 @@ def frontier_table() -> str:
                      lambda out: [sys.executable, str(REPO / "scripts" / "frontier.py"), "--out", str(out)])
 
 
-@table("frontier_smollm2", cost="~100 min of one core with the SmolLM2 target cached (make frontier-smollm2: 12 runs, "
+@table("frontier_smollm2", cost="~70 min of one core with the SmolLM2 target cached (make frontier-smollm2: 12 runs, "
                               "then an audit of each setting)")
 def frontier_smollm2_table() -> str:
     return _frontier(FRONTIER_SMOLLM2_DIR, "frontier_smollm2",
