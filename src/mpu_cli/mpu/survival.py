@@ -109,7 +109,8 @@ class SurvivalMeter:
 
 
 def _sq(v: torch.Tensor) -> float:
-    """Σv² in float64."""
+    """Σv² in float64 of one cache-sized slice. noise._sq_sum is the chunked form whose fixed summation order σ's
+    bits depend on; this record needs no fixed order, and a dot product of the slice is the cheaper pass."""
     w = v.double()
     return float(torch.dot(w, w))
 
