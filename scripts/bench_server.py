@@ -9,13 +9,18 @@ RSS (VmHWM) is its own:
   record) and Post-Process (the returned copies read lazily, θ_r streamed to its file). The returned copies are
   the published files themselves (the client's update does not change the server's work).
 
+Floor and server are measured --repeat times in turn (default 3): the floor is mostly the kernel copying into the
+page cache and the disk taking it, and on this project's machine it varied from 24 to 39 s at the 1B shape within
+one hour. The table gives the medians, the median of the pairs' ratios and the range of the ratios; peak RSS is
+the largest of the runs.
+
 Peak RSS (VmHWM) is given as a multiple of one fp32 copy of the model (4 bytes per parameter), and so is the peak
 after the imports (Python, torch, transformers: the part no streaming can shrink). Times exclude the imports.
 Writes DIR/bench_server.json
 (keeping the rows of an earlier run into DIR for the shapes and m not measured again) and bench_server.md and
 prints the table; the model and copy files go under --work (deleted afterwards).
 
-    python scripts/bench_server.py [--shapes 135m,1b] [--m 2,8] [--work /tmp/bench_server] [--out DIR]
+    python scripts/bench_server.py [--shapes 135m,1b] [--m 2,8] [--repeat 3] [--work /tmp/bench_server] [--out DIR]
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -166,7 +172,11 @@ def _clean(work: Path) -> None:
         f.unlink()
 
 
-def measure(shape: str, ms: list[int], work: Path) -> list[dict]:
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def measure(shape: str, ms: list[int], work: Path, repeat: int) -> list[dict]:
     work = work / shape
     shutil.rmtree(work, ignore_errors=True)
     fields, dtype = SHAPES[shape]
@@ -184,17 +194,23 @@ def measure(shape: str, ms: list[int], work: Path) -> list[dict]:
     try:
         for m in ms:
             load = os.getloadavg()[0]  # other work on the machine slows both the floor and the server
-            fl = _step("floor", work, shape, m)
-            _clean(work)
-            sv = _step("server", work, shape, m)
-            _clean(work)
+            floors, servers = [], []
+            for _ in range(repeat):  # floor and server in turn: a slow spell of the disk shows in both of a pair
+                floors.append(_step("floor", work, shape, m))
+                _clean(work)
+                servers.append(_step("server", work, shape, m))
+                _clean(work)
+            ratios = [sv["seconds"] / fl["seconds"] for fl, sv in zip(floors, servers)]
             rows.append({"shape": shape, "dtype": dtype, "params_m": round(params / 1e6, 1), "m": m,
-                         "fp32_copy_mb": round(fp32_mb), "floor_s": round(fl["seconds"], 1),
-                         "pre_s": round(sv["pre_s"], 1), "post_s": round(sv["post_s"], 1),
-                         "pre_post_vs_floor": round(sv["seconds"] / fl["seconds"], 2),
-                         "server_peak_rss_x": round(sv["peak_mb"] / fp32_mb, 2),
-                         "floor_peak_rss_x": round(fl["peak_mb"] / fp32_mb, 2),
-                         "imported_rss_x": round(sv["imported_mb"] / fp32_mb, 2), "load_1min": round(load, 1)})
+                         "fp32_copy_mb": round(fp32_mb), "repeats": repeat,
+                         "floor_s": round(_median([fl["seconds"] for fl in floors]), 1),
+                         "pre_s": round(_median([sv["pre_s"] for sv in servers]), 1),
+                         "post_s": round(_median([sv["post_s"] for sv in servers]), 1),
+                         "pre_post_vs_floor": round(_median(ratios), 2),
+                         "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
+                         "server_peak_rss_x": round(max(sv["peak_mb"] for sv in servers) / fp32_mb, 2),
+                         "floor_peak_rss_x": round(max(fl["peak_mb"] for fl in floors) / fp32_mb, 2),
+                         "imported_rss_x": round(servers[0]["imported_mb"] / fp32_mb, 2), "load_1min": round(load, 1)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -211,13 +227,15 @@ def _with_earlier(path: Path, rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [("| shape | params | dtype | m | floor (s) | Pre (s) | Post (s) | Pre+Post / floor | server peak RSS "
-              "| floor peak RSS | after imports | load |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| shape | params | dtype | m | runs | floor (s) | Pre (s) | Post (s) | Pre+Post / floor | range "
+              "| server peak RSS | floor peak RSS | after imports | load |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['params_m']} M | {r['dtype']} | {r['m']} | {r['floor_s']} | {r['pre_s']} | "
-                     f"{r['post_s']} | {r['pre_post_vs_floor']}× | {r['server_peak_rss_x']}× | "
-                     f"{r['floor_peak_rss_x']}× | {r['imported_rss_x']}× | {r.get('load_1min', '–')} |")
+        low, high = r.get("ratio_range", [r["pre_post_vs_floor"]] * 2)
+        lines.append(f"| {r['shape']} | {r['params_m']} M | {r['dtype']} | {r['m']} | {r.get('repeats', 1)} | "
+                     f"{r['floor_s']} | {r['pre_s']} | {r['post_s']} | {r['pre_post_vs_floor']}× | {low}–{high}× | "
+                     f"{r['server_peak_rss_x']}× | {r['floor_peak_rss_x']}× | {r['imported_rss_x']}× | "
+                     f"{r.get('load_1min', '–')} |")
     return "\n".join(lines)
 
 
@@ -225,6 +243,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="135m,1b", help=f"comma-separated: {', '.join(SHAPES)}")
     p.add_argument("--m", default="2,8", help="comma-separated numbers of copies")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="floor and server measured this many times in turn; the table gives medians (default 3)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_server"), help="model and copy files (deleted)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--step", default=None, help=argparse.SUPPRESS)
@@ -241,7 +261,11 @@ def main(argv=None) -> int:
     if args.step is not None:
         print(json.dumps(STEPS[args.step](args.work, shapes[0], int(args.m))))
         return 0
-    rows = [row for shape in shapes for row in measure(shape, [int(m) for m in args.m.split(",")], args.work)]
+    if args.repeat < 1:
+        print(f"bench_server: error: --repeat {args.repeat} is not a positive number of runs", file=sys.stderr)
+        return 2
+    ms = [int(m) for m in args.m.split(",")]
+    rows = [row for shape in shapes for row in measure(shape, ms, args.work, args.repeat)]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = _with_earlier(args.out / "bench_server.json", rows)
     (args.out / "bench_server.json").write_text(json.dumps(rows, indent=1) + "\n")

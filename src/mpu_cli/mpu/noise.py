@@ -95,8 +95,10 @@ def gaussian(shape, sigma: float, seed: int) -> torch.Tensor:
 
 def _draws(shape, sigma: float, seeds: list[int]) -> list[torch.Tensor]:
     """gaussian() for each seed, in the order of the seeds; the independent streams are drawn side by side on up
-    to torch.get_num_threads() threads (each stream is the same whichever thread draws it)."""
-    workers = min(len(seeds), torch.get_num_threads())
+    to `streaming.worker_threads()` threads (each stream is the same whichever thread draws it)."""
+    from .streaming import worker_threads
+
+    workers = min(len(seeds), worker_threads())
     if workers <= 1:
         return [gaussian(shape, sigma, seed) for seed in seeds]
     from concurrent.futures import ThreadPoolExecutor

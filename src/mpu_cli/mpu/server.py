@@ -44,6 +44,7 @@ from .noise import (
 )
 from .reparam import Transform, apply_transform, invert_transform, moves_only, sample_transform
 from .settings import ServerConfig
+from .streaming import in_streaming_pass
 
 log = logging.getLogger(__name__)
 _ROW_SLICE_ELEMENTS = 1 << 22  # a tensor aggregated by rows: elements per slice
@@ -159,6 +160,7 @@ class MPUServer:
             raise RuntimeError("no published round is pending; call publish()")
         return PublishedCopies(self, self._round)
 
+    @in_streaming_pass
     def write_copies(self, paths: list) -> list[dict]:
         """The pending round's m copies written side by side to `paths`, tensor by tensor (each file atomically,
         appearing on success only); returns each file's {'sha256', 'bytes'}. Measures the noise survival
@@ -244,6 +246,7 @@ class MPUServer:
             server._pending = True
         return server
 
+    @in_streaming_pass
     def aggregate(self, returned: list, out=None, published: list | None = None):
         """θ ← θ + η Σ_k w_k T_k⁻¹(returned_k − pub_k), tensor by tensor (returned copies may be read lazily);
         returns the new θ (fp32). out: write θ_r there, tensor by tensor (atomically), and read θ from that file
@@ -353,6 +356,7 @@ class MPUServer:
         new = acc.result()[name]
         return torch.add(x, new, alpha=self._cfg.eta, out=new if out is None else out)  # θ_{r-1} stays as it is
 
+    @in_streaming_pass
     def merge(self, update: Mapping[str, torch.Tensor], out=None) -> dict:
         """End the pending round with an aggregate Σ_k w_k T_k⁻¹(Δ_k) formed outside `aggregate`, in exact
         coordinates (a LoRA round: mpu/lora_aggregate.py): θ_r = θ + η·update[name] for each of its names, the
@@ -406,6 +410,7 @@ class MPUServer:
             "transforms": list(s.transforms),
         }
 
+    @in_streaming_pass
     def noise_survival(self) -> dict:
         """How much of the pending round's noise survives publication in the published dtype (mpu/survival.py),
         per copy and block; the copies are rebuilt one tensor at a time. Private: it involves θ and α."""
@@ -479,6 +484,7 @@ class MPUServer:
 
     # ---- internals ------------------------------------------------------------------------------------------
 
+    @in_streaming_pass
     def _new_secrets(self, round_seed: int | None = None, sigmas: tuple[dict, float] | None = None) -> _RoundSecrets:
         """sigmas: (σ per block, σ of the unprotected tensors) recorded when the round was published; None
         recomputes them from θ_{r-1} (and the base)."""
@@ -580,6 +586,7 @@ class MPUServer:
             yield self._published_tensor(name, k, noise, x, fresh=False,
                                          measure=None if measure is None else partial(measure, k))
 
+    @in_streaming_pass
     def _published_copy(self, k: int, round_: int) -> dict:
         if not self._pending or self._round != round_:
             raise RuntimeError(f"round {round_} is no longer pending (server at round {self._round}); "

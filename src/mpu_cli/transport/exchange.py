@@ -201,10 +201,10 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 class _BackgroundWrites:
-    """One thread that writes and hashes byte blocks in the order they were handed in, so the caller builds its
-    next tensor while the last one goes to disk. At most `budget` bytes wait at once; a larger block waits until
-    nothing else does and is then written by the caller itself, so a large tensor never stays alive beside the
-    next. An error in the thread is raised in the caller at its next call."""
+    """One thread that writes byte blocks to their files (when given one) and hashes them, in the order they were
+    handed in, so the caller builds its next tensor while the last one goes to disk or through the hash. At most `budget` bytes wait at once; a larger block waits until
+    nothing else does and then waits alone, so a large tensor stays alive beside the one the caller builds next,
+    never beside a further one. An error in the thread is raised in the caller at its next call."""
 
     def __init__(self, budget: int):
         self._budget = budget
@@ -217,16 +217,13 @@ class _BackgroundWrites:
         self._thread.start()
 
     def submit(self, f, digest, data: memoryview, keep) -> None:
-        """Write `data` to `f` and feed it to `digest`; `keep` (the tensor `data` views) lives until then."""
+        """Write `data` to `f` (None: no file) and feed it to `digest`; `keep` (the tensor `data` views) lives until
+        then."""
         n = data.nbytes
         with self._cond:
             self._cond.wait_for(lambda: self._error is not None or not self._pending
                                 or (n <= self._budget and self._pending + n <= self._budget))
             self._raise()
-            if n > self._budget:
-                f.write(data)
-                digest.update(data)
-                return
             self._pending += n
             self._jobs.append((f, digest, data, keep))
             self._cond.notify_all()
@@ -256,7 +253,8 @@ class _BackgroundWrites:
                 f, digest, data, keep = self._jobs.popleft()
             try:
                 if self._error is None:
-                    f.write(data)
+                    if f is not None:
+                        f.write(data)
                     digest.update(data)
             except BaseException as e:  # noqa: BLE001 (any failure is handed to the caller at its next call)
                 self._error = e
@@ -270,7 +268,7 @@ class StreamingSafetensorsWriter:
     """Writes n safetensors files side by side, tensor by tensor, in the order of `spec` (the header is known
     up front from shapes and dtypes). Computes each file's SHA-256 while writing; writing and hashing run in a
     background thread beside the caller, which may hold on to at most 1/16 of the largest file's bytes in
-    tensors not yet written (a larger tensor is written at once). Files appear under their final names only on
+    tensors not yet written, or to one larger tensor alone. Files appear under their final names only on
     `commit()` (temp file + fsync + rename)."""
 
     WAITING_SHARE = 16  # bytes waiting to be written: at most 1/16 of the largest file
@@ -490,18 +488,23 @@ def latest_round(exchange: Path) -> int:
 class HashedReader:
     """A safetensors file read front to back, one tensor at a time in the file's own order, every byte read also
     fed to a SHA-256: `verified()` reads what is left and says whether the whole file hashes to `sha256`. The
-    bytes handed out are the bytes hashed, so a file changed before or while it is read is caught. Any problem
-    reading it (missing, not a regular file, a tensor not next in the file) makes `read` return None."""
+    bytes handed out are the bytes hashed, so a file changed before or while it is read is caught; they are hashed
+    on a background thread while the caller works, so the caller must not change a tensor it was handed. Any
+    problem reading it (missing, not a regular file, a tensor not next in the file) makes `read` return None."""
+
+    WAITING_SHARE = StreamingSafetensorsWriter.WAITING_SHARE  # bytes read, not yet hashed: at most this share
 
     def __init__(self, path: Path, sha256: str):
         self._sha256 = sha256
         self._hash = hashlib.sha256()
         self._f = None
+        self._hashing: _BackgroundWrites | None = None
         self._header: dict = {}
         self._pos = 0  # offset in the data section of the next unread byte
         self._start = 0  # where the data section begins in the file
         try:
             self._f = open_regular(path, str(path))
+            self._hashing = _BackgroundWrites(os.fstat(self._f.fileno()).st_size // self.WAITING_SHARE)
             head = self._take(8)
             raw = self._take(struct.unpack("<Q", head)[0]) if len(head) == 8 else b""
             self._header = json.loads(raw) if raw else {}
@@ -513,6 +516,10 @@ class HashedReader:
         data = self._f.read(n)
         self._hash.update(data)
         return data
+
+    def _hashed(self, data, keep) -> None:
+        """Feed `data` (a view of `keep`) to the file's hash, behind the caller and in the order read."""
+        self._hashing.submit(None, self._hash, memoryview(data), keep)
 
     def _next(self, name: str) -> dict | None:
         """The header entry of `name` if it is the next tensor of the file, else None."""
@@ -530,7 +537,7 @@ class HashedReader:
             t = _read_tensor(self._f, self._start, info, name)
         except (KeyError, TypeError, ValueError, RuntimeError, OSError, TransportError):
             return None
-        self._hash.update(_tensor_bytes(t))
+        self._hashed(_tensor_bytes(t), t)
         self._pos = info["data_offsets"][1]
         return t
 
@@ -546,7 +553,7 @@ class HashedReader:
                 chunk = self._f.read(min(left, _CHUNK))
                 if not chunk:
                     return False
-                self._hash.update(chunk)
+                self._hashed(chunk, chunk)
                 left -= len(chunk)
         except (KeyError, TypeError, ValueError, OSError):
             return False
@@ -559,7 +566,8 @@ class HashedReader:
             return False
         try:
             while chunk := self._f.read(_CHUNK):
-                self._hash.update(chunk)
+                self._hashed(chunk, chunk)
+            self._hashing.drain()
         except OSError:
             return False
         finally:
@@ -567,6 +575,9 @@ class HashedReader:
         return self._hash.hexdigest() == self._sha256
 
     def close(self) -> None:
+        if self._hashing is not None:
+            self._hashing.close()
+            self._hashing = None
         if self._f is not None:
             self._f.close()
             self._f = None
