@@ -132,7 +132,7 @@ bench: install  ## cost vs m = 1,2,4,8 (wall, peak RSS, server/client time), par
 lint: install  ## ruff
 	.venv/bin/ruff check src tests scripts
 
-bench-server: install  ## streaming server: peak RSS and Pre+Post time at the 135M and 1B shapes, m = 2 and 8, vs the read/write floor -> outputs/bench_server/
+bench-server: install  ## streaming server: peak RSS and Pre+Post time at the 135M and 1B shapes, m = 2 and 8, vs the read/write floor, three runs each (~45 min) -> outputs/bench_server/
 	$(PY) scripts/bench_server.py
 
 bench-server-table: install  ## the bench_server table of docs/scale.md from a finished run: make bench-server-table RUN=outputs/bench_server

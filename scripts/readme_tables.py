@@ -349,8 +349,8 @@ BENCH_ARGS = ["--models", "tiny", "--no-goal-run"]
 BENCH_SERVER_DIR: Path | None = None  # --bench-server-dir: format a finished `make bench-server` folder
 
 
-@table("bench_server", cost="~40 min on 2 cores, ~50 GB of disk at the peak (scripts/bench_server.py: 135M and 1B "
-                            "shapes; --bench-server-dir formats a finished run)")
+@table("bench_server", cost="~45 min on 2 cores, ~50 GB of disk at the peak (scripts/bench_server.py: 135M and 1B "
+                            "shapes, floor and server three times each; --bench-server-dir formats a finished run)")
 def bench_server_table() -> str:
     out = BENCH_SERVER_DIR or OUT / f"bench_server_{_stamp()}"
     if BENCH_SERVER_DIR is None:

@@ -19,8 +19,8 @@ platform without glibc keeps its allocator as it is.
 from __future__ import annotations
 
 import ctypes
-import functools
 import ctypes.util
+import functools
 import threading
 from contextlib import contextmanager
 
@@ -32,8 +32,8 @@ _KEEP_FREED = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**31 - 1}  # no block is mapp
 # stops them sliding), large blocks mapped alone again
 _AFTER = {_M_MMAP_MAX: 65536, _M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20}
 _lock = threading.Lock()
-_depth = 0  # nested passes (aggregate inside a resumed run …) change the settings once
-_threads_outside = 0  # torch's intra-op threads when the outermost pass began
+_depth = 0  # passes running (nested, or on other threads): the settings change once, for all of them
+_threads_outside = 0  # torch's intra-op threads when the first pass running began
 
 
 def worker_threads() -> int:
@@ -57,27 +57,24 @@ _LIBC = _libc()
 @contextmanager
 def streaming_pass():
     """Run a server pass with one intra-op thread and a heap that keeps freed blocks (see the module docstring);
-    both as before on leaving, the free heap returned to the system."""
-    global _depth
+    both as before once the last pass running has left, the free heap returned to the system."""
+    global _depth, _threads_outside
     with _lock:
-        _depth += 1
-        outer = _depth == 1
-        threads = torch.get_num_threads()
-        if outer:
-            global _threads_outside
-            _threads_outside = threads
+        if _depth == 0:
+            _threads_outside = torch.get_num_threads()
             torch.set_num_threads(1)
             _set(_KEEP_FREED)
+        _depth += 1
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
-            if outer:
+            if _depth == 0:
                 _set(_AFTER)
                 if _LIBC is not None:
                     _LIBC.malloc_trim(0)
-                torch.set_num_threads(threads)
+                torch.set_num_threads(_threads_outside)
 
 
 def _set(options: dict) -> None:
