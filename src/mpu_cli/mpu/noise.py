@@ -9,6 +9,7 @@ import torch
 from mpu_cli.models.family import block_of
 
 from .settings import ALPHA_SCHEDULES
+from .streaming import worker_threads
 
 _CHUNK = 1 << 22  # elements per float64 chunk: bounds the temporary memory of a reduction on a large tensor
 _SLICE = 1 << 16  # elements per slice of a chunk: formed while in the core's cache
@@ -96,8 +97,6 @@ def gaussian(shape, sigma: float, seed: int) -> torch.Tensor:
 def _draws(shape, sigma: float, seeds: list[int]) -> list[torch.Tensor]:
     """gaussian() for each seed, in the order of the seeds; the independent streams are drawn side by side on up
     to `streaming.worker_threads()` threads (each stream is the same whichever thread draws it)."""
-    from .streaming import worker_threads
-
     workers = min(len(seeds), worker_threads())
     if workers <= 1:
         return [gaussian(shape, sigma, seed) for seed in seeds]

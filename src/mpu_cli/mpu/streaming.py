@@ -9,8 +9,8 @@ Llama-3.2-1B shape (scripts/bench_server.py):
   large blocks come from the heap and freed ones stay there for the next tensor; on leaving, what is free is
   handed back (malloc_trim), so the process ends the pass no larger than its peak inside it.
 - An OpenMP team of two threads waits at every barrier for a thread the file writer has taken off the core: the
-  aggregate ran 1.5x slower with two intra-op threads than with one. The background threads (reading ahead,
-  writing) are the pass's parallelism instead.
+  aggregate ran 1.5x slower with two intra-op threads than with one. The pass's parallelism is its threads
+  without a team instead: the m noise streams drawn side by side, the file writer, the hashing of what is read.
 
 Both are process-wide settings, so they hold only inside `streaming_pass()` and are put back on leaving; a
 platform without glibc keeps its allocator as it is.

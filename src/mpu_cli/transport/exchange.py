@@ -202,9 +202,10 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 
 class _BackgroundWrites:
     """One thread that writes byte blocks to their files (when given one) and hashes them, in the order they were
-    handed in, so the caller builds its next tensor while the last one goes to disk or through the hash. At most `budget` bytes wait at once; a larger block waits until
-    nothing else does and then waits alone, so a large tensor stays alive beside the one the caller builds next,
-    never beside a further one. An error in the thread is raised in the caller at its next call."""
+    handed in, so the caller builds its next tensor while the last one goes to disk or through the hash. At most
+    `budget` bytes wait at once; a larger block waits until nothing else does and then waits alone, so a large
+    tensor stays alive beside the one the caller builds next, never beside a further one. An error in the thread
+    is raised in the caller at its next call."""
 
     def __init__(self, budget: int):
         self._budget = budget
