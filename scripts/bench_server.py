@@ -172,10 +172,6 @@ def _clean(work: Path) -> None:
         f.unlink()
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def measure(shape: str, ms: list[int], work: Path, repeat: int) -> list[dict]:
     work = work / shape
     shutil.rmtree(work, ignore_errors=True)
@@ -203,10 +199,10 @@ def measure(shape: str, ms: list[int], work: Path, repeat: int) -> list[dict]:
             ratios = [sv["seconds"] / fl["seconds"] for fl, sv in zip(floors, servers)]
             rows.append({"shape": shape, "dtype": dtype, "params_m": round(params / 1e6, 1), "m": m,
                          "fp32_copy_mb": round(fp32_mb), "repeats": repeat,
-                         "floor_s": round(_median([fl["seconds"] for fl in floors]), 1),
-                         "pre_s": round(_median([sv["pre_s"] for sv in servers]), 1),
-                         "post_s": round(_median([sv["post_s"] for sv in servers]), 1),
-                         "pre_post_vs_floor": round(_median(ratios), 2),
+                         "floor_s": round(statistics.median([fl["seconds"] for fl in floors]), 1),
+                         "pre_s": round(statistics.median([sv["pre_s"] for sv in servers]), 1),
+                         "post_s": round(statistics.median([sv["post_s"] for sv in servers]), 1),
+                         "pre_post_vs_floor": round(statistics.median(ratios), 2),
                          "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
                          "server_peak_rss_x": round(max(sv["peak_mb"] for sv in servers) / fp32_mb, 2),
                          "floor_peak_rss_x": round(max(fl["peak_mb"] for fl in floors) / fp32_mb, 2),

@@ -11,6 +11,14 @@ from mpu_cli.mpu.streaming import in_streaming_pass, streaming_pass, worker_thre
 BIG = 1 << 24  # 64 MiB of fp32: above every mmap threshold glibc would slide to
 
 
+@pytest.fixture(autouse=True)
+def _threads_as_they_were():
+    """The tests set torch's thread count; the next test in this worker gets the count it had."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _faults_touching_new_tensor() -> int:
     """Minor page faults of allocating and filling one BIG tensor after another was freed."""
     first = torch.ones(BIG)
